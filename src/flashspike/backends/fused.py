@@ -1,0 +1,66 @@
+"""What every fused-kernel backend shares: the autograd Function and the input rules.
+
+A kernel backend supplies a *kernel set* with two launchers over flat ``[T, N]`` tensors:
+
+``forward(x, v_init, p, save_h, store_v_seq) -> (spike, v_out, h)``
+    ``x`` is ``[T, N]`` contiguous; ``v_init`` is ``[N]`` contiguous of x's dtype, or None for "every
+    neuron at ``p.v_rest``". ``spike`` is ``[T, N]``; ``v_out`` is V for all steps ``[T, N]`` when
+    ``store_v_seq`` else the last V ``[N]``; ``h`` (H, the pre-reset potential, what backward needs) is
+    ``[T, N]`` when ``save_h`` else None. All outputs have x's dtype.
+
+``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init) -> (grad_x, grad_v_init)``
+    ``grad_spike`` and ``grad_v_out`` are shaped like ``spike`` and ``v_out``, or None where no
+    gradient flows (treat as zero: nothing is materialized). They may be non-contiguous (for example
+    the expanded ones of ``y.sum().backward()``). ``grad_v_init`` is ``[N]`` or None when not asked for.
+
+This module turns the launchers into a differentiable ``multi_step`` with the same contract as the
+reference backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..params import NeuronParams
+
+
+class FusedMultiStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, v_init, kernels, p: NeuronParams, store_v_seq: bool):
+        save_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        spike, v_out, h = kernels.forward(x, v_init, p, save_h, store_v_seq)
+        if save_h:
+            ctx.save_for_backward(h)
+            ctx.kernels, ctx.p, ctx.store_v_seq = kernels, p, store_v_seq
+        ctx.set_materialize_grads(False)
+        return spike, v_out
+
+    @staticmethod
+    def backward(ctx, grad_spike, grad_v_out):
+        (h,) = ctx.saved_tensors
+        if grad_spike is None and grad_v_out is None:
+            return None, None, None, None, None
+        grad_x, grad_v_init = ctx.kernels.backward(
+            h, grad_spike, grad_v_out, ctx.p, ctx.store_v_seq, ctx.needs_input_grad[1]
+        )
+        return grad_x, grad_v_init, None, None, None
+
+
+def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+    """The reference backend's ``multi_step`` contract, run by a kernel set."""
+    shape = x_seq.shape
+    x = x_seq.reshape(shape[0], -1)
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if isinstance(v_init, torch.Tensor):
+        v = v_init.reshape(-1).contiguous()
+    elif v_init == p.v_rest:
+        v = None
+    else:
+        v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
+    spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq)
+    spike = spike.view(shape)
+    if store_v_seq:
+        v_seq = v_out.view(shape)
+        return spike, v_seq[-1], v_seq
+    return spike, v_out.view(shape[1:]), None
