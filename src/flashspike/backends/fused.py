@@ -13,6 +13,9 @@ A kernel backend supplies a *kernel set* with two launchers over flat ``[T, N]``
     gradient flows (treat as zero: nothing is materialized). They may be non-contiguous (for example
     the expanded ones of ``y.sum().backward()``). ``grad_v_init`` is ``[N]`` or None when not asked for.
 
+Launchers allocate their outputs with :func:`new_output` (torch's allocator, so CUDA graph capture
+works), which the tests switch to NaN-filled tensors so that an element a kernel forgets to write fails.
+
 This module turns the launchers into a differentiable ``multi_step`` with the same contract as the
 reference backend.
 """
@@ -22,6 +25,17 @@ from __future__ import annotations
 import torch
 
 from ..params import NeuronParams
+
+
+# Tests set this to True: outputs then start as NaN instead of whatever memory held.
+POISON_OUTPUTS = False
+
+
+def new_output(shape, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized kernel output of ``like``'s dtype and device."""
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 class FusedMultiStep(torch.autograd.Function):
