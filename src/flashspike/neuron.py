@@ -89,23 +89,23 @@ class BaseNode(nn.Module):
             decay_input=self.decay_input if self.leaky else True,
         )
 
-    def _initial_v(self, step: torch.Tensor):
-        """The kept potential, checked against one time step of the input (shape ``step``)."""
+    def _initial_v(self, step_shape: torch.Size, like: torch.Tensor):
+        """The kept potential, checked against one time step of the input (``step_shape``, ``like``)."""
         v = self.v
         if not isinstance(v, torch.Tensor):
             return v
-        if v.shape != step.shape:
+        if v.shape != step_shape:
             raise ValueError(
                 f"{type(self).__name__} keeps a state of shape {tuple(v.shape)} from an earlier call, but this "
-                f"input's step has shape {tuple(step.shape)}. Call functional.reset_net(net) (or node.reset()) "
+                f"input's step has shape {tuple(step_shape)}. Call functional.reset_net(net) (or node.reset()) "
                 "before feeding a batch of another size."
             )
-        if v.device != step.device:
+        if v.device != like.device:
             raise ValueError(
-                f"{type(self).__name__} keeps a state on {v.device} but the input is on {step.device}; "
+                f"{type(self).__name__} keeps a state on {v.device} but the input is on {like.device}; "
                 "call functional.reset_net(net) after moving the net."
             )
-        return v if v.dtype == step.dtype else v.to(step.dtype)
+        return v if v.dtype == like.dtype else v.to(like.dtype)
 
     def extra_repr(self) -> str:
         text = f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}"
@@ -118,7 +118,7 @@ class _SingleStep(BaseNode):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One time step ``[N, *] -> [N, *]``; the state carries over to the next call."""
         _check_floating(x, "x")
-        spike, self.v = neuron_step(x, self._initial_v(x), self.params())
+        spike, self.v = neuron_step(x, self._initial_v(x.shape, x), self.params())
         return spike
 
 
@@ -149,7 +149,7 @@ class _MultiStep(BaseNode):
                 f"{type(self).__name__} expects x_seq of shape [T, N, *] (at least 2 dimensions), "
                 f"got shape {tuple(x_seq.shape)}"
             )
-        v_init = self._initial_v(x_seq[0])
+        v_init = self._initial_v(x_seq.shape[1:], x_seq)
         if x_seq.numel() == 0:
             return self._empty_call(x_seq)
         backend = backends.resolve(self._backend, x_seq)
