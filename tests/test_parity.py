@@ -1,0 +1,192 @@
+"""Every kernel backend against the reference backend 'torch': one parametrized grid for all of them.
+
+The reference runs in float64 on the very values the kernel received (after rounding to its dtype),
+so the only differences left are the kernel's float32 arithmetic and the rounding of its outputs.
+
+What is compared, and how closely (TOLERANCE below):
+- spikes: identical, for every neuron whose float64 trajectory never comes within ``SPIKE_TIE`` of
+  the threshold (a tie can round either way; at least 70% of the neurons must remain, so the test
+  can't pass by excluding everything);
+- V (last step and, with store_v_seq, every step): within rtol/atol of the output dtype's rounding;
+- gradients of x and of the initial state: within ``grad`` relative to the largest reference gradient,
+  for neurons that never come within ``grad_tie`` of the threshold (the backward reads H rounded to
+  the dtype, so the surrogate's value and a recomputed spike move with that rounding).
+
+Outputs are poisoned with NaN before each call (tests/conftest.py), so unwritten elements fail.
+Kernel backends run on CUDA when present; 'triton' also runs on the CPU through its interpreter
+(TRITON_INTERPRET=1, set by conftest.py on machines without CUDA). A backend whose package is missing
+is skipped, unless FLASHSPIKE_REQUIRE_BACKENDS (comma-separated) names it: then the test fails.
+"""
+
+import itertools
+import os
+
+import pytest
+import torch
+
+from flashspike import backends, neuron, surrogate
+from flashspike.dynamics import charge, reset
+
+KERNEL_BACKENDS = ["cupy", "triton"]
+
+TOLERANCE = {
+    torch.float32: dict(grad_tie=1e-4, rtol=1e-5, atol=1e-5, grad=1e-4),
+    torch.float16: dict(grad_tie=2e-3, rtol=1e-3, atol=1e-3, grad=2e-2),
+    torch.bfloat16: dict(grad_tie=1e-2, rtol=8e-3, atol=8e-3, grad=1e-1),
+}
+# Kernels compute in float32 from the same rounded inputs, so their H differs from float64 by float32
+# rounding whatever the dtype: spikes must agree wherever H stays this far from the threshold.
+SPIKE_TIE = 1e-4
+
+
+def _device(name: str) -> str:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not (name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip(f"backend {name!r} needs a CUDA GPU here")
+    try:
+        backends.get(name).check_input(torch.zeros(1, 1, device=device))
+    except ImportError as err:
+        required = os.environ.get("FLASHSPIKE_REQUIRE_BACKENDS", "").split(",")
+        if name in required:
+            raise
+        pytest.skip(f"backend {name!r} unavailable: {err}")
+    return device
+
+
+def _make(backend, charge="lif", decay_input=True, v_reset=0.0, detach=False, sg=None, store_v_seq=False):
+    kw = dict(v_threshold=0.9, v_reset=v_reset, surrogate_function=sg or surrogate.ATan(), detach_reset=detach,
+              backend=backend, store_v_seq=store_v_seq)
+    if charge == "if":
+        return neuron.MultiStepIFNode(**kw)
+    return neuron.MultiStepLIFNode(1.7, decay_input, **kw)
+
+
+def _far_from_ties(node_ref, x64, v0, tie):
+    """Neurons whose float64 pre-reset potential never lies within ``tie`` of the threshold."""
+    p = node_ref.params()
+    v = v0 if isinstance(v0, torch.Tensor) else torch.full_like(x64[0], v0)
+    ok = torch.ones_like(x64[0], dtype=torch.bool)
+    for x in x64:
+        h = charge(v, x, p)
+        ok &= (h - p.v_threshold).abs() > tie
+        v = reset(h, (h >= p.v_threshold).double(), p)
+    return ok
+
+
+def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=False, grad="random", seed=0,
+                            **options):
+    device = _device(name)
+    tol = TOLERANCE[dtype]
+    g = torch.Generator().manual_seed(seed)
+    x64 = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.7 + 0.45)
+    x = x64.to(dtype).to(device).requires_grad_()
+    x64 = x.detach().double().cpu()  # the values the kernel really gets
+    if v_init == "tensor":
+        v0_64 = (torch.randn(shape[1:], generator=g, dtype=torch.float64) * 0.3).to(dtype).double()
+    else:
+        v0_64 = 0.0 if options.get("v_reset", 0.0) is None else options.get("v_reset", 0.0)
+    weights = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def run(node, x_in, v0, w_dtype, w_device):
+        if isinstance(v0, torch.Tensor):
+            node.v = v0
+        spike = node(x_in)
+        if grad == "sum":
+            loss = spike.sum()
+        else:
+            w = [wi.to(w_dtype).to(w_device) for wi in weights]
+            loss = (spike * w[0]).sum() + (node.v * w[1][0]).sum()
+            if store_v_seq:
+                loss = loss + (node.v_seq * w[2]).sum()
+        loss.backward()
+        return spike, node
+
+    kernel_node = _make(name, store_v_seq=store_v_seq, **options)
+    v0 = v0_64.to(dtype).to(device).requires_grad_() if isinstance(v0_64, torch.Tensor) else v0_64
+    spike, kernel_node = run(kernel_node, x, v0, dtype, device)
+
+    ref_node = _make("torch", store_v_seq=store_v_seq, **options)
+    xr = x64.clone().requires_grad_()
+    v0r = v0_64.clone().requires_grad_() if isinstance(v0_64, torch.Tensor) else v0_64
+    ref_spike, ref_node = run(ref_node, xr, v0r, torch.float64, "cpu")
+
+    assert spike.dtype == dtype and kernel_node.v.dtype == dtype and spike.shape == x.shape
+    keep = _far_from_ties(ref_node, x64, v0_64, SPIKE_TIE)
+    grad_keep = keep & _far_from_ties(ref_node, x64, v0_64, tol["grad_tie"])
+    assert grad_keep.double().mean() >= 0.7, "too many near-threshold neurons for a meaningful comparison"
+    seq_keep = keep.expand_as(x64)
+
+    got_spike = spike.detach().double().cpu()
+    assert not torch.isnan(got_spike).any(), "unwritten spike elements"
+    assert torch.equal(got_spike[seq_keep], ref_spike.detach()[seq_keep])
+
+    close = dict(rtol=tol["rtol"], atol=tol["atol"])
+    torch.testing.assert_close(kernel_node.v.detach().double().cpu()[keep], ref_node.v.detach()[keep], **close)
+    if store_v_seq:
+        torch.testing.assert_close(kernel_node.v_seq.detach().double().cpu()[seq_keep],
+                                   ref_node.v_seq.detach()[seq_keep], **close)
+
+    def close_grads(got, ref, mask):
+        got = got.double().cpu()
+        assert not torch.isnan(got).any(), "unwritten gradient elements"
+        scale = max(ref.abs().max().item(), 1e-3)
+        torch.testing.assert_close(got[mask], ref[mask], rtol=tol["grad"], atol=tol["grad"] * scale)
+
+    close_grads(x.grad, xr.grad, grad_keep.expand_as(x64))
+    if isinstance(v0, torch.Tensor):
+        close_grads(v0.grad, v0r.grad, grad_keep)
+
+
+OPTIONS = list(itertools.product(
+    [("if", True), ("lif", True), ("lif", False)],  # (charge, decay_input)
+    [0.0, -0.3, None],  # v_reset (None: soft reset)
+    [False, True],  # detach_reset
+    [surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(alpha=1.5), surrogate.SoftSign()],
+))
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"{o[0][0]}-{o[0][1]}-{o[1]}-{o[2]}-{type(o[3]).__name__}")
+def test_every_option(name, opts):
+    (charge, decay_input), v_reset, detach, sg = opts
+    check_against_reference(name, (6, 1151), torch.float32, store_v_seq=detach, charge=charge,
+                            decay_input=decay_input, v_reset=v_reset, detach=detach, sg=sg)
+
+
+SHAPES = [(1, 7), (5, 1151), (4, 2, 3, 5), (16, 2, 33)]
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("v_init", ["rest", "tensor"])
+@pytest.mark.parametrize("store_v_seq", [False, True])
+@pytest.mark.parametrize("grad", ["random", "sum"])
+def test_dtypes_shapes_and_state(name, dtype, shape, v_init, store_v_seq, grad):
+    check_against_reference(name, shape, dtype, v_init=v_init, store_v_seq=store_v_seq, grad=grad,
+                            v_reset=None if store_v_seq else 0.0)
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+def test_state_carries_over_consecutive_calls(name):
+    device = _device(name)
+    x = torch.randn(12, 3, 50, dtype=torch.float64) + 0.5
+    kernel_node, ref_node = _make(name), _make("torch")
+    xk = x.float().to(device)
+    got = torch.cat([kernel_node(xk[:5]), kernel_node(xk[5:])]).double().cpu()
+    expected = ref_node(x.float().double())
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(kernel_node.v.double().cpu(), ref_node.v, rtol=1e-5, atol=1e-5)
+    kernel_node.reset()
+    assert torch.equal(kernel_node(xk[:5]).double().cpu(), expected[:5])
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+def test_inference_matches_training_forward(name):
+    device = _device(name)
+    x = (torch.randn(8, 300) + 0.5).to(device)
+    with torch.no_grad():
+        eval_spike = _make(name, store_v_seq=True)(x)
+    train_spike = _make(name, store_v_seq=True)(x.clone().requires_grad_())
+    assert torch.equal(eval_spike, train_spike.detach())
+    assert not eval_spike.requires_grad
