@@ -1,7 +1,8 @@
 """Source code of one neuron time step, generated for a kernel language.
 
-Both kernel backends (CUDA through CuPy, and Triton) wrap the lines produced here in their own loop
-over t; the arithmetic itself comes from :mod:`flashspike.dynamics` and the surrogate's derivative
+The step is written once, as functions of values in a math namespace (``forward_values``,
+``backward_values``); ``forward_step`` and ``backward_step`` render it as source lines. Both kernel
+backends (CUDA through CuPy, and Triton) wrap those lines in their own loop over t; the arithmetic itself comes from :mod:`flashspike.dynamics` and the surrogate's derivative
 from :mod:`flashspike.surrogate`, so no kernel restates a formula. All variables are float32.
 
 The backward step is the chain rule through one step. With u = H − V_th, S = Θ(u), σ = g'(u):
@@ -23,32 +24,43 @@ from ..params import NeuronParams
 from ..surrogate import heaviside
 
 
+def forward_values(x, v, p: NeuronParams, m):
+    """One step, (X[t], V[t−1]) -> (H[t], S[t], V[t]), in the math namespace ``m``."""
+    h = m.let("h", charge(v, x, p))
+    spike = m.let("spike", heaviside(h - p.v_threshold, m))
+    return h, spike, reset(h, spike, p)
+
+
+def backward_values(h, grad_spike, grad_v, p: NeuronParams, m):
+    """(H[t], ∂L/∂S[t], ∂L/∂V[t]) -> (∂L/∂H[t], ∂L/∂X[t], ∂L/∂V[t−1] through this step), in ``m``."""
+    u = m.let("u", h - p.v_threshold)
+    sg = m.let("sg", p.surrogate.derivative(u, p.surrogate.alpha, m))
+    if p.v_reset is None:
+        dv_dh, dv_ds = 1.0, -p.v_threshold
+    else:
+        dv_dh, dv_ds = 1.0 - heaviside(u, m), p.v_reset - h
+    if p.detach_reset:
+        grad_h = grad_spike * sg + grad_v * dv_dh
+    else:
+        grad_h = grad_spike * sg + grad_v * (dv_dh + dv_ds * sg)
+    grad_h = m.let("grad_h", grad_h)
+    dh_dv, dh_dx = charge_slopes(p)
+    return grad_h, grad_h * dh_dx, grad_h * dh_dv
+
+
 def forward_step(p: NeuronParams, language: Language) -> list[str]:
     """Statements that read ``x`` (X[t]) and ``v`` (V[t−1]) and define ``h``, ``spike``, ``v_next``."""
     e = Emitter(language, prefix="_f")
-    h = e.define("h", charge(var("v"), var("x"), p))
-    spike = e.define("spike", heaviside(h - p.v_threshold, e))
-    e.define("v_next", reset(h, spike, p))
+    for name, value in zip(("h", "spike", "v_next"), forward_values(var("x"), var("v"), p, e)):
+        e.define(name, value)
     return e.lines
 
 
 def backward_step(p: NeuronParams, language: Language) -> list[str]:
     """Statements that read ``h`` (H[t]), ``grad_spike`` (∂L/∂S[t]) and ``grad_v`` (∂L/∂V[t]) and
-    define ``grad_x`` (∂L/∂X[t]) and ``grad_v_prev`` (∂L/∂V[t−1] through this step)."""
+    define ``grad_h``, ``grad_x`` (∂L/∂X[t]) and ``grad_v_prev`` (∂L/∂V[t−1] through this step)."""
     e = Emitter(language, prefix="_b")
-    h, grad_spike, grad_v = var("h"), var("grad_spike"), var("grad_v")
-    u = e.let("u", h - p.v_threshold)
-    sg = e.let("sg", p.surrogate.derivative(u, p.surrogate.alpha, e))
-    if p.v_reset is None:
-        dv_dh, dv_ds = 1.0, -p.v_threshold
-    else:
-        dv_dh, dv_ds = 1.0 - heaviside(u, e), p.v_reset - h
-    if p.detach_reset:
-        grad_h = grad_spike * sg + grad_v * dv_dh
-    else:
-        grad_h = grad_spike * sg + grad_v * (dv_dh + dv_ds * sg)
-    grad_h = e.define("grad_h", grad_h)
-    dh_dv, dh_dx = charge_slopes(p)
-    e.define("grad_x", grad_h * dh_dx)
-    e.define("grad_v_prev", grad_h * dh_dv)
+    values = backward_values(var("h"), var("grad_spike"), var("grad_v"), p, e)
+    for name, value in zip(("grad_h", "grad_x", "grad_v_prev"), values):
+        e.define(name, value)
     return e.lines
