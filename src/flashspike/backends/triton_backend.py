@@ -1,0 +1,216 @@
+"""Backend 'triton': the fused forward and backward kernels of :mod:`.triton_source`, run by Triton.
+
+On CUDA tensors the kernels are compiled for the GPU. On CPU tensors they run only through Triton's
+interpreter, switched on by ``TRITON_INTERPRET=1`` in the environment before triton is imported; that
+is how CI runs the parity tests without a GPU, and it is slow, so it is not offered otherwise.
+
+The generated source of a layer's kernels is turned into ``triton.jit`` functions once per
+(``NeuronParams.key``, interpreter on or off) and kept in a dictionary; Triton itself then compiles
+and caches one binary per dtype and per combination of the ``tl.constexpr`` flags of a call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import os
+import sys
+import warnings
+
+import torch
+
+from . import _KERNEL_DTYPES, BackendError, fused, reference
+from .triton_source import (
+    BACKWARD_NAME,
+    FORWARD_NAME,
+    GRAD_ABSENT,
+    GRAD_SCALAR,
+    GRAD_STRIDED,
+    backward_source,
+    forward_source,
+)
+
+# Neurons per program and warps per program on a GPU; in the interpreter, see _interpreter_block.
+GPU_BLOCK = 1024
+GPU_NUM_WARPS = 4
+# Load X[t+1] while step t computes (the PREFETCH flag of the forward kernel).
+GPU_PREFETCH = True
+# The interpreter pays per program and per operation, not per element: few, wide programs.
+INTERPRETER_MAX_BLOCK = 8192
+
+_triton = None  # the triton module, once imported
+
+
+def _import_triton():
+    global _triton
+    if _triton is None:
+        try:
+            import triton
+            import triton.language  # noqa: F401  (the kernels' `tl`)
+        except Exception as err:  # a broken install raises more than ImportError; show its cause
+            raise ImportError(
+                "backend 'triton' needs the triton package, which could not be imported "
+                f"({type(err).__name__}: {err}). Install it with `pip install triton` (PyTorch's CUDA wheels "
+                "ship a matching one), or use backend='torch' or 'auto'."
+            ) from err
+        _triton = triton
+    return _triton
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET)."""
+    knobs = getattr(sys.modules.get("triton"), "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _jit(source: str, name: str):
+    """``triton.jit`` of the function ``name`` defined by generated ``source``.
+
+    Triton reads a kernel's text back with ``inspect.getsource``; registering the text in
+    ``linecache`` under a name unique to it is what lets that work for code that has no file.
+    """
+    triton = _import_triton()
+    filename = f"<flashspike-triton {name} {hashlib.sha1(source.encode()).hexdigest()[:16]}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    scope = {"__name__": __name__, "tl": triton.language}
+    exec(compile(source, filename, "exec"), scope)
+    # T changes from call to call; specializing on it (T == 1, T % 16) would only multiply compiles.
+    return triton.jit(scope[name], do_not_specialize=["T"])
+
+
+def _interpreter_block(n: int) -> int:
+    return min(1 << max(n - 1, 0).bit_length(), INTERPRETER_MAX_BLOCK)
+
+
+def _grad_mode(grad) -> int:
+    if grad is None:
+        return GRAD_ABSENT
+    if not any(grad.stride()):
+        return GRAD_SCALAR
+    return GRAD_STRIDED
+
+
+def _last_row(tensor):
+    """Row T-1 of a [T, N] tensor (the backward kernel walks back from it); an [N] tensor as it is."""
+    return tensor[-1] if tensor is not None and tensor.dim() == 2 else tensor
+
+
+class TritonKernels:
+    """The kernel set (see :mod:`.fused`) of one layer's options."""
+
+    def __init__(self, p, interpret: bool):
+        self.forward_kernel = _jit(forward_source(p), FORWARD_NAME)
+        self.backward_kernel = _jit(backward_source(p), BACKWARD_NAME)
+        self.interpret = interpret
+
+    def _launch_shape(self, n: int):
+        """(grid, BLOCK, launch options) for N neurons."""
+        if self.interpret:
+            block = _interpreter_block(n)
+            return ((n + block - 1) // block,), block, {}
+        block = GPU_BLOCK
+        return ((n + block - 1) // block,), block, {"num_warps": GPU_NUM_WARPS}
+
+    def forward(self, x, v_init, p, save_h, store_v_seq):
+        steps, n = x.shape
+        spike = fused.new_output((steps, n), x)
+        v_out = fused.new_output((steps, n) if store_v_seq else (n,), x)
+        h = fused.new_output((steps, n), x) if save_h else None
+        grid, block, options = self._launch_shape(n)
+        with _on_device(x):
+            self.forward_kernel[grid](
+                x, v_init, spike, v_out, h, steps, n,
+                block, v_init is not None, save_h, store_v_seq, GPU_PREFETCH and not self.interpret,
+                **options,
+            )  # fmt: skip
+        return spike, v_out, h
+
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init):
+        steps, n = h.shape
+        grad_x = fused.new_output((steps, n), h)
+        grad_v_init = fused.new_output((n,), h) if need_grad_v_init else None
+        gs_mode, gv_mode = _grad_mode(grad_spike), _grad_mode(grad_v_out)
+        gs_strides = grad_spike.stride() if gs_mode == GRAD_STRIDED else (0, 0)
+        gv_strides = (0, 0)
+        if gv_mode == GRAD_STRIDED:
+            gv_strides = grad_v_out.stride() if store_v_seq else (0, grad_v_out.stride(0))
+        grid, block, options = self._launch_shape(n)
+        with _on_device(h):
+            self.backward_kernel[grid](
+                h[-1], _last_row(grad_spike), _last_row(grad_v_out) if store_v_seq else grad_v_out,
+                grad_x[-1], grad_v_init, steps, n, *gs_strides, *gv_strides,
+                block, gs_mode, gv_mode, store_v_seq, need_grad_v_init,
+                **options,
+            )  # fmt: skip
+        return grad_x, grad_v_init
+
+
+class _NullContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _NullContext()
+
+
+def _on_device(tensor):
+    """Triton launches on the current CUDA device: switch to the tensor's when it is another."""
+    if tensor.device.type == "cuda" and tensor.device.index != torch.cuda.current_device():
+        return torch.cuda.device(tensor.device)
+    return _NULL
+
+
+_kernel_sets: dict = {}
+
+
+def kernel_set(p) -> TritonKernels:
+    """The cached kernel set for ``p``'s options (and the interpreter's state)."""
+    key = (p.key, interpreting())
+    kernels = _kernel_sets.get(key)
+    if kernels is None:
+        kernels = _kernel_sets[key] = TritonKernels(p, key[1])
+    return kernels
+
+
+_warned_fallback: set = set()
+
+
+class TritonBackend:
+    name = "triton"
+
+    def check_input(self, x_seq: torch.Tensor) -> None:
+        device = x_seq.device.type
+        if device == "cpu" and not interpreting():
+            raise BackendError(
+                "backend 'triton' runs on CUDA tensors, and this input is on the CPU; use backend='torch' "
+                "or 'auto' there (or set TRITON_INTERPRET=1 before importing triton to run Triton's slow "
+                "CPU interpreter, as the tests do)"
+            )
+        if device not in ("cuda", "cpu"):
+            raise BackendError(
+                f"backend 'triton' runs on CUDA tensors, and this input is on {x_seq.device}; "
+                "use backend='torch' or 'auto' there"
+            )
+        if _triton is None:
+            _import_triton()
+
+    def multi_step(self, x_seq: torch.Tensor, v_init, p, store_v_seq: bool):
+        if x_seq.dtype not in _KERNEL_DTYPES:
+            # The kernels compute in float32; a float64 input keeps its precision with the reference.
+            if x_seq.dtype not in _warned_fallback:
+                _warned_fallback.add(x_seq.dtype)
+                warnings.warn(
+                    f"backend 'triton' computes in float32 and has no {x_seq.dtype} kernels; "
+                    "running backend 'torch' for this dtype",
+                    stacklevel=3,
+                )
+            return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq)
+        return fused.fused_multi_step(kernel_set(p), x_seq, v_init, p, store_v_seq)
+
+
+BACKEND = TritonBackend()
