@@ -11,6 +11,7 @@ and caches one binary per dtype and per combination of the ``tl.constexpr`` flag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import linecache
 import os
@@ -30,11 +31,10 @@ from .triton_source import (
     forward_source,
 )
 
-# Neurons per program and warps per program on a GPU; in the interpreter, see _interpreter_block.
-GPU_BLOCK = 1024
+# Neurons and warps per program on a GPU: four neurons per thread was the fastest on an H200
+# (tools/gpu_triton.sh sweeps it), for float32 and float16 alike. The interpreter: _interpreter_block.
+GPU_BLOCK = 512
 GPU_NUM_WARPS = 4
-# Load X[t+1] while step t computes (the PREFETCH flag of the forward kernel).
-GPU_PREFETCH = True
 # The interpreter pays per program and per operation, not per element: few, wide programs.
 INTERPRETER_MAX_BLOCK = 8192
 
@@ -92,9 +92,10 @@ def _grad_mode(grad) -> int:
     return GRAD_STRIDED
 
 
-def _last_row(tensor):
-    """Row T-1 of a [T, N] tensor (the backward kernel walks back from it); an [N] tensor as it is."""
-    return tensor[-1] if tensor is not None and tensor.dim() == 2 else tensor
+def _walk(grad, steps: int):
+    """How the backward kernel walks a [T, N] gradient from its last step: (stride_t, stride_n, offset)."""
+    stride_t, stride_n = grad.stride()
+    return stride_t, stride_n, (steps - 1) * stride_t
 
 
 class TritonKernels:
@@ -122,7 +123,7 @@ class TritonKernels:
         with _on_device(x):
             self.forward_kernel[grid](
                 x, v_init, spike, v_out, h, steps, n,
-                block, v_init is not None, save_h, store_v_seq, GPU_PREFETCH and not self.interpret,
+                block, v_init is not None, save_h, store_v_seq,
                 **options,
             )  # fmt: skip
         return spike, v_out, h
@@ -132,37 +133,29 @@ class TritonKernels:
         grad_x = fused.new_output((steps, n), h)
         grad_v_init = fused.new_output((n,), h) if need_grad_v_init else None
         gs_mode, gv_mode = _grad_mode(grad_spike), _grad_mode(grad_v_out)
-        gs_strides = grad_spike.stride() if gs_mode == GRAD_STRIDED else (0, 0)
-        gv_strides = (0, 0)
+        # (stride along t, stride along N, offset of the last step) of each gradient argument
+        gs = _walk(grad_spike, steps) if gs_mode == GRAD_STRIDED else (0, 0, 0)
+        gv = (0, 0, 0)
         if gv_mode == GRAD_STRIDED:
-            gv_strides = grad_v_out.stride() if store_v_seq else (0, grad_v_out.stride(0))
+            gv = _walk(grad_v_out, steps) if store_v_seq else (0, grad_v_out.stride(0), 0)
         grid, block, options = self._launch_shape(n)
         with _on_device(h):
             self.backward_kernel[grid](
-                h[-1], _last_row(grad_spike), _last_row(grad_v_out) if store_v_seq else grad_v_out,
-                grad_x[-1], grad_v_init, steps, n, *gs_strides, *gv_strides,
+                h, grad_spike, grad_v_out, grad_x, grad_v_init, steps, n, (steps - 1) * n, *gs, *gv,
                 block, gs_mode, gv_mode, store_v_seq, need_grad_v_init,
                 **options,
             )  # fmt: skip
         return grad_x, grad_v_init
 
 
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _NullContext()
+_NO_SWITCH = contextlib.nullcontext()
 
 
 def _on_device(tensor):
     """Triton launches on the current CUDA device: switch to the tensor's when it is another."""
     if tensor.device.type == "cuda" and tensor.device.index != torch.cuda.current_device():
         return torch.cuda.device(tensor.device)
-    return _NULL
+    return _NO_SWITCH
 
 
 _kernel_sets: dict = {}

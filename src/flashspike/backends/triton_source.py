@@ -52,7 +52,6 @@ def {FORWARD_NAME}(
     HAS_V_INIT: tl.constexpr,
     SAVE_H: tl.constexpr,
     STORE_V_SEQ: tl.constexpr,
-    PREFETCH: tl.constexpr,  # load X[t+1] before computing step t, so a load is always in flight
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
@@ -61,14 +60,8 @@ def {FORWARD_NAME}(
     else:
         v = tl.full([BLOCK], {v_rest}, tl.float32)
     offset = col  # of step t in the [T, N] tensors, int64
-    if PREFETCH:
-        x_next = tl.load(x_ptr + offset, mask=mask, other=0.0)
-    for t in range(T):
-        if PREFETCH:
-            x = x_next.to(tl.float32)
-            x_next = tl.load(x_ptr + offset + N, mask=mask & (t + 1 < T), other=0.0)
-        else:
-            x = tl.load(x_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+    for _ in range(T):
+        x = tl.load(x_ptr + offset, mask=mask, other=0.0).to(tl.float32)
 {step}
         tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
@@ -85,23 +78,24 @@ def {FORWARD_NAME}(
 def backward_source(p: NeuronParams) -> str:
     """A function ``flashspike_backward`` (not yet jitted) that runs the sequence backward in time.
 
-    The [T, N] arguments are passed as their last row (``tensor[-1]``) and walked back one row per
-    step, so no offset of T*N is formed. The gradient into V[t] is carried from step t+1 (through
+    The host passes the offsets of the last row ((T - 1) * N and (T - 1) * stride_t, as Python ints,
+    which Triton makes 64-bit when they need it); the kernel walks back one row per step. The gradient into V[t] is carried from step t+1 (through
     its charge); when the forward stored the V sequence, the gradient of the stored V[t] is added at
     each step, and otherwise the gradient of the last V (the only V output) starts the carry.
     """
     step = _body(backward_step(p, TRITON), 2)
     return f'''\
 def {BACKWARD_NAME}(
-    h_ptr,  # H from the forward pass, [T, N] contiguous, at its last row
-    grad_spike_ptr,  # dL/dS, [T, N] at its last row, read through (gs_stride_t, gs_stride_n); see GRAD_SPIKE
-    grad_v_ptr,  # dL/dV: [T, N] at its last row when STORE_V_SEQ, else [N] (the last V); see GRAD_V
-    grad_x_ptr,  # out dL/dX, [T, N] contiguous, at its last row
+    h_ptr,  # H from the forward pass, [T, N] contiguous
+    grad_spike_ptr,  # dL/dS, [T, N] read through its strides; see GRAD_SPIKE
+    grad_v_ptr,  # dL/dV: [T, N] when STORE_V_SEQ, else [N] (the last V), read through its strides; see GRAD_V
+    grad_x_ptr,  # out dL/dX, [T, N] contiguous
     grad_v_init_ptr,  # out dL/dV[-1], [N]; written only when NEED_GRAD_V_INIT
     T,  # number of time steps
     N,  # neurons per step
-    gs_stride_t, gs_stride_n,  # strides of grad_spike
-    gv_stride_t, gv_stride_n,  # strides of grad_v (gv_stride_t unused without STORE_V_SEQ)
+    last_row,  # (T - 1) * N: the offset of the last step in H and grad_x
+    gs_stride_t, gs_stride_n, gs_last_row,  # strides of grad_spike, and (T - 1) * gs_stride_t
+    gv_stride_t, gv_stride_n, gv_last_row,  # the same for grad_v (0 for the t ones without STORE_V_SEQ)
     BLOCK: tl.constexpr,  # neurons per program
     GRAD_SPIKE: tl.constexpr,  # {GRAD_ABSENT}: absent, {GRAD_SCALAR}: one value everywhere, {GRAD_STRIDED}: a strided tensor
     GRAD_V: tl.constexpr,  # the same for grad_v
@@ -110,15 +104,15 @@ def {BACKWARD_NAME}(
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
-    offset = col  # of step t in H and grad_x relative to the last row, int64, going negative
+    offset = col + last_row  # of step t in H and grad_x, int64, from t = T - 1 down
     if GRAD_SPIKE == {GRAD_SCALAR}:
         grad_spike = tl.load(grad_spike_ptr).to(tl.float32)
     if GRAD_SPIKE == {GRAD_STRIDED}:
-        gs_offset = col * gs_stride_n
+        gs_offset = col * gs_stride_n + gs_last_row
     if GRAD_V == {GRAD_SCALAR}:
         grad_v_given = tl.load(grad_v_ptr).to(tl.float32)
     if GRAD_V == {GRAD_STRIDED}:
-        gv_offset = col * gv_stride_n
+        gv_offset = col * gv_stride_n + gv_last_row
     # carry: dL/dV[t] through step t+1 and, without a V sequence, the last V's own gradient
     carry = tl.zeros([BLOCK], tl.float32)
     if not STORE_V_SEQ:
