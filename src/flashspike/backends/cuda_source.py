@@ -1,0 +1,343 @@
+"""CUDA C++ source of the fused multi-step kernels, generated per neuron; needs no CuPy and no GPU.
+
+One module of source holds two kernel templates for one :class:`~flashspike.params.NeuronParams`:
+
+``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, VEC>``
+    one thread owns VEC neighbouring neurons and walks t = 0 .. T−1 with V in float32 registers,
+    reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq).
+``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, VEC>``
+    walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
+    writing ∂L/∂X[t] (and ∂L/∂V[−1] at the end when the initial state needs a gradient).
+
+``T`` is the storage type (``float``, ``fs_half`` or ``fs_bf16``): elements are loaded and stored in
+it and converted to float32 in registers. The arithmetic of one step comes from
+:mod:`flashspike.backends.step_code`; this file holds only the loop, the memory traffic and the
+compile-time switches. Everything constant per layer (thresholds, tau, the surrogate and its alpha)
+is baked into the source, so one source is one ``params.key``; the template arguments are the
+per-call switches, so the kernel cache key is ``(params.key, dtype, template arguments)``.
+
+The source includes no header: half and bfloat16 conversions are written here with PTX and bit
+operations, so NVRTC needs no include path (CuPy's NVRTC does not always find ``cuda_fp16.h``) and
+each compile stays short.
+"""
+
+from __future__ import annotations
+
+import itertools
+from string import Template
+
+import torch
+
+from ..codegen import CUDA
+from ..params import NeuronParams
+from .step_code import backward_step, forward_step
+
+__all__ = [
+    "STORAGE_TYPES",
+    "GRAD_ABSENT",
+    "GRAD_DENSE",
+    "GRAD_SCALAR",
+    "BLOCK",
+    "PRELUDE",
+    "kernel_source",
+    "module_source",
+    "vector_width",
+    "forward_name",
+    "backward_name",
+    "forward_flag_sets",
+    "backward_flag_sets",
+]
+
+#: torch dtype -> the CUDA storage type the kernels load and store.
+STORAGE_TYPES = {torch.float32: "float", torch.float16: "fs_half", torch.bfloat16: "fs_bf16"}
+
+# How an output gradient reaches the backward kernel (the template argument GRAD_SPIKE / GRAD_V).
+GRAD_ABSENT = 0  # no gradient flows into this output: read nothing, treat as zero
+GRAD_DENSE = 1  # a contiguous tensor shaped like the output
+GRAD_SCALAR = 2  # every element equals element 0 (the expanded ones of y.sum().backward())
+
+#: Threads per block; each block covers BLOCK * VEC neurons.
+BLOCK = 256
+
+# Time steps whose loads a thread issues together before computing them: more bytes in flight per
+# thread, which a streaming kernel with few threads per neuron needs to approach the copy bandwidth.
+UNROLL = 2
+
+PRELUDE = r"""
+// ---- storage types: elements live in memory as T and in registers as float ----
+struct fs_half { unsigned short bits; };  // IEEE binary16 (a tag type: only its size and name matter)
+struct fs_bf16 { unsigned short bits; };  // bfloat16, the upper half of a float32
+
+// The bits of one element (in the low bits of a word) <-> its float value.
+template <typename T> __device__ __forceinline__ float fs_bits_to_float(unsigned int bits);
+template <typename T> __device__ __forceinline__ unsigned int fs_float_to_bits(float f);
+
+#ifndef FS_HOST_EMULATION  // (the CPU test of this source supplies host versions of these six)
+template <> __device__ __forceinline__ float fs_bits_to_float<float>(unsigned int bits) {
+    return __uint_as_float(bits);
+}
+template <> __device__ __forceinline__ float fs_bits_to_float<fs_half>(unsigned int bits) {
+    const unsigned short half = (unsigned short)bits;
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(half));
+    return f;
+}
+template <> __device__ __forceinline__ float fs_bits_to_float<fs_bf16>(unsigned int bits) {
+    return __uint_as_float(bits << 16);
+}
+template <> __device__ __forceinline__ unsigned int fs_float_to_bits<float>(float f) {
+    return __float_as_uint(f);
+}
+template <> __device__ __forceinline__ unsigned int fs_float_to_bits<fs_half>(float f) {
+    unsigned short half;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(half) : "f"(f));
+    return half;
+}
+template <> __device__ __forceinline__ unsigned int fs_float_to_bits<fs_bf16>(float f) {
+    // Round to nearest even, as torch does; a NaN stays a NaN.
+#if __CUDA_ARCH__ >= 800
+    unsigned short bf16;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bf16) : "f"(f));
+    return bf16;
+#else
+    const unsigned int u = __float_as_uint(f);
+    return (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u)  // quiet NaN
+                                           : ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+#endif
+}
+#endif
+
+// ---- VEC neighbouring elements moved as one aligned access of 2, 4, 8 or 16 bytes ----
+// The elements travel packed in 32-bit words (two 16-bit elements a word), assembled with shifts:
+// type punning through a union or the stack would cost local memory.
+template <typename T> struct fs_lanes {
+    enum { per_word = 4 / sizeof(T), shift = 8 * sizeof(T) };
+    static __device__ __forceinline__ unsigned int mask() { return sizeof(T) == 4 ? 0xffffffffu : 0xffffu; }
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void fs_load(const T* p, float (&out)[VEC]) {
+    const int bytes = sizeof(T) * VEC;
+    unsigned int words[4] = {0u, 0u, 0u, 0u};  // (the compiler keeps only the words in use)
+    if (bytes == 16) {
+        const uint4 w = *reinterpret_cast<const uint4*>(p);
+        words[0] = w.x; words[1] = w.y; words[2] = w.z; words[3] = w.w;
+    } else if (bytes == 8) {
+        const uint2 w = *reinterpret_cast<const uint2*>(p);
+        words[0] = w.x; words[1] = w.y;
+    } else if (bytes == 4) {
+        words[0] = *reinterpret_cast<const unsigned int*>(p);
+    } else {
+        words[0] = *reinterpret_cast<const unsigned short*>(p);
+    }
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+        const int word = k / fs_lanes<T>::per_word, lane = k % fs_lanes<T>::per_word;
+        out[k] = fs_bits_to_float<T>((words[word] >> (fs_lanes<T>::shift * lane)) & fs_lanes<T>::mask());
+    }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void fs_store(T* p, const float (&in)[VEC]) {
+    const int bytes = sizeof(T) * VEC;
+    unsigned int words[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+        const int word = k / fs_lanes<T>::per_word, lane = k % fs_lanes<T>::per_word;
+        words[word] |= fs_float_to_bits<T>(in[k]) << (fs_lanes<T>::shift * lane);
+    }
+    if (bytes == 16) {
+        uint4 w;
+        w.x = words[0]; w.y = words[1]; w.z = words[2]; w.w = words[3];
+        *reinterpret_cast<uint4*>(p) = w;
+    } else if (bytes == 8) {
+        uint2 w;
+        w.x = words[0]; w.y = words[1];
+        *reinterpret_cast<uint2*>(p) = w;
+    } else if (bytes == 4) {
+        *reinterpret_cast<unsigned int*>(p) = words[0];
+    } else {
+        *reinterpret_cast<unsigned short*>(p) = (unsigned short)words[0];
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ float fs_load_one(const T* p) {
+    float value[1];
+    fs_load<T, 1>(p, value);
+    return value[0];
+}
+
+// ---- how an output gradient arrives (see cuda_source.py) ----
+#define FS_GRAD_ABSENT 0
+#define FS_GRAD_DENSE 1
+#define FS_GRAD_SCALAR 2
+"""
+
+# The kernels of one neuron. $forward_step and $backward_step are the generated statements of one
+# step; $v_rest is the potential of a neuron without an initial state. Offsets are 64-bit
+# (long long): a sequence may hold more than 2^31 elements.
+_KERNELS = Template(r"""
+template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, int VEC>
+__global__ void fs_forward(
+    const T* __restrict__ x_seq,   // [T, N] input X
+    const T* __restrict__ v_init,  // [N] V before step 0 (read only when HAS_V_INIT, else V = v_rest)
+    T* __restrict__ spike_seq,     // [T, N] output S, 0 or 1
+    T* __restrict__ v_out,         // [T, N] every V when STORE_V_SEQ, else [N] the last V
+    T* __restrict__ h_seq,         // [T, N] pre-reset potential H for backward (written when SAVE_H)
+    const long long steps,         // T
+    const long long n)             // N, neurons per step; a multiple of VEC
+{
+    const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (i >= n) return;
+    float v_reg[VEC];
+    if (HAS_V_INIT) {
+        fs_load<T, VEC>(v_init + i, v_reg);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) v_reg[k] = $v_rest;
+    }
+    for (long long t0 = 0; t0 < steps; t0 += $unroll) {
+        float x_reg[$unroll][VEC];
+#pragma unroll
+        for (int u = 0; u < $unroll; ++u) {
+            if (t0 + u < steps) fs_load<T, VEC>(x_seq + (t0 + u) * n + i, x_reg[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < $unroll; ++u) {
+            if (t0 + u >= steps) break;
+            const long long at = (t0 + u) * n + i;
+            float spike_reg[VEC], h_reg[VEC];
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) {
+                const float x = x_reg[u][k];
+                const float v = v_reg[k];
+$forward_step
+                spike_reg[k] = spike;
+                h_reg[k] = h;
+                v_reg[k] = v_next;
+            }
+            fs_store<T, VEC>(spike_seq + at, spike_reg);
+            if (SAVE_H) fs_store<T, VEC>(h_seq + at, h_reg);
+            if (STORE_V_SEQ) fs_store<T, VEC>(v_out + at, v_reg);
+        }
+    }
+    if (!STORE_V_SEQ) fs_store<T, VEC>(v_out + i, v_reg);
+}
+
+template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, int VEC>
+__global__ void fs_backward(
+    const T* __restrict__ h_seq,           // [T, N] H saved by the forward pass
+    const T* __restrict__ grad_spike_seq,  // dL/dS: [T, N] (DENSE), one value (SCALAR), unread (ABSENT)
+    const T* __restrict__ grad_v_out,      // dL/dv_out, shaped like fs_forward's v_out; same modes
+    T* __restrict__ grad_x_seq,            // [T, N] dL/dX
+    T* __restrict__ grad_v_init,           // [N] dL/dV[-1] (written when GRAD_V_INIT)
+    const long long steps,                 // T
+    const long long n)                     // N, a multiple of VEC
+{
+    const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (i >= n) return;
+    // A SCALAR gradient is the same for every element: read it once.
+    const float grad_spike_all = GRAD_SPIKE == FS_GRAD_SCALAR ? fs_load_one(grad_spike_seq) : 0.0f;
+    const float grad_v_all = GRAD_V == FS_GRAD_SCALAR ? fs_load_one(grad_v_out) : 0.0f;
+    float carry[VEC];  // dL/dV[t] through the steps after t
+    float grad_v_last[VEC];  // dL/dV[T-1] from the last-V output (when not STORE_V_SEQ)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+        carry[k] = 0.0f;
+        grad_v_last[k] = grad_v_all;
+    }
+    if (!STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + i, grad_v_last);
+    for (long long r0 = 0; r0 < steps; r0 += $unroll) {
+        float h_reg[$unroll][VEC], grad_spike_reg[$unroll][VEC], grad_v_reg[$unroll][VEC];
+#pragma unroll
+        for (int u = 0; u < $unroll; ++u) {
+            const long long t = steps - 1 - (r0 + u);
+            if (t < 0) break;
+            fs_load<T, VEC>(h_seq + t * n + i, h_reg[u]);
+            if (GRAD_SPIKE == FS_GRAD_DENSE) fs_load<T, VEC>(grad_spike_seq + t * n + i, grad_spike_reg[u]);
+            if (STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + t * n + i, grad_v_reg[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < $unroll; ++u) {
+            const long long t = steps - 1 - (r0 + u);
+            if (t < 0) break;
+            float grad_x_reg[VEC];
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) {
+                const float h = h_reg[u][k];
+                const float grad_spike = GRAD_SPIKE == FS_GRAD_DENSE ? grad_spike_reg[u][k] : grad_spike_all;
+                float grad_v = carry[k];
+                if (STORE_V_SEQ) {
+                    grad_v += GRAD_V == FS_GRAD_DENSE ? grad_v_reg[u][k] : grad_v_all;
+                } else if (t == steps - 1) {
+                    grad_v += grad_v_last[k];
+                }
+$backward_step
+                (void)grad_h;  // defined by every backward step; this loop needs only its products
+                grad_x_reg[k] = grad_x;
+                carry[k] = grad_v_prev;
+            }
+            fs_store<T, VEC>(grad_x_seq + t * n + i, grad_x_reg);
+        }
+    }
+    if (GRAD_V_INIT) fs_store<T, VEC>(grad_v_init + i, carry);
+}
+""")
+
+
+def _indent(lines: list[str], spaces: int = 16) -> str:
+    return "\n".join(" " * spaces + line for line in lines)
+
+
+def kernel_source(p: NeuronParams) -> str:
+    """The two kernel templates of one neuron (without :data:`PRELUDE`)."""
+    return _KERNELS.substitute(
+        unroll=UNROLL,
+        v_rest=CUDA.const(float(p.v_rest)),
+        forward_step=_indent(forward_step(p, CUDA)),
+        backward_step=_indent(backward_step(p, CUDA)),
+    )
+
+
+def module_source(p: NeuronParams) -> str:
+    """A complete translation unit for NVRTC: the prelude and the neuron's kernels."""
+    return PRELUDE + kernel_source(p)
+
+
+def vector_width(dtype: torch.dtype) -> int:
+    """Elements per 16-byte load for ``dtype``: the VEC of the vectorized kernels."""
+    return 16 // torch.empty((), dtype=dtype).element_size()
+
+
+def _cpp_bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq: bool, vec: int) -> str:
+    """The C++ name of one forward instantiation (a name expression for NVRTC)."""
+    flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq)))
+    return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}>"
+
+
+def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq: bool, grad_v_init: bool,
+                  vec: int) -> str:
+    """The C++ name of one backward instantiation; ``grad_spike``/``grad_v`` are GRAD_* modes."""
+    return (f"fs_backward<{STORAGE_TYPES[dtype]}, {grad_spike}, {grad_v}, {_cpp_bool(store_v_seq)}, "
+            f"{_cpp_bool(grad_v_init)}, {vec}>")
+
+
+def forward_flag_sets(dtype: torch.dtype):
+    """Every (has_v_init, save_h, store_v_seq, vec) a launcher may ask for."""
+    return itertools.product((False, True), (False, True), (False, True), (1, vector_width(dtype)))
+
+
+def backward_flag_sets(dtype: torch.dtype):
+    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, vec) a launcher may ask for; at least one
+    output gradient is present (fused.py calls no backward otherwise)."""
+    modes = (GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR)
+    for gs, gv, store, gvi, vec in itertools.product(
+        modes, modes, (False, True), (False, True), (1, vector_width(dtype))
+    ):
+        if gs != GRAD_ABSENT or gv != GRAD_ABSENT:
+            yield gs, gv, store, gvi, vec

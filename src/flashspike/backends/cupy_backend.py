@@ -1,0 +1,215 @@
+"""Backend 'cupy': the fused kernels of :mod:`flashspike.backends.cuda_source`, compiled by NVRTC
+through CuPy and launched on PyTorch's tensors in place.
+
+The host path of one call is kept to dictionary look-ups and one launch: tensors go to the kernel as
+raw pointers (``data_ptr()``, no copy, no CuPy array), on the input's device and on PyTorch's current
+stream there (so CUDA graph capture and side streams work), outputs come from torch's allocator
+(:func:`fused.new_output`), and nothing waits for the GPU. Compiled kernels are cached in memory by
+``(params.key, dtype, switches, device)`` and on disk by CuPy (``~/.cupy/kernel_cache``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import BackendError, fused
+from . import cuda_source as src
+from .reference import BACKEND as REFERENCE
+
+__all__ = ["BACKEND", "CupyBackend", "CupyKernels", "PIP_HINT"]
+
+PIP_HINT = (
+    "install the CuPy wheel for your CUDA major version, matching torch.version.cuda: "
+    "pip install cupy-cuda12x (CUDA 12) or pip install cupy-cuda13x (CUDA 13)"
+)
+
+# NVRTC options: C++14 is what CuPy assumes; no fast-math, so results follow IEEE float32 as the
+# reference does.
+_NVRTC_OPTIONS = ("-std=c++14",)
+
+_VECTOR_WIDTH = {dtype: src.vector_width(dtype) for dtype in src.STORAGE_TYPES}
+
+
+def _raw_stream_getter():
+    """A function device_index -> PyTorch's current cudaStream_t there, as an int.
+
+    PyTorch's own compiled code (Inductor, Triton launchers) reads the raw stream through
+    ``torch._C._cuda_getCurrentRawStream``: one C call instead of building a ``torch.cuda.Stream``
+    object per launch. The public spelling is the fallback where that name is missing.
+    """
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is not None:
+        return raw
+    return lambda index: torch.cuda.current_stream(index).cuda_stream
+
+
+class _CupyState:
+    """CuPy, imported and checked once; the error is kept and raised again on every later call."""
+
+    def __init__(self):
+        self.cupy = None
+        self.error: BaseException | None = None
+
+    def load(self):
+        if self.cupy is not None:
+            return self.cupy
+        if self.error is None:
+            try:
+                import cupy
+
+                # Importing CuPy succeeds without its CUDA libraries; these calls load them, so a
+                # broken install fails here, at the check, rather than at the first launch.
+                cupy.cuda.runtime.runtimeGetVersion()
+                cupy.cuda.nvrtc.getVersion()
+                self.cupy = cupy
+                return cupy
+            except Exception as error:  # any failure to import or to load CUDA libraries
+                self.error = error
+        raise ImportError(
+            f"backend 'cupy' needs a working CuPy: {PIP_HINT}. The attempt failed with "
+            f"{type(self.error).__name__}: {self.error}"
+        ) from self.error
+
+
+_CUPY = _CupyState()
+
+
+def _grad_mode(grad: torch.Tensor | None, dtype: torch.dtype):
+    """(GRAD_* mode, tensor to pass) for an output gradient, without materializing broadcasts."""
+    if grad is None:
+        return src.GRAD_ABSENT, None
+    if grad.dtype != dtype:
+        grad = grad.to(dtype)
+    if not any(grad.stride()):
+        return src.GRAD_SCALAR, grad  # every element is element 0 (y.sum().backward())
+    if not grad.is_contiguous():
+        grad = grad.contiguous()
+    return src.GRAD_DENSE, grad
+
+
+def _ptr(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _vector_width(dtype: torch.dtype, n: int, *pointers: int) -> int:
+    """VEC for a launch: 16-byte accesses when N is a multiple of the width and every pointer is
+    16-byte aligned (a view with an offset may not be), else one element at a time."""
+    vec = _VECTOR_WIDTH[dtype]
+    if n % vec:
+        return 1
+    for pointer in pointers:
+        if pointer % 16:
+            return 1
+    return vec
+
+
+class CupyKernels:
+    """The kernel set of :mod:`flashspike.backends.fused` for CUDA tensors, through CuPy."""
+
+    def __init__(self):
+        self._functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
+        self._sources: dict = {}  # params.key -> CUDA source of the neuron's kernels
+        self._streams: dict = {}  # raw cudaStream_t -> cupy ExternalStream (what a launch takes)
+        self._current_raw_stream = _raw_stream_getter()
+
+    # ---- compilation ----
+    def _compile(self, p, name: str, device_index: int):
+        cupy = _CUPY.load()
+        source = self._sources.get(p.key)
+        if source is None:
+            source = self._sources[p.key] = src.module_source(p)
+        module = cupy.RawModule(code=source, options=_NVRTC_OPTIONS, name_expressions=(name,))
+        with cupy.cuda.Device(device_index):
+            return module.get_function(name).kernel  # compiles (or reads the disk cache) and loads
+
+    def _function(self, p, dtype, switches: tuple, device_index: int, name_of):
+        key = (p.key, dtype, switches, device_index)
+        function = self._functions.get(key)
+        if function is None:
+            function = self._functions[key] = self._compile(p, name_of(dtype, *switches), device_index)
+        return function
+
+    def compiled_count(self) -> int:
+        """How many kernels this process has compiled or loaded (for tests of the cache)."""
+        return len(self._functions)
+
+    # ---- launching ----
+    def _launch(self, function, device_index: int, n: int, vec: int, args: tuple) -> None:
+        cupy = _CUPY.cupy
+        raw = self._current_raw_stream(device_index)
+        stream = self._streams.get(raw)
+        if stream is None:
+            stream = self._streams[raw] = cupy.cuda.ExternalStream(raw, device_index)
+        blocks = ((n // vec) + src.BLOCK - 1) // src.BLOCK
+        if cupy.cuda.runtime.getDevice() == device_index:
+            function((blocks,), (src.BLOCK,), args, 0, stream)
+        else:
+            with cupy.cuda.Device(device_index):
+                function((blocks,), (src.BLOCK,), args, 0, stream)
+
+    def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool):
+        steps, n = x.shape
+        spike = fused.new_output((steps, n), x)
+        v_out = fused.new_output((steps, n) if store_v_seq else (n,), x)
+        h = fused.new_output((steps, n), x) if save_h else None
+        pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
+        vec = _vector_width(x.dtype, n, *pointers)
+        device_index = x.device.index
+        switches = (v_init is not None, save_h, store_v_seq, vec)
+        function = self._function(p, x.dtype, switches, device_index, src.forward_name)
+        self._launch(function, device_index, n, vec, (*pointers, steps, n))
+        return spike, v_out, h
+
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool):
+        steps, n = h.shape
+        gs_mode, grad_spike = _grad_mode(grad_spike, h.dtype)
+        gv_mode, grad_v_out = _grad_mode(grad_v_out, h.dtype)
+        grad_x = fused.new_output((steps, n), h)
+        grad_v_init = fused.new_output((n,), h) if need_grad_v_init else None
+        pointers = (h.data_ptr(), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
+        # A SCALAR gradient is read as one element, so its alignment does not matter.
+        dense = [pointers[0], pointers[3], pointers[4]]
+        if gs_mode == src.GRAD_DENSE:
+            dense.append(pointers[1])
+        if gv_mode == src.GRAD_DENSE:
+            dense.append(pointers[2])
+        vec = _vector_width(h.dtype, n, *dense)
+        device_index = h.device.index
+        switches = (gs_mode, gv_mode, store_v_seq, need_grad_v_init, vec)
+        function = self._function(p, h.dtype, switches, device_index, src.backward_name)
+        self._launch(function, device_index, n, vec, (*pointers, steps, n))
+        return grad_x, grad_v_init
+
+
+class CupyBackend:
+    name = "cupy"
+
+    def __init__(self):
+        self.kernels = CupyKernels()
+        self._warned_float64 = False
+
+    def check_input(self, x_seq: torch.Tensor) -> None:
+        if x_seq.device.type != "cuda":
+            raise BackendError(
+                f"backend 'cupy' runs on CUDA tensors, but x_seq is on {x_seq.device}; "
+                "use backend='torch' (any device) or backend='auto' (picks what runs there)"
+            )
+        _CUPY.load()
+
+    def multi_step(self, x_seq: torch.Tensor, v_init, p, store_v_seq: bool):
+        if x_seq.dtype not in src.STORAGE_TYPES:
+            # float64: the kernels compute in float32, which would lose the precision asked for.
+            if not self._warned_float64:
+                self._warned_float64 = True
+                warnings.warn(
+                    f"backend 'cupy' has no {x_seq.dtype} kernels (they compute in float32); "
+                    "running the 'torch' reference instead. This notice is shown once.",
+                    stacklevel=3,
+                )
+            return REFERENCE.multi_step(x_seq, v_init, p, store_v_seq)
+        return fused.fused_multi_step(self.kernels, x_seq, v_init, p, store_v_seq)
+
+
+BACKEND = CupyBackend()

@@ -1,0 +1,315 @@
+"""The generated CUDA source without a GPU (CPU CI).
+
+1. nvcc compiles the kernels for sm_80 and sm_90, one translation unit per architecture, and ptxas
+   reports no register spills. The source of one variant is the product of two independent parts:
+   the neuron's step statements (one form per neuron option set) and the template around them (one
+   instantiation per dtype and per-call switch set). So the unit holds every option set's step in
+   one instantiation, and every (dtype, switch set) instantiation around one option set: every
+   generated piece of text is compiled in every context it can appear in, at a cost that CI can
+   afford (the full product would be about 11,000 kernels).
+2. The same template, compiled by g++ with a small CUDA shim (threads run one after another), is
+   driven through the CuPy backend's own host code (:class:`CupyKernels`: switch choice, output
+   allocation, gradient modes, vector widths) and compared with the 'torch' reference, so the loop,
+   the loads and stores and every switch are checked on the CPU before any GPU sees them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from flashspike import neuron, surrogate
+from flashspike.dynamics import charge, reset
+from flashspike.backends import cuda_source as src
+from flashspike.backends.cupy_backend import CupyKernels
+from flashspike.params import NeuronParams
+
+SURROGATES = (surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(), surrogate.SoftSign())
+
+
+def every_option_set():
+    """One NeuronParams per distinct form of the generated step (constants do not change the form)."""
+    for leaky, decay_input, v_reset, detach, sg in itertools.product(
+        (False, True), (True, False), (0.0, None), (False, True), SURROGATES
+    ):
+        if leaky or decay_input:  # decay_input only matters for LIF
+            yield NeuronParams(leaky=leaky, v_threshold=1.0, v_reset=v_reset, detach_reset=detach, surrogate=sg,
+                               tau=2.0, decay_input=decay_input)
+
+
+def _translation_unit(option_sets, instantiations_of) -> tuple[str, int]:
+    """PRELUDE, one namespace per option set, and a table that instantiates the named kernels."""
+    parts, names = [src.PRELUDE], []
+    for index, p in enumerate(option_sets):
+        parts.append(f"namespace fs_{index} {{\n{src.kernel_source(p)}\n}}  // namespace fs_{index}\n")
+        names += [f"fs_{index}::{name}" for name in instantiations_of(index)]
+    table = ",\n".join(f"    (void*)&{name}" for name in names)
+    parts.append(f"void* fs_every_kernel[] = {{\n{table}\n}};\n")
+    return "".join(parts), len(names)
+
+
+def _compile_unit() -> tuple[str, int]:
+    option_sets = list(every_option_set())
+
+    def instantiations_of(index):
+        if index == 0:  # every dtype and switch set around one option set
+            for dtype in src.STORAGE_TYPES:
+                yield from (src.forward_name(dtype, *s) for s in src.forward_flag_sets(dtype))
+                yield from (src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype))
+        else:  # every option set's step, with every switch on and 16-byte accesses
+            yield src.forward_name(torch.float32, True, True, True, 4)
+            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, 4)
+
+    return _translation_unit(option_sets, instantiations_of)
+
+
+def _find_nvcc():
+    return shutil.which("nvcc") or next(
+        (path for path in ("/usr/local/cuda/bin/nvcc",) if os.access(path, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def nvcc_builds(tmp_path_factory):
+    """Starts nvcc for both architectures at once (they run in parallel); yields arch -> process."""
+    nvcc = _find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (on PATH or /usr/local/cuda/bin): the CUDA compile check needs the CUDA toolkit")
+    folder = tmp_path_factory.mktemp("nvcc")
+    code, count = _compile_unit()
+    (folder / "kernels.cu").write_text(code)
+    processes = {
+        arch: subprocess.Popen(
+            [nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o", str(folder / f"{arch}.cubin"),
+             str(folder / "kernels.cu")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for arch in ("sm_80", "sm_90")
+    }
+    yield processes, count
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvcc_compiles_every_variant(nvcc_builds, arch):
+    processes, count = nvcc_builds
+    log, _ = processes[arch].communicate(timeout=600)
+    assert processes[arch].returncode == 0, log[-5000:]
+    # ptxas -v reports each kernel it compiled; every one must be there, none spilling registers.
+    entries = re.findall(r"Compiling entry function '([^']+)'", log)
+    assert len(entries) == count, f"{len(entries)} kernels compiled, {count} instantiated"
+    spills = [line for line in log.splitlines() if "spill" in line and not re.search(r"\b0 bytes spill stores, 0 bytes spill loads", line)]
+    assert not spills, "\n".join(spills[:10])
+    assert "warning" not in log.lower(), log[-5000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The template run on the CPU.
+
+# Just enough of CUDA for the kernels to compile as C++: every thread of the grid runs in turn.
+_SHIM = r"""
+#include <cmath>
+#include <cstring>
+#define FS_HOST_EMULATION
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+struct fs_dim3 { unsigned int x, y, z; };
+static fs_dim3 blockIdx, blockDim, threadIdx;
+struct alignas(8) uint2 { unsigned int x, y; };
+struct alignas(16) uint4 { unsigned int x, y, z, w; };
+inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+"""
+
+# The storage conversions of PRELUDE, for the host (the device spells them in PTX): float16 through
+# the compiler's _Float16, bfloat16 rounded to nearest even by bit operations.
+_HOST_CONVERSIONS = r"""
+template <> inline float fs_bits_to_float<float>(unsigned int bits) { return __uint_as_float(bits); }
+template <> inline float fs_bits_to_float<fs_half>(unsigned int bits) {
+    const unsigned short b = (unsigned short)bits; _Float16 h; std::memcpy(&h, &b, 2); return (float)h;
+}
+template <> inline float fs_bits_to_float<fs_bf16>(unsigned int bits) { return __uint_as_float(bits << 16); }
+template <> inline unsigned int fs_float_to_bits<float>(float f) { return __float_as_uint(f); }
+template <> inline unsigned int fs_float_to_bits<fs_half>(float f) {
+    const _Float16 h = (_Float16)f; unsigned short b; std::memcpy(&b, &h, 2); return b;
+}
+template <> inline unsigned int fs_float_to_bits<fs_bf16>(float f) {
+    const unsigned int u = __float_as_uint(f);
+    return (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : ((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+"""
+
+_GRID = r"""
+template <typename T, typename K>
+void fs_grid(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
+             unsigned long long a3, unsigned long long a4, long long steps, long long n) {
+    blockDim.x = FS_BLOCK;
+    for (long long b = 0; b < blocks; ++b) {
+        blockIdx.x = (unsigned int)b;
+        for (unsigned int t = 0; t < FS_BLOCK; ++t) {
+            threadIdx.x = t;
+            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, steps, n);
+        }
+    }
+}
+"""
+
+_ENTRY_TYPES = [ctypes.c_longlong] + [ctypes.c_ulonglong] * 5 + [ctypes.c_longlong] * 2
+
+
+def _emulation_library(folder, option_sets, cases):
+    """Compiles every switch set for each (option index, dtype) case; returns (library, entries)."""
+    # PRELUDE declares the conversions; the host definitions follow it, before any kernel uses them.
+    parts = [_SHIM, src.PRELUDE, _HOST_CONVERSIONS, f"#define FS_BLOCK {src.BLOCK}\n", _GRID]
+    entries = {}
+    for index, p in enumerate(option_sets):
+        parts.append(f"namespace fs_{index} {{\n{src.kernel_source(p)}\n}}\n")
+        for dtype in (dtype for option, dtype in cases if option == index):
+            names = [src.forward_name(dtype, *s) for s in src.forward_flag_sets(dtype)]
+            names += [src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype)]
+            for name in names:
+                symbol = f"fs_entry_{len(entries)}"
+                parts.append(
+                    f'extern "C" void {symbol}(long long blocks, unsigned long long a0, unsigned long long a1, '
+                    "unsigned long long a2, unsigned long long a3, unsigned long long a4, long long steps, "
+                    f"long long n) {{ fs_grid<{src.STORAGE_TYPES[dtype]}>(&fs_{index}::{name}, blocks, a0, a1, "
+                    "a2, a3, a4, steps, n); }\n")
+                entries[(index, name)] = symbol
+    (folder / "emulated.cpp").write_text("".join(parts))
+    library = folder / "emulated.so"
+    subprocess.run(["g++", "-std=c++17", "-O1", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-shared", "-fPIC",
+                    "-o", str(library), str(folder / "emulated.cpp")], check=True, capture_output=True, text=True)
+    return ctypes.CDLL(str(library)), entries
+
+
+class EmulatedKernels(CupyKernels):
+    """CupyKernels with the compile and launch steps replaced by the g++ build: everything else, the
+    choice of switches, vector width, gradient modes and outputs, is the backend's own code."""
+
+    def __init__(self, library, entries, option_sets):
+        super().__init__()
+        self.library, self.entries = library, entries
+        self.index_of = {p.key: i for i, p in enumerate(option_sets)}
+        self.launched = []
+
+    def _function(self, p, dtype, switches, device_index, name_of):
+        name = name_of(dtype, *switches)
+        self.launched.append(name)
+        entry = getattr(self.library, self.entries[(self.index_of[p.key], name)])
+        entry.argtypes, entry.restype = _ENTRY_TYPES, None
+        return entry
+
+    def _launch(self, function, device_index, n, vec, args):
+        blocks = ((n // vec) + src.BLOCK - 1) // src.BLOCK
+        function(blocks, *args)
+
+
+EMULATED_OPTIONS = [
+    dict(leaky=True, decay_input=True, v_reset=0.0, detach=False, sg=surrogate.ATan()),
+    dict(leaky=False, decay_input=True, v_reset=None, detach=True, sg=surrogate.Sigmoid(alpha=3.0)),
+    dict(leaky=True, decay_input=False, v_reset=-0.2, detach=False, sg=surrogate.PiecewiseQuadratic(alpha=1.5)),
+    dict(leaky=True, decay_input=True, v_reset=None, detach=False, sg=surrogate.SoftSign()),
+]
+
+
+def _node(backend, leaky, decay_input, v_reset, detach, sg, store_v_seq=False):
+    kw = dict(v_threshold=0.8, v_reset=v_reset, surrogate_function=sg, detach_reset=detach, backend=backend,
+              store_v_seq=store_v_seq)
+    return neuron.MultiStepLIFNode(1.6, decay_input, **kw) if leaky else neuron.MultiStepIFNode(**kw)
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: the CPU run of the CUDA template needs a C++17 compiler")
+    option_sets = [_node("torch", **o).params() for o in EMULATED_OPTIONS]
+    folder = tmp_path_factory.mktemp("emulated")
+    try:
+        library, entries = _emulation_library(folder, option_sets, EMULATED_CASES)
+    except subprocess.CalledProcessError as error:
+        pytest.fail(f"g++ failed on the generated source:\n{error.stderr[-5000:]}")
+    return library, entries, option_sets
+
+
+def _run(multi_step, x, v_init, p, store_v_seq, loss_kind, weights):
+    """Forward, then the loss's backward; returns outputs and gradients (None where none flows)."""
+    x = x.clone().requires_grad_(loss_kind != "none")
+    v = v_init.clone().requires_grad_(loss_kind != "none") if isinstance(v_init, torch.Tensor) else v_init
+    with torch.set_grad_enabled(loss_kind != "none"):
+        spike, v_last, v_seq = multi_step(x, v, p, store_v_seq)
+    outputs = [spike, v_last] + ([v_seq] if store_v_seq else [])
+    if loss_kind == "none":
+        return outputs, []
+    w_spike, w_v, w_seq = weights
+    if loss_kind == "sum":  # y.sum().backward(): the gradient arrives expanded from one element
+        loss = spike.sum()
+    elif loss_kind == "v_only":  # no gradient reaches the spikes
+        loss = (v_last * w_v).sum() + ((v_seq * w_seq).sum() if store_v_seq else 0)
+    else:
+        loss = (spike * w_spike).sum() + (v_last * w_v).sum() + ((v_seq * w_seq).sum() if store_v_seq else 0)
+    loss.backward()
+    return outputs, [x.grad] + ([v.grad] if isinstance(v, torch.Tensor) else [])
+
+
+def _far_from_threshold(x64, v_init, p, margin):
+    """[N] mask of neurons whose float64 H never comes within ``margin`` of the threshold."""
+    v = v_init.double() if isinstance(v_init, torch.Tensor) else torch.full_like(x64[0], v_init)
+    keep = torch.ones_like(x64[0], dtype=torch.bool)
+    for x in x64:
+        h = charge(v, x, p)
+        keep &= (h - p.v_threshold).abs() > margin
+        v = reset(h, (h >= p.v_threshold).double(), p)
+    return keep
+
+
+# Every dtype with the first option set; the others (their steps differ, the template does not) in float32.
+EMULATED_CASES = [(0, dtype) for dtype in src.STORAGE_TYPES] + [
+    (option, torch.float32) for option in range(1, len(EMULATED_OPTIONS))]
+
+
+@pytest.mark.parametrize(("option", "dtype"), EMULATED_CASES, ids=str)
+@pytest.mark.parametrize("n", [8, 37])  # a multiple of every vector width, and not
+def test_emulated_kernels_match_reference(emulated, option, dtype, n):
+    from flashspike.backends import fused, reference
+
+    library, entries, option_sets = emulated
+    kernels = EmulatedKernels(library, entries, option_sets)
+    p = option_sets[option]
+    g = torch.Generator().manual_seed(option * 100 + n)
+    steps = 7  # not a multiple of the time unroll
+    x = (torch.randn(steps, 3, n, generator=g) * 0.7 + 0.45).to(dtype)
+    v0 = (torch.randn(3, n, generator=g) * 0.3).to(dtype)
+    weights = [torch.randn(steps, 3, n, generator=g).to(dtype), torch.randn(3, n, generator=g).to(dtype),
+               torch.randn(steps, 3, n, generator=g).to(dtype)]
+    tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    for v_init, store_v_seq, loss_kind in itertools.product(
+            [p.v_rest, v0, 0.3], [False, True], ["none", "weighted", "sum", "v_only"]):
+        got_out, got_grad = _run(lambda *a: fused.fused_multi_step(kernels, *a), x, v_init, p, store_v_seq,
+                                 loss_kind, weights)
+        # The reference in float64 from the same rounded values: only float32 arithmetic differs.
+        ref_out, ref_grad = _run(reference.BACKEND.multi_step, x.double(),
+                                 v_init.double() if isinstance(v_init, torch.Tensor) else v_init, p, store_v_seq,
+                                 loss_kind, [w.double() for w in weights])
+        case = f"v_init={'tensor' if isinstance(v_init, torch.Tensor) else v_init} store_v_seq={store_v_seq} loss={loss_kind}"
+        # The backward reads H rounded to the dtype: a neuron whose H lies within that rounding of the
+        # threshold may recompute another spike there, so its gradient is compared only in float32.
+        keep = _far_from_threshold(x.double(), v_init, p, 0.0 if dtype == torch.float32 else 2 * tol)
+        for i, (got, ref) in enumerate(zip(got_out + got_grad, ref_out + ref_grad)):
+            assert got.dtype == dtype, case
+            assert not torch.isnan(got).any(), f"unwritten elements: {case}"
+            if i >= len(got_out):
+                got, ref = got[..., keep], ref[..., keep]
+            scale = max(ref.abs().max().item(), 1.0)
+            torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{case}: {m}")
+    vec = src.vector_width(dtype)
+    used = set(kernels.launched)
+    assert any(name.endswith(f", {vec if n % vec == 0 else 1}>") for name in used)
