@@ -1,0 +1,10 @@
+"""Runnable examples.
+
+- :mod:`flashspike.examples.conv_fashion_mnist`: SpikingJelly's convolutional Fashion-MNIST tutorial,
+  trained on multi-step neurons (``python -m flashspike.examples.conv_fashion_mnist --help``).
+- :mod:`flashspike.examples.fashion_mnist`: the IDX reader and the data set's location and download.
+- :mod:`flashspike.examples.plot`: accuracy and loss curves of one or more runs.
+
+They need the ``examples`` extra (numpy, tqdm, tensorboard, matplotlib); each package is imported
+only where it is used, and a missing one is reported with its install command.
+"""

@@ -1,0 +1,331 @@
+"""The Fashion-MNIST training example on the CPU: the command line, the printed line, the log folder,
+checkpoints, TensorBoard, exact resume, errors without tracebacks, and torchrun with 2 gloo processes.
+
+The runs use a small synthetic data set in the IDX format (a bright block whose position is the
+class, on noise), so they are fast and a trained net must reach a high accuracy on it.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flashspike.examples import conv_fashion_mnist as cli
+from flashspike.examples import fashion_mnist as fm
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+LINE = re.compile(
+    r"^epoch=(\d+), train_loss=([\d.]+), train_acc=([\d.]+), test_loss=([\d.]+), test_acc=([\d.]+), "
+    r"max_test_acc=([\d.]+), total_time=([\d.]+), train_time=([\d.]+), train_speed=(\d+)$",
+    re.M,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared CPU, more threads mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_split(n: int, generator: torch.Generator):
+    labels = torch.arange(n) % 10
+    labels = labels[torch.randperm(n, generator=generator)]
+    images = torch.randint(0, 64, (n, 28, 28), generator=generator).to(torch.uint8)
+    for k in range(10):  # class k: a 8x5 block in a 2x5 grid
+        top, left = 3 + 13 * (k // 5), 1 + 5 * (k % 5)
+        images[labels == k, top:top + 8, left:left + 5] = 255
+    return images, labels.to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("synthetic")
+    generator = torch.Generator().manual_seed(0)
+    for split, n, suffix in (("train", 640, ".gz"), ("t10k", 160, "")):  # gzipped and plain files
+        images, labels = synthetic_split(n, generator)
+        fm.write_idx(directory / f"{split}-images-idx3-ubyte{suffix}", images)
+        fm.write_idx(directory / f"{split}-labels-idx1-ubyte{suffix}", labels)
+    return directory
+
+
+def run_module(*args: str, module="flashspike.examples.conv_fashion_mnist", launcher=()):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *launcher, "-m", module, *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def common(data_dir, out_dir, *extra):
+    return ["-device", "cpu", "-data_dir", str(data_dir), "-out_dir", str(out_dir), "-channels", "4", "-b", "32",
+            *extra]
+
+
+def epoch_lines(text: str) -> list[dict]:
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "max_test_acc", "total_time",
+            "train_time", "train_speed")
+    return [dict(zip(keys, map(float, match))) for match in LINE.findall(text)]
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------ one short run, checked from the outside
+
+@pytest.fixture(scope="module")
+def short_run(data_dir, tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("logs")
+    result = run_module(*common(data_dir, out_dir, "-epochs", "2", "-max_batches", "4"))
+    assert result.returncode == 0, result.stderr
+    return result, out_dir / "T_4_b_32_SGD_lr_0.1_CosALR_64_c4"
+
+
+def test_short_run_prints_the_arguments_the_net_and_one_line_per_epoch(short_run):
+    result, _ = short_run
+    assert result.stdout.startswith("Namespace(T=4, device='cpu', b=32, epochs=2,")
+    assert "CSNN(" in result.stdout and result.stdout.count("MultiStepIFNode(") == 4
+    lines = epoch_lines(result.stdout)
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert lines[1]["max_test_acc"] == max(line["test_acc"] for line in lines)
+    for line in lines:
+        assert 0 <= line["train_acc"] <= 1 and 0 <= line["test_acc"] <= 1 and line["train_loss"] > 0
+        assert round(line["train_acc"] * 128) == pytest.approx(line["train_acc"] * 128, abs=0.01)  # 4 x 32 images
+        assert line["train_time"] <= line["total_time"]
+    assert "Traceback" not in result.stderr
+
+
+def test_short_run_folder_holds_checkpoints_metrics_and_tensorboard(short_run):
+    result, folder = short_run
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == 4 and names[2].startswith("events.out.tfevents.")
+    assert names[:2] + names[3:] == ["checkpoint_latest.pth", "checkpoint_max.pth", "metrics.jsonl"]
+    printed = epoch_lines(result.stdout)
+    metrics = read_metrics(folder)
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    for line, record in zip(printed, metrics):
+        for key in ("train_loss", "test_loss"):
+            assert line[key] == pytest.approx(record[key], abs=5e-7)
+        for key in ("train_acc", "test_acc", "max_test_acc"):
+            assert line[key] == pytest.approx(record[key], abs=5e-5)
+    latest = torch.load(folder / "checkpoint_latest.pth", weights_only=True)
+    assert latest["epoch"] == 1 and latest["max_test_acc"] == metrics[1]["max_test_acc"]
+    assert set(latest) >= {"net", "optimizer", "lr_scheduler", "scaler", "rng", "args"}
+    best_epoch = max(metrics, key=lambda m: m["test_acc"])["epoch"]  # the first epoch with the best accuracy
+    assert torch.load(folder / "checkpoint_max.pth", weights_only=True)["epoch"] == best_epoch
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        assert logged == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in metrics]
+
+
+def test_plot_command_draws_the_run(short_run, tmp_path, capsys):
+    from flashspike.examples import plot
+
+    _, folder = short_run
+    assert plot.main([str(folder), "-o", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "accuracy.png"), str(tmp_path / "loss.png")]
+    for name in ("accuracy.png", "loss.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ errors: one clear line, no traceback
+# (in-process: an exception that main() let through would fail the test as a traceback would)
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(common(tmp_path, tmp_path / "logs", "-no_download")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Fashion-MNIST is not in") and err.count("\n") == 1
+    for name in fm.FILES.values():
+        assert name in err
+    assert "apt-get install dataset-fashion-mnist" in err
+
+
+def test_a_backend_that_cannot_run_here_is_a_clear_error(data_dir, tmp_path, capsys):
+    assert cli.main(common(data_dir, tmp_path, "-cupy")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: -backend cupy cannot run on cpu:") and err.count("\n") == 1
+    assert not (tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_cupy_c4").exists()
+
+
+# ------------------------------------------------------------------ exact resume
+
+def test_resume_ends_bit_identical_to_an_unstopped_run(data_dir, tmp_path, capsys):
+    flags = common(data_dir, "{}", "-max_batches", "5", "-opt", "adam", "-lr", "0.01")
+    through = [f.format(tmp_path / "a") for f in flags]
+    stopped = [f.format(tmp_path / "b") for f in flags]
+    assert cli.main(through + ["-epochs", "3"]) == 0
+    assert cli.main(stopped + ["-epochs", "1"]) == 0
+    folder_a, folder_b = (tmp_path / d / "T_4_b_32_Adam_lr_0.01_CosALR_64_c4" for d in "ab")
+    capsys.readouterr()
+    assert cli.main(stopped + ["-epochs", "3", "-resume", str(folder_b / "checkpoint_latest.pth")]) == 0
+    resumed = epoch_lines(capsys.readouterr().out)
+    assert [line["epoch"] for line in resumed] == [1, 2]
+
+    def without_times(records):
+        return [{k: v for k, v in r.items() if "time" not in k and "speed" not in k} for r in records]
+
+    assert without_times(read_metrics(folder_b)) == without_times(read_metrics(folder_a))
+    a = torch.load(folder_a / "checkpoint_latest.pth", weights_only=True)
+    b = torch.load(folder_b / "checkpoint_latest.pth", weights_only=True)
+    assert a["net"].keys() == b["net"].keys()
+    for key in a["net"]:
+        assert torch.equal(a["net"][key], b["net"][key]), key
+    for index, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][index][name]), (index, name)
+    assert a["lr_scheduler"] == b["lr_scheduler"] and a["epoch"] == b["epoch"] == 2
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and torch.equal(a["rng"]["shuffle"], b["rng"]["shuffle"])
+
+
+def test_resume_refuses_another_network_or_a_broken_file(data_dir, tmp_path, capsys):
+    assert cli.main(common(data_dir, tmp_path, "-epochs", "1", "-max_batches", "1")) == 0
+    checkpoint = tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c4" / "checkpoint_latest.pth"
+    flags = ["-device", "cpu", "-data_dir", str(data_dir), "-out_dir", str(tmp_path), "-epochs", "2"]
+    capsys.readouterr()
+    assert cli.main(flags + ["-channels", "8", "-resume", str(checkpoint)]) == 2
+    assert "the checkpoint was trained with -channels 4 (now 8)" in capsys.readouterr().err
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(checkpoint.read_bytes()[:1000])
+    assert cli.main(flags + ["-channels", "4", "-resume", str(broken)]) == 2
+    assert f"-resume {broken}: not a readable checkpoint" in capsys.readouterr().err
+    assert cli.main(flags + ["-resume", str(tmp_path / "absent.pth")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_latest.pth"
+    cli.save_atomic({"epoch": 1}, path)
+
+    def dies_halfway(obj, file):
+        file.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        cli.save_atomic({"epoch": 2}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
+
+
+# ------------------------------------------------------------------ the network and the variants
+
+def test_training_learns_the_synthetic_classes(data_dir, tmp_path, capsys):
+    assert cli.main(common(data_dir, tmp_path, "-channels", "8", "-epochs", "3")) == 0
+    lines = epoch_lines(capsys.readouterr().out)
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert lines[-1]["max_test_acc"] >= 0.9, lines
+
+
+def test_multi_step_and_single_step_nets_compute_the_same_rates():
+    torch.manual_seed(3)
+    multi = cli.CSNN(T=3, channels=4, step_mode="m").double().eval()
+    single = cli.CSNN(T=3, channels=4, step_mode="s").double().eval()
+    with torch.no_grad():
+        for p_single, p_multi in zip(single.parameters(), multi.parameters(), strict=True):
+            p_multi.mul_(3)  # larger weights: more spikes
+            p_single.copy_(p_multi)
+        for b_single, b_multi in zip(single.buffers(), multi.buffers(), strict=True):
+            b_single.copy_(b_multi)
+        x = torch.rand(5, 1, 28, 28, dtype=torch.float64)
+        rates = multi(x)
+        assert torch.equal(rates, single(x))
+    assert rates.shape == (5, 10) and 0 < rates.sum() and bool(((rates * 3) == (rates * 3).round()).all())
+
+
+@pytest.mark.parametrize(
+    "extra, folder",
+    [
+        (["-step_mode", "s"], "T_4_b_32_SGD_lr_0.1_CosALR_64_c4_s"),
+        (["-amp"], "T_4_b_32_SGD_lr_0.1_CosALR_64_amp_c4"),  # bfloat16 autocast on the CPU
+        (["-opt", "ADAM", "-lr_scheduler", "steplr", "-step-size", "5", "-T", "2"], "T_2_b_32_Adam_lr_0.1_StepLR_5_0.1_c4"),
+    ],
+)
+def test_variants_run_and_name_their_folder(data_dir, tmp_path, capsys, extra, folder):
+    assert cli.main(common(data_dir, tmp_path, "-epochs", "1", "-max_batches", "2", *extra)) == 0
+    (line,) = epoch_lines(capsys.readouterr().out)
+    assert line["train_loss"] > 0 and (tmp_path / folder / "checkpoint_latest.pth").is_file()
+
+
+def test_bench_steps_reports_a_step_time_without_data(capsys):
+    assert cli.main(["-device", "cpu", "-channels", "4", "-b", "8", "-bench_steps", "2", "-data_dir", "/nonexistent"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^bench: device=cpu, T=4, b=8, .*step_time_ms=\d+\.\d+$", out, re.M), out
+
+
+# ------------------------------------------------------------------ flags
+
+def test_flags_accept_dashes_and_any_case():
+    args = cli.parse_args(["-data-dir", "d", "-out-dir", "o", "-opt", "adam", "-lr-scheduler", "STEPLR", "-T-max", "9"])
+    assert (args.data_dir, args.out_dir, args.opt, args.lr_scheduler, args.T_max) == ("d", "o", "Adam", "StepLR", 9)
+    assert cli.parse_args(["-cupy"]).backend == "cupy"
+    defaults = cli.parse_args([])
+    assert (defaults.T, defaults.b, defaults.epochs, defaults.lr, defaults.backend, defaults.opt) == (
+        4, 128, 64, 0.1, "torch", "SGD")
+    assert cli.run_name(defaults) == "T_4_b_128_SGD_lr_0.1_CosALR_64"
+    assert cli.run_name(cli.parse_args(["-amp", "-backend", "auto"])) == "T_4_b_128_SGD_lr_0.1_CosALR_64_amp_auto"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-cupy", "-backend", "triton"], "-cupy means -backend cupy"),
+        (["-step_mode", "s", "-backend", "cupy"], "-step_mode s has none"),
+        (["-b", "0"], "-b must be at least 1"),
+        (["-max_batches", "0"], "-max_batches must be at least 1"),
+    ],
+)
+def test_bad_flag_combinations_are_usage_errors(argv, message, capsys):
+    assert cli.main(argv + ["-device", "cpu"]) == 2
+    assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ several processes
+
+def test_epoch_order_gives_disjoint_equal_shards():
+    class Shard:
+        def __init__(self, rank, world):
+            self.rank, self.world, self.device = rank, world, torch.device("cpu")
+
+    orders = [cli.epoch_order(torch.Generator().manual_seed(5), 11, Shard(r, 2)) for r in range(2)]
+    assert len(orders[0]) == len(orders[1]) == 5
+    whole = torch.randperm(11, generator=torch.Generator().manual_seed(5))[:10]
+    assert sorted(torch.cat(orders).tolist()) == sorted(whole.tolist())
+    assert torch.equal(cli.epoch_order(torch.Generator().manual_seed(5), 11, Shard(0, 1)),
+                       torch.randperm(11, generator=torch.Generator().manual_seed(5)))
+
+
+def test_torchrun_with_two_gloo_processes(data_dir, tmp_path):
+    result = run_module(*common(data_dir, tmp_path, "-epochs", "2", "-max_batches", "10", "-channels", "8"),
+                        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Namespace(") == 1 and "processes: 2" in result.stdout  # rank 0 alone prints
+    lines = epoch_lines(result.stdout)
+    assert [line["epoch"] for line in lines] == [0, 1]
+    for line in lines:  # 2 processes x 10 batches x 32 images: all 640 were trained on
+        assert line["train_acc"] * 640 == pytest.approx(round(line["train_acc"] * 640), abs=0.03)
+    # Each process tested its half of the 160 test images (3 batches of at most 32 reach all 80); the
+    # reduced numbers must be those of the saved net tested alone on all of them.
+    assert lines[-1]["test_loss"] < 0.099  # the net is not silent (a silent one scores 0.1 on every split)
+    folder = tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8"
+    checkpoint = torch.load(folder / "checkpoint_latest.pth", weights_only=True)
+    args = cli.parse_args(common(data_dir, tmp_path, "-channels", "8"))
+    trainer = cli.Trainer(args, cli.Cluster("cpu"))
+    trainer.net.load_state_dict(checkpoint["net"])
+    data = fm.load_fashion_mnist(data_dir, allow_download=False)
+    test = cli.DeviceSplit(data.test_images, data.test_labels, torch.device("cpu"))
+    loss_sum, correct, count = trainer.evaluate(test, cli.batches(torch.arange(160), 32, False, None)).tolist()
+    assert count == 160
+    assert lines[-1]["test_acc"] == pytest.approx(correct / count, abs=5e-5)
+    assert lines[-1]["test_loss"] == pytest.approx(loss_sum / count, abs=5e-7)
+    assert len(read_metrics(folder)) == 2
