@@ -11,7 +11,7 @@ Offsets are int64 (the column index is widened before anything is added to it) a
 row per step, so a sequence of more than 2**31 elements is addressed correctly and no 32-bit product
 T*N is ever formed inside a kernel.
 
-Nothing here imports Triton: the text is checked and cached by :mod:`.triton_backend`.
+Nothing here imports Triton: :mod:`.triton_backend` turns the text into jitted kernels and caches them.
 """
 
 from __future__ import annotations
