@@ -63,18 +63,19 @@ class FusedMultiStep(torch.autograd.Function):
 def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
     """The reference backend's ``multi_step`` contract, run by a kernel set."""
     shape = x_seq.shape
-    x = x_seq.reshape(shape[0], -1)
+    flat = x_seq.dim() == 2  # already [T, N]: no views to make (each costs microseconds of host time)
+    x = x_seq if flat else x_seq.reshape(shape[0], -1)
     if not x.is_contiguous():
         x = x.contiguous()
     if isinstance(v_init, torch.Tensor):
-        v = v_init.reshape(-1).contiguous()
+        v = (v_init if flat else v_init.reshape(-1)).contiguous()
     elif v_init == p.v_rest:
         v = None
     else:
         v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
     spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq)
-    spike = spike.view(shape)
+    if not flat:
+        spike, v_out = spike.view(shape), v_out.view(shape if store_v_seq else shape[1:])
     if store_v_seq:
-        v_seq = v_out.view(shape)
-        return spike, v_seq[-1], v_seq
-    return spike, v_out.view(shape[1:]), None
+        return spike, v_out[-1], v_out
+    return spike, v_out, None
