@@ -144,10 +144,10 @@ class CupyKernels:
             stream = self._streams[raw] = cupy.cuda.ExternalStream(raw, device_index)
         blocks = ((n // vec) + src.BLOCK - 1) // src.BLOCK
         if cupy.cuda.runtime.getDevice() == device_index:
-            function((blocks,), (src.BLOCK,), args, 0, stream)
-        else:
+            function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
+        else:  # the kernel was loaded for that device: make it current for the launch
             with cupy.cuda.Device(device_index):
-                function((blocks,), (src.BLOCK,), args, 0, stream)
+                function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
 
     def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool):
         steps, n = x.shape

@@ -1,0 +1,1 @@
+"""Benchmarks users run: ``python -m flashspike.benchmarks.neuron --help``."""

@@ -1,0 +1,389 @@
+"""The neuron speed benchmark: SpikingJelly's published experiment, runnable on any machine.
+
+    python -m flashspike.benchmarks.neuron [--peers] [--t 8 16 32 64 128] [--dtypes float32 float16]
+
+A ``MultiStepLIFNode(surrogate_function=surrogate.ATan(alpha=2.0))`` (``--if``: the IF node) runs
+x of shape [T, N] in two modes: forward in eval mode under ``torch.no_grad()`` ("f"), and forward +
+backward in train mode with ``y.sum().backward()`` ("fb"). Every backend in flashspike's registry
+that can run on the device is measured (on a CPU only 'torch'); ``--peers`` adds SpikingJelly and
+snnTorch when they are installed. Each time is the median over ``--repeats`` of the mean of a loop
+of calls long enough to time (so a host-bound call shows its host cost).
+
+Besides milliseconds, the table gives the speed-up over 'torch', the peak memory a call adds, and
+the bandwidth achieved counting only the bytes the neuron must move (b bytes per element):
+forward (2·T·N + N)·b (read X, write S and the last V); forward + backward (6·T·N + N)·b (the
+forward also writes H for the backward, which reads dL/dS and H and writes dL/dX). That bandwidth is
+also shown as a share of a device-to-device copy measured in the same run. A last table measures the
+host-bound case T=4, N=4096, forward + backward, where the GPU work is microseconds.
+
+Results go to ``--out``: ``neuron_benchmark.json`` and the bar charts ``exe_time_f.png`` and
+``exe_time_fb.png`` (matplotlib; skipped with a notice when it is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import backends, neuron, surrogate
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HOST_CASE = (4, 4096)  # (T, N) of the host-bound case
+SECONDS_PER_REPEAT = 0.005  # a timed loop runs at least this long, so launch jitter averages out
+
+
+@dataclass
+class Subject:
+    """One thing measured: a label and a factory of fresh neurons ``node(x_seq) -> spike_seq``."""
+
+    label: str
+    make: Callable[[], Callable]
+    reset: Callable[[object], None]
+
+
+# ---- the subjects ----
+
+def flashspike_subjects(args, device) -> tuple[list[Subject], dict]:
+    """A subject per registered backend that runs on ``device``; the others with the reason why not."""
+    cls = neuron.MultiStepIFNode if args.if_node else neuron.MultiStepLIFNode
+    subjects, skipped = [], {}
+    probe = torch.zeros(1, 1, device=device)
+    names = args.backends or [name for name in backends.KNOWN_BACKENDS if name != "auto"]
+    for name in names:
+        if device.type == "cpu" and name != "torch":
+            skipped[name] = "kernel backends are measured on CUDA devices only"
+            continue
+        try:
+            backends.get(name).check_input(probe)
+        except (ImportError, backends.BackendError) as error:
+            skipped[name] = str(error)
+            continue
+        subjects.append(Subject(
+            f"flashspike {name}",
+            lambda name=name: cls(surrogate_function=surrogate.ATan(alpha=2.0), backend=name),
+            lambda node: node.reset(),
+        ))
+    return subjects, skipped
+
+
+def peer_subjects(args, device) -> tuple[list[Subject], dict]:
+    """SpikingJelly (its 'torch' and, on CUDA, 'cupy' backends) and snnTorch, where importable."""
+    subjects, skipped = [], {}
+    try:
+        import spikingjelly
+        from spikingjelly.clock_driven import functional as sj_functional
+        from spikingjelly.clock_driven import neuron as sj_neuron
+        from spikingjelly.clock_driven import surrogate as sj_surrogate
+    except ImportError as error:
+        skipped["SpikingJelly"] = f"not importable ({error}); pip install spikingjelly==0.0.0.0.14"
+    else:
+        version = getattr(spikingjelly, "__version__", "0.0.0.0.14")
+        cls = sj_neuron.MultiStepIFNode if args.if_node else sj_neuron.MultiStepLIFNode
+        kw = {} if args.if_node else {"tau": 2.0}
+        for backend in ("torch", "cupy") if device.type == "cuda" else ("torch",):
+            subjects.append(Subject(
+                f"SpikingJelly {version} {backend}",
+                lambda backend=backend: cls(surrogate_function=sj_surrogate.ATan(alpha=2.0), backend=backend, **kw),
+                sj_functional.reset_net,
+            ))
+    try:
+        import snntorch
+        from snntorch import surrogate as snn_surrogate
+    except ImportError as error:
+        skipped["snnTorch"] = f"not importable ({error}); pip install snntorch==1.0.0"
+    else:
+        beta = 1.0 if args.if_node else 0.5  # V decays by 1 - 1/tau per step for tau = 2
+
+        class LeakyLoop(torch.nn.Module):
+            """snnTorch's Leaky neuron stepped over T in Python, as its tutorials do."""
+
+            def __init__(self):
+                super().__init__()
+                self.lif = snntorch.Leaky(beta=beta, spike_grad=snn_surrogate.atan(alpha=2.0))
+
+            def forward(self, x_seq):
+                mem = self.lif.init_leaky()
+                spikes = []
+                for x in x_seq:
+                    spike, mem = self.lif(x, mem)
+                    spikes.append(spike)
+                return torch.stack(spikes)
+
+        subjects.append(Subject(f"snnTorch {snntorch.__version__} Leaky loop", LeakyLoop, lambda node: None))
+    return subjects, skipped
+
+
+# ---- measuring ----
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(call: Callable[[], object], device, repeats: int) -> float:
+    """Milliseconds per call: the median over ``repeats`` of a timed loop of calls."""
+    for _ in range(3):  # warm-up: compilation, caches, the allocator
+        call()
+    _sync(device)
+    start = time.perf_counter()
+    call()
+    _sync(device)
+    single = time.perf_counter() - start
+    inner = max(1, min(200, math.ceil(SECONDS_PER_REPEAT / max(single, 1e-7))))
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(inner):
+                call()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / inner)
+        else:
+            start = time.perf_counter()
+            for _ in range(inner):
+                call()
+            times.append((time.perf_counter() - start) * 1e3 / inner)
+    return statistics.median(times)
+
+
+def peak_mib(call: Callable[[], object], device) -> float | None:
+    """Memory one call adds at its peak, beyond what was allocated before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    call()
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes per second of a device-to-device copy (bytes read + bytes written)."""
+    size = 2**30 if device.type == "cuda" else 2**27
+    source = torch.empty(size, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    ms = median_ms(lambda: target.copy_(source), device, repeats=10)
+    del source, target
+    return 2 * size / (ms * 1e-3)
+
+
+def must_move_bytes(mode: str, steps: int, n: int, element_size: int) -> int:
+    """The bytes the neuron cannot avoid moving (see the module docstring)."""
+    per_step = 2 if mode == "f" else 6
+    return (per_step * steps * n + n) * element_size
+
+
+def make_call(subject: Subject, mode: str, steps: int, n: int, dtype, device):
+    """A no-argument function running one call of ``subject`` in ``mode`` on fresh random input."""
+    node = subject.make().to(device)
+    x = (torch.rand(steps, n, device=device) * 1.5).to(dtype)
+    if mode == "f":
+        node.eval()
+
+        def call():
+            subject.reset(node)
+            with torch.no_grad():
+                return node(x)
+    else:
+        node.train()
+        x.requires_grad_()
+
+        def call():
+            subject.reset(node)
+            x.grad = None  # as optimizer.zero_grad(): no accumulation kernel
+            node(x).sum().backward()
+    return call
+
+
+def measure(subject, mode, steps, n, dtype, device, repeats, copy_bps) -> dict:
+    row = dict(subject=subject.label, mode=mode, dtype=str(dtype).replace("torch.", ""), T=steps, N=n)
+    try:
+        call = make_call(subject, mode, steps, n, dtype, device)
+        row["ms"] = median_ms(call, device, repeats)
+        row["peak_MiB"] = peak_mib(call, device)
+    except Exception as error:  # a peer may not support a case (a dtype, its CuPy path): record why
+        row["error"] = f"{type(error).__name__}: {error}"[:300]
+        return row
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    bytes_moved = must_move_bytes(mode, steps, n, torch.empty((), dtype=dtype).element_size())
+    row["GBps"] = bytes_moved / (row["ms"] * 1e-3) / 1e9
+    row["copy_share"] = row["GBps"] * 1e9 / copy_bps
+    return row
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Speed-up over flashspike 'torch' in the same mode, dtype, T and N."""
+    base = {(r["mode"], r["dtype"], r["T"], r["N"]): r["ms"] for r in rows
+            if r["subject"] == "flashspike torch" and "ms" in r}
+    for r in rows:
+        reference_ms = base.get((r["mode"], r["dtype"], r["T"], r["N"]))
+        if "ms" in r and reference_ms:
+            r["speedup"] = reference_ms / r["ms"]
+
+
+# ---- reporting ----
+
+def format_table(rows: list[dict]) -> str:
+    header = f"{'mode':4} {'dtype':8} {'T':>4} {'subject':34} {'ms':>9} {'speedup':>8} {'GB/s':>8} {'copy%':>6} {'peak MiB':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        head = f"{r['mode']:4} {r['dtype']:8} {r['T']:>4} {r['subject']:34}"
+        if "error" in r:
+            lines.append(f"{head} failed: {r['error'][:80]}")
+            continue
+        speedup = f"{r['speedup']:.1f}x" if "speedup" in r else "-"
+        peak = "-" if r["peak_MiB"] is None else f"{r['peak_MiB']:.0f}"
+        lines.append(f"{head} {r['ms']:9.4f} {speedup:>8} {r['GBps']:8.1f} {100 * r['copy_share']:5.0f}% {peak:>9}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path, title: str) -> list[str]:
+    """Bar charts of ms per call against T, one bar per subject and dtype; returns the files written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        print(f"charts skipped: matplotlib is not importable ({error}); pip install matplotlib", file=sys.stderr)
+        return []
+    written = []
+    for mode, name, what in (("f", "exe_time_f.png", "forward (eval, no_grad)"),
+                             ("fb", "exe_time_fb.png", "forward + backward (y.sum().backward())")):
+        chosen = [r for r in rows if r["mode"] == mode and "ms" in r]
+        if not chosen:
+            continue
+        steps = sorted({r["T"] for r in chosen})
+        series = list(dict.fromkeys((r["subject"], r["dtype"]) for r in chosen))
+        width = 0.8 / len(series)
+        fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(steps)), 4.5))
+        for k, (subject, dtype) in enumerate(series):
+            ms = {r["T"]: r["ms"] for r in chosen if (r["subject"], r["dtype"]) == (subject, dtype)}
+            xs = [i + (k - (len(series) - 1) / 2) * width for i, t in enumerate(steps) if t in ms]
+            ax.bar(xs, [ms[t] for t in steps if t in ms], width, label=f"{subject} {dtype}")
+        ax.set_xticks(range(len(steps)), [str(t) for t in steps])
+        ax.set_xlabel("T (time steps)")
+        ax.set_ylabel("ms per call (log scale)")
+        ax.set_yscale("log")
+        ax.set_title(f"{title}\n{what}", fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+# ---- the command ----
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(
+        prog="python -m flashspike.benchmarks.neuron",
+        description="Time multi-step LIF/IF neurons per backend (SpikingJelly's neuron speed experiment).",
+    )
+    parser.add_argument("--if", dest="if_node", action="store_true",
+                        help="measure MultiStepIFNode instead of MultiStepLIFNode (tau=2)")
+    parser.add_argument("--n", type=int, default=2**20 if cuda else 2**12,
+                        help="neurons per time step, N (default 2^20 on CUDA, 2^12 on a CPU)")
+    parser.add_argument("--t", type=int, nargs="+", default=[8, 16, 32, 64, 128], metavar="T",
+                        help="time steps to measure (default 8 16 32 64 128)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"], choices=list(DTYPES),
+                        help="input dtypes (default float32 float16)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed loops per case; the median is kept")
+    parser.add_argument("--backends", nargs="+", choices=[b for b in backends.KNOWN_BACKENDS if b != "auto"],
+                        help="flashspike backends to measure (default: every one that runs on the device)")
+    parser.add_argument("--peers", action="store_true",
+                        help="also measure SpikingJelly and snnTorch, where installed (never dependencies)")
+    parser.add_argument("--no-host-case", action="store_true",
+                        help=f"skip the host-bound case T={HOST_CASE[0]}, N={HOST_CASE[1]}")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", help="torch device (default cuda if present)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"),
+                        help="folder for neuron_benchmark.json and the charts (default bench_out)")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.repeats < 1 or min(args.t) < 1:
+        parser.error("--n, --repeats and every --t must be positive")
+    return args
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    subjects, skipped = flashspike_subjects(args, device)
+    if args.peers:
+        peers, peers_skipped = peer_subjects(args, device)
+        subjects += peers
+        skipped.update(peers_skipped)
+    copy_bps = copy_bandwidth(device)
+    rows = []
+    for mode in ("f", "fb"):
+        for dtype_name in args.dtypes:
+            for steps in args.t:
+                for subject in subjects:
+                    rows.append(measure(subject, mode, steps, args.n, DTYPES[dtype_name], device, args.repeats,
+                                        copy_bps))
+    host_rows = []
+    if not args.no_host_case:
+        steps, n = HOST_CASE
+        for subject in subjects:
+            host_rows.append(measure(subject, "fb", steps, n, DTYPES[args.dtypes[0]], device, args.repeats,
+                                     copy_bps))
+    add_speedups(rows)
+    add_speedups(host_rows)
+    return dict(
+        neuron="MultiStepIFNode" if args.if_node else "MultiStepLIFNode(tau=2)",
+        surrogate="ATan(alpha=2.0)",
+        device=device_name(device),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        torch=torch.__version__,
+        N=args.n,
+        copy_GBps=copy_bps / 1e9,
+        skipped=skipped,
+        results=rows,
+        host_case=host_rows,
+    )
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "neuron_benchmark.json").write_text(json.dumps(report, indent=1))
+    title = f"{report['neuron']}, ATan(2), N={args.n}, {report['device']}, {report['date'][:10]}"
+    print(f"{title}; device-to-device copy {report['copy_GBps']:.0f} GB/s")
+    for name, reason in report["skipped"].items():
+        print(f"  not measured: {name}: {reason}")
+    print(format_table(report["results"]))
+    if report["host_case"]:
+        print(f"\nhost-bound case: T={HOST_CASE[0]}, N={HOST_CASE[1]}, forward + backward")
+        print(format_table(report["host_case"]))
+    charts = plot(report["results"], args.out, title)
+    print(f"\nwrote {args.out / 'neuron_benchmark.json'}" + "".join(f", {args.out / c}" for c in charts))
+    return report
+
+
+if __name__ == "__main__":
+    main()
