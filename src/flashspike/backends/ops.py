@@ -1,0 +1,243 @@
+"""The multi-step neuron as two PyTorch custom operators, so that ``torch.compile`` sees through it.
+
+``flashspike::multi_step_forward(x, v_init, save_h, store_v_seq, backend, options) -> (spike, v_out, h)``
+``flashspike::multi_step_backward(h, grad_spike, grad_v_out, store_v_seq, need_grad_v_init, backend,
+options) -> (grad_x, grad_v_init)``
+
+They wrap the kernel-set launchers of :mod:`.fused` (same flat ``[T, N]`` tensors, same meaning) and
+are one operator pair whatever the backend: the backend's name ('auto' included) and the neuron's
+options travel as two strings (see :func:`option_string`), and the operator resolves the backend and
+its kernel set when it runs, so nothing about the choice has to be traced. A ``None`` output of a
+launcher (no H saved, no initial-state gradient) leaves the operator as an empty tensor, because an
+operator's outputs are always tensors.
+
+Only compiled code comes here (:meth:`flashspike.neuron._MultiStep.forward` checks
+``torch.compiler.is_compiling()``): eager calls keep the shorter host path of
+:class:`.fused.FusedMultiStep`, or the reference. Backend 'torch' runs :mod:`.torch_kernels` here,
+and so does a kernel backend given a dtype it has no kernels for (float64).
+
+A kernel backend exposes its kernel sets as ``BACKEND.kernel_set(params)``; ``BACKEND.kernels`` (one
+set for every option set) and a module-level ``kernel_set(params)`` beside ``BACKEND`` are accepted too.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from .. import surrogate as surrogate_module
+from ..params import NeuronParams
+from . import _KERNEL_DTYPES, resolve, torch_kernels
+
+__all__ = ["multi_step", "option_string", "params_from", "surrogate_class", "kernels_for"]
+
+FORWARD = "flashspike::multi_step_forward"
+BACKWARD = "flashspike::multi_step_backward"
+
+
+def option_string(p: NeuronParams) -> str:
+    """``p`` as the operators' ``options`` argument: ``name=value`` pairs joined by commas.
+
+    One string rather than eight arguments because the dispatcher's per-argument work (and, with
+    grad, PyTorch's argument handling around ``setup_context``) grows with the argument count; it
+    costs tens of microseconds per call. Floats are written with ``repr``, which reads back exactly.
+    """
+    sg = p.surrogate
+    return (
+        f"leaky={p.leaky!r},v_threshold={p.v_threshold!r},v_reset={p.v_reset!r},detach_reset={p.detach_reset!r},"
+        f"surrogate={type(sg).__module__}.{type(sg).__qualname__},alpha={sg.alpha!r},tau={p.tau!r},"
+        f"decay_input={p.decay_input!r}"
+    )
+
+
+def surrogate_class(name: str) -> type:
+    """The :class:`~flashspike.surrogate.SurrogateFunction` subclass called ``module.qualname``.
+
+    Searched among the subclasses defined so far (user-defined ones included), so a surrogate is
+    rebuilt from its name and alpha without any registry to keep up to date.
+    """
+    pending = [surrogate_module.SurrogateFunction]
+    while pending:
+        cls = pending.pop()
+        if f"{cls.__module__}.{cls.__qualname__}" == name:
+            return cls
+        pending.extend(cls.__subclasses__())
+    raise ValueError(
+        f"no flashspike surrogate class is called {name!r}; the operator rebuilds the surrogate from "
+        "'<module>.<qualname>' of a SurrogateFunction subclass that has been imported"
+    )
+
+
+_BOOLS = {"True": True, "False": False}
+# How each field of option_string reads back.
+_FIELDS = {
+    "leaky": _BOOLS.__getitem__,
+    "v_threshold": float,
+    "v_reset": lambda text: None if text == "None" else float(text),
+    "detach_reset": _BOOLS.__getitem__,
+    "surrogate": surrogate_class,
+    "alpha": float,
+    "tau": float,
+    "decay_input": _BOOLS.__getitem__,
+}
+
+
+def params_from(options: str) -> NeuronParams:
+    """The :class:`NeuronParams` that :func:`option_string` wrote as ``options``."""
+    try:
+        pairs = dict(item.split("=", 1) for item in options.split(","))
+        if set(pairs) != set(_FIELDS):
+            raise ValueError(f"fields {sorted(pairs)} instead of {sorted(_FIELDS)}")
+        values = {name: _FIELDS[name](text) for name, text in pairs.items()}
+    except (ValueError, KeyError) as err:
+        raise ValueError(
+            f"bad neuron options {options!r}: expected what flashspike.backends.ops.option_string writes, "
+            f"e.g. {option_string(_EXAMPLE)!r} ({type(err).__name__}: {err})"
+        ) from err
+    values["surrogate"] = values["surrogate"](values.pop("alpha"))
+    return NeuronParams(**values)
+
+
+_EXAMPLE = NeuronParams(
+    leaky=True, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate=surrogate_module.ATan()
+)
+
+
+def _backend_kernel_set(backend, p: NeuronParams):
+    """The kernel set a backend runs ``p`` with: ``BACKEND.kernel_set(p)``, else ``BACKEND.kernels``
+    (one set for every option set, as each launch receives ``p``), else its module's ``kernel_set(p)``."""
+    if hasattr(backend, "kernel_set"):
+        return backend.kernel_set(p)
+    if hasattr(backend, "kernels"):
+        return backend.kernels
+    lookup = getattr(sys.modules.get(type(backend).__module__), "kernel_set", None)
+    if lookup is None:
+        raise NotImplementedError(
+            f"backend {backend.name!r} exposes no kernel set (BACKEND.kernel_set(params) or BACKEND.kernels), "
+            "which the compiled path needs"
+        )
+    return lookup(p)
+
+
+# (backend name, device type, dtype, options) -> (kernel set, NeuronParams). Filled at the first call
+# of each layer, so a later call costs one dictionary lookup.
+_resolved: dict = {}
+
+
+def kernels_for(backend: str, x: torch.Tensor, options: str):
+    """(kernel set, NeuronParams) that run ``x`` for backend ``backend`` with these options."""
+    key = (backend, x.device.type, x.dtype, options)
+    found = _resolved.get(key)
+    if found is None:
+        p = params_from(options)
+        chosen = resolve(backend, x)  # raises the backend's own clear error (device, package)
+        if chosen.name == "torch" or x.dtype not in _KERNEL_DTYPES:
+            kernels = torch_kernels.kernel_set(p)
+        else:
+            kernels = _backend_kernel_set(chosen, p)
+        found = _resolved[key] = (kernels, p)
+    return found
+
+
+def _check_flat(x: torch.Tensor, v_init) -> None:
+    """The operator's input rules (also checked while tracing, by the fake implementation)."""
+    if x.dim() != 2:
+        raise ValueError(f"{FORWARD} expects x of shape [T, N], got shape {tuple(x.shape)}")
+    if v_init is not None and (v_init.shape != x.shape[1:] or v_init.dtype != x.dtype):
+        raise ValueError(
+            f"{FORWARD} expects v_init of shape [N] = {tuple(x.shape[1:])} and dtype {x.dtype} (or None for "
+            f"the resting potential), got shape {tuple(v_init.shape)} and dtype {v_init.dtype}"
+        )
+
+
+def _absent(like: torch.Tensor) -> torch.Tensor:
+    """An operator's stand-in for a launcher's None output."""
+    return like.new_empty((0,))
+
+
+torch.library.define(
+    FORWARD,
+    "(Tensor x, Tensor? v_init, bool save_h, bool store_v_seq, str backend, str options) -> (Tensor, Tensor, Tensor)",
+)
+torch.library.define(
+    BACKWARD,
+    "(Tensor h, Tensor? grad_spike, Tensor? grad_v_out, bool store_v_seq, bool need_grad_v_init, str backend, "
+    "str options) -> (Tensor, Tensor)",
+)
+
+
+@torch.library.register_kernel(FORWARD, None)
+def _forward(x, v_init, save_h, store_v_seq, backend, options):
+    _check_flat(x, v_init)
+    kernels, p = kernels_for(backend, x, options)
+    spike, v_out, h = kernels.forward(x, v_init, p, save_h, store_v_seq)
+    return spike, v_out, _absent(x) if h is None else h
+
+
+@torch.library.register_fake(FORWARD)
+def _forward_fake(x, v_init, save_h, store_v_seq, backend, options):
+    _check_flat(x, v_init)
+    steps, n = x.shape
+    v_out = x.new_empty((steps, n) if store_v_seq else (n,))
+    return x.new_empty((steps, n)), v_out, x.new_empty((steps, n)) if save_h else _absent(x)
+
+
+@torch.library.register_kernel(BACKWARD, None)
+def _backward(h, grad_spike, grad_v_out, store_v_seq, need_grad_v_init, backend, options):
+    kernels, p = kernels_for(backend, h, options)
+    grad_x, grad_v_init = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init)
+    return grad_x, _absent(h) if grad_v_init is None else grad_v_init
+
+
+@torch.library.register_fake(BACKWARD)
+def _backward_fake(h, grad_spike, grad_v_out, store_v_seq, need_grad_v_init, backend, options):
+    return h.new_empty(h.shape), h.new_empty((h.shape[1],)) if need_grad_v_init else _absent(h)
+
+
+def _setup_context(ctx, inputs, output):
+    _x, _v_init, save_h, store_v_seq, backend, options = inputs
+    h = output[2]
+    ctx.mark_non_differentiable(h)
+    # Like FusedMultiStep: an output nobody used brings None, not a materialized zero tensor.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(h)
+    ctx.save_h, ctx.store_v_seq, ctx.backend, ctx.options = save_h, store_v_seq, backend, options
+
+
+def _backward_formula(ctx, grad_spike, grad_v_out, _grad_h):
+    if grad_spike is None and grad_v_out is None:
+        return (None,) * 6
+    if not ctx.save_h:
+        raise RuntimeError(
+            f"{FORWARD} ran with save_h=False, so it kept no H to differentiate through; pass save_h=True "
+            "when an input requires grad"
+        )
+    (h,) = ctx.saved_tensors
+    need_grad_v_init = ctx.needs_input_grad[1]
+    grad_x, grad_v_init = torch.ops.flashspike.multi_step_backward(
+        h, grad_spike, grad_v_out, ctx.store_v_seq, need_grad_v_init, ctx.backend, ctx.options
+    )
+    return grad_x, grad_v_init if need_grad_v_init else None, None, None, None, None
+
+
+torch.library.register_autograd(FORWARD, _backward_formula, setup_context=_setup_context)
+
+
+def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+    """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
+    shape = x_seq.shape
+    x = x_seq.reshape(shape[0], -1).contiguous()
+    if isinstance(v_init, torch.Tensor):
+        v = v_init.reshape(-1).contiguous()
+    elif v_init == p.v_rest:
+        v = None
+    else:
+        v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
+    save_h = torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad))
+    spike, v_out, _ = torch.ops.flashspike.multi_step_forward(x, v, save_h, store_v_seq, backend, option_string(p))
+    spike = spike.view(shape)
+    if store_v_seq:
+        v_seq = v_out.view(shape)
+        return spike, v_seq[-1], v_seq
+    return spike, v_out.view(shape[1:]), None
