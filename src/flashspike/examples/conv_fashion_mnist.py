@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag("no_download", action="store_true", help="never download the data set")
     flag("bench_steps", type=int, default=0,
          help="time this many training steps on a random batch already on the device, report the step time and "
-         "peak memory, and exit (no data set needed)")
+         "the peak memory of those steps (after a warm-up), and exit (no data set needed)")
     return parser
 
 
@@ -200,9 +200,7 @@ class Cluster:
             torch.cuda.set_device(device)
         self.device = device
         if self.world > 1:
-            import torch.distributed as dist
-
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     @property
     def is_main(self) -> bool:
@@ -253,6 +251,24 @@ def batches(order: torch.Tensor, batch_size: int, drop_last: bool, max_batches: 
 
 
 # ---------------------------------------------------------------- training and testing
+
+class Totals:
+    """Loss sum, correct answers and images seen, summed on the device: no host sync per batch."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, weight: float, rates: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss.add_(loss, alpha=weight)  # one kernel: loss x weight accumulated
+        self.correct += (rates.argmax(1) == labels).sum()
+        self.count += len(labels)
+
+    def as_tensor(self) -> torch.Tensor:
+        """[loss sum, correct, count] as float64 on the device."""
+        return torch.stack((self.loss, self.correct.double(), self.loss.new_tensor(float(self.count))))
+
 
 class Trainer:
     """The network (DDP-wrapped under torchrun), its optimizer, LR schedule and AMP scaler."""
@@ -318,29 +334,26 @@ class Trainer:
     def train_epoch(self, split: DeviceSplit, batch_indices: list, progress=None) -> torch.Tensor:
         """[loss sum, correct, count] over the batches, on the device (no sync)."""
         self.model.train()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        totals = Totals(self.device)
         for index in batch_indices:
             loss, rates = self.step(split.images[index], split.targets[index])
-            totals[0] += loss.detach() * len(index)
-            totals[1] += (rates.argmax(1) == split.labels[index]).sum()
-            totals[2] += len(index)
+            totals.add(loss.detach(), len(index), rates, split.labels[index])  # mean loss x batch size
             if progress is not None:
                 progress.update(1)
-        return totals
+        return totals.as_tensor()
 
     @torch.no_grad()
     def evaluate(self, split: DeviceSplit, batch_indices: list) -> torch.Tensor:
         """[loss sum, correct, count] of the unwrapped net over the batches, on the device."""
         self.net.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        totals = Totals(self.device)
         for index in batch_indices:
             with self._autocast():
                 rates = self.net(as_input(split.images[index]))
-            totals[0] += F.mse_loss(rates.float(), split.targets[index], reduction="sum") / NUM_CLASSES
-            totals[1] += (rates.argmax(1) == split.labels[index]).sum()
-            totals[2] += len(index)
+            loss_sum = F.mse_loss(rates.float(), split.targets[index], reduction="sum")
+            totals.add(loss_sum, 1 / NUM_CLASSES, rates, split.labels[index])  # per-sample mean x count
             functional.reset_net(self.net)
-        return totals
+        return totals.as_tensor()
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -394,7 +407,7 @@ def _replace_via_temporary(path: Path, write) -> None:
         raise
 
 
-# The flags a checkpoint's tensors and optimizer state depend on: resuming with others cannot work.
+# Flags that make another network, optimizer or schedule: resuming under others is not the same run.
 _STRUCTURAL_FLAGS = ("T", "channels", "step_mode", "opt", "lr_scheduler", "amp")
 
 
@@ -435,6 +448,9 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
         trainer.step(images, targets)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        # The peak of steady training (weights, optimizer state, one batch's activations), not of
+        # cuDNN's one-off algorithm search during the warm-up.
+        torch.cuda.reset_peak_memory_stats(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(steps):
