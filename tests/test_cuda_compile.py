@@ -310,6 +310,5 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
                 got, ref = got[..., keep], ref[..., keep]
             scale = max(ref.abs().max().item(), 1.0)
             torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{case}: {m}")
-    vec = src.vector_width(dtype)
-    used = set(kernels.launched)
-    assert any(name.endswith(f", {vec if n % vec == 0 else 1}>") for name in used)
+    vec = src.vector_width(dtype) if n % src.vector_width(dtype) == 0 else 1
+    assert {int(re.search(r", (\d+), \d+>$", name).group(1)) for name in kernels.launched} == {vec}

@@ -2,10 +2,10 @@
 
 One module of source holds two kernel templates for one :class:`~flashspike.params.NeuronParams`:
 
-``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, VEC>``
+``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, VEC, UNROLL>``
     one thread owns VEC neighbouring neurons and walks t = 0 .. T−1 with V in float32 registers,
     reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq).
-``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, VEC>``
+``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, VEC, UNROLL>``
     walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
     writing ∂L/∂X[t] (and ∂L/∂V[−1] at the end when the initial state needs a gradient).
 
@@ -13,12 +13,13 @@ One module of source holds two kernel templates for one :class:`~flashspike.para
 it and converted to float32 in registers. The arithmetic of one step comes from
 :mod:`flashspike.backends.step_code`; this file holds only the loop, the memory traffic and the
 compile-time switches. Everything constant per layer (thresholds, tau, the surrogate and its alpha)
-is baked into the source, so one source is one ``params.key``; the template arguments are the
-per-call switches, so the kernel cache key is ``(params.key, dtype, template arguments)``.
+is baked into the source, so one source is one ``params.key``; the template arguments are the dtype,
+the per-call switches and the vector width (UNROLL follows from the dtype), so the kernel cache key
+is ``(params.key, dtype, switches)``.
 
 The source includes no header: half and bfloat16 conversions are written here with PTX and bit
-operations, so NVRTC needs no include path (CuPy's NVRTC does not always find ``cuda_fp16.h``) and
-each compile stays short.
+operations, so NVRTC needs no include path (without one it cannot open ``cuda_fp16.h``; CuPy finds
+it only where the CUDA headers are installed) and each compile stays short.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
 
 #: torch dtype -> the CUDA storage type the kernels load and store.
 STORAGE_TYPES = {torch.float32: "float", torch.float16: "fs_half", torch.bfloat16: "fs_bf16"}
+_ELEMENT_SIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 # How an output gradient reaches the backward kernel (the template argument GRAD_SPIKE / GRAD_V).
 GRAD_ABSENT = 0  # no gradient flows into this output: read nothing, treat as zero
@@ -59,9 +61,12 @@ GRAD_SCALAR = 2  # every element equals element 0 (the expanded ones of y.sum().
 #: Threads per block; each block covers BLOCK * VEC neurons.
 BLOCK = 256
 
-# Time steps whose loads a thread issues together before computing them: more bytes in flight per
-# thread, which a streaming kernel with few threads per neuron needs to approach the copy bandwidth.
-UNROLL = 2
+# Time steps whose loads a thread issues together before computing them (the template argument
+# UNROLL): more bytes in flight per thread, which a streaming kernel needs to approach the copy
+# bandwidth. Keyed by (kernel, element size). Measured on an H200 at T=128, N=2^20 (tools/gpu_cupy.sh,
+# 2026-11-28): 2 suits float32 both ways (88-96% of the copy bandwidth); the 16-bit forward reached
+# 91% with 4 against 82% with 2, while the 16-bit backward did best with 2 (75-87%; 61% with 4).
+UNROLL = {("forward", 4): 2, ("forward", 2): 4, ("backward", 4): 2, ("backward", 2): 2}
 
 PRELUDE = r"""
 // ---- storage types: elements live in memory as T and in registers as float ----
@@ -178,7 +183,7 @@ __device__ __forceinline__ float fs_load_one(const T* p) {
 # step; $v_rest is the potential of a neuron without an initial state. Offsets are 64-bit
 # (long long): a sequence may hold more than 2^31 elements.
 _KERNELS = Template(r"""
-template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, int VEC>
+template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, int VEC, int UNROLL>
 __global__ void fs_forward(
     const T* __restrict__ x_seq,   // [T, N] input X
     const T* __restrict__ v_init,  // [N] V before step 0 (read only when HAS_V_INIT, else V = v_rest)
@@ -197,14 +202,14 @@ __global__ void fs_forward(
 #pragma unroll
         for (int k = 0; k < VEC; ++k) v_reg[k] = $v_rest;
     }
-    for (long long t0 = 0; t0 < steps; t0 += $unroll) {
-        float x_reg[$unroll][VEC];
+    for (long long t0 = 0; t0 < steps; t0 += UNROLL) {
+        float x_reg[UNROLL][VEC];
 #pragma unroll
-        for (int u = 0; u < $unroll; ++u) {
+        for (int u = 0; u < UNROLL; ++u) {
             if (t0 + u < steps) fs_load<T, VEC>(x_seq + (t0 + u) * n + i, x_reg[u]);
         }
 #pragma unroll
-        for (int u = 0; u < $unroll; ++u) {
+        for (int u = 0; u < UNROLL; ++u) {
             if (t0 + u >= steps) break;
             const long long at = (t0 + u) * n + i;
             float spike_reg[VEC], h_reg[VEC];
@@ -225,7 +230,7 @@ $forward_step
     if (!STORE_V_SEQ) fs_store<T, VEC>(v_out + i, v_reg);
 }
 
-template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, int VEC>
+template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, int VEC, int UNROLL>
 __global__ void fs_backward(
     const T* __restrict__ h_seq,           // [T, N] H saved by the forward pass
     const T* __restrict__ grad_spike_seq,  // dL/dS: [T, N] (DENSE), one value (SCALAR), unread (ABSENT)
@@ -248,10 +253,10 @@ __global__ void fs_backward(
         grad_v_last[k] = grad_v_all;
     }
     if (!STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + i, grad_v_last);
-    for (long long r0 = 0; r0 < steps; r0 += $unroll) {
-        float h_reg[$unroll][VEC], grad_spike_reg[$unroll][VEC], grad_v_reg[$unroll][VEC];
+    for (long long r0 = 0; r0 < steps; r0 += UNROLL) {
+        float h_reg[UNROLL][VEC], grad_spike_reg[UNROLL][VEC], grad_v_reg[UNROLL][VEC];
 #pragma unroll
-        for (int u = 0; u < $unroll; ++u) {
+        for (int u = 0; u < UNROLL; ++u) {
             const long long t = steps - 1 - (r0 + u);
             if (t < 0) break;
             fs_load<T, VEC>(h_seq + t * n + i, h_reg[u]);
@@ -259,7 +264,7 @@ __global__ void fs_backward(
             if (STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + t * n + i, grad_v_reg[u]);
         }
 #pragma unroll
-        for (int u = 0; u < $unroll; ++u) {
+        for (int u = 0; u < UNROLL; ++u) {
             const long long t = steps - 1 - (r0 + u);
             if (t < 0) break;
             float grad_x_reg[VEC];
@@ -293,7 +298,6 @@ def _indent(lines: list[str], spaces: int = 16) -> str:
 def kernel_source(p: NeuronParams) -> str:
     """The two kernel templates of one neuron (without :data:`PRELUDE`)."""
     return _KERNELS.substitute(
-        unroll=UNROLL,
         v_rest=CUDA.const(float(p.v_rest)),
         forward_step=_indent(forward_step(p, CUDA)),
         backward_step=_indent(backward_step(p, CUDA)),
@@ -307,24 +311,28 @@ def module_source(p: NeuronParams) -> str:
 
 def vector_width(dtype: torch.dtype) -> int:
     """Elements per 16-byte load for ``dtype``: the VEC of the vectorized kernels."""
-    return 16 // torch.empty((), dtype=dtype).element_size()
+    return 16 // _ELEMENT_SIZE[dtype]
 
 
 def _cpp_bool(flag: bool) -> str:
     return "true" if flag else "false"
 
 
+def _unroll(kernel: str, dtype: torch.dtype) -> int:
+    return UNROLL[(kernel, _ELEMENT_SIZE[dtype])]
+
+
 def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq: bool, vec: int) -> str:
     """The C++ name of one forward instantiation (a name expression for NVRTC)."""
     flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq)))
-    return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}>"
+    return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}, {_unroll('forward', dtype)}>"
 
 
 def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq: bool, grad_v_init: bool,
                   vec: int) -> str:
     """The C++ name of one backward instantiation; ``grad_spike``/``grad_v`` are GRAD_* modes."""
     return (f"fs_backward<{STORAGE_TYPES[dtype]}, {grad_spike}, {grad_v}, {_cpp_bool(store_v_seq)}, "
-            f"{_cpp_bool(grad_v_init)}, {vec}>")
+            f"{_cpp_bool(grad_v_init)}, {vec}, {_unroll('backward', dtype)}>")
 
 
 def forward_flag_sets(dtype: torch.dtype):

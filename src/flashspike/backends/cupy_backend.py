@@ -141,7 +141,11 @@ class CupyKernels:
         raw = self._current_raw_stream(device_index)
         stream = self._streams.get(raw)
         if stream is None:
-            stream = self._streams[raw] = cupy.cuda.ExternalStream(raw, device_index)
+            with warnings.catch_warnings():
+                # CuPy 14 deprecates ExternalStream for Stream.from_external, which wants an object
+                # speaking the CUDA stream protocol; a raw handle is what torch gives without allocation.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                stream = self._streams[raw] = cupy.cuda.ExternalStream(raw, device_index)
         blocks = ((n // vec) + src.BLOCK - 1) // src.BLOCK
         if cupy.cuda.runtime.getDevice() == device_index:
             function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
