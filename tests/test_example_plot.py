@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_draws_two_runs_into_pngs(tmp_path, capsys):
     written = capsys.readouterr().out.split()
     assert written == [str(tmp_path / "out" / "accuracy.png"), str(tmp_path / "out" / "loss.png")]
     for path in written:
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a drawn figure, not an empty file
 
 
