@@ -266,3 +266,22 @@ def test_reference_runs_on_cuda():
     xc = x.detach().cpu().requires_grad_()
     cpu(xc).sum().backward()
     torch.testing.assert_close(x.grad.cpu(), xc.grad)
+
+
+def test_changing_an_option_after_a_call_takes_effect():
+    # params() is cached per node; assigning any option must rebuild it.
+    node = neuron.MultiStepLIFNode(backend="torch")
+    x = torch.full((3, 5), 0.9)
+    assert node(x).sum() == 0  # H stays below 1 with tau=2 and x=0.9
+    node.reset()
+    node.v_threshold = 0.4
+    assert node(x).sum() > 0
+    node.reset()
+    node.tau = 1.0  # H = x: fires every step at threshold 0.4
+    assert node(x).sum() == 15
+    node.reset()
+    node.surrogate_function = surrogate.ATan(alpha=3.0)
+    assert node.params().surrogate.alpha == 3.0
+    node.detach_reset, node.v_reset, node.decay_input = True, None, False
+    p = node.params()
+    assert (p.detach_reset, p.v_reset, p.decay_input) == (True, None, False)

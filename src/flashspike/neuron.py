@@ -76,19 +76,33 @@ class BaseNode(nn.Module):
 
     def reset(self) -> None:
         """Forget the state: the potential returns to rest."""
-        self.v = self.v_rest
+        self.__dict__["v"] = self.v_rest
+
+    # Options whose change must rebuild the cached NeuronParams (see params()).
+    _OPTION_NAMES = frozenset({"v_threshold", "v_reset", "surrogate_function", "detach_reset", "tau", "decay_input"})
+
+    def __setattr__(self, name, value):
+        if name in self._OPTION_NAMES:
+            self.__dict__["_cached_params"] = None
+        super().__setattr__(name, value)
 
     def params(self) -> NeuronParams:
-        """The current options as the frozen object that backends receive."""
-        return NeuronParams(
-            leaky=self.leaky,
-            v_threshold=self.v_threshold,
-            v_reset=self.v_reset,
-            detach_reset=self.detach_reset,
-            surrogate=self.surrogate_function,
-            tau=self.tau if self.leaky else 2.0,
-            decay_input=self.decay_input if self.leaky else True,
-        )
+        """The current options as the frozen object that backends receive.
+
+        Built once and kept until an option is assigned again: the per-call path stays a lookup.
+        """
+        p = self.__dict__.get("_cached_params")
+        if p is None:
+            p = self.__dict__["_cached_params"] = NeuronParams(
+                leaky=self.leaky,
+                v_threshold=self.v_threshold,
+                v_reset=self.v_reset,
+                detach_reset=self.detach_reset,
+                surrogate=self.surrogate_function,
+                tau=self.tau if self.leaky else 2.0,
+                decay_input=self.decay_input if self.leaky else True,
+            )
+        return p
 
     def _initial_v(self, step_shape: torch.Size, like: torch.Tensor):
         """The kept potential, checked against one time step of the input (``step_shape``, ``like``)."""
@@ -140,7 +154,7 @@ class _MultiStep(BaseNode):
 
     def reset(self) -> None:
         super().reset()
-        self.v_seq = None
+        self.__dict__["v_seq"] = None
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The whole sequence ``[T, N, *] -> [T, N, *]`` in one call, continuing from ``self.v``."""
@@ -156,11 +170,14 @@ class _MultiStep(BaseNode):
         if torch.compiler.is_compiling():
             # One custom operator that the compiler sees through; it resolves the backend as it runs.
             spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq)
-        else:
-            backend = backends.resolve(self._backend, x_seq)
-            spike_seq, self.v, v_seq = backend.multi_step(x_seq, v_init, self.params(), self.store_v_seq)
+            if self.store_v_seq:
+                self.v_seq = v_seq
+            return spike_seq
+        backend = backends.resolve(self._backend, x_seq)
+        state = self.__dict__  # plain attributes: skip nn.Module.__setattr__ on the hot path
+        spike_seq, state["v"], v_seq = backend.multi_step(x_seq, v_init, self.params(), self.store_v_seq)
         if self.store_v_seq:
-            self.v_seq = v_seq
+            state["v_seq"] = v_seq
         return spike_seq
 
     def _empty_call(self, x_seq: torch.Tensor) -> torch.Tensor:
