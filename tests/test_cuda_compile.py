@@ -21,15 +21,16 @@ import os
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from flashspike import neuron, surrogate
-from flashspike.dynamics import charge, reset
 from flashspike.backends import cuda_source as src
 from flashspike.backends.cupy_backend import CupyKernels
 from flashspike.params import NeuronParams
+from test_parity import _far_from_ties  # neurons whose H stays off the threshold
 
 SURROGATES = (surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(), surrogate.SoftSign())
 
@@ -260,17 +261,6 @@ def _run(multi_step, x, v_init, p, store_v_seq, loss_kind, weights):
     return outputs, [x.grad] + ([v.grad] if isinstance(v, torch.Tensor) else [])
 
 
-def _far_from_threshold(x64, v_init, p, margin):
-    """[N] mask of neurons whose float64 H never comes within ``margin`` of the threshold."""
-    v = v_init.double() if isinstance(v_init, torch.Tensor) else torch.full_like(x64[0], v_init)
-    keep = torch.ones_like(x64[0], dtype=torch.bool)
-    for x in x64:
-        h = charge(v, x, p)
-        keep &= (h - p.v_threshold).abs() > margin
-        v = reset(h, (h >= p.v_threshold).double(), p)
-    return keep
-
-
 # Every dtype with the first option set; the others (their steps differ, the template does not) in float32.
 EMULATED_CASES = [(0, dtype) for dtype in src.STORAGE_TYPES] + [
     (option, torch.float32) for option in range(1, len(EMULATED_OPTIONS))]
@@ -302,7 +292,9 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
         case = f"v_init={'tensor' if isinstance(v_init, torch.Tensor) else v_init} store_v_seq={store_v_seq} loss={loss_kind}"
         # The backward reads H rounded to the dtype: a neuron whose H lies within that rounding of the
         # threshold may recompute another spike there, so its gradient is compared only in float32.
-        keep = _far_from_threshold(x.double(), v_init, p, 0.0 if dtype == torch.float32 else 2 * tol)
+        keep = _far_from_ties(SimpleNamespace(params=lambda: p), x.double(),
+                              v_init.double() if isinstance(v_init, torch.Tensor) else v_init,
+                              0.0 if dtype == torch.float32 else 2 * tol)
         for i, (got, ref) in enumerate(zip(got_out + got_grad, ref_out + ref_grad)):
             assert got.dtype == dtype, case
             assert not torch.isnan(got).any(), f"unwritten elements: {case}"

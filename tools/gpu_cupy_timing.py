@@ -7,17 +7,20 @@
 """
 
 import cProfile
+import functools
 import io
 import os
 import pstats
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 from triton.testing import do_bench
 
 from flashspike import neuron, surrogate
 from flashspike.backends import cuda_source, cupy_backend
+from flashspike.benchmarks.neuron import copy_bandwidth, flashspike_subjects, make_call
 
 dev = torch.device("cuda")
 N = 2**20
@@ -25,8 +28,8 @@ print(f"{torch.cuda.get_device_name()} | {time.strftime('%Y-%m-%d %H:%M UTC', ti
       f"PYTORCH_CUDA_ALLOC_CONF={os.environ.get('PYTORCH_CUDA_ALLOC_CONF')!r}")
 
 
-def bench(fn):
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+# GPU milliseconds of one launch: Triton's do_bench (L2 cleared between calls), median.
+bench = functools.partial(do_bench, warmup=25, rep=100, return_mode="median")
 
 
 def per_call_us(fn, n=1000, rounds=5):
@@ -44,16 +47,14 @@ def per_call_us(fn, n=1000, rounds=5):
     return f"{statistics.median(means):6.1f} us (rounds {min(means):.0f}-{max(means):.0f})"
 
 
-a = torch.empty(2**28, device=dev)  # 1 GiB of float32
-b = torch.empty_like(a)
-copy_tbs = 2 * a.numel() * 4 / bench(lambda: b.copy_(a)) / 1e9
-print(f"device-to-device copy: {copy_tbs:.2f} TB/s (bytes read + written)")
-del a, b
+copy_bps = copy_bandwidth(dev)  # the benchmark's own measure: 1 GiB copied, bytes read + written
+print(f"device-to-device copy: {copy_bps / 1e12:.2f} TB/s")
 
 
 def share(nbytes, ms):
-    tbs = nbytes / ms / 1e9
-    return f"{tbs:4.2f} TB/s {100 * tbs / copy_tbs:3.0f}%"
+    """Achieved bandwidth and its share of the copy's."""
+    bps = nbytes / (ms * 1e-3)
+    return f"{bps / 1e12:4.2f} TB/s {100 * bps / copy_bps:3.0f}%"
 
 
 p = neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan(alpha=2.0)).params()
@@ -64,28 +65,29 @@ for unroll in ("default", 2, 4):
     cuda_source.UNROLL.update(default_unroll if unroll == "default" else {k: unroll for k in default_unroll})
     ks = cupy_backend.CupyKernels()  # fresh caches: the unroll is part of the kernel's name
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        e = torch.finfo(dtype).bits // 8
         x = torch.rand(128, N, device=dev, dtype=dtype) * 1.5
-        g_dense = torch.rand_like(x)
-        g_scalar = torch.ones((), device=dev, dtype=dtype).expand(128, N)
-        row = []
-        ms = bench(lambda: ks.forward(x, None, p, False, False))
-        row.append(f"infer {ms:.3f} ({share(2 * e * x.numel(), ms)})")
-        ms = bench(lambda: ks.forward(x, None, p, True, False))
-        row.append(f"train-fwd {ms:.3f} ({share(3 * e * x.numel(), ms)})")
         h = ks.forward(x, None, p, True, False)[2]
-        ms = bench(lambda: ks.backward(h, g_scalar, None, p, False, False))
-        row.append(f"bwd scalar {ms:.3f} ({share(2 * e * x.numel(), ms)})")
-        ms = bench(lambda: ks.backward(h, g_dense, None, p, False, False))
-        row.append(f"bwd dense {ms:.3f} ({share(3 * e * x.numel(), ms)})")
-        print(f"unroll {unroll!s:7} {str(dtype)[6:]:8s}: " + " | ".join(row))
-        del x, g_dense, h
+        grads = {"scalar": torch.ones((), device=dev, dtype=dtype).expand(128, N), "dense": torch.rand_like(x)}
+        # (what, the launch, elements moved per neuron-step: the reads and writes it cannot avoid)
+        kernels_alone = [
+            ("infer", lambda: ks.forward(x, None, p, False, False), 2),  # X in, S out
+            ("train-fwd", lambda: ks.forward(x, None, p, True, False), 3),  # X in, S and H out
+            ("bwd scalar", lambda: ks.backward(h, grads["scalar"], None, p, False, False), 2),  # H in, dX out
+            ("bwd dense", lambda: ks.backward(h, grads["dense"], None, p, False, False), 3),  # H, dS in, dX out
+        ]
+        timings = [(what, bench(launch), moved * x.element_size() * x.numel()) for what, launch, moved in kernels_alone]
+        print(f"unroll {unroll!s:7} {str(dtype)[6:]:8s}: "
+              + " | ".join(f"{what} {ms:.3f} ({share(nbytes, ms)})" for what, ms, nbytes in timings))
+        del x, h, grads
 cuda_source.UNROLL.update(default_unroll)
 
 print("\n# 2. host cost per call, T=4, N=4096 (wall clock, median of 5 rounds of 1000 calls)")
+# The benchmark's own calls (a fresh LIF node and input each): forward + y.sum().backward(), and no_grad.
+cupy_subject = flashspike_subjects(SimpleNamespace(if_node=False, backends=["cupy"]), dev)[0][0]
+train_step = make_call(cupy_subject, "fb", 4, 4096, torch.float32, dev)
+infer_step = make_call(cupy_subject, "f", 4, 4096, torch.float32, dev)
 x = torch.rand(4, 4096, device=dev, requires_grad=True)
 xd = x.detach()
-node = neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan(alpha=2.0), backend="cupy")
 
 
 class Floor(torch.autograd.Function):
@@ -104,18 +106,6 @@ class Floor(torch.autograd.Function):
 def floor_step():
     x.grad = None
     Floor.apply(x).sum().backward()
-
-
-def train_step():
-    node.reset()
-    x.grad = None
-    node(x).sum().backward()
-
-
-def infer_step():
-    node.reset()
-    with torch.no_grad():
-        node(x)
 
 
 print(f"torch floor: custom Function + sum + backward:  {per_call_us(floor_step)}")
@@ -141,14 +131,7 @@ pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
 print("cProfile of 500 fwd+bwd calls, by own time:\n" + "\n".join(text.getvalue().splitlines()[4:26]))
 
 print("\n# 3. fwd+bwd at T=8, N=2**20, float32: where the time goes")
-x8 = torch.rand(8, N, device=dev, requires_grad=True)
-
-
-def train8():
-    node.reset()
-    x8.grad = None
-    node(x8).sum().backward()
-
+train8 = make_call(cupy_subject, "fb", 8, N, torch.float32, dev)
 
 stats0 = torch.cuda.memory_stats(dev)
 print(f"per call {per_call_us(train8, n=200)}")

@@ -271,18 +271,23 @@ def plot(rows: list[dict], out: Path, title: str) -> list[str]:
             continue
         steps = sorted({r["T"] for r in chosen})
         series = list(dict.fromkeys((r["subject"], r["dtype"]) for r in chosen))
+        subjects = list(dict.fromkeys(subject for subject, _ in series))
+        dtypes = list(dict.fromkeys(dtype for _, dtype in series))
         width = 0.8 / len(series)
-        fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(steps)), 4.5))
+        fig, ax = plt.subplots(figsize=(max(8.0, 1.8 * len(steps)), 6.0))
         for k, (subject, dtype) in enumerate(series):
             ms = {r["T"]: r["ms"] for r in chosen if (r["subject"], r["dtype"]) == (subject, dtype)}
             xs = [i + (k - (len(series) - 1) / 2) * width for i, t in enumerate(steps) if t in ms]
-            ax.bar(xs, [ms[t] for t in steps if t in ms], width, label=f"{subject} {dtype}")
+            # a colour per subject, a hatch per dtype: every series stays distinguishable
+            ax.bar(xs, [ms[t] for t in steps if t in ms], width, label=f"{subject} {dtype}",
+                   color=plt.get_cmap("tab10")(subjects.index(subject) % 10),
+                   hatch=("", "//", "..")[dtypes.index(dtype) % 3], edgecolor="white", linewidth=0.3)
         ax.set_xticks(range(len(steps)), [str(t) for t in steps])
         ax.set_xlabel("T (time steps)")
         ax.set_ylabel("ms per call (log scale)")
         ax.set_yscale("log")
         ax.set_title(f"{title}\n{what}", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
