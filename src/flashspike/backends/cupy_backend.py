@@ -25,8 +25,9 @@ PIP_HINT = (
     "pip install cupy-cuda12x (CUDA 12) or pip install cupy-cuda13x (CUDA 13)"
 )
 
-# NVRTC options: C++14 is what CuPy assumes; no fast-math, so results follow IEEE float32 as the
-# reference does.
+# NVRTC options: C++14 is what CuPy assumes; no fast-math, so exp and division stay IEEE-accurate as
+# in the reference. (CuPy's compile adds -ftz=true: float32 denormals flush to zero, far below the
+# tolerances of the parity tests.)
 _NVRTC_OPTIONS = ("-std=c++14",)
 
 _VECTOR_WIDTH = {dtype: src.vector_width(dtype) for dtype in src.STORAGE_TYPES}
@@ -111,7 +112,7 @@ class CupyKernels:
     def __init__(self):
         self._functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
         self._sources: dict = {}  # params.key -> CUDA source of the neuron's kernels
-        self._streams: dict = {}  # raw cudaStream_t -> cupy ExternalStream (what a launch takes)
+        self._streams: dict = {}  # (raw cudaStream_t, device) -> cupy ExternalStream (what a launch takes)
         self._current_raw_stream = _raw_stream_getter()
 
     # ---- compilation ----
@@ -138,14 +139,14 @@ class CupyKernels:
     # ---- launching ----
     def _launch(self, function, device_index: int, n: int, vec: int, args: tuple) -> None:
         cupy = _CUPY.cupy
-        raw = self._current_raw_stream(device_index)
-        stream = self._streams.get(raw)
+        key = (self._current_raw_stream(device_index), device_index)  # handle 0 exists on every device
+        stream = self._streams.get(key)
         if stream is None:
             with warnings.catch_warnings():
                 # CuPy 14 deprecates ExternalStream for Stream.from_external, which wants an object
                 # speaking the CUDA stream protocol; a raw handle is what torch gives without allocation.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                stream = self._streams[raw] = cupy.cuda.ExternalStream(raw, device_index)
+                stream = self._streams[key] = cupy.cuda.ExternalStream(*key)
         blocks = ((n // vec) + src.BLOCK - 1) // src.BLOCK
         if cupy.cuda.runtime.getDevice() == device_index:
             function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
