@@ -4,6 +4,7 @@ with its flags, on flashspike's multi-step neurons.
     python -m flashspike.examples.conv_fashion_mnist -T 4 -b 128 -epochs 64 -opt SGD -lr 0.1 -amp -backend auto
     torchrun --nproc_per_node=2 -m flashspike.examples.conv_fashion_mnist -amp -backend auto   # one GPU a process
     python -m flashspike.examples.conv_fashion_mnist -channels 16 -epochs 1                   # CPU, a few minutes
+    python -m flashspike.examples.conv_fashion_mnist -amp -backend auto -cuda_graph           # a step = one graph replay
 
 Where the time goes, and why the loop looks as it does: the whole data set sits on the training
 device as uint8 (47 MB), a batch is an index gather there, and the loss and accuracy are summed on the
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import backends, functional, layer, neuron, surrogate
+from .captured_step import CapturedStep
 from .fashion_mnist import NUM_CLASSES, DataMissingError, IDXFormatError, load_fashion_mnist
 
 
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("bench_steps", type=int, default=0,
          help="time this many training steps on a random batch already on the device, report the step time and "
          "the peak memory of those steps (after a warm-up), and exit (no data set needed)")
+    flag("compile", action="store_true",
+         help="train through torch.compile(net, fullgraph=True); epoch 0's times include compiling")
+    flag("cuda_graph", action="store_true",
+         help="CUDA only, one process: capture the whole training step (forward, backward, optimizer step, "
+         "loss scaling) as a CUDA graph after 3 warm-up steps and replay it for every full batch; epoch 0's "
+         "times include warm-up and capture; evaluation runs eagerly")
     return parser
 
 
@@ -112,6 +120,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         raise UsageError(f"-max_batches must be at least 1, got {args.max_batches}")
     if args.step_mode == "s" and args.backend != "torch":
         raise UsageError(f"-backend {args.backend} applies to multi-step neurons; -step_mode s has none")
+    if args.compile and args.cuda_graph:
+        raise UsageError("-compile and -cuda_graph are alternatives: give one of them")
+    if args.cuda_graph and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("-cuda_graph trains in one process: DistributedDataParallel's gradient "
+                         "all-reduce is not captured here; run without torchrun, or drop -cuda_graph")
     return args
 
 
@@ -130,6 +143,10 @@ def run_name(args) -> str:
         name += f"_c{args.channels}"
     if args.step_mode == "s":
         name += "_s"
+    if args.compile:
+        name += "_compile"
+    if args.cuda_graph:
+        name += "_cg"
     return name
 
 
@@ -294,6 +311,17 @@ class Trainer:
         if cluster.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        if args.compile:
+            # The neurons are custom operators the compiler sees through; their state stays a Python
+            # attribute, which reset_net (outside the compiled region) puts back to rest.
+            self.model = torch.compile(self.model, fullgraph=True)
+        # -cuda_graph: the step must be capturable (see captured_step.py), and every full batch replays it.
+        self.capturable = bool(args.cuda_graph)
+        self.train_step = self.step
+        if self.capturable:
+            if self.device.type != "cuda":
+                raise UsageError(f"-cuda_graph needs a CUDA device, but the device is {self.device}")
+            self.train_step = CapturedStep(self.step, self.optimizer, self.device)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -316,15 +344,20 @@ class Trainer:
         except (backends.BackendError, ImportError) as error:
             raise UsageError(f"-backend {self.args.backend} cannot run on {self.device}: {error}") from None
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp)
+    def _autocast(self, cache_enabled: bool = True):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp,
+                              cache_enabled=cache_enabled)
 
     def step(self, images_u8: torch.Tensor, targets: torch.Tensor):
-        """One training step on a batch; returns (loss, rates), both still on the device."""
-        with self._autocast():
+        """One training step on a batch; returns (loss, rates), both still on the device.
+
+        It starts and ends with the neurons at rest. Capturable when ``self.capturable``: gradients are
+        zeroed in place and autocast keeps no weight cache (its casts would live outside the graph).
+        """
+        self.optimizer.zero_grad(set_to_none=not self.capturable)
+        with self._autocast(cache_enabled=not self.capturable):
             rates = self.model(as_input(images_u8))
         loss = F.mse_loss(rates.float(), targets)
-        self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -336,7 +369,7 @@ class Trainer:
         self.model.train()
         totals = Totals(self.device)
         for index in batch_indices:
-            loss, rates = self.step(split.images[index], split.targets[index])
+            loss, rates = self.train_step(split.images[index], split.targets[index])
             totals.add(loss.detach(), len(index), rates, split.labels[index])  # mean loss x batch size
             if progress is not None:
                 progress.update(1)
@@ -444,8 +477,8 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
     labels = torch.randint(0, NUM_CLASSES, (args.b,), device=device, generator=generator)
     targets = F.one_hot(labels, NUM_CLASSES).float()
     trainer.model.train()
-    for _ in range(max(10, steps // 10)):  # warm-up: kernel compilation, cuDNN's choice, allocator
-        trainer.step(images, targets)
+    for _ in range(max(10, steps // 10)):  # warm-up: kernel compilation, cuDNN's choice, allocator, capture
+        trainer.train_step(images, targets)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         # The peak of steady training (weights, optimizer state, one batch's activations), not of
@@ -454,7 +487,7 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(steps):
-            trainer.step(images, targets)
+            trainer.train_step(images, targets)
         end.record()
         end.synchronize()
         seconds = start.elapsed_time(end) / 1000.0
@@ -462,11 +495,12 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
     else:
         started = time.perf_counter()
         for _ in range(steps):
-            trainer.step(images, targets)
+            trainer.train_step(images, targets)
         seconds, memory = time.perf_counter() - started, ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"bench: device={name}, T={args.T}, b={args.b}, amp={args.amp}, step_mode={args.step_mode}, "
-          f"backend={trainer.check_backend()}, steps={steps}, step_time_ms={seconds / steps * 1000:.3f}{memory}",
+          f"backend={trainer.check_backend()}, compile={args.compile}, cuda_graph={args.cuda_graph}, "
+          f"steps={steps}, step_time_ms={seconds / steps * 1000:.3f}{memory}",
           flush=True)
 
 
@@ -522,6 +556,9 @@ def train(args, cluster: Cluster) -> None:
         print(args)
         print(trainer.net)
         print(f"backend: {args.backend} -> {backend}; device: {cluster.device}; processes: {cluster.world}", flush=True)
+        if args.compile or args.cuda_graph:
+            what = "compiling" if args.compile else "3 warm-up steps and the CUDA graph's capture"
+            print(f"note: the first epoch trained in this run includes {what}; later epochs are steady", flush=True)
     if args.bench_steps:
         if main:
             benchmark_steps(trainer, args.bench_steps)

@@ -1,0 +1,155 @@
+"""The example's ``-compile`` and ``-cuda_graph``: the same training as eager, and clear refusals.
+
+CPU: a tiny ``-compile`` run against the same run eager; ``-cuda_graph`` refused on the CPU, under
+torchrun and together with ``-compile``; the folder suffixes. GPU (marked ``gpu``): steps replayed from
+a captured CUDA graph against the same steps run eagerly, the learning rate reaching the graph, a
+partial batch run eagerly between replays, and ``-bench_steps`` with ``-cuda_graph``.
+"""
+
+import re
+
+import pytest
+import torch
+
+from flashspike.examples import conv_fashion_mnist as cli
+from flashspike.examples.captured_step import CapturedStep
+from test_example_train import common, data_dir, epoch_lines, read_metrics, run_module  # noqa: F401 (fixture)
+
+
+# ------------------------------------------------------------------ -compile
+
+def test_compile_trains_like_eager(data_dir, tmp_path):  # noqa: F811 (the fixture)
+    """Two epochs of 8 batches, compiled (inductor on the CPU) and eager, from the same seed.
+
+    Losses and accuracies depend on the weights only through the spike counts (a rate is a multiple of
+    1/T), so they agree exactly unless a compiled kernel's rounding moves a membrane potential across
+    the threshold; the tolerance admits a few such flips, far less than one epoch of training moves them.
+    """
+    flags = common(data_dir, tmp_path, "-channels", "8", "-epochs", "2", "-max_batches", "8")
+    eager = run_module(*flags)
+    compiled = run_module(*flags, "-compile")
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert "note: the first epoch trained in this run includes compiling" in compiled.stdout
+    expected = read_metrics(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8")
+    got = read_metrics(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8_compile")
+    assert len(got) == len(expected) == 2 and len(epoch_lines(compiled.stdout)) == 2
+    assert expected[1]["train_loss"] < expected[0]["train_loss"] - 5e-3, "the eager run should learn"
+    for e, g in zip(expected, got):
+        for key in ("train_loss", "test_loss"):
+            assert g[key] == pytest.approx(e[key], abs=5e-4), key
+        assert g["train_acc"] == pytest.approx(e["train_acc"], abs=2 / 256)  # 8 batches x 32 images
+        assert g["test_acc"] == pytest.approx(e["test_acc"], abs=2 / 160)
+        assert g["lr"] == e["lr"]
+    a = torch.load(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8" / "checkpoint_latest.pth", weights_only=True)
+    b = torch.load(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8_compile" / "checkpoint_latest.pth", weights_only=True)
+    assert a["net"].keys() == b["net"].keys()  # the checkpoint holds the plain net's names, not the wrapper's
+    for key in a["net"]:
+        torch.testing.assert_close(b["net"][key], a["net"][key], rtol=1e-3, atol=1e-4)
+
+
+# ------------------------------------------------------------------ -cuda_graph refusals and names
+
+def test_cuda_graph_on_a_cpu_device_is_a_clear_error(data_dir, tmp_path, capsys):  # noqa: F811
+    for extra in ((), ("-bench_steps", "2")):
+        assert cli.main(common(data_dir, tmp_path, "-cuda_graph", *extra)) == 2
+        assert capsys.readouterr().err == "error: -cuda_graph needs a CUDA device, but the device is cpu\n"
+    assert not any(tmp_path.iterdir()), "nothing should be written"
+
+
+def test_cuda_graph_under_torchrun_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["-device", "cpu", "-cuda_graph"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: -cuda_graph trains in one process") and err.count("\n") == 1
+
+
+def test_compile_and_cuda_graph_together_are_refused(capsys):
+    assert cli.main(["-device", "cpu", "-compile", "-cuda_graph"]) == 2
+    assert "-compile and -cuda_graph are alternatives" in capsys.readouterr().err
+
+
+def test_folder_names_carry_the_new_flags():
+    assert cli.run_name(cli.parse_args(["-amp", "-cupy", "-cuda_graph"])) == "T_4_b_128_SGD_lr_0.1_CosALR_64_amp_cupy_cg"
+    assert cli.run_name(cli.parse_args(["-compile", "-channels", "16", "-step_mode", "s"])) == (
+        "T_4_b_128_SGD_lr_0.1_CosALR_64_c16_s_compile")
+    assert cli.run_name(cli.parse_args(["-cuda-graph"])).endswith("_64_cg")
+
+
+def test_captured_step_refuses_a_cpu_device_and_no_warm_up():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device, got cpu"):
+        CapturedStep(lambda images, targets: None, optimizer, torch.device("cpu"))
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="warmup_steps must be at least 1"):
+            CapturedStep(lambda images, targets: None, optimizer, torch.device("cuda"), warmup_steps=0)
+
+
+# ------------------------------------------------------------------ GPU: replays against eager steps
+
+def _trainer(*flags):
+    args = cli.parse_args(["-device", "cuda:0", "-channels", "16", "-b", "32", "-amp", "-backend", "auto", *flags])
+    torch.manual_seed(0)
+    return cli.Trainer(args, cli.Cluster(args.device))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_match_eager_steps_gpu(monkeypatch):
+    """3 warm-up steps, then replays, of the example's float16 AMP step: the same losses, rates and
+    weights as eager steps; a learning rate set between replays (as the scheduler does) reaches the
+    graph; a batch of another size runs eagerly between replays on the same state."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    eager, graphed = _trainer(), _trainer("-cuda_graph")
+    for p, q in zip(eager.net.parameters(), graphed.net.parameters(), strict=True):
+        assert torch.equal(p, q)
+    g = torch.Generator(device="cuda").manual_seed(1)
+
+    def batch(n=32):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, device="cuda", generator=g)
+        labels = torch.randint(0, 10, (n,), device="cuda", generator=g)
+        return images, torch.nn.functional.one_hot(labels, 10).float()
+
+    def both(images, targets):
+        losses, rates = [], []
+        for trainer in (eager, graphed):
+            loss, rate = trainer.train_step(images, targets)
+            losses.append(loss.detach().clone())
+            rates.append(rate.detach().clone())  # a replay's outputs are overwritten by the next one
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rates[1], rates[0], rtol=0, atol=1e-6)
+        return losses[0]
+
+    eager.net.train()
+    graphed.net.train()
+    losses = [both(*batch()) for _ in range(8)]
+    assert graphed.train_step.captured and graphed.train_step.warmed == 3
+    assert len(set(map(float, losses))) > 1, "the losses should move as the net trains"
+
+    both(*batch(16))  # a partial batch: eager in both, between replays
+
+    # A learning rate of 0 must freeze the weights under a replay; a new one must be used again.
+    for trainer in (eager, graphed):
+        trainer.optimizer.param_groups[0]["lr"] = 0.0
+    before = [p.detach().clone() for p in graphed.net.parameters()]
+    both(*batch())
+    for p, q in zip(graphed.net.parameters(), before):
+        assert torch.equal(p, q), "the replay ignored a learning rate of 0"
+    for trainer in (eager, graphed):
+        trainer.optimizer.param_groups[0]["lr"] = 0.05
+    for _ in range(3):
+        both(*batch())
+    assert graphed.optimizer.param_groups[0]["lr"] == 0.05  # a float again outside warm-up and capture
+    torch.cuda.synchronize()
+    for p, q in zip(graphed.net.parameters(), eager.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert not any(torch.equal(p, q) for p, q in zip(graphed.net.parameters(), before)), "lr 0.05 changed nothing"
+
+
+@pytest.mark.gpu
+def test_bench_steps_honours_cuda_graph_gpu(capsys):
+    argv = ["-device", "cuda:0", "-channels", "8", "-b", "16", "-amp", "-backend", "auto", "-bench_steps", "20"]
+    assert cli.main(argv + ["-cuda_graph"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^bench: .*, compile=False, cuda_graph=True, steps=20, step_time_ms=\d+\.\d+, "
+                     r"peak_memory_mib=\d+\.\d$", out, re.M), out
