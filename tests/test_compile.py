@@ -221,27 +221,23 @@ def test_surrogates_are_rebuilt_from_name_and_alpha():
         assert type(rebuilt.surrogate) is type(sg) and rebuilt.key == p.key and rebuilt == p
 
 
-def test_kernel_sets_are_found_on_the_backend_object_or_its_module():
+def test_kernel_sets_come_from_the_kernel_backend():
     p = _params()
-    own, shared = object(), object()
+    own = object()
 
-    class WithMethod:
+    class Kernels(fused.KernelBackend):
         name = "a"
 
         def kernel_set(self, params):
             assert params is p
             return own
 
-    class WithAttribute:
-        name, kernels = "b", shared
-
-    class WithNothing:
+    class NotKernels:
         name = "c"
 
-    assert ops._backend_kernel_set(WithMethod(), p) is own
-    assert ops._backend_kernel_set(WithAttribute(), p) is shared
-    with pytest.raises(NotImplementedError, match="backend 'c' exposes no kernel set"):
-        ops._backend_kernel_set(WithNothing(), p)
+    assert ops._backend_kernel_set(Kernels(), p) is own
+    with pytest.raises(NotImplementedError, match="backend 'c' is no fused.KernelBackend"):
+        ops._backend_kernel_set(NotKernels(), p)
 
 
 def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():

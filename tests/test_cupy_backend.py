@@ -105,7 +105,7 @@ def test_auto_picks_cupy_on_cuda(cuda):
 
 @gpu
 def test_float64_falls_back_to_the_reference_with_one_notice(cuda, monkeypatch):
-    monkeypatch.setattr(cupy_backend.BACKEND, "_warned_float64", False)
+    monkeypatch.setattr(cupy_backend.BACKEND, "_warned_dtypes", set())
     x = torch.rand(4, 33, device=cuda, dtype=torch.float64) * 2
     with pytest.warns(UserWarning, match="float64.*'torch'"):
         spike = _lif()(x)

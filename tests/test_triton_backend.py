@@ -67,7 +67,7 @@ def test_missing_triton_is_an_import_error_with_the_cause(monkeypatch):
 
 
 def test_float64_runs_the_reference_with_one_notice(monkeypatch):
-    monkeypatch.setattr(triton_backend, "_warned_fallback", set())
+    monkeypatch.setattr(triton_backend.BACKEND, "_warned_dtypes", set())
     x = torch.randn(4, 5, dtype=torch.float64) + 0.5
     p = _params()
     with pytest.warns(UserWarning, match="float64"):

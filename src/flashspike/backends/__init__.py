@@ -19,6 +19,8 @@ import importlib
 
 import torch
 
+from .fused import KERNEL_DTYPES
+
 __all__ = ["KNOWN_BACKENDS", "BackendError", "validate_name", "get", "resolve", "auto_candidates"]
 
 # name -> module that defines BACKEND. Adding a backend is one line here.
@@ -68,13 +70,10 @@ def _usable(name: str, x_seq: torch.Tensor) -> bool:
 
 def auto_candidates(device_type: str, dtype: torch.dtype) -> tuple[str, ...]:
     """Backends 'auto' tries, in order, for a device type and dtype."""
-    if device_type == "cuda" and dtype in _KERNEL_DTYPES:
+    if device_type == "cuda" and dtype in KERNEL_DTYPES:
         return (*_AUTO_ORDER_CUDA, "torch")
     return ("torch",)
 
-
-# The kernels compute in float32 registers: float64 stays with the reference, where it is exact.
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _auto_cache: dict = {}
 

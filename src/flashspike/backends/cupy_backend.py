@@ -16,7 +16,6 @@ import torch
 
 from . import BackendError, fused
 from . import cuda_source as src
-from .reference import BACKEND as REFERENCE
 
 __all__ = ["BACKEND", "CupyBackend", "CupyKernels", "PIP_HINT"]
 
@@ -188,12 +187,12 @@ class CupyKernels:
         return grad_x, grad_v_init
 
 
-class CupyBackend:
+class CupyBackend(fused.KernelBackend):
     name = "cupy"
 
     def __init__(self):
-        self.kernels = CupyKernels()
-        self._warned_float64 = False
+        super().__init__()
+        self.kernels = CupyKernels()  # one set serves every option set: each launch receives p
 
     def check_input(self, x_seq: torch.Tensor) -> None:
         if x_seq.device.type != "cuda":
@@ -203,18 +202,8 @@ class CupyBackend:
             )
         _CUPY.load()
 
-    def multi_step(self, x_seq: torch.Tensor, v_init, p, store_v_seq: bool):
-        if x_seq.dtype not in src.STORAGE_TYPES:
-            # float64: the kernels compute in float32, which would lose the precision asked for.
-            if not self._warned_float64:
-                self._warned_float64 = True
-                warnings.warn(
-                    f"backend 'cupy' has no {x_seq.dtype} kernels (they compute in float32); "
-                    "running the 'torch' reference instead. This notice is shown once.",
-                    stacklevel=3,
-                )
-            return REFERENCE.multi_step(x_seq, v_init, p, store_v_seq)
-        return fused.fused_multi_step(self.kernels, x_seq, v_init, p, store_v_seq)
+    def kernel_set(self, p):
+        return self.kernels
 
 
 BACKEND = CupyBackend()

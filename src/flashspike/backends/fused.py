@@ -22,9 +22,12 @@ reference backend.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..params import NeuronParams
+from . import reference
 
 
 # Tests set this to True: outputs then start as NaN instead of whatever memory held.
@@ -60,11 +63,14 @@ class FusedMultiStep(torch.autograd.Function):
         return grad_x, grad_v_init, None, None, None
 
 
-def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
-    """The reference backend's ``multi_step`` contract, run by a kernel set."""
-    shape = x_seq.shape
-    flat = x_seq.dim() == 2  # already [T, N]: no views to make (each costs microseconds of host time)
-    x = x_seq if flat else x_seq.reshape(shape[0], -1)
+def flatten_inputs(x_seq: torch.Tensor, v_init, p: NeuronParams):
+    """``x_seq`` as a contiguous ``[T, N]`` tensor and ``v_init`` as ``[N]`` (None for "at rest").
+
+    Also returns whether ``x_seq`` was already 2-D, in which case no views were made (each costs
+    microseconds of host time) and none need undoing.
+    """
+    flat = x_seq.dim() == 2
+    x = x_seq if flat else x_seq.reshape(x_seq.shape[0], -1)
     if not x.is_contiguous():
         x = x.contiguous()
     if isinstance(v_init, torch.Tensor):
@@ -73,9 +79,50 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
         v = None
     else:
         v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
-    spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq)
+    return x, v, flat
+
+
+def unflatten_outputs(spike, v_out, shape: torch.Size, flat: bool, store_v_seq: bool):
+    """The kernel outputs back in the input's shape, as ``(spike_seq, v_last, v_seq or None)``."""
     if not flat:
         spike, v_out = spike.view(shape), v_out.view(shape if store_v_seq else shape[1:])
     if store_v_seq:
         return spike, v_out[-1], v_out
     return spike, v_out, None
+
+
+def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+    """The reference backend's ``multi_step`` contract, run by a kernel set."""
+    x, v, flat = flatten_inputs(x_seq, v_init, p)
+    spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq)
+    return unflatten_outputs(spike, v_out, x_seq.shape, flat, store_v_seq)
+
+
+# The kernels load and store these and compute in float32.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class KernelBackend:
+    """What the fused-kernel backends share. A subclass sets ``name``, implements ``check_input`` and
+    ``kernel_set(p)`` (the kernel set that runs options ``p``)."""
+
+    name: str
+
+    def __init__(self):
+        self._warned_dtypes: set = set()
+
+    def kernel_set(self, p: NeuronParams):
+        raise NotImplementedError
+
+    def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+        if x_seq.dtype not in KERNEL_DTYPES:
+            # float64: float32 kernels would lose the precision asked for; the reference keeps it.
+            if x_seq.dtype not in self._warned_dtypes:
+                self._warned_dtypes.add(x_seq.dtype)
+                warnings.warn(
+                    f"backend {self.name!r} has no {x_seq.dtype} kernels (they compute in float32); running "
+                    "the 'torch' reference for this dtype instead. This notice is shown once.",
+                    stacklevel=3,
+                )
+            return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq)
+        return fused_multi_step(self.kernel_set(p), x_seq, v_init, p, store_v_seq)

@@ -16,19 +16,18 @@ Only compiled code comes here (:meth:`flashspike.neuron._MultiStep.forward` chec
 :class:`.fused.FusedMultiStep`, or the reference. Backend 'torch' runs :mod:`.torch_kernels` here,
 and so does a kernel backend given a dtype it has no kernels for (float64).
 
-A kernel backend exposes its kernel sets as ``BACKEND.kernel_set(params)``; ``BACKEND.kernels`` (one
-set for every option set) and a module-level ``kernel_set(params)`` beside ``BACKEND`` are accepted too.
+A kernel backend (a :class:`.fused.KernelBackend`) gives its kernel sets as ``BACKEND.kernel_set(params)``.
 """
 
 from __future__ import annotations
 
-import sys
 
 import torch
 
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
-from . import _KERNEL_DTYPES, resolve, torch_kernels
+from . import resolve, torch_kernels
+from .fused import KERNEL_DTYPES, KernelBackend, flatten_inputs, unflatten_outputs
 
 __all__ = ["multi_step", "option_string", "params_from", "surrogate_class", "kernels_for"]
 
@@ -105,19 +104,12 @@ _EXAMPLE = NeuronParams(
 
 
 def _backend_kernel_set(backend, p: NeuronParams):
-    """The kernel set a backend runs ``p`` with: ``BACKEND.kernel_set(p)``, else ``BACKEND.kernels``
-    (one set for every option set, as each launch receives ``p``), else its module's ``kernel_set(p)``."""
-    if hasattr(backend, "kernel_set"):
-        return backend.kernel_set(p)
-    if hasattr(backend, "kernels"):
-        return backend.kernels
-    lookup = getattr(sys.modules.get(type(backend).__module__), "kernel_set", None)
-    if lookup is None:
+    """The kernel set a kernel backend (a :class:`.fused.KernelBackend`) runs ``p`` with."""
+    if not isinstance(backend, KernelBackend):
         raise NotImplementedError(
-            f"backend {backend.name!r} exposes no kernel set (BACKEND.kernel_set(params) or BACKEND.kernels), "
-            "which the compiled path needs"
+            f"backend {backend.name!r} is no fused.KernelBackend and has no kernel set for the compiled path"
         )
-    return lookup(p)
+    return backend.kernel_set(p)
 
 
 # (backend name, device type, dtype, options) -> (kernel set, NeuronParams). Filled at the first call
@@ -132,7 +124,7 @@ def kernels_for(backend: str, x: torch.Tensor, options: str):
     if found is None:
         p = params_from(options)
         chosen = resolve(backend, x)  # raises the backend's own clear error (device, package)
-        if chosen.name == "torch" or x.dtype not in _KERNEL_DTYPES:
+        if chosen.name == "torch" or x.dtype not in KERNEL_DTYPES:
             kernels = torch_kernels.kernel_set(p)
         else:
             kernels = _backend_kernel_set(chosen, p)
@@ -226,18 +218,7 @@ torch.library.register_autograd(FORWARD, _backward_formula, setup_context=_setup
 
 def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
     """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
-    shape = x_seq.shape
-    x = x_seq.reshape(shape[0], -1).contiguous()
-    if isinstance(v_init, torch.Tensor):
-        v = v_init.reshape(-1).contiguous()
-    elif v_init == p.v_rest:
-        v = None
-    else:
-        v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
+    x, v, flat = flatten_inputs(x_seq, v_init, p)
     save_h = torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad))
     spike, v_out, _ = torch.ops.flashspike.multi_step_forward(x, v, save_h, store_v_seq, backend, option_string(p))
-    spike = spike.view(shape)
-    if store_v_seq:
-        v_seq = v_out.view(shape)
-        return spike, v_seq[-1], v_seq
-    return spike, v_out.view(shape[1:]), None
+    return unflatten_outputs(spike, v_out, x_seq.shape, flat, store_v_seq)

@@ -16,11 +16,10 @@ import hashlib
 import linecache
 import os
 import sys
-import warnings
 
 import torch
 
-from . import _KERNEL_DTYPES, BackendError, fused, reference
+from . import BackendError, fused
 from .triton_source import (
     BACKWARD_NAME,
     FORWARD_NAME,
@@ -170,10 +169,7 @@ def kernel_set(p) -> TritonKernels:
     return kernels
 
 
-_warned_fallback: set = set()
-
-
-class TritonBackend:
+class TritonBackend(fused.KernelBackend):
     name = "triton"
 
     def check_input(self, x_seq: torch.Tensor) -> None:
@@ -192,18 +188,8 @@ class TritonBackend:
         if _triton is None:
             _import_triton()
 
-    def multi_step(self, x_seq: torch.Tensor, v_init, p, store_v_seq: bool):
-        if x_seq.dtype not in _KERNEL_DTYPES:
-            # The kernels compute in float32; a float64 input keeps its precision with the reference.
-            if x_seq.dtype not in _warned_fallback:
-                _warned_fallback.add(x_seq.dtype)
-                warnings.warn(
-                    f"backend 'triton' computes in float32 and has no {x_seq.dtype} kernels; "
-                    "running backend 'torch' for this dtype",
-                    stacklevel=3,
-                )
-            return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq)
-        return fused.fused_multi_step(kernel_set(p), x_seq, v_init, p, store_v_seq)
+    def kernel_set(self, p):
+        return kernel_set(p)
 
 
 BACKEND = TritonBackend()

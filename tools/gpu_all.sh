@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The combined GPU run (the `run` device tool, kind nvidia-h200-x2, carry .whl and .device_data):
+#   PART=check    the whole test suite on the GPU (kernel backends required, not skipped)
+#   PART=bench    the neuron benchmark with the peers, and the host-overhead measurement
+#   PART=example  the Fashion-MNIST example: full run, single-step baseline, step bench, torchrun 1 vs 2
+# Each part writes its logs under one work folder that is packed into $OUT/gpu_<part>.tgz (the tool
+# brings back few files), and prints a short summary to stdout.
+set -u
+part=${PART:-check}
+work=/tmp/fs_gpu_$part
+rm -rf "$work" && mkdir -p "$work"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+unset TRITON_INTERPRET
+pack() { tar czf "${OUT:-.}/gpu_$part.tgz" -C "$work" . ; }
+trap pack EXIT
+
+peers=/tmp/fs_peers
+if ls .whl/*.whl >/dev/null 2>&1; then  # SpikingJelly and snnTorch, for comparison only
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$peers" .whl/*.whl
+fi
+export PYTHONPATH=src:$peers
+
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader
+  python3 -c "import torch, triton, cupy, numpy, sys; print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| cupy', cupy.__version__, '| numpy', numpy.__version__)"
+} 2>&1 | tee "$work/environment.txt"
+
+case $part in
+check)
+  FLASHSPIKE_REQUIRE_BACKENDS=cupy,triton timeout 540 python3 -m pytest -q -p no:cacheprovider -n 16 -rfEs \
+    --durations=15 tests > "$work/tests.txt" 2>&1
+  echo "pytest exit: $?" | tee -a "$work/tests.txt"
+  grep -E "passed|failed|error" "$work/tests.txt" | tail -5
+  grep -E "^(FAILED|ERROR)" "$work/tests.txt" | head -40
+  grep -E "^SKIPPED" "$work/tests.txt" | head -20
+  ;;
+bench)
+  python3 -m flashspike.benchmarks.neuron --peers --out "$work/bench" > "$work/bench.txt" 2>&1
+  echo "benchmark exit: $?"
+  cat "$work/bench.txt"
+  ONLY=overhead bash tools/gpu_compile.sh "$work/compile" > /dev/null 2>&1
+  cat "$work/compile/overhead.txt"
+  ;;
+example)
+  EPOCHS=${EPOCHS:-64} bash tools/gpu_example.sh "$work/example" > "$work/example.txt" 2>&1
+  echo "example exit: $?"
+  grep -vE "^epoch=([1-9]|[1-5][0-9]|6[0-2]), " "$work/example.txt" | tail -60
+  ;;
+esac
