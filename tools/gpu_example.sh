@@ -3,9 +3,10 @@
 #   1. one training step (b=128, T=4, float16 autocast, images already on the GPU): time and peak memory,
 #      multi-step with -backend $BACKEND and the single-step baseline;
 #   2. the full run  -T 4 -b 128 -epochs $EPOCHS -opt SGD -lr 0.1 -amp -backend $BACKEND  (per-epoch times);
+#      2b. the same run with -cuda_graph (the step replayed from a captured CUDA graph; step 1 measures it too);
 #   3. the single-step baseline (-step_mode s) for $S_EPOCHS epochs: its steady epoch time;
 #   4. torchrun on 1 and on 2 GPUs (NCCL, -b 128 per process) for $DDP_EPOCHS epochs: images/s.
-# Then a summary (summary.txt) and the curves of runs 2 and 3 (accuracy.png, loss.png).
+# Then a summary (summary.txt) and the curves of runs 2, 2b and 3 (accuracy.png, loss.png).
 #
 #   tools/gpu_example.sh [OUTDIR]   # from the repository root; OUTDIR defaults to $OUT/example or ./gpu_example_out
 #
@@ -39,10 +40,17 @@ torchrun="python3 -m torch.distributed.run --standalone"
 
   echo "== 1. one training step"
   $train -backend "$BACKEND" -bench_steps "$BENCH_STEPS" | grep '^bench:'
+  $train -backend "$BACKEND" -cuda_graph -bench_steps "$BENCH_STEPS" | grep '^bench:'
   $train -step_mode s -bench_steps "$BENCH_STEPS" | grep '^bench:'
 
   echo "== 2. full run, multi-step"
   rm -rf "$runs/m" && $train -backend "$BACKEND" -epochs "$EPOCHS" -out_dir "$runs/m" | grep -E '^(backend|log folder|epoch=)'
+
+  echo "== 2b. full run, multi-step, -cuda_graph"
+  started=$(date +%s.%N)
+  rm -rf "$runs/cg" && $train -backend "$BACKEND" -cuda_graph -epochs "$EPOCHS" -out_dir "$runs/cg" \
+    | grep -E '^(backend|note|log folder|epoch=)'
+  echo "cuda_graph run wall time: $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$started" "$(date +%s.%N)") s"
 
   echo "== 3. single-step baseline"
   rm -rf "$runs/s" && $train -step_mode s -epochs "$S_EPOCHS" -out_dir "$runs/s" | grep -E '^(backend|log folder|epoch=)'
@@ -74,11 +82,18 @@ def steady(rs, key):
 text = open(log).read()
 for line in re.findall(r"^bench: .*$", text, re.M):
     print(line)
-m, s = records("m"), records("s")
+m, s, cg = records("m"), records("s"), records("cg")
 if m:
     print(f"multi-step: {len(m)} epochs, max_test_acc={max(r['test_acc'] for r in m):.4f}, "
           f"steady train epoch {steady(m, 'train_time'):.3f} s ({steady(m, 'train_speed'):.0f} images/s), "
           f"first epoch {m[0]['train_time']:.3f} s")
+if cg:
+    wall = re.findall(r"^cuda_graph run wall time: ([\d.]+) s$", text, re.M)
+    print(f"multi-step -cuda_graph: {len(cg)} epochs, max_test_acc={max(r['test_acc'] for r in cg):.4f}, "
+          f"steady train epoch {steady(cg, 'train_time'):.3f} s ({steady(cg, 'train_speed'):.0f} images/s), "
+          f"first epoch {cg[0]['train_time']:.3f} s (warm-up and capture), "
+          f"epochs with test passes {sum(r['total_time'] for r in cg):.1f} s, "
+          f"whole command {wall[0] if wall else 'nan'} s (process start and data loading included)")
 if s:
     print(f"single-step: {len(s)} epochs, steady train epoch {steady(s, 'train_time'):.3f} s "
           f"({steady(s, 'train_speed'):.0f} images/s)")
@@ -90,4 +105,6 @@ print(f"torchrun: 1 GPU {speeds[1]:.0f} images/s, 2 GPUs {speeds[2]:.0f} images/
 EOF
 cp "$runs"/m/*/metrics.jsonl "$out/metrics_m.jsonl" 2>/dev/null
 cp "$runs"/s/*/metrics.jsonl "$out/metrics_s.jsonl" 2>/dev/null
-python3 -m flashspike.examples.plot "$runs"/m/* "$runs"/s/* -o "$out" 2>&1 | tee -a "$log"
+cp "$runs"/cg/*/metrics.jsonl "$out/metrics_cg.jsonl" 2>/dev/null
+shopt -s nullglob  # a run that failed has no folder: draw the others
+python3 -m flashspike.examples.plot "$runs"/m/* "$runs"/cg/* "$runs"/s/* -o "$out" 2>&1 | tee -a "$log"
