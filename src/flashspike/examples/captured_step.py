@@ -73,11 +73,12 @@ class CapturedStep:
     def _warm_up(self, images: torch.Tensor, targets: torch.Tensor) -> tuple:
         # On a side stream, as PyTorch's whole-network capture recipe does: the warm-up's lazily created
         # state (cuBLAS and cuDNN workspaces, autograd's streams) is then not tied to the capture.
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with self._lr_on_device(), torch.cuda.stream(side):
-            outputs = self.step(images, targets)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        current, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        with self._lr_on_device():
+            side.wait_stream(current)  # after the batch and the learning rate written on the current stream
+            with torch.cuda.stream(side):
+                outputs = self.step(images, targets)
+        current.wait_stream(side)
         return outputs
 
     def _capture(self, images: torch.Tensor, targets: torch.Tensor) -> None:
