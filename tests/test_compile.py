@@ -243,6 +243,8 @@ def test_kernel_sets_come_from_the_kernel_backend():
 def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
     p = _params(v_reset=None)
     x = torch.rand(4, 300, generator=torch.Generator().manual_seed(8)) * 2.5
+    if torch.cuda.is_available():  # real kernels there; the CPU interpreter only where there is no GPU
+        x = x.cuda()
     # float64 has no kernels in the GPU backends: the operator runs the PyTorch kernel set instead.
     assert ops.kernels_for("triton", x.double(), ops.option_string(p))[0] is torch_kernels.KERNELS
     try:  # on a machine without CUDA, Triton's interpreter runs the kernels (conftest.py turns it on)
