@@ -43,7 +43,11 @@ bench)
   cat "$work/compile/overhead.txt"
   ;;
 example)
-  EPOCHS=${EPOCHS:-64} bash tools/gpu_example.sh "$work/example" > "$work/example.txt" 2>&1
+  timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -rfEs tests/test_example_compile_graph.py \
+    > "$work/example_gpu_tests.txt" 2>&1
+  echo "example GPU tests exit: $?"; tail -3 "$work/example_gpu_tests.txt"
+  # Bounded, so that the logs are packed even if the runs take longer than planned.
+  EPOCHS=${EPOCHS:-64} timeout "${EXAMPLE_LIMIT:-460}" bash tools/gpu_example.sh "$work/example" > "$work/example.txt" 2>&1
   echo "example exit: $?"
   grep -vE "^epoch=([1-9]|[1-5][0-9]|6[0-2]), " "$work/example.txt" | tail -60
   ;;
