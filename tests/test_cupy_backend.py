@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from flashspike import backends, neuron, surrogate
-from flashspike.backends import BackendError, cupy_backend, reference
+from flashspike.backends import BackendError, cupy_backend
 from flashspike.backends import cuda_source as src
 
 

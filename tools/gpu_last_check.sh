@@ -6,7 +6,7 @@ timeout 40 python3 -m pytest -q -p no:cacheprovider tests/test_compile.py -k "fl
 timeout 50 python3 - <<'PY' 2>&1 | tail -22
 import torch
 from flashspike import functional
-from flashspike.examples.conv_fashion_mnist import CSNN
+from flashspike.examples.csnn import CSNN
 torch.backends.cudnn.benchmark = True
 net = CSNN(4, 128, "m", "cupy").cuda()
 opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, fused=True)

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import backends, functional, layer, neuron, surrogate
+from .. import backends, functional
 from .captured_step import CapturedStep
+from .checkpoint import copy_atomic, rng_states, save_atomic, set_rng_states
+from .csnn import CSNN
 from .fashion_mnist import NUM_CLASSES, DataMissingError, IDXFormatError, load_fashion_mnist
 
 
@@ -151,54 +152,6 @@ def run_name(args) -> str:
 
 
 # ---------------------------------------------------------------- the network
-
-class CSNN(nn.Module):
-    """Conv-BN once (the image is static), then IF neurons over T steps; the output is the firing rate.
-
-    ``step_mode='m'`` feeds ``[T, N, ...]`` through multi-step neurons, with the stateless layers in
-    SeqToANNContainer (T merged into the batch); ``'s'`` runs the same layers with single-step neurons
-    once per time step, SpikingJelly's baseline. Both hold the same parameters in the same order.
-    """
-
-    def __init__(self, T: int, channels: int = 128, step_mode: str = "m", backend: str = "torch"):
-        super().__init__()
-        if step_mode not in ("m", "s"):
-            raise ValueError(f"step_mode must be 'm' or 's', got {step_mode!r}")
-        self.T, self.step_mode = T, step_mode
-        c = channels
-        if step_mode == "m":
-            def node():
-                return neuron.MultiStepIFNode(surrogate_function=surrogate.ATan(), backend=backend)
-            stateless = layer.SeqToANNContainer
-        else:
-            def node():
-                return neuron.IFNode(surrogate_function=surrogate.ATan())
-            stateless = nn.Sequential
-        self.static_conv = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
-        self.conv = nn.Sequential(
-            node(),
-            stateless(nn.MaxPool2d(2, 2), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)),
-            node(),
-            stateless(nn.MaxPool2d(2, 2), nn.Flatten()),
-        )
-        self.fc = nn.Sequential(
-            stateless(nn.Linear(c * 7 * 7, c * 4 * 4, bias=False)),
-            node(),
-            stateless(nn.Linear(c * 4 * 4, NUM_CLASSES, bias=False)),
-            node(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, 10]``."""
-        x = self.static_conv(x)
-        if self.step_mode == "m":
-            x_seq = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
-            return self.fc(self.conv(x_seq)).mean(0)
-        spike_count = 0
-        for _ in range(self.T):
-            spike_count = spike_count + self.fc(self.conv(x))
-        return spike_count / self.T
-
 
 # ---------------------------------------------------------------- distributed
 
@@ -390,55 +343,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------- checkpoints
-
-def rng_states(shuffle: torch.Generator, device: torch.device) -> dict:
-    """Every random generator this process uses, in types that ``torch.load(weights_only=True)`` reads."""
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "shuffle": shuffle.get_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        kind, keys, pos, has_gauss, cached = numpy.random.get_state()
-        states["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached)
-    return states
-
-
-def set_rng_states(states: dict, shuffle: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    shuffle.set_state(states["shuffle"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and "numpy" in states:
-        kind, keys, pos, has_gauss, cached = states["numpy"]
-        numpy.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
-
-
-def save_atomic(obj, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it: a kill leaves the old file whole."""
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
-
-    _replace_via_temporary(path, write)
-
-
-def copy_atomic(source: Path, path: Path) -> None:
-    _replace_via_temporary(path, lambda temporary: shutil.copyfile(source, temporary))
-
-
-def _replace_via_temporary(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:  # an interrupt too: leave no half-written temporary behind
-        temporary.unlink(missing_ok=True)
-        raise
-
 
 # Flags that make another network, optimizer or schedule: resuming under others is not the same run.
 _STRUCTURAL_FLAGS = ("T", "channels", "step_mode", "opt", "lr_scheduler", "amp")

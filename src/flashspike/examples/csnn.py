@@ -1,0 +1,57 @@
+"""The convolutional SNN of SpikingJelly's Fashion-MNIST tutorial, in multi-step and single-step form."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import layer, neuron, surrogate
+from .fashion_mnist import NUM_CLASSES
+
+
+class CSNN(nn.Module):
+    """Conv-BN once (the image is static), then IF neurons over T steps; the output is the firing rate.
+
+    ``step_mode='m'`` feeds ``[T, N, ...]`` through multi-step neurons, with the stateless layers in
+    SeqToANNContainer (T merged into the batch); ``'s'`` runs the same layers with single-step neurons
+    once per time step, SpikingJelly's baseline. Both hold the same parameters in the same order.
+    """
+
+    def __init__(self, T: int, channels: int = 128, step_mode: str = "m", backend: str = "torch"):
+        super().__init__()
+        if step_mode not in ("m", "s"):
+            raise ValueError(f"step_mode must be 'm' or 's', got {step_mode!r}")
+        self.T, self.step_mode = T, step_mode
+        c = channels
+        if step_mode == "m":
+            def node():
+                return neuron.MultiStepIFNode(surrogate_function=surrogate.ATan(), backend=backend)
+            stateless = layer.SeqToANNContainer
+        else:
+            def node():
+                return neuron.IFNode(surrogate_function=surrogate.ATan())
+            stateless = nn.Sequential
+        self.static_conv = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.conv = nn.Sequential(
+            node(),
+            stateless(nn.MaxPool2d(2, 2), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)),
+            node(),
+            stateless(nn.MaxPool2d(2, 2), nn.Flatten()),
+        )
+        self.fc = nn.Sequential(
+            stateless(nn.Linear(c * 7 * 7, c * 4 * 4, bias=False)),
+            node(),
+            stateless(nn.Linear(c * 4 * 4, NUM_CLASSES, bias=False)),
+            node(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, 10]``."""
+        x = self.static_conv(x)
+        if self.step_mode == "m":
+            x_seq = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+            return self.fc(self.conv(x_seq)).mean(0)
+        spike_count = 0
+        for _ in range(self.T):
+            spike_count = spike_count + self.fc(self.conv(x))
+        return spike_count / self.T
