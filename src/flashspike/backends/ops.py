@@ -21,7 +21,6 @@ A kernel backend (a :class:`.fused.KernelBackend`) gives its kernel sets as ``BA
 
 from __future__ import annotations
 
-
 import torch
 
 from .. import surrogate as surrogate_module

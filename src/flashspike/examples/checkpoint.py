@@ -43,14 +43,15 @@ def save_atomic(obj, path: Path) -> None:
             file.flush()
             os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
 
-    _replace_via_temporary(path, write)
+    replace_atomically(path, write)
 
 
 def copy_atomic(source: Path, path: Path) -> None:
-    _replace_via_temporary(path, lambda temporary: shutil.copyfile(source, temporary))
+    replace_atomically(path, lambda temporary: shutil.copyfile(source, temporary))
 
 
-def _replace_via_temporary(path: Path, write) -> None:
+def replace_atomically(path: Path, write) -> None:
+    """Call ``write(temporary)`` for a temporary file beside ``path``, then rename it onto ``path``."""
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(temporary)

@@ -14,7 +14,6 @@ import ctypes
 import gzip
 import hashlib
 import math
-import os
 import struct
 import urllib.request
 import zlib
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+from .checkpoint import replace_atomically
 
 __all__ = [
     "FILES", "DEBIAN_DIR", "DEBIAN_PACKAGE", "MIRRORS", "IDXFormatError", "DataMissingError", "FashionMNIST",
@@ -191,9 +192,7 @@ def download(data_dir, names, mirrors=MIRRORS, timeout: float = 60.0) -> None:
             if digest != _PUBLISHED_MD5[gz_name]:
                 failures.append(f"{url}: MD5 {digest}, expected {_PUBLISHED_MD5[gz_name]}")
                 continue
-            temporary = data_dir / f".{gz_name}.part{os.getpid()}"
-            temporary.write_bytes(payload)
-            os.replace(temporary, data_dir / gz_name)
+            replace_atomically(data_dir / gz_name, lambda temporary: temporary.write_bytes(payload))
             break
         else:
             raise OSError(f"could not download {gz_name}: " + "; ".join(failures))
