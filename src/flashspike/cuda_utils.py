@@ -7,7 +7,7 @@ import time
 
 import torch
 
-__all__ = ["cal_fun_t"]
+__all__ = ["cal_fun_t", "median_seconds"]
 
 
 def cal_fun_t(n: int, device, f, *args, **kwargs) -> float:
@@ -18,21 +18,32 @@ def cal_fun_t(n: int, device, f, *args, **kwargs) -> float:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    device = torch.device(device)
     f(*args, **kwargs)  # warm-up: compilation, caches, allocator
+    return median_seconds(lambda: f(*args, **kwargs), device, n)
+
+
+def median_seconds(call, device, repeats: int, inner: int = 1) -> float:
+    """Seconds per call: the median over ``repeats`` timings of ``inner`` back-to-back calls.
+
+    CUDA events (after a synchronize) on a CUDA device, ``time.perf_counter`` elsewhere. Several inner
+    calls per timing measure throughput when one call is too short to time alone.
+    """
+    device = torch.device(device)
     times = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        for _ in range(n):
+        for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            f(*args, **kwargs)
+            for _ in range(inner):
+                call()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
+            times.append(start.elapsed_time(end) / 1000.0 / inner)
     else:
-        for _ in range(n):
+        for _ in range(repeats):
             t0 = time.perf_counter()
-            f(*args, **kwargs)
-            times.append(time.perf_counter() - t0)
+            for _ in range(inner):
+                call()
+            times.append((time.perf_counter() - t0) / inner)
     return statistics.median(times)

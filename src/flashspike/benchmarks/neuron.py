@@ -27,7 +27,6 @@ import datetime
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Callable
 import torch
 
 from .. import backends, neuron, surrogate
+from ..cuda_utils import median_seconds
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 HOST_CASE = (4, 4096)  # (T, N) of the host-bound case
@@ -141,22 +141,7 @@ def median_ms(call: Callable[[], object], device, repeats: int) -> float:
     _sync(device)
     single = time.perf_counter() - start
     inner = max(1, min(200, math.ceil(SECONDS_PER_REPEAT / max(single, 1e-7))))
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            for _ in range(inner):
-                call()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / inner)
-        else:
-            start = time.perf_counter()
-            for _ in range(inner):
-                call()
-            times.append((time.perf_counter() - start) * 1e3 / inner)
-    return statistics.median(times)
+    return median_seconds(call, device, repeats, inner) * 1e3
 
 
 def peak_mib(call: Callable[[], object], device) -> float | None:
