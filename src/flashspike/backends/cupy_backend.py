@@ -4,7 +4,7 @@ through CuPy and launched on PyTorch's tensors in place.
 The host path of one call is kept to dictionary look-ups and one launch: tensors go to the kernel as
 raw pointers (``data_ptr()``, no copy, no CuPy array), on the input's device and on PyTorch's current
 stream there (so CUDA graph capture and side streams work), outputs come from torch's allocator
-(:func:`fused.new_output`), and nothing waits for the GPU. Compiled kernels are cached in memory by
+(:func:`fused.forward_outputs`), and nothing waits for the GPU. Compiled kernels are cached in memory by
 ``(params.key, dtype, switches, device)`` and on disk by CuPy (``~/.cupy/kernel_cache``).
 """
 
@@ -155,9 +155,7 @@ class CupyKernels:
 
     def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool):
         steps, n = x.shape
-        spike = fused.new_output((steps, n), x)
-        v_out = fused.new_output((steps, n) if store_v_seq else (n,), x)
-        h = fused.new_output((steps, n), x) if save_h else None
+        spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
         vec = _vector_width(x.dtype, n, *pointers)
         device_index = x.device.index
@@ -170,8 +168,7 @@ class CupyKernels:
         steps, n = h.shape
         gs_mode, grad_spike = _grad_mode(grad_spike, h.dtype)
         gv_mode, grad_v_out = _grad_mode(grad_v_out, h.dtype)
-        grad_x = fused.new_output((steps, n), h)
-        grad_v_init = fused.new_output((n,), h) if need_grad_v_init else None
+        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init)
         pointers = (h.data_ptr(), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
         # A SCALAR gradient is read as one element, so its alignment does not matter.
         dense = [pointers[0], pointers[3], pointers[4]]

@@ -13,8 +13,9 @@ A kernel backend supplies a *kernel set* with two launchers over flat ``[T, N]``
     gradient flows (treat as zero: nothing is materialized). They may be non-contiguous (for example
     the expanded ones of ``y.sum().backward()``). ``grad_v_init`` is ``[N]`` or None when not asked for.
 
-Launchers allocate their outputs with :func:`new_output` (torch's allocator, so CUDA graph capture
-works), which the tests switch to NaN-filled tensors so that an element a kernel forgets to write fails.
+Launchers allocate their outputs with :func:`forward_outputs` / :func:`backward_outputs`, through
+:func:`new_output`: torch's allocator (so CUDA graph capture works), which the tests switch to
+NaN-filled tensors so that an element a kernel forgets to write fails.
 
 This module turns the launchers into a differentiable ``multi_step`` with the same contract as the
 reference backend.
@@ -39,6 +40,19 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
     if POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+
+def forward_outputs(x: torch.Tensor, save_h: bool, store_v_seq: bool):
+    """The forward launcher's outputs for ``x`` ``[T, N]``, as the contract shapes them: (spike, v_out, h)."""
+    steps, n = x.shape
+    spike = new_output((steps, n), x)
+    v_out = new_output((steps, n) if store_v_seq else (n,), x)
+    return spike, v_out, (new_output((steps, n), x) if save_h else None)
+
+
+def backward_outputs(h: torch.Tensor, need_grad_v_init: bool):
+    """The backward launcher's outputs for ``h`` ``[T, N]``: (grad_x, grad_v_init or None)."""
+    return new_output(h.shape, h), (new_output((h.shape[1],), h) if need_grad_v_init else None)
 
 
 class FusedMultiStep(torch.autograd.Function):

@@ -31,10 +31,8 @@ class TorchKernels:
     """The launchers of :mod:`.fused`'s contract; stateless, so one instance serves every layer."""
 
     def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool):
-        steps, n = x.shape
-        spike = fused.new_output((steps, n), x)
-        v_out = fused.new_output((steps, n) if store_v_seq else (n,), x)
-        h_seq = fused.new_output((steps, n), x) if save_h else None
+        steps = x.shape[0]
+        spike, v_out, h_seq = fused.forward_outputs(x, save_h, store_v_seq)
         wide = _compute_dtype(x.dtype)
         # A Python float is a valid V[-1] for the step functions: no [N] tensor of v_rest is built.
         v = p.v_rest if v_init is None else v_init.to(wide)
@@ -50,8 +48,8 @@ class TorchKernels:
         return spike, v_out, h_seq
 
     def backward(self, h_seq, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool):
-        steps, n = h_seq.shape
-        grad_x = fused.new_output((steps, n), h_seq)
+        steps = h_seq.shape[0]
+        grad_x, grad_v_init = fused.backward_outputs(h_seq, need_grad_v_init)
         wide = _compute_dtype(h_seq.dtype)
         # ∂L/∂V[t], carried backwards; an absent output gradient is a Python 0.0, never a zero tensor.
         grad_v = 0.0
@@ -63,9 +61,7 @@ class TorchKernels:
             grad_spike_t = 0.0 if grad_spike is None else grad_spike[t].to(wide)
             _, grad_x_t, grad_v = backward_values(h_seq[t].to(wide), grad_spike_t, grad_v, p, TORCH)
             grad_x[t] = grad_x_t
-        grad_v_init = None
         if need_grad_v_init:
-            grad_v_init = fused.new_output((n,), h_seq)
             grad_v_init[:] = grad_v
         return grad_x, grad_v_init
 

@@ -115,9 +115,7 @@ class TritonKernels:
 
     def forward(self, x, v_init, p, save_h, store_v_seq):
         steps, n = x.shape
-        spike = fused.new_output((steps, n), x)
-        v_out = fused.new_output((steps, n) if store_v_seq else (n,), x)
-        h = fused.new_output((steps, n), x) if save_h else None
+        spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         grid, block, options = self._launch_shape(n)
         with _on_device(x):
             self.forward_kernel[grid](
@@ -129,8 +127,7 @@ class TritonKernels:
 
     def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init):
         steps, n = h.shape
-        grad_x = fused.new_output((steps, n), h)
-        grad_v_init = fused.new_output((n,), h) if need_grad_v_init else None
+        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init)
         gs_mode, gv_mode = _grad_mode(grad_spike), _grad_mode(grad_v_out)
         # (stride along t, stride along N, offset of the last step) of each gradient argument
         gs = _walk(grad_spike, steps) if gs_mode == GRAD_STRIDED else (0, 0, 0)
