@@ -56,20 +56,6 @@ def test_broken_cupy_library_is_reported_with_its_error(monkeypatch):
     assert isinstance(info.value.__cause__, RuntimeError)
 
 
-def test_gradient_modes_do_not_materialize_broadcasts():
-    ones = torch.ones(()).expand(4, 5)  # what y.sum().backward() hands over
-    assert cupy_backend._grad_mode(ones, torch.float32)[0] == src.GRAD_SCALAR
-    assert cupy_backend._grad_mode(ones, torch.float32)[1].data_ptr() == ones.data_ptr()
-    dense = torch.rand(4, 5)
-    assert cupy_backend._grad_mode(dense, torch.float32) == (src.GRAD_DENSE, dense)
-    strided = torch.rand(5, 4).t()
-    mode, passed = cupy_backend._grad_mode(strided, torch.float32)
-    assert mode == src.GRAD_DENSE and passed.is_contiguous() and torch.equal(passed, strided)
-    assert cupy_backend._grad_mode(None, torch.float32) == (src.GRAD_ABSENT, None)
-    mode, passed = cupy_backend._grad_mode(dense, torch.float16)
-    assert passed.dtype == torch.float16
-
-
 def test_vector_width_needs_a_multiple_and_16_byte_alignment():
     assert cupy_backend._vector_width(torch.float32, 1024, 0, 512) == 4
     assert cupy_backend._vector_width(torch.float16, 1024, 0, 512) == 8

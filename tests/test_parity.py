@@ -73,14 +73,29 @@ def _far_from_ties(node_ref, x64, v0, tie):
     return ok
 
 
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[T, B, C, H, W]`` (or one step ``[B, C, H, W]``) with C stored innermost, as a channels_last
+    convolution leaves its output: the steps stay consecutive dense blocks."""
+    return t.movedim(-3, -1).contiguous().movedim(-1, -3)
+
+
+def time_innermost(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with T stored innermost: not blocks of steps, so the kernel backends need a copy."""
+    return t.movedim(0, -1).contiguous().movedim(-1, 0)
+
+
 def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=False, grad="random", seed=0,
-                            **options):
+                            layout=None, v_layout=None, grad_layout=None, **options):
+    """``layout``, ``v_layout`` and ``grad_layout`` (functions of a contiguous tensor) lay out the kernel
+    node's input, initial state and output gradients in memory; the values stay the same."""
+    same = lambda t: t  # noqa: E731
+    layout, v_layout, grad_layout = layout or same, v_layout or same, grad_layout or same
     device = _device(name)
     tol = TOLERANCE[dtype]
     g = torch.Generator().manual_seed(seed)
     x64 = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.7 + 0.45)
-    x = x64.to(dtype).to(device).requires_grad_()
-    x64 = x.detach().double().cpu()  # the values the kernel really gets
+    x = layout(x64.to(dtype)).to(device).requires_grad_()
+    x64 = x.detach().double().cpu().contiguous()  # the values the kernel really gets
     if v_init == "tensor":
         v0_64 = (torch.randn(shape[1:], generator=g, dtype=torch.float64) * 0.3).to(dtype).double()
     else:
@@ -94,7 +109,8 @@ def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=
         if grad == "sum":
             loss = spike.sum()
         else:
-            w = [wi.to(w_dtype).to(w_device) for wi in weights]
+            relay = grad_layout if w_device == device else same
+            w = [relay(wi.to(w_dtype)).to(w_device) for wi in weights]
             loss = (spike * w[0]).sum() + (node.v * w[1][0]).sum()
             if store_v_seq:
                 loss = loss + (node.v_seq * w[2]).sum()
@@ -102,7 +118,7 @@ def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=
         return spike, node
 
     kernel_node = _make(name, store_v_seq=store_v_seq, **options)
-    v0 = v0_64.to(dtype).to(device).requires_grad_() if isinstance(v0_64, torch.Tensor) else v0_64
+    v0 = v_layout(v0_64.to(dtype)).to(device).requires_grad_() if isinstance(v0_64, torch.Tensor) else v0_64
     spike, kernel_node = run(kernel_node, x, v0, dtype, device)
 
     ref_node = _make("torch", store_v_seq=store_v_seq, **options)
@@ -190,3 +206,40 @@ def test_inference_matches_training_forward(name):
     train_spike = _make(name, store_v_seq=True)(x.clone().requires_grad_())
     assert torch.equal(eval_spike, train_spike.detach())
     assert not eval_spike.requires_grad
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+@pytest.mark.parametrize("layout", [channels_last, time_innermost], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("v_layout", [None, channels_last], ids=["v-contiguous", "v-channels-last"])
+@pytest.mark.parametrize("grad_layout", [None, channels_last, "sum"], ids=["grad-contiguous", "grad-channels-last", "sum"])
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_memory_layouts(name, layout, v_layout, grad_layout, store_v_seq):
+    """Inputs, states and gradients in other memory layouts give the same numbers; a channels_last
+    sequence (steps are dense blocks) reaches the kernels without a copy and keeps its layout."""
+    grad = "sum" if grad_layout == "sum" else "random"
+    grad_layout = None if grad_layout == "sum" else grad_layout
+    shape = (3, 2, 5, 4, 3)  # [T, B, C, H, W]
+    check_against_reference(name, shape, torch.float32, layout=layout, v_layout=v_layout, grad_layout=grad_layout,
+                            store_v_seq=store_v_seq, grad=grad)
+    device = _device(name)
+    x = layout(torch.randn(shape)).to(device)
+    node = _make(name, store_v_seq=store_v_seq)
+    node.v = v_layout(torch.randn(shape[1:])).to(device) if v_layout else node.v
+    spike = node(x)
+    if layout is channels_last:
+        assert spike.stride() == x.stride() and node.v.stride() == x.stride()[1:]
+        if store_v_seq:
+            assert node.v_seq.stride() == x.stride()
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+def test_channels_last_sequence_is_not_copied(name, monkeypatch):
+    """The kernels receive the caller's channels_last memory itself."""
+    device = _device(name)
+    x = channels_last(torch.randn(2, 3, 4, 5, 6)).to(device)
+    seen = []
+    kernels = backends.get(name).kernel_set(_make(name).params())
+    original = type(kernels).forward
+    monkeypatch.setattr(type(kernels), "forward", lambda self, x_in, *rest: seen.append(x_in) or original(self, x_in, *rest))
+    _make(name)(x)
+    assert seen and seen[0].data_ptr() == x.data_ptr() and seen[0].stride() == x.stride()

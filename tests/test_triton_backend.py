@@ -116,12 +116,7 @@ def test_kernel_set_is_cached_per_options():
     assert fn.__code__.co_filename in linecache.cache
 
 
-def test_gradient_modes():
-    g = torch.randn(3, 4)
-    assert triton_backend._grad_mode(None) == triton_source.GRAD_ABSENT
-    assert triton_backend._grad_mode(torch.ones(()).expand(3, 4)) == triton_source.GRAD_SCALAR
-    assert triton_backend._grad_mode(g) == triton_source.GRAD_STRIDED
-    assert triton_backend._grad_mode(g[:, :1].expand(3, 4)) == triton_source.GRAD_STRIDED
+def test_interpreter_block():
     assert triton_backend._interpreter_block(1) == 1
     assert triton_backend._interpreter_block(1151) == 2048
     assert triton_backend._interpreter_block(10**6) == triton_backend.INTERPRETER_MAX_BLOCK
@@ -192,7 +187,8 @@ def test_kernel_flags_against_unrolled_bptt(case, opts, monkeypatch):
     v_init = (torch.randn(shape[1], generator=gen) * 0.3).to(DEVICE) if has_v_init else None
     grad_s, gs_dev = _gradient(gs_kind, shape, gen)
     grad_v, gv_dev = _gradient(gv_kind, shape if store_v_seq else shape[1:], gen)
-    assert triton_backend._grad_mode(gs_dev) == {None: 0, "scalar": 1}.get(gs_kind, 2)
+    expected_mode = {None: fused.GRAD_ABSENT, "scalar": fused.GRAD_SCALAR}.get(gs_kind, fused.GRAD_DENSE)
+    assert fused.grad_operand(gs_dev, x, True)[0] == expected_mode
 
     kernels = triton_backend.kernel_set(p)
     spike, v_out, h = kernels.forward(x, v_init, p, True, store_v_seq)

@@ -31,7 +31,7 @@ import torch
 
 from ..codegen import CUDA
 from ..params import NeuronParams
-from .step_code import backward_step, forward_step
+from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR, backward_step, forward_step
 
 __all__ = [
     "STORAGE_TYPES",
@@ -52,11 +52,6 @@ __all__ = [
 #: torch dtype -> the CUDA storage type the kernels load and store.
 STORAGE_TYPES = {torch.float32: "float", torch.float16: "fs_half", torch.bfloat16: "fs_bf16"}
 _ELEMENT_SIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
-
-# How an output gradient reaches the backward kernel (the template argument GRAD_SPIKE / GRAD_V).
-GRAD_ABSENT = 0  # no gradient flows into this output: read nothing, treat as zero
-GRAD_DENSE = 1  # a contiguous tensor shaped like the output
-GRAD_SCALAR = 2  # every element equals element 0 (the expanded ones of y.sum().backward())
 
 #: Threads per block; each block covers BLOCK * VEC neurons.
 BLOCK = 256
@@ -173,11 +168,9 @@ __device__ __forceinline__ float fs_load_one(const T* p) {
     return value[0];
 }
 
-// ---- how an output gradient arrives (see cuda_source.py) ----
-#define FS_GRAD_ABSENT 0
-#define FS_GRAD_DENSE 1
-#define FS_GRAD_SCALAR 2
-"""
+// ---- how an output gradient arrives (step_code.GRAD_*) ----
+""" + "".join(f"#define FS_{name} {value}\n" for name, value in (
+    ("GRAD_ABSENT", GRAD_ABSENT), ("GRAD_DENSE", GRAD_DENSE), ("GRAD_SCALAR", GRAD_SCALAR)))
 
 # The kernels of one neuron. $forward_step and $backward_step are the generated statements of one
 # step; $v_rest is the potential of a neuron without an initial state. Offsets are 64-bit
@@ -185,7 +178,7 @@ __device__ __forceinline__ float fs_load_one(const T* p) {
 _KERNELS = Template(r"""
 template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, int VEC, int UNROLL>
 __global__ void fs_forward(
-    const T* __restrict__ x_seq,   // [T, N] input X
+    const T* __restrict__ x_seq,   // [T, N] input X: T blocks of N (fused.sequence_layout)
     const T* __restrict__ v_init,  // [N] V before step 0 (read only when HAS_V_INIT, else V = v_rest)
     T* __restrict__ spike_seq,     // [T, N] output S, 0 or 1
     T* __restrict__ v_out,         // [T, N] every V when STORE_V_SEQ, else [N] the last V

@@ -76,19 +76,6 @@ class _CupyState:
 _CUPY = _CupyState()
 
 
-def _grad_mode(grad: torch.Tensor | None, dtype: torch.dtype):
-    """(GRAD_* mode, tensor to pass) for an output gradient, without materializing broadcasts."""
-    if grad is None:
-        return src.GRAD_ABSENT, None
-    if grad.dtype != dtype:
-        grad = grad.to(dtype)
-    if not any(grad.stride()):
-        return src.GRAD_SCALAR, grad  # every element is element 0 (y.sum().backward())
-    if not grad.is_contiguous():
-        grad = grad.contiguous()
-    return src.GRAD_DENSE, grad
-
-
 def _ptr(tensor: torch.Tensor | None) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
@@ -154,7 +141,8 @@ class CupyKernels:
                 function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
 
     def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool):
-        steps, n = x.shape
+        steps = x.shape[0]
+        n = x.numel() // steps
         spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
         vec = _vector_width(x.dtype, n, *pointers)
@@ -165,9 +153,10 @@ class CupyKernels:
         return spike, v_out, h
 
     def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool):
-        steps, n = h.shape
-        gs_mode, grad_spike = _grad_mode(grad_spike, h.dtype)
-        gv_mode, grad_v_out = _grad_mode(grad_v_out, h.dtype)
+        steps = h.shape[0]
+        n = h.numel() // steps
+        gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
+        gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
         grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init)
         pointers = (h.data_ptr(), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
         # A SCALAR gradient is read as one element, so its alignment does not matter.

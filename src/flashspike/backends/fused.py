@@ -1,21 +1,28 @@
 """What every fused-kernel backend shares: the autograd Function and the input rules.
 
-A kernel backend supplies a *kernel set* with two launchers over flat ``[T, N]`` tensors:
+A kernel backend supplies a *kernel set* with two launchers. They see a sequence ``x`` of shape
+``[T, *]`` only as memory: T blocks of ``N = x.numel() // T`` elements, one block per step, each block
+dense (:func:`sequence_layout`), in any order of the step's dimensions. A contiguous tensor is one such
+layout; so is a channels_last activation ``[T, B, C, H, W]`` (strides ``(B·H·W·C, H·W·C, 1, W·C, C)``),
+which therefore reaches the kernels without a copy. Element ``i`` of every block is the same neuron.
 
 ``forward(x, v_init, p, save_h, store_v_seq) -> (spike, v_out, h)``
-    ``x`` is ``[T, N]`` contiguous; ``v_init`` is ``[N]`` contiguous of x's dtype, or None for "every
-    neuron at ``p.v_rest``". ``spike`` is ``[T, N]``; ``v_out`` is V for all steps ``[T, N]`` when
-    ``store_v_seq`` else the last V ``[N]``; ``h`` (H, the pre-reset potential, what backward needs) is
-    ``[T, N]`` when ``save_h`` else None. All outputs have x's dtype.
+    ``v_init`` is a step-shaped tensor of x's dtype laid out like one block of ``x`` (x's strides
+    without the first), or None for "every neuron at ``p.v_rest``". ``spike`` has x's shape and
+    strides; ``v_out`` is V for all steps (like ``x``) when ``store_v_seq``, else the last V (like
+    ``v_init``); ``h`` (H, the pre-reset potential, what backward needs) is like ``x`` when
+    ``save_h``, else None. All outputs have x's dtype.
 
 ``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init) -> (grad_x, grad_v_init)``
     ``grad_spike`` and ``grad_v_out`` are shaped like ``spike`` and ``v_out``, or None where no
-    gradient flows (treat as zero: nothing is materialized). They may be non-contiguous (for example
-    the expanded ones of ``y.sum().backward()``). ``grad_v_init`` is ``[N]`` or None when not asked for.
+    gradient flows (treat as zero: nothing is materialized). They may have any strides; launchers pass
+    them through :func:`grad_operand`, which keeps the expanded scalar of ``y.sum().backward()`` as one
+    element and brings anything else into h's layout. ``grad_x`` is like ``h``; ``grad_v_init`` is like
+    one block of ``h``, or None when not asked for.
 
-Launchers allocate their outputs with :func:`forward_outputs` / :func:`backward_outputs`, through
-:func:`new_output`: torch's allocator (so CUDA graph capture works), which the tests switch to
-NaN-filled tensors so that an element a kernel forgets to write fails.
+Launchers allocate their outputs with :func:`forward_outputs` / :func:`backward_outputs`: torch's
+allocator (so CUDA graph capture works), which the tests switch to NaN-filled tensors so that an
+element a kernel forgets to write fails.
 
 This module turns the launchers into a differentiable ``multi_step`` with the same contract as the
 reference backend.
@@ -29,30 +36,93 @@ import torch
 
 from ..params import NeuronParams
 from . import reference
+from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR
 
 
 # Tests set this to True: outputs then start as NaN instead of whatever memory held.
 POISON_OUTPUTS = False
 
 
+
+def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.fill_(float("nan")) if POISON_OUTPUTS else tensor
+
+
 def new_output(shape, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized kernel output of ``like``'s dtype and device."""
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+    """An uninitialized contiguous kernel output of ``like``'s dtype and device."""
+    return _poisoned(torch.empty(shape, dtype=like.dtype, device=like.device))
+
+
+def output_like(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized output with the shape and strides of ``like``, a tensor in sequence layout."""
+    # empty_like keeps the strides of a dense, non-overlapping tensor, which every sequence is.
+    return _poisoned(torch.empty_like(like))
+
+
+def step_output(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized ``[*]`` output laid out like one step of ``like`` ``[T, *]``."""
+    return _poisoned(torch.empty_strided(like.shape[1:], like.stride()[1:], dtype=like.dtype, device=like.device))
 
 
 def forward_outputs(x: torch.Tensor, save_h: bool, store_v_seq: bool):
-    """The forward launcher's outputs for ``x`` ``[T, N]``, as the contract shapes them: (spike, v_out, h)."""
-    steps, n = x.shape
-    spike = new_output((steps, n), x)
-    v_out = new_output((steps, n) if store_v_seq else (n,), x)
-    return spike, v_out, (new_output((steps, n), x) if save_h else None)
+    """The forward launcher's outputs for ``x``, as the contract lays them out: (spike, v_out, h)."""
+    v_out = output_like(x) if store_v_seq else step_output(x)
+    return output_like(x), v_out, (output_like(x) if save_h else None)
 
 
 def backward_outputs(h: torch.Tensor, need_grad_v_init: bool):
-    """The backward launcher's outputs for ``h`` ``[T, N]``: (grad_x, grad_v_init or None)."""
-    return new_output(h.shape, h), (new_output((h.shape[1],), h) if need_grad_v_init else None)
+    """The backward launcher's outputs for ``h``: (grad_x, grad_v_init or None)."""
+    return output_like(h), (step_output(h) if need_grad_v_init else None)
+
+
+def grad_operand(grad: torch.Tensor | None, h: torch.Tensor, whole: bool):
+    """(GRAD_* mode, tensor to pass) for an output gradient: shaped like ``h`` (``whole``) or like one
+    step of it. Laid out like that, or an expanded scalar (read as its one element), it passes as it
+    is; anything else is copied into that layout."""
+    if grad is None:
+        return GRAD_ABSENT, None
+    if grad.dtype != h.dtype:
+        grad = grad.to(h.dtype)
+    strides = grad.stride()
+    if not any(strides):
+        return GRAD_SCALAR, grad
+    if strides != (h.stride() if whole else h.stride()[1:]):
+        grad = (output_like(h) if whole else step_output(h)).copy_(grad)
+    return GRAD_DENSE, grad
+
+
+def sequence_layout(x_seq: torch.Tensor) -> torch.Tensor:
+    """``x_seq`` itself when its steps are consecutive dense blocks (see the module docstring), else a
+    contiguous copy."""
+    if x_seq.is_contiguous() or _steps_are_dense_blocks(x_seq):
+        return x_seq
+    return x_seq.contiguous()
+
+
+def _steps_are_dense_blocks(x: torch.Tensor) -> bool:
+    shape, strides = x.shape, x.stride()
+    block = x.numel() // shape[0]
+    if shape[0] > 1 and strides[0] != block:
+        return False
+    # A step is dense when its dimensions, from the smallest stride up, each step over all before it.
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(strides[1:], shape[1:]) if sz > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def initial_state(v_init, x: torch.Tensor, p: NeuronParams):
+    """``v_init`` as the launchers take it for ``x`` (in sequence layout): None for "at rest", else a
+    tensor laid out like one step of ``x`` (copied into that layout when it is not)."""
+    if isinstance(v_init, torch.Tensor):
+        if v_init.stride() == x.stride()[1:]:
+            return v_init
+        return torch.empty_strided(x.shape[1:], x.stride()[1:], dtype=x.dtype, device=x.device).copy_(v_init)
+    if v_init == p.v_rest:
+        return None
+    return torch.empty_strided(x.shape[1:], x.stride()[1:], dtype=x.dtype, device=x.device).fill_(v_init)
 
 
 class FusedMultiStep(torch.autograd.Function):
@@ -77,39 +147,17 @@ class FusedMultiStep(torch.autograd.Function):
         return grad_x, grad_v_init, None, None, None
 
 
-def flatten_inputs(x_seq: torch.Tensor, v_init, p: NeuronParams):
-    """``x_seq`` as a contiguous ``[T, N]`` tensor and ``v_init`` as ``[N]`` (None for "at rest").
+def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+    """The reference backend's ``multi_step`` contract, run by a kernel set.
 
-    Also returns whether ``x_seq`` was already 2-D, in which case no views were made (each costs
-    microseconds of host time) and none need undoing.
+    The outputs keep the input's layout and shape: no view is made on the way in or out (each costs
+    microseconds of host time, and a node in the backward graph).
     """
-    flat = x_seq.dim() == 2
-    x = x_seq if flat else x_seq.reshape(x_seq.shape[0], -1)
-    if not x.is_contiguous():
-        x = x.contiguous()
-    if isinstance(v_init, torch.Tensor):
-        v = (v_init if flat else v_init.reshape(-1)).contiguous()
-    elif v_init == p.v_rest:
-        v = None
-    else:
-        v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
-    return x, v, flat
-
-
-def unflatten_outputs(spike, v_out, shape: torch.Size, flat: bool, store_v_seq: bool):
-    """The kernel outputs back in the input's shape, as ``(spike_seq, v_last, v_seq or None)``."""
-    if not flat:
-        spike, v_out = spike.view(shape), v_out.view(shape if store_v_seq else shape[1:])
+    x = sequence_layout(x_seq)
+    spike, v_out = FusedMultiStep.apply(x, initial_state(v_init, x, p), kernels, p, store_v_seq)
     if store_v_seq:
         return spike, v_out[-1], v_out
     return spike, v_out, None
-
-
-def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
-    """The reference backend's ``multi_step`` contract, run by a kernel set."""
-    x, v, flat = flatten_inputs(x_seq, v_init, p)
-    spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq)
-    return unflatten_outputs(spike, v_out, x_seq.shape, flat, store_v_seq)
 
 
 # The kernels load and store these and compute in float32.

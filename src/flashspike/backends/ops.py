@@ -26,7 +26,7 @@ import torch
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
 from . import resolve, torch_kernels
-from .fused import KERNEL_DTYPES, KernelBackend, flatten_inputs, unflatten_outputs
+from .fused import KERNEL_DTYPES, KernelBackend
 
 __all__ = ["multi_step", "option_string", "params_from", "surrogate_class", "kernels_for"]
 
@@ -215,9 +215,36 @@ def _backward_formula(ctx, grad_spike, grad_v_out, _grad_h):
 torch.library.register_autograd(FORWARD, _backward_formula, setup_context=_setup_context)
 
 
+def _flatten_inputs(x_seq: torch.Tensor, v_init, p: NeuronParams):
+    """``x_seq`` as a contiguous ``[T, N]`` tensor and ``v_init`` as ``[N]`` (None for "at rest"), the
+    operators' flat form (a compiled graph fuses the reshapes and copies away where it can).
+
+    Also returns whether ``x_seq`` was already 2-D, in which case no views were made and none need
+    undoing.
+    """
+    flat = x_seq.dim() == 2
+    x = (x_seq if flat else x_seq.reshape(x_seq.shape[0], -1)).contiguous()
+    if isinstance(v_init, torch.Tensor):
+        v = (v_init if flat else v_init.reshape(-1)).contiguous()
+    elif v_init == p.v_rest:
+        v = None
+    else:
+        v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
+    return x, v, flat
+
+
+def _unflatten_outputs(spike, v_out, shape: torch.Size, flat: bool, store_v_seq: bool):
+    """The operators' outputs back in the input's shape, as ``(spike_seq, v_last, v_seq or None)``."""
+    if not flat:
+        spike, v_out = spike.view(shape), v_out.view(shape if store_v_seq else shape[1:])
+    if store_v_seq:
+        return spike, v_out[-1], v_out
+    return spike, v_out, None
+
+
 def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
     """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
-    x, v, flat = flatten_inputs(x_seq, v_init, p)
+    x, v, flat = _flatten_inputs(x_seq, v_init, p)
     save_h = torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad))
     spike, v_out, _ = torch.ops.flashspike.multi_step_forward(x, v, save_h, store_v_seq, backend, option_string(p))
-    return unflatten_outputs(spike, v_out, x_seq.shape, flat, store_v_seq)
+    return _unflatten_outputs(spike, v_out, x_seq.shape, flat, store_v_seq)

@@ -20,15 +20,7 @@ import sys
 import torch
 
 from . import BackendError, fused
-from .triton_source import (
-    BACKWARD_NAME,
-    FORWARD_NAME,
-    GRAD_ABSENT,
-    GRAD_SCALAR,
-    GRAD_STRIDED,
-    backward_source,
-    forward_source,
-)
+from .triton_source import BACKWARD_NAME, FORWARD_NAME, backward_source, forward_source
 
 # Neurons and warps per program on a GPU: four neurons per thread was the fastest on an H200
 # (tools/gpu_triton.sh sweeps it), for float32 and float16 alike. The interpreter: _interpreter_block.
@@ -83,20 +75,6 @@ def _interpreter_block(n: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), INTERPRETER_MAX_BLOCK)
 
 
-def _grad_mode(grad) -> int:
-    if grad is None:
-        return GRAD_ABSENT
-    if not any(grad.stride()):
-        return GRAD_SCALAR
-    return GRAD_STRIDED
-
-
-def _walk(grad, steps: int):
-    """How the backward kernel walks a [T, N] gradient from its last step: (stride_t, stride_n, offset)."""
-    stride_t, stride_n = grad.stride()
-    return stride_t, stride_n, (steps - 1) * stride_t
-
-
 class TritonKernels:
     """The kernel set (see :mod:`.fused`) of one layer's options."""
 
@@ -114,7 +92,8 @@ class TritonKernels:
         return ((n + block - 1) // block,), block, {"num_warps": GPU_NUM_WARPS}
 
     def forward(self, x, v_init, p, save_h, store_v_seq):
-        steps, n = x.shape
+        steps = x.shape[0]
+        n = x.numel() // steps
         spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         grid, block, options = self._launch_shape(n)
         with _on_device(x):
@@ -126,18 +105,15 @@ class TritonKernels:
         return spike, v_out, h
 
     def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init):
-        steps, n = h.shape
+        steps = h.shape[0]
+        n = h.numel() // steps
         grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init)
-        gs_mode, gv_mode = _grad_mode(grad_spike), _grad_mode(grad_v_out)
-        # (stride along t, stride along N, offset of the last step) of each gradient argument
-        gs = _walk(grad_spike, steps) if gs_mode == GRAD_STRIDED else (0, 0, 0)
-        gv = (0, 0, 0)
-        if gv_mode == GRAD_STRIDED:
-            gv = _walk(grad_v_out, steps) if store_v_seq else (0, grad_v_out.stride(0), 0)
+        gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
+        gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
         grid, block, options = self._launch_shape(n)
         with _on_device(h):
             self.backward_kernel[grid](
-                h, grad_spike, grad_v_out, grad_x, grad_v_init, steps, n, (steps - 1) * n, *gs, *gv,
+                h, grad_spike, grad_v_out, grad_x, grad_v_init, steps, n, (steps - 1) * n,
                 block, gs_mode, gv_mode, store_v_seq, need_grad_v_init,
                 **options,
             )  # fmt: skip

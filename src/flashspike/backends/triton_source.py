@@ -20,15 +20,15 @@ import textwrap
 
 from ..codegen import TRITON
 from ..params import NeuronParams
+from . import step_code as fused_modes
 from .step_code import backward_step, forward_step
 
 FORWARD_NAME = "flashspike_forward"
 BACKWARD_NAME = "flashspike_backward"
 
-# How a gradient argument of the backward kernel arrives (the GRAD_SPIKE and GRAD_V flags):
-GRAD_ABSENT = 0  # None: no gradient flows there; nothing is read
-GRAD_SCALAR = 1  # every element equals the first (an expanded stride-0 tensor, as y.sum() gives)
-GRAD_STRIDED = 2  # a general tensor, read through its strides
+# How a gradient argument of the backward kernel arrives (the GRAD_SPIKE and GRAD_V flags): the modes
+# of fused.grad_operand, shared with the CUDA kernels.
+GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR = fused_modes.GRAD_ABSENT, fused_modes.GRAD_DENSE, fused_modes.GRAD_SCALAR
 
 
 def _body(lines: list[str], depth: int) -> str:
@@ -41,7 +41,7 @@ def forward_source(p: NeuronParams) -> str:
     step = _body(forward_step(p, TRITON), 2)
     return f'''\
 def {FORWARD_NAME}(
-    x_ptr,  # X, [T, N] contiguous
+    x_ptr,  # X, [T, N]: T blocks of N elements (fused.sequence_layout)
     v_init_ptr,  # V[-1], [N]; read only when HAS_V_INIT (else every neuron starts at {v_rest})
     spike_ptr,  # out S, [T, N]
     v_out_ptr,  # out V: [T, N] when STORE_V_SEQ, else [N] holding the last step
@@ -78,62 +78,56 @@ def {FORWARD_NAME}(
 def backward_source(p: NeuronParams) -> str:
     """A function ``flashspike_backward`` (not yet jitted) that runs the sequence backward in time.
 
-    The host passes the offsets of the last row ((T - 1) * N and (T - 1) * stride_t, as Python ints,
-    which Triton makes 64-bit when they need it); the kernel walks back one row per step. The gradient into V[t] is carried from step t+1 (through
-    its charge); when the forward stored the V sequence, the gradient of the stored V[t] is added at
-    each step, and otherwise the gradient of the last V (the only V output) starts the carry.
+    The host passes the offset of the last row, (T - 1) * N, as a Python int, which Triton makes 64-bit
+    when it needs it; the kernel walks back one row per step. A dense gradient is laid out like H (the
+    last V's like one row of it), so it is read at H's offsets. The gradient into V[t] is carried from
+    step t+1 (through its charge); when the forward stored the V sequence, the gradient of the stored
+    V[t] is added at each step, and otherwise the gradient of the last V (the only V output) starts the
+    carry.
     """
     step = _body(backward_step(p, TRITON), 2)
     return f'''\
 def {BACKWARD_NAME}(
-    h_ptr,  # H from the forward pass, [T, N] contiguous
-    grad_spike_ptr,  # dL/dS, [T, N] read through its strides; see GRAD_SPIKE
-    grad_v_ptr,  # dL/dV: [T, N] when STORE_V_SEQ, else [N] (the last V), read through its strides; see GRAD_V
-    grad_x_ptr,  # out dL/dX, [T, N] contiguous
+    h_ptr,  # H from the forward pass, [T, N]
+    grad_spike_ptr,  # dL/dS, [T, N]; see GRAD_SPIKE
+    grad_v_ptr,  # dL/dV: [T, N] when STORE_V_SEQ, else [N] (the last V); see GRAD_V
+    grad_x_ptr,  # out dL/dX, [T, N]
     grad_v_init_ptr,  # out dL/dV[-1], [N]; written only when NEED_GRAD_V_INIT
     T,  # number of time steps
     N,  # neurons per step
-    last_row,  # (T - 1) * N: the offset of the last step in H and grad_x
-    gs_stride_t, gs_stride_n, gs_last_row,  # strides of grad_spike, and (T - 1) * gs_stride_t
-    gv_stride_t, gv_stride_n, gv_last_row,  # the same for grad_v (0 for the t ones without STORE_V_SEQ)
+    last_row,  # (T - 1) * N: the offset of the last step
     BLOCK: tl.constexpr,  # neurons per program
-    GRAD_SPIKE: tl.constexpr,  # {GRAD_ABSENT}: absent, {GRAD_SCALAR}: one value everywhere, {GRAD_STRIDED}: a strided tensor
+    GRAD_SPIKE: tl.constexpr,  # {GRAD_ABSENT}: absent, {GRAD_SCALAR}: one value everywhere, {GRAD_DENSE}: laid out like H
     GRAD_V: tl.constexpr,  # the same for grad_v
     STORE_V_SEQ: tl.constexpr,
     NEED_GRAD_V_INIT: tl.constexpr,
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
-    offset = col + last_row  # of step t in H and grad_x, int64, from t = T - 1 down
+    offset = col + last_row  # of step t, int64, from t = T - 1 down
     if GRAD_SPIKE == {GRAD_SCALAR}:
         grad_spike = tl.load(grad_spike_ptr).to(tl.float32)
-    if GRAD_SPIKE == {GRAD_STRIDED}:
-        gs_offset = col * gs_stride_n + gs_last_row
     if GRAD_V == {GRAD_SCALAR}:
         grad_v_given = tl.load(grad_v_ptr).to(tl.float32)
-    if GRAD_V == {GRAD_STRIDED}:
-        gv_offset = col * gv_stride_n + gv_last_row
     # carry: dL/dV[t] through step t+1 and, without a V sequence, the last V's own gradient
     carry = tl.zeros([BLOCK], tl.float32)
     if not STORE_V_SEQ:
         if GRAD_V == {GRAD_SCALAR}:
             carry += grad_v_given
-        if GRAD_V == {GRAD_STRIDED}:
-            carry += tl.load(grad_v_ptr + gv_offset, mask=mask, other=0.0).to(tl.float32)
+        if GRAD_V == {GRAD_DENSE}:
+            carry += tl.load(grad_v_ptr + col, mask=mask, other=0.0).to(tl.float32)
     for _ in range(T):
         h = tl.load(h_ptr + offset, mask=mask, other=0.0).to(tl.float32)
         if GRAD_SPIKE == {GRAD_ABSENT}:
             grad_spike = 0.0
-        if GRAD_SPIKE == {GRAD_STRIDED}:
-            grad_spike = tl.load(grad_spike_ptr + gs_offset, mask=mask, other=0.0).to(tl.float32)
-            gs_offset -= gs_stride_t
+        if GRAD_SPIKE == {GRAD_DENSE}:
+            grad_spike = tl.load(grad_spike_ptr + offset, mask=mask, other=0.0).to(tl.float32)
         grad_v = carry
         if STORE_V_SEQ:
             if GRAD_V == {GRAD_SCALAR}:
                 grad_v = carry + grad_v_given
-            if GRAD_V == {GRAD_STRIDED}:
-                grad_v = carry + tl.load(grad_v_ptr + gv_offset, mask=mask, other=0.0).to(tl.float32)
-                gv_offset -= gv_stride_t
+            if GRAD_V == {GRAD_DENSE}:
+                grad_v = carry + tl.load(grad_v_ptr + offset, mask=mask, other=0.0).to(tl.float32)
 {step}
         tl.store(grad_x_ptr + offset, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
         carry = grad_v_prev

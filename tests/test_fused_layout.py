@@ -1,0 +1,82 @@
+"""The memory rules of the fused path (backends/fused.py): which layouts reach the kernels as they are."""
+
+import pytest
+import torch
+
+from flashspike.backends import fused
+from flashspike.params import NeuronParams
+from flashspike.surrogate import ATan
+
+
+def _cl(t):
+    return t.movedim(-3, -1).contiguous().movedim(-1, -3)
+
+
+def _passes_uncopied(x):
+    return fused.sequence_layout(x) is x
+
+
+def test_sequences_whose_steps_are_dense_blocks_pass_uncopied():
+    x = torch.randn(3, 2, 4, 5, 6)
+    assert _passes_uncopied(x)
+    assert _passes_uncopied(_cl(x))
+    assert _passes_uncopied(x[1:])  # an offset into the storage is fine
+    assert _passes_uncopied(_cl(x)[:1])  # T = 1: the first stride does not matter
+    assert _passes_uncopied(torch.randn(4, 1, 3).transpose(1, 2))  # size-1 dims may have any stride
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(2, 3, 4).transpose(0, 1),  # T not outermost
+    lambda: torch.randn(1, 3, 4).expand(5, 3, 4),  # a step repeated with stride 0
+    lambda: torch.randn(3, 4, 6)[:, :, :5],  # steps with gaps
+    lambda: torch.randn(3, 4, 6)[:, :, ::2],
+    lambda: _cl(torch.randn(3, 2, 4, 5, 6)).transpose(0, 1),
+], ids=["transposed", "expanded", "sliced", "strided", "channels-last-transposed"])
+def test_other_layouts_are_copied_contiguous(make):
+    x = make()
+    laid = fused.sequence_layout(x)
+    assert laid is not x and laid.is_contiguous() and torch.equal(laid, x)
+
+
+def test_outputs_follow_the_input_layout():
+    x = _cl(torch.randn(3, 2, 4, 5, 6))
+    spike, v_out, h = fused.forward_outputs(x, True, False)
+    assert spike.stride() == x.stride() == h.stride() and v_out.stride() == x.stride()[1:]
+    spike, v_seq, h = fused.forward_outputs(x, False, True)
+    assert v_seq.stride() == x.stride() and h is None
+    grad_x, grad_v = fused.backward_outputs(x, True)
+    assert grad_x.stride() == x.stride() and grad_v.stride() == x.stride()[1:]
+
+
+def test_initial_state_is_laid_out_like_a_step():
+    p = NeuronParams(leaky=False, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate=ATan())
+    x = _cl(torch.randn(3, 2, 4, 5, 6))
+    v = _cl(torch.randn(2, 4, 5, 6))
+    assert fused.initial_state(v, x, p) is v
+    contiguous = v.contiguous()
+    moved = fused.initial_state(contiguous, x, p)
+    assert moved.stride() == x.stride()[1:] and torch.equal(moved, contiguous)
+    assert fused.initial_state(0.0, x, p) is None  # at rest: the kernel fills it in
+    filled = fused.initial_state(0.25, x, p)
+    assert filled.stride() == x.stride()[1:] and bool((filled == 0.25).all())
+
+
+def test_gradient_operands():
+    h = _cl(torch.randn(3, 2, 4, 5, 6))
+    ones = torch.ones(()).expand(h.shape)  # what y.sum().backward() hands over
+    mode, passed = fused.grad_operand(ones, h, True)
+    assert mode == fused.GRAD_SCALAR and passed.data_ptr() == ones.data_ptr()  # one element, not copied
+    same = torch.randn_like(h)
+    assert same.stride() == h.stride() and fused.grad_operand(same, h, True) == (fused.GRAD_DENSE, same)
+    contiguous = torch.randn(h.shape)
+    mode, passed = fused.grad_operand(contiguous, h, True)
+    assert mode == fused.GRAD_DENSE and passed.stride() == h.stride() and torch.equal(passed, contiguous)
+    step = torch.randn(h.shape[1:])
+    mode, passed = fused.grad_operand(step, h, False)
+    assert mode == fused.GRAD_DENSE and passed.stride() == h.stride()[1:] and torch.equal(passed, step)
+    assert fused.grad_operand(None, h, True) == (fused.GRAD_ABSENT, None)
+    mode, passed = fused.grad_operand(same.double(), h, True)
+    assert passed.dtype == h.dtype
+    time_broadcast = torch.randn(h.shape[1:]).expand(h.shape)  # .mean(0)'s gradient: not a scalar
+    mode, passed = fused.grad_operand(time_broadcast, h, True)
+    assert mode == fused.GRAD_DENSE and torch.equal(passed, time_broadcast)
