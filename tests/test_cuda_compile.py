@@ -150,21 +150,26 @@ template <> inline unsigned int fs_float_to_bits<fs_bf16>(float f) {
 """
 
 _GRID = r"""
-template <typename T, typename K>
+template <typename T, typename K, typename... Sizes>
 void fs_grid(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
-             unsigned long long a3, unsigned long long a4, long long steps, long long n) {
+             unsigned long long a3, unsigned long long a4, Sizes... sizes) {
     blockDim.x = FS_BLOCK;
     for (long long b = 0; b < blocks; ++b) {
         blockIdx.x = (unsigned int)b;
         for (unsigned int t = 0; t < FS_BLOCK; ++t) {
             threadIdx.x = t;
-            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, steps, n);
+            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, sizes...);
         }
     }
 }
 """
 
-_ENTRY_TYPES = [ctypes.c_longlong] + [ctypes.c_ulonglong] * 5 + [ctypes.c_longlong] * 2
+# (blocks, five pointers, then the kernel's sizes: steps, n and, forward only, x_step)
+_SIZES = {"fs_forward": 3, "fs_backward": 2}
+
+
+def _entry_types(name: str) -> list:
+    return [ctypes.c_longlong] + [ctypes.c_ulonglong] * 5 + [ctypes.c_longlong] * _SIZES[name.split("<")[0]]
 
 
 def _emulation_library(folder, option_sets, cases):
@@ -179,11 +184,13 @@ def _emulation_library(folder, option_sets, cases):
             names += [src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype)]
             for name in names:
                 symbol = f"fs_entry_{len(entries)}"
+                sizes = ("steps", "n", "x_step")[:_SIZES[name.split("<")[0]]]
                 parts.append(
                     f'extern "C" void {symbol}(long long blocks, unsigned long long a0, unsigned long long a1, '
-                    "unsigned long long a2, unsigned long long a3, unsigned long long a4, long long steps, "
-                    f"long long n) {{ fs_grid<{src.STORAGE_TYPES[dtype]}>(&fs_{index}::{name}, blocks, a0, a1, "
-                    "a2, a3, a4, steps, n); }\n")
+                    "unsigned long long a2, unsigned long long a3, unsigned long long a4, "
+                    + ", ".join(f"long long {size}" for size in sizes)
+                    + f") {{ fs_grid<{src.STORAGE_TYPES[dtype]}>(&fs_{index}::{name}, blocks, a0, a1, a2, a3, a4, "
+                    + ", ".join(sizes) + "); }\n")
                 entries[(index, name)] = symbol
     (folder / "emulated.cpp").write_text("".join(parts))
     library = folder / "emulated.so"
@@ -206,7 +213,7 @@ class EmulatedKernels(CupyKernels):
         name = name_of(dtype, *switches)
         self.launched.append(name)
         entry = getattr(self.library, self.entries[(self.index_of[p.key], name)])
-        entry.argtypes, entry.restype = _ENTRY_TYPES, None
+        entry.argtypes, entry.restype = _entry_types(name), None
         return entry
 
     def _launch(self, function, device_index, n, vec, args):

@@ -23,15 +23,17 @@ def test_sequences_whose_steps_are_dense_blocks_pass_uncopied():
     assert _passes_uncopied(x[1:])  # an offset into the storage is fine
     assert _passes_uncopied(_cl(x)[:1])  # T = 1: the first stride does not matter
     assert _passes_uncopied(torch.randn(4, 1, 3).transpose(1, 2))  # size-1 dims may have any stride
+    assert _passes_uncopied(torch.randn(1, 3, 4).expand(5, 3, 4))  # one step repeated: read in place
+    assert _passes_uncopied(_cl(torch.randn(2, 4, 5, 6)).expand(3, 2, 4, 5, 6))
 
 
 @pytest.mark.parametrize("make", [
     lambda: torch.randn(2, 3, 4).transpose(0, 1),  # T not outermost
-    lambda: torch.randn(1, 3, 4).expand(5, 3, 4),  # a step repeated with stride 0
+    lambda: torch.randn(1, 3, 1).expand(5, 3, 4),  # a step that is itself a broadcast
     lambda: torch.randn(3, 4, 6)[:, :, :5],  # steps with gaps
     lambda: torch.randn(3, 4, 6)[:, :, ::2],
     lambda: _cl(torch.randn(3, 2, 4, 5, 6)).transpose(0, 1),
-], ids=["transposed", "expanded", "sliced", "strided", "channels-last-transposed"])
+], ids=["transposed", "broadcast-step", "sliced", "strided", "channels-last-transposed"])
 def test_other_layouts_are_copied_contiguous(make):
     x = make()
     laid = fused.sequence_layout(x)
@@ -46,6 +48,14 @@ def test_outputs_follow_the_input_layout():
     assert v_seq.stride() == x.stride() and h is None
     grad_x, grad_v = fused.backward_outputs(x, True)
     assert grad_x.stride() == x.stride() and grad_v.stride() == x.stride()[1:]
+
+
+def test_a_step_repeated_over_time_gets_separate_output_blocks():
+    x = _cl(torch.randn(2, 4, 5, 6)).expand(3, 2, 4, 5, 6)
+    spike, v_seq, h = fused.forward_outputs(x, True, True)
+    for out in (spike, v_seq, h):
+        assert out.stride() == (2 * 4 * 5 * 6, *x.stride()[1:])
+    assert fused.backward_outputs(h, False)[0].stride() == h.stride()
 
 
 def test_initial_state_is_laid_out_like_a_step():

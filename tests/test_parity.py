@@ -243,3 +243,27 @@ def test_channels_last_sequence_is_not_copied(name, monkeypatch):
     monkeypatch.setattr(type(kernels), "forward", lambda self, x_in, *rest: seen.append(x_in) or original(self, x_in, *rest))
     _make(name)(x)
     assert seen and seen[0].data_ptr() == x.data_ptr() and seen[0].stride() == x.stride()
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+@pytest.mark.parametrize("step_layout", [None, channels_last], ids=["contiguous", "channels-last"])
+def test_input_repeated_over_time(name, step_layout):
+    """A static input expanded over T (read in place by the kernels) and its gradient, summed over T."""
+    device = _device(name)
+    g = torch.Generator().manual_seed(3)
+    step64 = (torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64) * 0.7 + 0.45).float().double()
+    w_spike, w_v = (torch.randn(6, 2, 5, 4, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    step = (step_layout or (lambda t: t))(step64.float()).to(device).requires_grad_()
+    ref_step = step64.clone().requires_grad_()
+    results = []
+    for node, x, dtype in ((_make(name, store_v_seq=True), step, torch.float32),
+                           (_make("torch", store_v_seq=True), ref_step, torch.float64)):
+        spike = node(x.expand(6, *x.shape))
+        ((spike * w_spike.to(x.device, dtype)).sum() + (node.v_seq * w_v.to(x.device, dtype)).sum()).backward()
+        results.append((spike.detach().double().cpu(), node.v_seq.detach().double().cpu(), x.grad.double().cpu()))
+    (spike, v_seq, grad), (ref_spike, ref_v_seq, ref_grad) = results
+    keep = _far_from_ties(_make("torch"), step64.expand(6, *step64.shape), 0.0, TOLERANCE[torch.float32]["grad_tie"])
+    assert keep.double().mean() >= 0.7
+    assert torch.equal(spike[keep.expand_as(spike)], ref_spike[keep.expand_as(spike)])
+    torch.testing.assert_close(v_seq[keep.expand_as(v_seq)], ref_v_seq[keep.expand_as(v_seq)], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad[keep], ref_grad[keep], rtol=1e-4, atol=1e-4 * ref_grad.abs().max().item())

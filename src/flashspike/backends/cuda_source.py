@@ -184,7 +184,8 @@ __global__ void fs_forward(
     T* __restrict__ v_out,         // [T, N] every V when STORE_V_SEQ, else [N] the last V
     T* __restrict__ h_seq,         // [T, N] pre-reset potential H for backward (written when SAVE_H)
     const long long steps,         // T
-    const long long n)             // N, neurons per step; a multiple of VEC
+    const long long n,             // N, neurons per step; a multiple of VEC
+    const long long x_step)        // from X[t] to X[t+1]: N, or 0 for one X repeated over T
 {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
@@ -199,7 +200,7 @@ __global__ void fs_forward(
         float x_reg[UNROLL][VEC];
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
-            if (t0 + u < steps) fs_load<T, VEC>(x_seq + (t0 + u) * n + i, x_reg[u]);
+            if (t0 + u < steps) fs_load<T, VEC>(x_seq + (t0 + u) * x_step + i, x_reg[u]);
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {

@@ -149,7 +149,7 @@ class CupyKernels:
         device_index = x.device.index
         switches = (v_init is not None, save_h, store_v_seq, vec)
         function = self._function(p, x.dtype, switches, device_index, src.forward_name)
-        self._launch(function, device_index, n, vec, (*pointers, steps, n))
+        self._launch(function, device_index, n, vec, (*pointers, steps, n, x.stride(0)))
         return spike, v_out, h
 
     def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool):

@@ -2,9 +2,11 @@
 
 A kernel backend supplies a *kernel set* with two launchers. They see a sequence ``x`` of shape
 ``[T, *]`` only as memory: T blocks of ``N = x.numel() // T`` elements, one block per step, each block
-dense (:func:`sequence_layout`), in any order of the step's dimensions. A contiguous tensor is one such
-layout; so is a channels_last activation ``[T, B, C, H, W]`` (strides ``(B·H·W·C, H·W·C, 1, W·C, C)``),
-which therefore reaches the kernels without a copy. Element ``i`` of every block is the same neuron.
+dense (:func:`sequence_layout`), in any order of the step's dimensions, and step t's block
+``x.stride(0) * t`` elements after the first. A contiguous tensor is one such layout; so is a
+channels_last activation ``[T, B, C, H, W]`` (strides ``(B·H·W·C, H·W·C, 1, W·C, C)``), and so is one
+step repeated over T by ``expand`` (first stride 0: a static input is read in place, never copied T
+times). Element ``i`` of every block is the same neuron. Outputs are always T separate blocks.
 
 ``forward(x, v_init, p, save_h, store_v_seq) -> (spike, v_out, h)``
     ``v_init`` is a step-shaped tensor of x's dtype laid out like one block of ``x`` (x's strides
@@ -54,8 +56,12 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
 
 
 def output_like(like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized output with the shape and strides of ``like``, a tensor in sequence layout."""
-    # empty_like keeps the strides of a dense, non-overlapping tensor, which every sequence is.
+    """An uninitialized sequence output shaped like ``like`` (in sequence layout), with its steps laid
+    out like ``like``'s and stored one after another."""
+    if like.stride(0) == 0 and like.shape[0] > 1:  # one step repeated: give each step its own block
+        strides = (like.numel() // like.shape[0], *like.stride()[1:])
+        return _poisoned(torch.empty_strided(like.shape, strides, dtype=like.dtype, device=like.device))
+    # empty_like keeps the strides of a dense, non-overlapping tensor, which every other sequence is.
     return _poisoned(torch.empty_like(like))
 
 
@@ -92,17 +98,16 @@ def grad_operand(grad: torch.Tensor | None, h: torch.Tensor, whole: bool):
 
 
 def sequence_layout(x_seq: torch.Tensor) -> torch.Tensor:
-    """``x_seq`` itself when its steps are consecutive dense blocks (see the module docstring), else a
-    contiguous copy."""
-    if x_seq.is_contiguous() or _steps_are_dense_blocks(x_seq):
+    """``x_seq`` itself when the kernels can read it in place (see the module docstring): its steps
+    are dense blocks, one after another or all the same block; else a contiguous copy."""
+    if x_seq.is_contiguous() or _readable_in_place(x_seq):
         return x_seq
     return x_seq.contiguous()
 
 
-def _steps_are_dense_blocks(x: torch.Tensor) -> bool:
+def _readable_in_place(x: torch.Tensor) -> bool:
     shape, strides = x.shape, x.stride()
-    block = x.numel() // shape[0]
-    if shape[0] > 1 and strides[0] != block:
+    if shape[0] > 1 and strides[0] not in (0, x.numel() // shape[0]):
         return False
     # A step is dense when its dimensions, from the smallest stride up, each step over all before it.
     expected = 1

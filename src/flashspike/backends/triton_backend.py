@@ -98,7 +98,7 @@ class TritonKernels:
         grid, block, options = self._launch_shape(n)
         with _on_device(x):
             self.forward_kernel[grid](
-                x, v_init, spike, v_out, h, steps, n,
+                x, v_init, spike, v_out, h, steps, n, x.stride(0),
                 block, v_init is not None, save_h, store_v_seq,
                 **options,
             )  # fmt: skip

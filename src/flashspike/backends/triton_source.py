@@ -48,6 +48,7 @@ def {FORWARD_NAME}(
     h_ptr,  # out H (pre-reset potential, what backward reads), [T, N]; written only when SAVE_H
     T,  # number of time steps
     N,  # neurons per step
+    x_step,  # from X[t] to X[t+1]: N, or 0 for one X repeated over T
     BLOCK: tl.constexpr,  # neurons per program
     HAS_V_INIT: tl.constexpr,
     SAVE_H: tl.constexpr,
@@ -59,9 +60,10 @@ def {FORWARD_NAME}(
         v = tl.load(v_init_ptr + col, mask=mask, other=0.0).to(tl.float32)
     else:
         v = tl.full([BLOCK], {v_rest}, tl.float32)
-    offset = col  # of step t in the [T, N] tensors, int64
+    offset = col  # of step t in the [T, N] outputs, int64
+    x_offset = col
     for _ in range(T):
-        x = tl.load(x_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + x_offset, mask=mask, other=0.0).to(tl.float32)
 {step}
         tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
@@ -70,6 +72,7 @@ def {FORWARD_NAME}(
             tl.store(v_out_ptr + offset, v_next.to(v_out_ptr.dtype.element_ty), mask=mask)
         v = v_next
         offset += N
+        x_offset += x_step
     if not STORE_V_SEQ:
         tl.store(v_out_ptr + col, v.to(v_out_ptr.dtype.element_ty), mask=mask)
 '''
