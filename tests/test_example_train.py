@@ -5,6 +5,7 @@ The runs use a small synthetic data set in the IDX format (a bright block whose 
 class, on noise), so they are fast and a trained net must reach a high accuracy on it.
 """
 
+import copy
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flashspike import functional
 from flashspike.examples import conv_fashion_mnist as cli
 from flashspike.examples import fashion_mnist as fm
 
@@ -241,6 +243,33 @@ def test_multi_step_and_single_step_nets_compute_the_same_rates():
         rates = multi(x)
         assert torch.equal(rates, single(x))
     assert rates.shape == (5, 10) and 0 < rates.sum() and bool(((rates * 3) == (rates * 3).round()).all())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_channels_last_net_computes_the_same_rates_and_gradients(backend):
+    """The net in channels_last (what -memory_format auto picks on CUDA) against the contiguous one;
+    'triton' runs the fused path (Triton's interpreter on the CPU), which reads that layout in place."""
+    if backend == "triton" and not os.environ.get("TRITON_INTERPRET") and not torch.cuda.is_available():
+        pytest.skip("triton needs a GPU or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(4)
+    plain = cli.CSNN(T=3, channels=4, step_mode="m", backend="torch").double()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.mul_(3)  # larger weights: more spikes
+    last = copy.deepcopy(plain)
+    functional.set_backend(last, backend)
+    last.memory_format = torch.channels_last
+    plain, last = plain.to(device).float(), last.to(device, memory_format=torch.channels_last).float()
+    x = torch.rand(5, 1, 28, 28, device=device)
+    rates, rates_last = plain(x), last(x)
+    torch.testing.assert_close(rates_last, rates)
+    assert 0 < rates.sum()
+    rates.square().sum().backward()
+    rates_last.square().sum().backward()
+    for p, q in zip(plain.parameters(), last.parameters(), strict=True):
+        # float32 sums in another order (the NHWC kernels): close relative to the largest gradient
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * p.grad.abs().max().item())
 
 
 @pytest.mark.parametrize(

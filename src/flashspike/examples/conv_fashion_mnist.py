@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("channels", type=int, default=128, help="channels of the convolutions")
     flag("step_mode", choices=("m", "s"), default="m",
          help="m: multi-step neurons over [T, N, ...]; s: single-step neurons in a Python loop over T (the baseline)")
+    flag("memory_format", choices=("auto", "channels_last", "contiguous"), default="auto",
+         help="layout of the convolution activations: auto is channels_last on CUDA (cuDNN's and max-pool's "
+         "NHWC kernels, no layout conversions; the neurons read it in place) and contiguous elsewhere")
     flag("seed", type=int, default=0, help="seed of the weights and of the batch order")
     flag("max_batches", type=int, default=None,
          help="train and test on at most this many batches per epoch and process (quick checks)")
@@ -207,6 +210,13 @@ class DeviceSplit:
         return len(self.labels)
 
 
+def memory_format_for(flag: str, device: torch.device) -> torch.memory_format:
+    """The -memory_format flag's layout on ``device``."""
+    if flag == "auto":
+        flag = "channels_last" if device.type == "cuda" else "contiguous"
+    return torch.channels_last if flag == "channels_last" else torch.contiguous_format
+
+
 def as_input(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 ``[N, 28, 28]`` -> float ``[N, 1, 28, 28]`` in [0, 1]: exactly torchvision's ToTensor."""
     return images_u8.unsqueeze(1).float().div_(255)
@@ -245,7 +255,9 @@ class Trainer:
 
     def __init__(self, args, cluster: Cluster):
         self.args, self.cluster, self.device = args, cluster, cluster.device
-        self.net = CSNN(args.T, args.channels, args.step_mode, args.backend).to(self.device)
+        memory_format = memory_format_for(args.memory_format, self.device)
+        self.net = CSNN(args.T, args.channels, args.step_mode, args.backend, memory_format)
+        self.net.to(self.device, memory_format=memory_format)
         fused = {"fused": True} if self.device.type == "cuda" else {}  # fused: no host sync in scaler.step
         if args.opt == "SGD":
             self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr, momentum=args.momentum, **fused)
@@ -403,7 +415,8 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
         seconds, memory = time.perf_counter() - started, ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"bench: device={name}, T={args.T}, b={args.b}, amp={args.amp}, step_mode={args.step_mode}, "
-          f"backend={trainer.check_backend()}, compile={args.compile}, cuda_graph={args.cuda_graph}, "
+          f"backend={trainer.check_backend()}, memory_format={str(trainer.net.memory_format).replace('torch.', '')}, "
+          f"compile={args.compile}, cuda_graph={args.cuda_graph}, "
           f"steps={steps}, step_time_ms={seconds / steps * 1000:.3f}{memory}",
           flush=True)
 
@@ -459,7 +472,9 @@ def train(args, cluster: Cluster) -> None:
     if main:
         print(args)
         print(trainer.net)
-        print(f"backend: {args.backend} -> {backend}; device: {cluster.device}; processes: {cluster.world}", flush=True)
+        layout = str(trainer.net.memory_format).replace("torch.", "")
+        print(f"backend: {args.backend} -> {backend}; device: {cluster.device}; processes: {cluster.world}; "
+              f"memory format: {layout}", flush=True)
         if args.compile or args.cuda_graph:
             what = "compiling" if args.compile else "3 warm-up steps and the CUDA graph's capture"
             print(f"note: the first epoch trained in this run includes {what}; later epochs are steady", flush=True)

@@ -15,13 +15,19 @@ class CSNN(nn.Module):
     ``step_mode='m'`` feeds ``[T, N, ...]`` through multi-step neurons, with the stateless layers in
     SeqToANNContainer (T merged into the batch); ``'s'`` runs the same layers with single-step neurons
     once per time step, SpikingJelly's baseline. Both hold the same parameters in the same order.
+
+    ``memory_format=torch.channels_last`` keeps every convolution activation channels-last (call
+    ``net.to(memory_format=torch.channels_last)`` for the weights too): cuDNN's convolutions and
+    batch norms and PyTorch's max-pool then run their NHWC kernels with no layout conversions, and the
+    multi-step neurons read and write that layout in place. The values computed are the same.
     """
 
-    def __init__(self, T: int, channels: int = 128, step_mode: str = "m", backend: str = "torch"):
+    def __init__(self, T: int, channels: int = 128, step_mode: str = "m", backend: str = "torch",
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         if step_mode not in ("m", "s"):
             raise ValueError(f"step_mode must be 'm' or 's', got {step_mode!r}")
-        self.T, self.step_mode = T, step_mode
+        self.T, self.step_mode, self.memory_format = T, step_mode, memory_format
         c = channels
         if step_mode == "m":
             def node():
@@ -47,9 +53,11 @@ class CSNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, 10]``."""
-        x = self.static_conv(x)
+        x = self.static_conv(x.contiguous(memory_format=self.memory_format))
         if self.step_mode == "m":
-            x_seq = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+            # The same input at every step: a view, which the first neuron reads in place (it computes
+            # what SpikingJelly's repeat(T, 1, 1, 1, 1) feeds it, without writing T copies).
+            x_seq = x.unsqueeze(0).expand(self.T, *x.shape)
             return self.fc(self.conv(x_seq)).mean(0)
         spike_count = 0
         for _ in range(self.T):
