@@ -2,16 +2,17 @@
 # The combined GPU run (the `run` device tool, kind nvidia-h200-x2, carry .whl and .device_data):
 #   PART=check    the whole test suite on the GPU (kernel backends required, not skipped)
 #   PART=bench    the neuron benchmark with the peers, and the host-overhead measurement
-#   PART=example  the Fashion-MNIST example: full run, single-step baseline, step bench, torchrun 1 vs 2
+#   PART=example  the Fashion-MNIST example (tools/gpu_example.sh; SECTIONS picks its runs): step bench, full
+#                 runs eager and -cuda_graph, single-step baseline, -compile, torchrun 1 vs 2
 # Each part writes its logs under one work folder that is packed into $OUT/gpu_<part>.tgz (the tool
 # brings back few files), and prints a short summary to stdout.
 set -u
 part=${PART:-check}
-work=/tmp/fs_gpu_$part
+work=/tmp/fs_gpu_$part${TAG:-}
 rm -rf "$work" && mkdir -p "$work"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 unset TRITON_INTERPRET
-pack() { tar czf "${OUT:-.}/gpu_$part.tgz" -C "$work" . ; }
+pack() { tar czf "${OUT:-.}/gpu_$part${TAG:-}.tgz" -C "$work" . ; }
 trap pack EXIT
 
 peers=/tmp/fs_peers
@@ -28,7 +29,7 @@ export PYTHONPATH=src:$peers
 
 case $part in
 check)
-  FLASHSPIKE_REQUIRE_BACKENDS=cupy,triton timeout 540 python3 -m pytest -q -p no:cacheprovider -n 16 -rfEs \
+  FLASHSPIKE_REQUIRE_BACKENDS=cupy,triton timeout "${CHECK_LIMIT:-540}" python3 -m pytest -q -p no:cacheprovider -n 16 -rfEs \
     --durations=15 tests > "$work/tests.txt" 2>&1
   echo "pytest exit: $?" | tee -a "$work/tests.txt"
   grep -E "passed|failed|error" "$work/tests.txt" | tail -5
@@ -43,9 +44,11 @@ bench)
   cat "$work/compile/overhead.txt"
   ;;
 example)
-  timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -rfEs tests/test_example_compile_graph.py \
-    > "$work/example_gpu_tests.txt" 2>&1
-  echo "example GPU tests exit: $?"; tail -3 "$work/example_gpu_tests.txt"
+  if [ "${EXAMPLE_TESTS:-1}" = 1 ]; then  # PART=check runs them too
+    timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu -rfEs tests/test_example_compile_graph.py \
+      > "$work/example_gpu_tests.txt" 2>&1
+    echo "example GPU tests exit: $?"; tail -3 "$work/example_gpu_tests.txt"
+  fi
   # Bounded, so that the logs are packed even if the runs take longer than planned.
   EPOCHS=${EPOCHS:-64} timeout "${EXAMPLE_LIMIT:-460}" bash tools/gpu_example.sh "$work/example" > "$work/example.txt" 2>&1
   echo "example exit: $?"

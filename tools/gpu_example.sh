@@ -5,6 +5,7 @@
 #   2. the full run  -T 4 -b 128 -epochs $EPOCHS -opt SGD -lr 0.1 -amp -backend $BACKEND  (per-epoch times);
 #      2b. the same run with -cuda_graph (the step replayed from a captured CUDA graph; step 1 measures it too);
 #   3. the single-step baseline (-step_mode s) for $S_EPOCHS epochs: its steady epoch time;
+#      3b. -compile for $COMPILE_EPOCHS epochs: its steady epoch time;
 #   4. torchrun on 1 and on 2 GPUs (NCCL, -b 128 per process) for $DDP_EPOCHS epochs: images/s.
 # Then a summary (summary.txt) and the curves of runs 2, 2b and 3 (accuracy.png, loss.png).
 #
@@ -18,6 +19,8 @@ out=${1:-${OUT:+$OUT/example}}
 out=${out:-gpu_example_out}
 runs=${RUNS:-/tmp/flashspike_example_runs}  # checkpoints (~100 MB each) stay out of $out
 EPOCHS=${EPOCHS:-64} S_EPOCHS=${S_EPOCHS:-4} DDP_EPOCHS=${DDP_EPOCHS:-4} BENCH_STEPS=${BENCH_STEPS:-200}
+COMPILE_EPOCHS=${COMPILE_EPOCHS:-4}
+SECTIONS=${SECTIONS:-steps full cg single compile ddp}  # which of the runs below to make
 BACKEND=${BACKEND:-auto}
 DATA=${DATA:-.device_data/fashion-mnist}
 [ -d "$DATA" ] || DATA=/usr/share/datasets/fashion-mnist
@@ -38,24 +41,41 @@ torchrun="python3 -m torch.distributed.run --standalone"
   python3 -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1
   echo "data: $DATA; epochs: full $EPOCHS, single-step $S_EPOCHS, torchrun $DDP_EPOCHS; backend: $BACKEND"
 
+  want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+  if want steps; then
   echo "== 1. one training step"
   $train -backend "$BACKEND" -bench_steps "$BENCH_STEPS" | grep '^bench:'
   $train -backend "$BACKEND" -cuda_graph -bench_steps "$BENCH_STEPS" | grep '^bench:'
+  $train -backend "$BACKEND" -memory_format contiguous -bench_steps "$BENCH_STEPS" | grep '^bench:'
+  $train -backend "$BACKEND" -memory_format contiguous -cuda_graph -bench_steps "$BENCH_STEPS" | grep '^bench:'
   $train -step_mode s -bench_steps "$BENCH_STEPS" | grep '^bench:'
+  fi
 
+  if want full; then
   echo "== 2. full run, multi-step"
   rm -rf "$runs/m" && $train -backend "$BACKEND" -epochs "$EPOCHS" -out_dir "$runs/m" | grep -E '^(backend|log folder|epoch=)'
+  fi
 
+  if want cg; then
   echo "== 2b. full run, multi-step, -cuda_graph"
   started=$(date +%s.%N)
   rm -rf "$runs/cg" && $train -backend "$BACKEND" -cuda_graph -epochs "$EPOCHS" -out_dir "$runs/cg" \
     | grep -E '^(backend|note|log folder|epoch=)'
   echo "cuda_graph run wall time: $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$started" "$(date +%s.%N)") s"
+  fi
 
+  if want single; then
   echo "== 3. single-step baseline"
   rm -rf "$runs/s" && $train -step_mode s -epochs "$S_EPOCHS" -out_dir "$runs/s" | grep -E '^(backend|log folder|epoch=)'
+  fi
 
-  for gpus in 1 2; do
+  if want compile; then
+  echo "== 3b. -compile, $COMPILE_EPOCHS epochs (the first includes compiling)"
+  rm -rf "$runs/compile" && $train -backend "$BACKEND" -compile -epochs "$COMPILE_EPOCHS" -out_dir "$runs/compile" \
+    | grep -E '^(backend|log folder|epoch=)'
+  fi
+
+  want ddp && for gpus in 1 2; do
     echo "== 4. torchrun, $gpus GPU(s)"
     rm -rf "$runs/ddp$gpus" && $torchrun --nproc_per_node=$gpus -m flashspike.examples.conv_fashion_mnist \
       $flags -backend "$BACKEND" -epochs "$DDP_EPOCHS" -out_dir "$runs/ddp$gpus" | grep -E '^(backend|epoch=)'
@@ -82,7 +102,7 @@ def steady(rs, key):
 text = open(log).read()
 for line in re.findall(r"^bench: .*$", text, re.M):
     print(line)
-m, s, cg = records("m"), records("s"), records("cg")
+m, s, cg, compiled = records("m"), records("s"), records("cg"), records("compile")
 if m:
     print(f"multi-step: {len(m)} epochs, max_test_acc={max(r['test_acc'] for r in m):.4f}, "
           f"steady train epoch {steady(m, 'train_time'):.3f} s ({steady(m, 'train_speed'):.0f} images/s), "
@@ -97,10 +117,15 @@ if cg:
 if s:
     print(f"single-step: {len(s)} epochs, steady train epoch {steady(s, 'train_time'):.3f} s "
           f"({steady(s, 'train_speed'):.0f} images/s)")
+if compiled:
+    print(f"multi-step -compile: {len(compiled)} epochs, steady train epoch {steady(compiled, 'train_time'):.3f} s, "
+          f"first epoch {compiled[0]['train_time']:.3f} s (compiling), "
+          f"test_acc by epoch {[round(r['test_acc'], 4) for r in compiled]}")
 if m and s:
     print(f"multi-step epoch / single-step epoch = {steady(m, 'train_time') / steady(s, 'train_time'):.1%}")
 speeds = {g: steady(records(f"ddp{g}"), "train_speed") for g in (1, 2)}
-print(f"torchrun: 1 GPU {speeds[1]:.0f} images/s, 2 GPUs {speeds[2]:.0f} images/s, "
+if records("ddp1"):
+  print(f"torchrun: 1 GPU {speeds[1]:.0f} images/s, 2 GPUs {speeds[2]:.0f} images/s, "
       f"scaling {speeds[2] / speeds[1]:.2f}x")
 EOF
 cp "$runs"/m/*/metrics.jsonl "$out/metrics_m.jsonl" 2>/dev/null
