@@ -159,7 +159,11 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     microseconds of host time, and a node in the backward graph).
     """
     x = sequence_layout(x_seq)
-    spike, v_out = FusedMultiStep.apply(x, initial_state(v_init, x, p), kernels, p, store_v_seq)
+    v = initial_state(v_init, x, p)
+    if torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad)):
+        spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq)
+    else:  # nothing to differentiate: the launcher alone, without the autograd Function's host work
+        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq)
     if store_v_seq:
         return spike, v_out[-1], v_out
     return spike, v_out, None
