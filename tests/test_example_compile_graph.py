@@ -70,10 +70,32 @@ def test_compile_and_cuda_graph_together_are_refused(capsys):
 
 
 def test_folder_names_carry_the_new_flags():
-    assert cli.run_name(cli.parse_args(["-amp", "-cupy", "-cuda_graph"])) == "T_4_b_128_SGD_lr_0.1_CosALR_64_amp_cupy_cg"
+    # A captured step computes what the eager one does: same run, same folder.
+    assert cli.run_name(cli.parse_args(["-amp", "-cupy", "-cuda_graph"])) == "T_4_b_128_SGD_lr_0.1_CosALR_64_amp_cupy"
     assert cli.run_name(cli.parse_args(["-compile", "-channels", "16", "-step_mode", "s"])) == (
         "T_4_b_128_SGD_lr_0.1_CosALR_64_c16_s_compile")
-    assert cli.run_name(cli.parse_args(["-cuda-graph"])).endswith("_64_cg")
+
+
+@pytest.mark.parametrize("argv, world, captured", [
+    (["-device", "cuda:0"], 1, True),  # the default on a GPU machine
+    (["-device", "cuda:1", "-amp", "-cupy"], 1, True),
+    (["-device", "cpu"], 1, False),
+    (["-device", "cuda:0", "-compile"], 1, False),
+    (["-device", "cuda:0", "-step_mode", "s"], 1, False),  # the baseline stays SpikingJelly's eager loop
+    (["-device", "cuda:0"], 2, False),  # torchrun: DDP's all-reduce is not captured
+    (["-device", "cuda:0", "-cuda_graph", "off"], 1, False),
+    (["-device", "cuda:0", "-cuda_graph"], 1, True),
+    (["-device", "cuda:0", "-cuda-graph", "on"], 1, True),
+])
+def test_cuda_graph_auto_captures_where_it_can(argv, world, captured, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    assert cli.parse_args(argv).cuda_graph is captured
+
+
+def test_cuda_graph_takes_only_its_three_values(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["-cuda_graph", "yes"])
+    assert "invalid choice: 'yes'" in capsys.readouterr().err
 
 
 def test_captured_step_refuses_a_cpu_device_and_no_warm_up():
