@@ -59,7 +59,7 @@ class PythonKernels:
             v = scope["v_next"]
         return spikes, (vs if store_v_seq else vs[-1].clone()), (hs if save_h else None)
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init):
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False):
         bwd = compile("\n".join(backward_step(p, TRITON)), "<backward>", "exec")
         grad_x = fused.new_output(h.shape, h)
         grad_v = torch.zeros_like(h[0])
@@ -73,7 +73,7 @@ class PythonKernels:
             exec(bwd, scope)
             grad_x[t] = scope["grad_x"]
             grad_v = scope["grad_v_prev"]
-        return grad_x, (grad_v if need_grad_v_init else None)
+        return (grad_x.sum(0) if sum_grad_x else grad_x), (grad_v if need_grad_v_init else None)
 
 
 OPTIONS = list(itertools.product(

@@ -66,7 +66,7 @@ def _compile_unit() -> tuple[str, int]:
                 yield from (src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype))
         else:  # every option set's step, with every switch on and 16-byte accesses
             yield src.forward_name(torch.float32, True, True, True, 4)
-            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, 4)
+            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, 4)
 
     return _translation_unit(option_sets, instantiations_of)
 
@@ -311,3 +311,34 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
             torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{case}: {m}")
     vec = src.vector_width(dtype) if n % src.vector_width(dtype) == 0 else 1
     assert {int(re.search(r", (\d+), \d+>$", name).group(1)) for name in kernels.launched} == {vec}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [8, 37])
+def test_emulated_kernels_sum_the_gradient_of_a_repeated_step(emulated, dtype, n):
+    """One step expanded over T: the forward reads it in place (x_step 0) and the backward writes its
+    gradient summed over T (SUM_GRAD_X), against the reference through autograd's own expand."""
+    from flashspike.backends import fused, reference
+
+    library, entries, option_sets = emulated
+    kernels = EmulatedKernels(library, entries, option_sets)
+    p = option_sets[0]
+    g = torch.Generator().manual_seed(n)
+    step = (torch.randn(3, n, generator=g) * 0.7 + 0.45).to(dtype)
+    weights = torch.randn(7, 3, n, generator=g).to(dtype)
+    results = []
+    for multi_step, values, w in ((lambda *a: fused.fused_multi_step(kernels, *a), step, weights),
+                                  (reference.BACKEND.multi_step, step.double(), weights.double())):
+        leaf = values.clone().requires_grad_()
+        spike, v_last, _ = multi_step(leaf.unsqueeze(0).expand(7, 3, n), p.v_rest, p, False)
+        ((spike * w).sum() + v_last.sum()).backward()
+        results.append((spike, leaf.grad))
+    (spike, grad), (ref_spike, ref_grad) = results
+    sums = [name for name in kernels.launched if name.startswith("fs_backward")]
+    assert len(sums) == 1 and sums[0][sums[0].index("<") + 1:-1].split(", ")[5] == "true", sums  # SUM_GRAD_X
+    tol = {torch.float32: 1e-5, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(spike.double(), ref_spike)
+    keep = _far_from_ties(SimpleNamespace(params=lambda: p), step.double().expand(7, 3, n), p.v_rest,
+                          0.0 if dtype == torch.float32 else 2 * tol)
+    scale = max(ref_grad.abs().max().item(), 1.0)
+    torch.testing.assert_close(grad.double()[keep], ref_grad[keep], rtol=tol, atol=tol * scale)

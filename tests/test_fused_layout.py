@@ -90,3 +90,28 @@ def test_gradient_operands():
     time_broadcast = torch.randn(h.shape[1:]).expand(h.shape)  # .mean(0)'s gradient: not a scalar
     mode, passed = fused.grad_operand(time_broadcast, h, True)
     assert mode == fused.GRAD_DENSE and torch.equal(passed, time_broadcast)
+
+
+def test_every_launcher_can_sum_the_input_gradient_over_time():
+    """sum_grad_x (one input repeated over T) equals the per-step gradients summed afterwards."""
+    import os
+
+    from flashspike.backends import torch_kernels
+
+    kernel_sets = [("torch_kernels", torch_kernels.KERNELS)]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from flashspike.backends import triton_backend
+
+        p = NeuronParams(leaky=True, v_threshold=0.9, v_reset=None, detach_reset=False, surrogate=ATan())
+        kernel_sets.append(("triton", triton_backend.kernel_set(p)))
+    p = NeuronParams(leaky=True, v_threshold=0.9, v_reset=None, detach_reset=False, surrogate=ATan())
+    g = torch.Generator().manual_seed(5)
+    step = _cl(torch.randn(2, 3, 4, 5, generator=g) + 0.5)
+    x = step.expand(6, *step.shape)
+    grad_spike = torch.randn(x.shape, generator=g)
+    for name, kernels in kernel_sets:
+        _, _, h = kernels.forward(x, None, p, True, False)
+        per_step, _ = kernels.backward(h, grad_spike, None, p, False, False)
+        summed, _ = kernels.backward(h, grad_spike, None, p, False, False, True)
+        assert summed.shape == step.shape and summed.stride() == step.stride(), name
+        torch.testing.assert_close(summed, per_step.sum(0), rtol=1e-5, atol=1e-5, msg=name)

@@ -247,18 +247,23 @@ def test_channels_last_sequence_is_not_copied(name, monkeypatch):
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
 @pytest.mark.parametrize("step_layout", [None, channels_last], ids=["contiguous", "channels-last"])
-def test_input_repeated_over_time(name, step_layout):
-    """A static input expanded over T (read in place by the kernels) and its gradient, summed over T."""
+@pytest.mark.parametrize("spelling", ["expand", "unsqueeze-expand"])
+def test_input_repeated_over_time(name, step_layout, spelling):
+    """A static input expanded over T: read in place by the kernels, and its gradient summed over T in
+    the backward kernel, which autograd hands to the step itself (no [T, *] gradient, no reduction)."""
     device = _device(name)
     g = torch.Generator().manual_seed(3)
     step64 = (torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64) * 0.7 + 0.45).float().double()
     w_spike, w_v = (torch.randn(6, 2, 5, 4, 3, generator=g, dtype=torch.float64) for _ in range(2))
-    step = (step_layout or (lambda t: t))(step64.float()).to(device).requires_grad_()
+    # (clone: a tensor of its own, not a view, as a layer's output is; an expanded view's _base is its root)
+    step = (step_layout or (lambda t: t))(step64.float()).to(device).clone().requires_grad_()
     ref_step = step64.clone().requires_grad_()
     results = []
     for node, x, dtype in ((_make(name, store_v_seq=True), step, torch.float32),
                            (_make("torch", store_v_seq=True), ref_step, torch.float64)):
-        spike = node(x.expand(6, *x.shape))
+        spike = node(x.expand(6, *x.shape) if spelling == "expand" else x.unsqueeze(0).expand(6, *x.shape))
+        if x is step:
+            assert spike.grad_fn.next_functions[0][0].variable is step  # straight to the step: no ExpandBackward
         ((spike * w_spike.to(x.device, dtype)).sum() + (node.v_seq * w_v.to(x.device, dtype)).sum()).backward()
         results.append((spike.detach().double().cpu(), node.v_seq.detach().double().cpu(), x.grad.double().cpu()))
     (spike, v_seq, grad), (ref_spike, ref_v_seq, ref_grad) = results

@@ -83,8 +83,9 @@ class NullKernels:
         h = torch.empty_like(x) if save_h else None
         return torch.empty_like(x), x.new_empty((steps, n) if store_v_seq else (n,)), h
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init):
-        return torch.empty_like(h), h.new_empty((h.shape[1],)) if need_grad_v_init else None
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False):
+        grad_x = h.new_empty(h.shape[1:]) if sum_grad_x else torch.empty_like(h)
+        return grad_x, h.new_empty((h.shape[1],)) if need_grad_v_init else None
 
 
 x = torch.rand(T, N, device=device)

@@ -211,6 +211,7 @@ print("\n== 4. example training step, eager, -amp -backend cupy", flush=True)
 from flashspike.examples import conv_fashion_mnist as ex
 
 args = ex.parse_args(["-T", "4", "-b", "128", "-amp", "-backend", "cupy", "-device", "cuda:0", "-cuda_graph", "off"])
+torch.backends.cudnn.benchmark = True  # as the example's main() sets it
 cluster = ex.Cluster(args.device)
 trainer = ex.Trainer(args, cluster)
 g = torch.Generator(device=dev).manual_seed(0)

@@ -5,9 +5,10 @@ One module of source holds two kernel templates for one :class:`~flashspike.para
 ``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, VEC, UNROLL>``
     one thread owns VEC neighbouring neurons and walks t = 0 .. T−1 with V in float32 registers,
     reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq).
-``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, VEC, UNROLL>``
+``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, VEC, UNROLL>``
     walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
-    writing ∂L/∂X[t] (and ∂L/∂V[−1] at the end when the initial state needs a gradient).
+    writing ∂L/∂X[t] (or, for one X repeated over T, their sum at the end) and ∂L/∂V[−1] at the end
+    when the initial state needs a gradient.
 
 ``T`` is the storage type (``float``, ``fs_half`` or ``fs_bf16``): elements are loaded and stored in
 it and converted to float32 in registers. The arithmetic of one step comes from
@@ -224,12 +225,13 @@ $forward_step
     if (!STORE_V_SEQ) fs_store<T, VEC>(v_out + i, v_reg);
 }
 
-template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, int VEC, int UNROLL>
+template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, bool SUM_GRAD_X, int VEC,
+          int UNROLL>
 __global__ void fs_backward(
     const T* __restrict__ h_seq,           // [T, N] H saved by the forward pass
     const T* __restrict__ grad_spike_seq,  // dL/dS: [T, N] (DENSE), one value (SCALAR), unread (ABSENT)
     const T* __restrict__ grad_v_out,      // dL/dv_out, shaped like fs_forward's v_out; same modes
-    T* __restrict__ grad_x_seq,            // [T, N] dL/dX
+    T* __restrict__ grad_x_seq,            // [T, N] dL/dX[t], or [N] their sum over t (SUM_GRAD_X: one X for all t)
     T* __restrict__ grad_v_init,           // [N] dL/dV[-1] (written when GRAD_V_INIT)
     const long long steps,                 // T
     const long long n)                     // N, a multiple of VEC
@@ -241,10 +243,12 @@ __global__ void fs_backward(
     const float grad_v_all = GRAD_V == FS_GRAD_SCALAR ? fs_load_one(grad_v_out) : 0.0f;
     float carry[VEC];  // dL/dV[t] through the steps after t
     float grad_v_last[VEC];  // dL/dV[T-1] from the last-V output (when not STORE_V_SEQ)
+    float grad_x_sum[VEC];  // SUM_GRAD_X: dL/dX summed over the steps so far, in float32
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
         carry[k] = 0.0f;
         grad_v_last[k] = grad_v_all;
+        grad_x_sum[k] = 0.0f;
     }
     if (!STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + i, grad_v_last);
     for (long long r0 = 0; r0 < steps; r0 += UNROLL) {
@@ -274,12 +278,17 @@ __global__ void fs_backward(
                 }
 $backward_step
                 (void)grad_h;  // defined by every backward step; this loop needs only its products
-                grad_x_reg[k] = grad_x;
+                if (SUM_GRAD_X) {
+                    grad_x_sum[k] += grad_x;
+                } else {
+                    grad_x_reg[k] = grad_x;
+                }
                 carry[k] = grad_v_prev;
             }
-            fs_store<T, VEC>(grad_x_seq + t * n + i, grad_x_reg);
+            if (!SUM_GRAD_X) fs_store<T, VEC>(grad_x_seq + t * n + i, grad_x_reg);
         }
     }
+    if (SUM_GRAD_X) fs_store<T, VEC>(grad_x_seq + i, grad_x_sum);
     if (GRAD_V_INIT) fs_store<T, VEC>(grad_v_init + i, carry);
 }
 """)
@@ -323,10 +332,10 @@ def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq
 
 
 def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq: bool, grad_v_init: bool,
-                  vec: int) -> str:
+                  sum_grad_x: bool, vec: int) -> str:
     """The C++ name of one backward instantiation; ``grad_spike``/``grad_v`` are GRAD_* modes."""
     return (f"fs_backward<{STORAGE_TYPES[dtype]}, {grad_spike}, {grad_v}, {_cpp_bool(store_v_seq)}, "
-            f"{_cpp_bool(grad_v_init)}, {vec}, {_unroll('backward', dtype)}>")
+            f"{_cpp_bool(grad_v_init)}, {_cpp_bool(sum_grad_x)}, {vec}, {_unroll('backward', dtype)}>")
 
 
 def forward_flag_sets(dtype: torch.dtype):
@@ -335,11 +344,11 @@ def forward_flag_sets(dtype: torch.dtype):
 
 
 def backward_flag_sets(dtype: torch.dtype):
-    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, vec) a launcher may ask for; at least one
-    output gradient is present (fused.py calls no backward otherwise)."""
+    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, vec) a launcher may ask for; at
+    least one output gradient is present (fused.py calls no backward otherwise)."""
     modes = (GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR)
-    for gs, gv, store, gvi, vec in itertools.product(
-        modes, modes, (False, True), (False, True), (1, vector_width(dtype))
+    for gs, gv, store, gvi, summed, vec in itertools.product(
+        modes, modes, (False, True), (False, True), (False, True), (1, vector_width(dtype))
     ):
         if gs != GRAD_ABSENT or gv != GRAD_ABSENT:
-            yield gs, gv, store, gvi, vec
+            yield gs, gv, store, gvi, summed, vec

@@ -152,12 +152,13 @@ class CupyKernels:
         self._launch(function, device_index, n, vec, (*pointers, steps, n, x.stride(0)))
         return spike, v_out, h
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool):
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool,
+                 sum_grad_x: bool = False):
         steps = h.shape[0]
         n = h.numel() // steps
         gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
         gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
-        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init)
+        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init, sum_grad_x)
         pointers = (h.data_ptr(), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
         # A SCALAR gradient is read as one element, so its alignment does not matter.
         dense = [pointers[0], pointers[3], pointers[4]]
@@ -167,7 +168,7 @@ class CupyKernels:
             dense.append(pointers[2])
         vec = _vector_width(h.dtype, n, *dense)
         device_index = h.device.index
-        switches = (gs_mode, gv_mode, store_v_seq, need_grad_v_init, vec)
+        switches = (gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x, vec)
         function = self._function(p, h.dtype, switches, device_index, src.backward_name)
         self._launch(function, device_index, n, vec, (*pointers, steps, n))
         return grad_x, grad_v_init

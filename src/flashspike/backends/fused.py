@@ -15,12 +15,13 @@ times). Element ``i`` of every block is the same neuron. Outputs are always T se
     ``v_init``); ``h`` (H, the pre-reset potential, what backward needs) is like ``x`` when
     ``save_h``, else None. All outputs have x's dtype.
 
-``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init) -> (grad_x, grad_v_init)``
+``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False) -> (grad_x, grad_v_init)``
     ``grad_spike`` and ``grad_v_out`` are shaped like ``spike`` and ``v_out``, or None where no
     gradient flows (treat as zero: nothing is materialized). They may have any strides; launchers pass
     them through :func:`grad_operand`, which keeps the expanded scalar of ``y.sum().backward()`` as one
-    element and brings anything else into h's layout. ``grad_x`` is like ``h``; ``grad_v_init`` is like
-    one block of ``h``, or None when not asked for.
+    element and brings anything else into h's layout. ``grad_x`` is like ``h``, or, with
+    ``sum_grad_x`` (the input was one step repeated over T), its sum over T, like one block of ``h``;
+    ``grad_v_init`` is like one block of ``h``, or None when not asked for.
 
 Launchers allocate their outputs with :func:`forward_outputs` / :func:`backward_outputs`: torch's
 allocator (so CUDA graph capture works), which the tests switch to NaN-filled tensors so that an
@@ -76,9 +77,10 @@ def forward_outputs(x: torch.Tensor, save_h: bool, store_v_seq: bool):
     return output_like(x), v_out, (output_like(x) if save_h else None)
 
 
-def backward_outputs(h: torch.Tensor, need_grad_v_init: bool):
+def backward_outputs(h: torch.Tensor, need_grad_v_init: bool, sum_grad_x: bool = False):
     """The backward launcher's outputs for ``h``: (grad_x, grad_v_init or None)."""
-    return output_like(h), (step_output(h) if need_grad_v_init else None)
+    grad_x = step_output(h) if sum_grad_x else output_like(h)
+    return grad_x, (step_output(h) if need_grad_v_init else None)
 
 
 def grad_operand(grad: torch.Tensor | None, h: torch.Tensor, whole: bool):
@@ -118,6 +120,23 @@ def _readable_in_place(x: torch.Tensor) -> bool:
     return True
 
 
+def repeated_step(x: torch.Tensor) -> torch.Tensor | None:
+    """The step ``s`` when ``x`` is ``s.expand(T, *s.shape)`` (or ``s.unsqueeze(0).expand(...)``) made
+    under autograd from a tensor that requires grad, else None.
+
+    Autograd would hand such an ``x`` a ``[T, *]`` gradient and then sum it over T; giving ``s`` to the
+    Function instead lets the kernel add the T gradients in registers and write one step. (A hook
+    registered on ``x`` itself is then not called: the gradient goes to ``s`` directly.)
+    """
+    if x.stride(0) != 0 or x.shape[0] == 1 or x.grad_fn is None:
+        return None
+    step = x._base  # the tensor x is a view of
+    if (step is None or not step.requires_grad or step.shape != x.shape[1:] or step.stride() != x.stride()[1:]
+            or step.storage_offset() != x.storage_offset()):
+        return None
+    return step
+
+
 def initial_state(v_init, x: torch.Tensor, p: NeuronParams):
     """``v_init`` as the launchers take it for ``x`` (in sequence layout): None for "at rest", else a
     tensor laid out like one step of ``x`` (copied into that layout when it is not)."""
@@ -131,13 +150,16 @@ def initial_state(v_init, x: torch.Tensor, p: NeuronParams):
 
 
 class FusedMultiStep(torch.autograd.Function):
+    """``x`` is the sequence, or (``repeat`` = T) one step that every time step receives."""
+
     @staticmethod
-    def forward(ctx, x, v_init, kernels, p: NeuronParams, store_v_seq: bool):
+    def forward(ctx, x, v_init, kernels, p: NeuronParams, store_v_seq: bool, repeat: int | None):
         save_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        spike, v_out, h = kernels.forward(x, v_init, p, save_h, store_v_seq)
+        x_seq = x if repeat is None else x.expand(repeat, *x.shape)  # read in place: x_step is 0
+        spike, v_out, h = kernels.forward(x_seq, v_init, p, save_h, store_v_seq)
         if save_h:
             ctx.save_for_backward(h)
-            ctx.kernels, ctx.p, ctx.store_v_seq = kernels, p, store_v_seq
+            ctx.kernels, ctx.p, ctx.store_v_seq, ctx.repeated = kernels, p, store_v_seq, repeat is not None
         ctx.set_materialize_grads(False)
         return spike, v_out
 
@@ -145,11 +167,11 @@ class FusedMultiStep(torch.autograd.Function):
     def backward(ctx, grad_spike, grad_v_out):
         (h,) = ctx.saved_tensors
         if grad_spike is None and grad_v_out is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         grad_x, grad_v_init = ctx.kernels.backward(
-            h, grad_spike, grad_v_out, ctx.p, ctx.store_v_seq, ctx.needs_input_grad[1]
+            h, grad_spike, grad_v_out, ctx.p, ctx.store_v_seq, ctx.needs_input_grad[1], ctx.repeated
         )
-        return grad_x, grad_v_init, None, None, None
+        return grad_x, grad_v_init, None, None, None, None
 
 
 def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
@@ -160,10 +182,15 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     """
     x = sequence_layout(x_seq)
     v = initial_state(v_init, x, p)
-    if torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad)):
-        spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq)
-    else:  # nothing to differentiate: the launcher alone, without the autograd Function's host work
+    if not (torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad))):
+        # Nothing to differentiate: the launcher alone, without the autograd Function's host work.
         spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq)
+    else:
+        step = repeated_step(x)
+        if step is None:
+            spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq, None)
+        else:  # its gradient is summed over T in the kernel, never written T times and reduced
+            spike, v_out = FusedMultiStep.apply(step, v, kernels, p, store_v_seq, x.shape[0])
     if store_v_seq:
         return spike, v_out[-1], v_out
     return spike, v_out, None

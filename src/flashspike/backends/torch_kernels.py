@@ -47,9 +47,11 @@ class TorchKernels:
             v_out[:] = v
         return spike, v_out, h_seq
 
-    def backward(self, h_seq, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool):
+    def backward(self, h_seq, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool,
+                 sum_grad_x: bool = False):
         steps = h_seq.shape[0]
-        grad_x, grad_v_init = fused.backward_outputs(h_seq, need_grad_v_init)
+        grad_x, grad_v_init = fused.backward_outputs(h_seq, need_grad_v_init, sum_grad_x)
+        grad_x_sum = 0.0
         wide = _compute_dtype(h_seq.dtype)
         # ∂L/∂V[t], carried backwards; an absent output gradient is a Python 0.0, never a zero tensor.
         grad_v = 0.0
@@ -60,7 +62,12 @@ class TorchKernels:
                 grad_v = grad_v + grad_v_out[t].to(wide)
             grad_spike_t = 0.0 if grad_spike is None else grad_spike[t].to(wide)
             _, grad_x_t, grad_v = backward_values(h_seq[t].to(wide), grad_spike_t, grad_v, p, TORCH)
-            grad_x[t] = grad_x_t
+            if sum_grad_x:
+                grad_x_sum = grad_x_sum + grad_x_t
+            else:
+                grad_x[t] = grad_x_t
+        if sum_grad_x:
+            grad_x[:] = grad_x_sum
         if need_grad_v_init:
             grad_v_init[:] = grad_v
         return grad_x, grad_v_init

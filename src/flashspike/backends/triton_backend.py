@@ -104,17 +104,17 @@ class TritonKernels:
             )  # fmt: skip
         return spike, v_out, h
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init):
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False):
         steps = h.shape[0]
         n = h.numel() // steps
-        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init)
+        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init, sum_grad_x)
         gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
         gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
         grid, block, options = self._launch_shape(n)
         with _on_device(h):
             self.backward_kernel[grid](
                 h, grad_spike, grad_v_out, grad_x, grad_v_init, steps, n, (steps - 1) * n,
-                block, gs_mode, gv_mode, store_v_seq, need_grad_v_init,
+                block, gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x,
                 **options,
             )  # fmt: skip
         return grad_x, grad_v_init

@@ -94,7 +94,7 @@ def {BACKWARD_NAME}(
     h_ptr,  # H from the forward pass, [T, N]
     grad_spike_ptr,  # dL/dS, [T, N]; see GRAD_SPIKE
     grad_v_ptr,  # dL/dV: [T, N] when STORE_V_SEQ, else [N] (the last V); see GRAD_V
-    grad_x_ptr,  # out dL/dX, [T, N]
+    grad_x_ptr,  # out dL/dX, [T, N]; or [N], its sum over t, when SUM_GRAD_X (one X repeated over T)
     grad_v_init_ptr,  # out dL/dV[-1], [N]; written only when NEED_GRAD_V_INIT
     T,  # number of time steps
     N,  # neurons per step
@@ -104,10 +104,12 @@ def {BACKWARD_NAME}(
     GRAD_V: tl.constexpr,  # the same for grad_v
     STORE_V_SEQ: tl.constexpr,
     NEED_GRAD_V_INIT: tl.constexpr,
+    SUM_GRAD_X: tl.constexpr,
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
     offset = col + last_row  # of step t, int64, from t = T - 1 down
+    grad_x_sum = tl.zeros([BLOCK], tl.float32)
     if GRAD_SPIKE == {GRAD_SCALAR}:
         grad_spike = tl.load(grad_spike_ptr).to(tl.float32)
     if GRAD_V == {GRAD_SCALAR}:
@@ -132,9 +134,14 @@ def {BACKWARD_NAME}(
             if GRAD_V == {GRAD_DENSE}:
                 grad_v = carry + tl.load(grad_v_ptr + offset, mask=mask, other=0.0).to(tl.float32)
 {step}
-        tl.store(grad_x_ptr + offset, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        if SUM_GRAD_X:
+            grad_x_sum += grad_x
+        else:
+            tl.store(grad_x_ptr + offset, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
         carry = grad_v_prev
         offset -= N
+    if SUM_GRAD_X:
+        tl.store(grad_x_ptr + col, grad_x_sum.to(grad_x_ptr.dtype.element_ty), mask=mask)
     if NEED_GRAD_V_INIT:
         tl.store(grad_v_init_ptr + col, carry.to(grad_v_init_ptr.dtype.element_ty), mask=mask)
 '''

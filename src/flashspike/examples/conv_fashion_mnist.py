@@ -342,7 +342,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         functional.reset_net(self.net)  # the next batch starts from rest
-        return loss, rates
+        # Detached: a caller holding them must not keep this step's autograd graph (and with it the
+        # parameters' AccumulateGrad nodes, bound to this step's stream) alive into the next step.
+        return loss.detach(), rates.detach()
 
     def train_epoch(self, split: DeviceSplit, batch_indices: list, progress=None) -> torch.Tensor:
         """[loss sum, correct, count] over the batches, on the device (no sync)."""
@@ -350,7 +352,7 @@ class Trainer:
         totals = Totals(self.device)
         for index in batch_indices:
             loss, rates = self.train_step(split.images[index], split.targets[index])
-            totals.add(loss.detach(), len(index), rates, split.labels[index])  # mean loss x batch size
+            totals.add(loss, len(index), rates, split.labels[index])  # mean loss x batch size
             if progress is not None:
                 progress.update(1)
         return totals.as_tensor()
