@@ -17,7 +17,6 @@ import cProfile
 import io
 import os
 import pstats
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from flashspike import neuron, surrogate
+from flashspike.cuda_utils import median_seconds
 from flashspike.backends import fused
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "diag_out")
@@ -36,17 +36,10 @@ print("device:", torch.cuda.get_device_name(dev), "| torch", torch.__version__, 
 
 
 def per_call_us(fn, calls=500, rounds=7):
+    """Median over rounds of the mean of ``calls`` back-to-back calls (host-bound here, so host time)."""
     for _ in range(50):
         fn()
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(times)
+    return median_seconds(fn, dev, rounds, calls) * 1e6
 
 
 def report(label, fn, **kw):
