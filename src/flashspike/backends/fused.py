@@ -46,7 +46,6 @@ from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR
 POISON_OUTPUTS = False
 
 
-
 def _poisoned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.fill_(float("nan")) if POISON_OUTPUTS else tensor
 
