@@ -26,7 +26,7 @@ import torch
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
 from . import resolve, torch_kernels
-from .fused import KERNEL_DTYPES, KernelBackend
+from .fused import KERNEL_DTYPES, KernelBackend, initial_state
 
 __all__ = ["multi_step", "option_string", "params_from", "surrogate_class", "kernels_for"]
 
@@ -224,13 +224,9 @@ def _flatten_inputs(x_seq: torch.Tensor, v_init, p: NeuronParams):
     """
     flat = x_seq.dim() == 2
     x = (x_seq if flat else x_seq.reshape(x_seq.shape[0], -1)).contiguous()
-    if isinstance(v_init, torch.Tensor):
-        v = (v_init if flat else v_init.reshape(-1)).contiguous()
-    elif v_init == p.v_rest:
-        v = None
-    else:
-        v = torch.full((x.shape[1],), v_init, dtype=x.dtype, device=x.device)
-    return x, v, flat
+    if isinstance(v_init, torch.Tensor) and not flat:
+        v_init = v_init.reshape(-1)
+    return x, initial_state(v_init, x, p), flat
 
 
 def _unflatten_outputs(spike, v_out, shape: torch.Size, flat: bool, store_v_seq: bool):
