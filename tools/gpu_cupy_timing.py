@@ -1,17 +1,12 @@
 """Timing of backend 'cupy' on a CUDA machine, run by tools/gpu_cupy.sh (not a test: numbers to read).
 
 1. The kernels alone at T=128, N=2^20, per dtype and time unroll, as a share of the copy bandwidth.
-2. The host cost of one call at T=4, N=4096, against torch's own floor for a custom autograd op,
-   with and without the kernel launches, and a cProfile of the Python path.
 3. Forward + backward at T=8, N=2^20: allocator counters and a torch.profiler table.
+(The host cost of one call, once part 2 here, is measured by tools/gpu_diag.py, parts 1 and 2.)
 """
 
-import cProfile
 import functools
-import io
 import os
-import pstats
-import statistics
 import time
 from types import SimpleNamespace
 
@@ -19,6 +14,7 @@ import torch
 from triton.testing import do_bench
 
 from flashspike import neuron, surrogate
+from flashspike.cuda_utils import median_seconds
 from flashspike.backends import cuda_source, cupy_backend
 from flashspike.benchmarks.neuron import copy_bandwidth, flashspike_subjects, make_call
 
@@ -33,18 +29,10 @@ bench = functools.partial(do_bench, warmup=25, rep=100, return_mode="median")
 
 
 def per_call_us(fn, n=1000, rounds=5):
-    """Median over rounds of the wall-clock mean of n back-to-back calls."""
+    """Median over rounds of the mean of n back-to-back calls, in µs."""
     for _ in range(50):
         fn()
-    means = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        means.append((time.perf_counter() - t0) / n * 1e6)
-    return f"{statistics.median(means):6.1f} us (rounds {min(means):.0f}-{max(means):.0f})"
+    return f"{median_seconds(fn, dev, rounds, n) * 1e6:6.1f} us"
 
 
 copy_bps = copy_bandwidth(dev)  # the benchmark's own measure: 1 GiB copied, bytes read + written
@@ -81,56 +69,9 @@ for unroll in ("default", 2, 4):
         del x, h, grads
 cuda_source.UNROLL.update(default_unroll)
 
-print("\n# 2. host cost per call, T=4, N=4096 (wall clock, median of 5 rounds of 1000 calls)")
-# The benchmark's own calls (a fresh LIF node and input each): forward + y.sum().backward(), and no_grad.
-cupy_subject = flashspike_subjects(SimpleNamespace(if_node=False, backends=["cupy"]), dev)[0][0]
-train_step = make_call(cupy_subject, "fb", 4, 4096, torch.float32, dev)
-infer_step = make_call(cupy_subject, "f", 4, 4096, torch.float32, dev)
-x = torch.rand(4, 4096, device=dev, requires_grad=True)
-xd = x.detach()
-
-
-class Floor(torch.autograd.Function):
-    """torch's own floor for a custom op: two allocations forward, one backward, no kernel."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(torch.empty_like(x))
-        return torch.empty_like(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return torch.empty_like(grad)
-
-
-def floor_step():
-    x.grad = None
-    Floor.apply(x).sum().backward()
-
-
-print(f"torch floor: custom Function + sum + backward:  {per_call_us(floor_step)}")
-print(f"neuron fwd+bwd (y.sum().backward()):            {per_call_us(train_step)}   (target <= 100 us)")
-print(f"neuron fwd under no_grad:                       {per_call_us(infer_step)}")
-kernels = cupy_backend.BACKEND.kernels
-real_launch = kernels._launch
-kernels._launch = lambda *args: None  # the same calls and allocations, no kernel launched
-print(f"  fwd+bwd, kernels not launched:                {per_call_us(train_step)}")
-print(f"  fwd, kernels not launched:                    {per_call_us(infer_step)}")
-kernels._launch = real_launch
-h = kernels.forward(xd, None, p, True, False)[2]
-ones = torch.ones((), device=dev).expand(4, 4096)
-print(f"forward launcher alone (no autograd):           "
-      f"{per_call_us(lambda: kernels.forward(xd, None, p, False, False))}")
-print(f"backward launcher alone (no autograd):          "
-      f"{per_call_us(lambda: kernels.backward(h, ones, None, p, False, False))}")
-print(f"torch x.sum() (one small op):                   {per_call_us(lambda: xd.sum())}")
-profile = cProfile.Profile()
-profile.runcall(lambda: [train_step() for _ in range(500)])
-text = io.StringIO()
-pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(14)
-print("cProfile of 500 fwd+bwd calls, by own time:\n" + "\n".join(text.getvalue().splitlines()[4:26]))
-
 print("\n# 3. fwd+bwd at T=8, N=2**20, float32: where the time goes")
+# The benchmark's own call (a fresh LIF node and input each): forward + y.sum().backward().
+cupy_subject = flashspike_subjects(SimpleNamespace(if_node=False, backends=["cupy"]), dev)[0][0]
 train8 = make_call(cupy_subject, "fb", 8, N, torch.float32, dev)
 
 stats0 = torch.cuda.memory_stats(dev)
