@@ -272,6 +272,10 @@ def test_channels_last_net_computes_the_same_rates_and_gradients(backend, monkey
     for p, q in zip(plain.parameters(), last.parameters(), strict=True):
         # float32 sums in another order (the NHWC kernels): close relative to the largest gradient
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * p.grad.abs().max().item())
+    # The constructor lays the convolution weights out as asked, and moving the net keeps that layout.
+    built = cli.CSNN(T=3, channels=4, memory_format=torch.channels_last).to(device)
+    assert built.conv[1].module[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not built.conv[1].module[1].weight.is_contiguous()
 
 
 @pytest.mark.parametrize(

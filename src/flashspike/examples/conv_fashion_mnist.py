@@ -164,8 +164,6 @@ def run_name(args) -> str:
     return name
 
 
-# ---------------------------------------------------------------- the network
-
 # ---------------------------------------------------------------- distributed
 
 class Cluster:
@@ -266,8 +264,7 @@ class Trainer:
     def __init__(self, args, cluster: Cluster):
         self.args, self.cluster, self.device = args, cluster, cluster.device
         memory_format = memory_format_for(args.memory_format, self.device)
-        self.net = CSNN(args.T, args.channels, args.step_mode, args.backend, memory_format)
-        self.net.to(self.device, memory_format=memory_format)
+        self.net = CSNN(args.T, args.channels, args.step_mode, args.backend, memory_format).to(self.device)
         fused = {"fused": True} if self.device.type == "cuda" else {}  # fused: no host sync in scaler.step
         if args.opt == "SGD":
             self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr, momentum=args.momentum, **fused)

@@ -16,10 +16,10 @@ class CSNN(nn.Module):
     SeqToANNContainer (T merged into the batch); ``'s'`` runs the same layers with single-step neurons
     once per time step, SpikingJelly's baseline. Both hold the same parameters in the same order.
 
-    ``memory_format=torch.channels_last`` keeps every convolution activation channels-last (call
-    ``net.to(memory_format=torch.channels_last)`` for the weights too): cuDNN's convolutions and
-    batch norms and PyTorch's max-pool then run their NHWC kernels with no layout conversions, and the
-    multi-step neurons read and write that layout in place. The values computed are the same.
+    ``memory_format=torch.channels_last`` keeps the convolution weights and every convolution activation
+    channels-last: cuDNN's convolutions and batch norms and PyTorch's max-pool then run their NHWC
+    kernels with no layout conversions, and the multi-step neurons read and write that layout in
+    place. The values computed are the same.
     """
 
     def __init__(self, T: int, channels: int = 128, step_mode: str = "m", backend: str = "torch",
@@ -50,6 +50,7 @@ class CSNN(nn.Module):
             stateless(nn.Linear(c * 4 * 4, NUM_CLASSES, bias=False)),
             node(),
         )
+        self.to(memory_format=memory_format)  # the weights; a later .to(device) keeps their layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, 10]``."""
