@@ -10,15 +10,24 @@ Called with tensors and :data:`TORCH` it computes with PyTorch (the reference ba
 as CUDA C++ or Triton source for the kernel backends. Python numbers fold into constants before they
 reach the expression, so per-layer constants (alpha, tau, thresholds) are baked into the kernel.
 
-The namespace offers ``exp``, ``abs``, ``atan``, ``sigmoid`` and ``where(cond, a, b)``; comparisons (``<``, ``<=``, ``>``, ``>=``) on expressions give
-conditions for ``where``; ``let(name, value)`` names an intermediate so that generated code computes
-it once (for tensors it is the identity).
+The namespace offers ``exp``, ``log``, ``sqrt``, ``abs``, ``sin``, ``cos``, ``atan``, ``erf``, ``erfc``,
+``sigmoid``, ``pow(base, k)`` (a positive base to a constant power) and ``where(cond, a, b)``;
+comparisons (``<``, ``<=``, ``>``, ``>=``) on expressions give conditions for ``where``;
+``let(name, value)`` names an intermediate so that generated code computes it once (for tensors it
+is the identity).
+
+CUDA spells every function with its accurate float32 routine (``expf``, ``atanf``, ``erfcf``,
+``powf``...; no ``__expf``-style intrinsics). Triton's core language has no arctangent, erfc or pow,
+and ``libdevice`` does not run in Triton's CPU interpreter, so those three are composed from what
+it has: ``pow(b, k) = exp(k·log b)``, ``erfc(z) = 1 − erf(z)`` (the same to float32's absolute
+rounding, not relative to a tiny result), and ``atan`` as a polynomial after range reduction
+(within 2·10⁻⁷ relative of the true value).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
@@ -65,7 +74,7 @@ class Expr:
 
     def __pow__(self, k):
         if k != 2:
-            raise NotImplementedError("only x ** 2 is supported in generated code")
+            raise NotImplementedError("only x ** 2 is supported in generated code; use m.pow(base, k)")
         return Expr("*", self, self)
 
     def __lt__(self, o):
@@ -111,6 +120,8 @@ class Language:
     functions: dict  # our name -> the target's function
     where_template: str  # with {c}, {a}, {b}
     assign_template: str  # with {name}, {value}
+    # our name -> a function (emitter, *args) -> Expr that composes what the target lacks
+    compositions: dict = field(default_factory=dict)
 
     def const(self, value: float) -> str:
         text = repr(value)
@@ -132,28 +143,57 @@ class Language:
             c, a, b = (self.render(a) for a in args)
             return self.where_template.format(c=c, a=a, b=b)
         if op in self.functions:
-            fn = self.functions[op]
-            if fn is None:
-                raise NotImplementedError(f"{op}() has no {self.name} spelling here")
-            return f"{fn}({', '.join(self.render(a) for a in args)})"
-        raise NotImplementedError(f"unknown expression node {op!r}")
+            return f"{self.functions[op]}({', '.join(self.render(a) for a in args)})"
+        raise NotImplementedError(
+            f"{op}() has no {self.name} spelling; build expressions with an Emitter of this language, which "
+            "composes the functions the language lacks")
 
 
 CUDA = Language(
     name="cuda",
     const_suffix="f",
-    functions={"exp": "expf", "abs": "fabsf", "atan": "atanf"},
+    functions={"exp": "expf", "log": "logf", "sqrt": "sqrtf", "abs": "fabsf", "sin": "sinf", "cos": "cosf",
+               "atan": "atanf", "erf": "erff", "erfc": "erfcf", "pow": "powf"},
     where_template="({c} ? {a} : {b})",
     assign_template="const float {name} = {value};",
 )
 
+
+def _pow_by_exp(e, base, k):
+    return Expr("exp", k * Expr("log", base))
+
+
+def _erfc_by_erf(e, z):
+    return 1.0 - Expr("erf", z)
+
+
+# atan(t) ≈ t + t·t²·P(t²) for |t| <= tan(π/8): a least-squares fit of relative error (float32 rounding
+# dominates what is left). Larger |x| is reduced by atan(x) = π/4 + atan((x−1)/(x+1)) and
+# atan(x) = π/2 + atan(−1/x).
+_ATAN_POLY = (-0.333329732, 0.199784885, -0.138850798, 0.0807532711)
+_TAN_PI_8, _TAN_3PI_8 = math.tan(math.pi / 8), math.tan(3 * math.pi / 8)
+
+
+def _atan_by_polynomial(e, x):
+    a = e.let("atan_abs", Expr("abs", x))
+    far, mid = a > _TAN_3PI_8, a > _TAN_PI_8
+    t = e.let("atan_t", e.where(far, -1.0 / a, e.where(mid, (a - 1.0) / (a + 1.0), a)))
+    z = e.let("atan_z", t * t)
+    poly = _lift(_ATAN_POLY[-1])
+    for c in reversed(_ATAN_POLY[:-1]):
+        poly = poly * z + c
+    r = e.let("atan_r", e.where(far, math.pi / 2, e.where(mid, math.pi / 4, 0.0)) + (t + t * z * poly))
+    return e.where(x < 0.0, -r, r)
+
+
 TRITON = Language(
     name="triton",
     const_suffix="",
-    # Triton has no arctangent outside libdevice; no kernel formula needs one (only primitives do).
-    functions={"exp": "tl.exp", "abs": "tl.abs", "atan": None},
+    functions={"exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt", "abs": "tl.abs", "sin": "tl.sin",
+               "cos": "tl.cos", "erf": "tl.erf"},
     where_template="tl.where({c}, {a}, {b})",
     assign_template="{name} = {value}",
+    compositions={"pow": _pow_by_exp, "erfc": _erfc_by_erf, "atan": _atan_by_polynomial},
 )
 
 
@@ -182,21 +222,47 @@ class Emitter:
     def render(self, value) -> str:
         return self.language.render(_lift(value))
 
-    @staticmethod
-    def exp(x):
-        return Expr("exp", _lift(x))
+    def _call(self, op: str, *args) -> Expr:
+        """``op(*args)`` as the language spells it, or composed from what it has."""
+        args = tuple(_lift(a) for a in args)
+        compose = self.language.compositions.get(op)
+        return Expr(op, *args) if compose is None else compose(self, *args)
 
-    @staticmethod
-    def abs(x):
-        return Expr("abs", _lift(x))
+    def exp(self, x):
+        return self._call("exp", x)
 
-    @staticmethod
-    def atan(x):
-        return Expr("atan", _lift(x))
+    def log(self, x):
+        return self._call("log", x)
 
-    @staticmethod
-    def sigmoid(x):
-        return 1.0 / (1.0 + Expr("exp", -_lift(x)))
+    def sqrt(self, x):
+        return self._call("sqrt", x)
+
+    def abs(self, x):
+        return self._call("abs", x)
+
+    def sin(self, x):
+        return self._call("sin", x)
+
+    def cos(self, x):
+        return self._call("cos", x)
+
+    def atan(self, x):
+        return self._call("atan", x)
+
+    def erf(self, x):
+        return self._call("erf", x)
+
+    def erfc(self, x):
+        return self._call("erfc", x)
+
+    def pow(self, base, k):
+        """``base ** k`` for a positive ``base`` and a constant ``k``."""
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
+            raise TypeError(f"pow() takes a constant exponent in generated code, got {k!r}")
+        return self._call("pow", base, k)
+
+    def sigmoid(self, x):
+        return 1.0 / (1.0 + self.exp(-_lift(x)))
 
     @staticmethod
     def where(cond, a, b):
@@ -204,14 +270,25 @@ class Emitter:
 
 
 def _torch_where(cond, a, b):
-    return torch.where(cond, a, b)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.where(cond, a, b)
+    # Two constants: torch would make them the default dtype (float32), rounding them for float64
+    # callers; float64 keeps them exact, and the caller's cast or arithmetic brings them to its dtype.
+    return torch.where(cond, torch.tensor(a, dtype=torch.float64, device=cond.device), b)
 
 
 #: The math namespace for PyTorch tensors (the reference backend).
 TORCH = SimpleNamespace(
     exp=torch.exp,
+    log=torch.log,
+    sqrt=torch.sqrt,
     abs=torch.abs,
+    sin=torch.sin,
+    cos=torch.cos,
     atan=torch.atan,
+    erf=torch.erf,
+    erfc=torch.erfc,
+    pow=torch.pow,
     sigmoid=torch.sigmoid,
     where=_torch_where,
     let=lambda name, value: value,

@@ -57,10 +57,10 @@ class BaseNode(nn.Module):
         self.v_reset = None if v_reset is None else _number("v_reset", v_reset)
         if surrogate_function is None:
             surrogate_function = surrogate.Sigmoid()
-        if not isinstance(surrogate_function, surrogate.SurrogateFunction):
+        if not callable(surrogate_function):
             raise TypeError(
-                "surrogate_function must be a flashspike.surrogate module such as surrogate.ATan(), "
-                f"got {surrogate_function!r}"
+                "surrogate_function must be callable: a flashspike.surrogate module such as surrogate.ATan() "
+                f"(every backend) or any function of a tensor (backend 'torch' only), got {surrogate_function!r}"
             )
         self.surrogate_function = surrogate_function
         self.detach_reset = bool(detach_reset)
@@ -194,7 +194,8 @@ _NEURON_DOC = """
         v_threshold: the potential at which the neuron fires.
         v_reset: the potential after a spike (hard reset), or None to subtract v_threshold (soft reset).
         surrogate_function: a :mod:`flashspike.surrogate` module; its derivative replaces the step's
-            in the backward pass. Defaults to ``surrogate.Sigmoid()``.
+            in the backward pass. Defaults to ``surrogate.Sigmoid()``. Backend 'torch' also takes any
+            other function of a tensor.
         detach_reset: detach the spike in the reset term only.{extra}
 """
 _LIF_DOC = """

@@ -1,29 +1,104 @@
-"""Surrogate gradient functions.
+"""Surrogate gradient functions, with the names, arguments, defaults and behaviour of SpikingJelly's
+``clock_driven.surrogate``.
 
-With ``spiking=True`` a surrogate module is the Heaviside step in the forward pass and uses the
-derivative g'(x) of a smooth primitive g in the backward pass. With ``spiking=False`` the module is
-g(x) itself, differentiated by autograd.
+With ``spiking=True`` a surrogate module is the Heaviside step Θ(x) in the forward pass and uses a
+smooth slope g'(x) in the backward pass. With ``spiking=False`` the module is the smooth primitive
+g(x) itself, differentiated as such. Every backend ('torch', 'cupy', 'triton', compiled or not)
+computes both modes.
 
-Each surrogate states its primitive and derivative exactly once, as functions of ``(x, alpha, m)``
-where ``m`` is a math namespace (see :mod:`flashspike.codegen`): the reference backend evaluates them
-with PyTorch, and the kernel backends generate their CUDA and Triton code from the same functions.
+Each surrogate states its formulas exactly once, as plain functions of the input ``x``, its
+hyper-parameters (in the order of ``hyperparameters``) and a math namespace ``m`` (see
+:mod:`flashspike.codegen`):
+
+- ``primitive(x, ..., m)``: g(x), the output with ``spiking=False``;
+- ``derivative(x, ..., m)``: the slope the backward pass uses with ``spiking=True``;
+- ``primitive_derivative(x, ..., m)``: the slope of g itself, used with ``spiking=False``; it is
+  ``derivative`` unless the two disagree (they do in SpikingJelly's PiecewiseLeakyReLU and S2NN, and
+  flashspike matches each of SpikingJelly's functions as it is).
+
+The reference backend evaluates them with PyTorch; the kernel backends generate CUDA and Triton
+code from the same functions, so no backend restates a formula.
+
+A surrogate of your own is a subclass that names its hyper-parameters with a validation rule each
+and states its formulas; it then runs on every backend::
+
+    import math
+    from flashspike import surrogate
+
+    class Gaussian(surrogate.SurrogateFunction):
+        \"\"\"g'(x) = exp(−x²/(2σ²)) / (σ·√(2π)); g(x) = (1 + erf(x / (σ·√2))) / 2.\"\"\"
+
+        hyperparameters = {"sigma": surrogate.POSITIVE}
+
+        def __init__(self, sigma: float = 0.5, spiking: bool = True):
+            super().__init__(spiking, sigma=sigma)
+
+        @staticmethod
+        def primitive(x, sigma, m):
+            return 0.5 * (1.0 + m.erf(x / (sigma * math.sqrt(2.0))))
+
+        @staticmethod
+        def derivative(x, sigma, m):
+            return m.exp(-(x * x) / (2 * sigma * sigma)) / (sigma * math.sqrt(2 * math.pi))
+
+Formulas use arithmetic, comparisons and ``m``'s functions (``exp``, ``log``, ``sqrt``, ``abs``,
+``sin``, ``cos``, ``atan``, ``erf``, ``erfc``, ``sigmoid``, ``pow(base, k)`` with a positive base and
+a constant k, ``where(cond, a, b)``), never Python ``if`` on ``x`` or torch calls. Hyper-parameters
+are checked when set, at construction and on assignment (``sg.sigma = 0.2``); a kernel backend reads
+them at every call, so an assignment reaches the next call's kernels.
+
+Any other callable (a lambda, an ``nn.Module``) may serve as a neuron's ``surrogate_function`` on the
+'torch' backend; the kernel backends need formulas they can compile and refuse it.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from .codegen import TORCH
 
-__all__ = ["SurrogateFunction", "ATan", "Sigmoid", "PiecewiseQuadratic", "SoftSign", "heaviside"]
+__all__ = [
+    "SurrogateFunction", "Rule", "POSITIVE", "NON_NEGATIVE", "ABOVE_ONE", "INTEGER_AT_LEAST_2", "heaviside",
+    "PiecewiseQuadratic", "PiecewiseExp", "Sigmoid", "SoftSign", "ATan", "NonzeroSignLogAbs", "Erf",
+    "PiecewiseLeakyReLU", "SquarewaveFourierSeries", "S2NN", "QPseudoSpike",
+]
 
 
 def heaviside(x, m):
     """Θ(x): 1 where x >= 0, else 0; NaN stays NaN so a diverging net is visible in its output."""
     return m.where(x >= 0.0, 1.0, m.where(x < 0.0, 0.0, x))
+
+
+def _magnitude(x, m):
+    """|x| with slope +1 at 0 (sign(0) = +1, as SpikingJelly's primitives take it): autograd's abs has
+    slope 0 there, which would zero the primitive's gradient at x = 0."""
+    return m.where(x >= 0.0, x, -x)
+
+
+class Rule(NamedTuple):
+    """A hyper-parameter's constraint: ``test(value)`` must hold; ``expected`` says what it asks for."""
+
+    test: Callable[[float], bool]
+    expected: str
+    integer: bool = False
+
+
+POSITIVE = Rule(lambda v: v > 0, "a positive finite number")
+NON_NEGATIVE = Rule(lambda v: v >= 0, "a finite number >= 0")
+ABOVE_ONE = Rule(lambda v: v > 1, "a finite number > 1")
+INTEGER_AT_LEAST_2 = Rule(lambda v: v >= 2, "an integer >= 2", integer=True)
+
+
+def _checked(owner: str, name: str, rule: Rule, value):
+    """``value`` if it obeys ``rule``; kept as given (an int stays an int, as SpikingJelly prints it)."""
+    allowed = (int,) if rule.integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed) or not math.isfinite(value) or not rule.test(value):
+        raise ValueError(f"{owner}: {name} must be {rule.expected}, got {value!r}")
+    return value
 
 
 class _SurrogateSpike(torch.autograd.Function):
@@ -32,94 +107,116 @@ class _SurrogateSpike(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, surrogate):
         ctx.save_for_backward(x)
-        ctx.surrogate = surrogate
+        # The values of this call: assigning a hyper-parameter before backward changes nothing here.
+        ctx.surrogate, ctx.values = surrogate, surrogate.values()
         return heaviside(x, TORCH)
 
     @staticmethod
     def backward(ctx, grad_spike):
         (x,) = ctx.saved_tensors
-        return grad_spike * ctx.surrogate.derivative_of(x), None
+        return grad_spike * ctx.surrogate.derivative_of(x, ctx.values), None
 
 
 class SurrogateFunction(nn.Module):
-    """Base class: subclasses define ``default_alpha``, ``primitive`` and ``derivative``."""
+    """Base class: a subclass sets ``hyperparameters`` (name -> :class:`Rule`, in the formulas'
+    argument order) and defines ``primitive`` and ``derivative`` (and ``primitive_derivative`` where
+    the slope of the primitive is not ``derivative``); its constructor passes the values by name."""
 
-    default_alpha: float
+    hyperparameters: dict = {"alpha": POSITIVE}
 
-    def __init__(self, alpha: float | None = None, spiking: bool = True):
+    def __init__(self, spiking: bool = True, **values):
         super().__init__()
-        alpha = self.default_alpha if alpha is None else alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"{type(self).__name__}: alpha must be a positive number, got {alpha!r}")
-        self.alpha = float(alpha)
-        self.spiking = bool(spiking)
+        if set(values) != set(self.hyperparameters):
+            raise TypeError(f"{type(self).__name__} takes the hyper-parameters {list(self.hyperparameters)}, "
+                            f"got {sorted(values)}")
+        for name in self.hyperparameters:
+            setattr(self, name, values[name])
+        self.spiking = spiking
+
+    def __setattr__(self, name, value):
+        rule = type(self).hyperparameters.get(name)
+        if rule is not None:
+            value = _checked(type(self).__name__, name, rule, value)
+        elif name == "spiking":
+            if not isinstance(value, bool):
+                raise TypeError(f"{type(self).__name__}: spiking must be True or False, got {value!r}")
+        super().__setattr__(name, value)
+
+    @classmethod
+    def rebuilt(cls, spiking: bool, values: dict) -> "SurrogateFunction":
+        """An instance with these hyper-parameters, made without calling the subclass's constructor
+        (whose signature is the subclass's own business)."""
+        sg = cls.__new__(cls)
+        SurrogateFunction.__init__(sg, spiking, **values)
+        return sg
+
+    def values(self) -> tuple:
+        """The hyper-parameters' current values, in the formulas' argument order."""
+        return tuple(getattr(self, name) for name in self.hyperparameters)
 
     @staticmethod
-    def primitive(x, alpha: float, m):
-        """g(x), the smooth function whose derivative stands in for the step's."""
+    def primitive(x, *args):
+        """g(x), the smooth function standing in for the step; ``args`` are the hyper-parameters, then m."""
         raise NotImplementedError
 
     @staticmethod
-    def derivative(x, alpha: float, m):
-        """g'(x), used as dΘ/dx in the backward pass."""
+    def derivative(x, *args):
+        """The slope used as dΘ/dx in the backward pass (``spiking=True``)."""
         raise NotImplementedError
 
-    def derivative_of(self, x: torch.Tensor) -> torch.Tensor:
-        """g'(x) as a tensor of x's dtype, computed in at least float32."""
+    @classmethod
+    def primitive_derivative(cls, x, *args):
+        """g'(x), the slope of the primitive (``spiking=False``); ``derivative`` unless overridden."""
+        return cls.derivative(x, *args)
+
+    def output(self, x, m):
+        """The module's output as a formula: Θ(x), or g(x) with ``spiking=False``."""
+        return heaviside(x, m) if self.spiking else self.primitive(x, *self.values(), m)
+
+    def output_slope(self, x, m):
+        """The slope of :meth:`output` that the backward pass uses."""
+        if self.spiking:
+            return self.derivative(x, *self.values(), m)
+        return self.primitive_derivative(x, *self.values(), m)
+
+    def derivative_of(self, x: torch.Tensor, values: tuple | None = None) -> torch.Tensor:
+        """The backward slope at ``x`` as a tensor of x's dtype, computed in at least float32."""
         wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        return self.derivative(wide, self.alpha, TORCH).to(x.dtype)
+        return self.derivative(wide, *(self.values() if values is None else values), TORCH).to(x.dtype)
 
     @property
     def key(self) -> tuple:
-        """What identifies the formula for a kernel cache: the class and alpha."""
-        return (type(self).__qualname__, self.alpha)
+        """What identifies the generated code: the class, the mode and every hyper-parameter."""
+        return (f"{type(self).__module__}.{type(self).__qualname__}", self.spiking,
+                tuple(zip(self.hyperparameters, map(float, self.values()))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spiking:
             return _SurrogateSpike.apply(x, self)
-        return self.primitive(x, self.alpha, TORCH)
+        return self.primitive(x, *self.values(), TORCH)
+
+    # SpikingJelly prints its surrogates of several hyper-parameters with nothing in the brackets; the
+    # classes of those names do the same.
+    _bare_repr = False
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, spiking={self.spiking}"
+        if self._bare_repr:
+            return ""
+        return ", ".join(f"{name}={value}" for name, value in zip(self.hyperparameters, self.values())) + (
+            f", spiking={self.spiking}")
 
 
-class ATan(SurrogateFunction):
-    """g(x) = arctan(π/2·α·x)/π + 1/2, g'(x) = (α/2) / (1 + (π/2·α·x)²)."""
+class _AlphaSurrogate(SurrogateFunction):
+    """One hyper-parameter ``alpha`` (> 0) with a per-class default."""
 
-    default_alpha = 2.0
+    default_alpha: float
 
-    def __init__(self, alpha: float = 2.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
-
-    @staticmethod
-    def primitive(x, alpha, m):
-        return m.atan(math.pi / 2 * alpha * x) / math.pi + 0.5
-
-    @staticmethod
-    def derivative(x, alpha, m):
-        return (alpha / 2) / (1.0 + (math.pi / 2 * alpha * x) ** 2)
+    def __init__(self, alpha: float | None = None, spiking: bool = True):
+        super().__init__(spiking, alpha=self.default_alpha if alpha is None else alpha)
 
 
-class Sigmoid(SurrogateFunction):
-    """g(x) = sigmoid(α·x), g'(x) = α·sigmoid(αx)·(1 − sigmoid(αx))."""
-
-    default_alpha = 4.0
-
-    def __init__(self, alpha: float = 4.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
-
-    @staticmethod
-    def primitive(x, alpha, m):
-        return m.sigmoid(alpha * x)
-
-    @staticmethod
-    def derivative(x, alpha, m):
-        s = m.let("sigmoid", m.sigmoid(alpha * x))
-        return alpha * s * (1.0 - s)
-
-
-class PiecewiseQuadratic(SurrogateFunction):
-    """g'(x) = 0 for |x| > 1/α, else α − α²·|x|; g is its integral (0 below −1/α, 1 above 1/α)."""
+class PiecewiseQuadratic(_AlphaSurrogate):
+    """g'(x) = α − α²·|x| for |x| <= 1/α, else 0; g is its integral (0 below −1/α, 1 above 1/α)."""
 
     default_alpha = 1.0
 
@@ -137,7 +234,43 @@ class PiecewiseQuadratic(SurrogateFunction):
         return m.where(ax > 1.0 / alpha, 0.0, alpha - alpha * alpha * ax)
 
 
-class SoftSign(SurrogateFunction):
+class PiecewiseExp(_AlphaSurrogate):
+    """g'(x) = (α/2)·exp(−α|x|); g(x) = exp(−α|x|)/2 below 0, 1 − exp(−α|x|)/2 from 0 on."""
+
+    default_alpha = 1.0
+
+    def __init__(self, alpha: float = 1.0, spiking: bool = True):
+        super().__init__(alpha, spiking)
+
+    @staticmethod
+    def primitive(x, alpha, m):
+        half_tail = m.let("half_tail", 0.5 * m.exp(-alpha * _magnitude(x, m)))
+        return m.where(x >= 0.0, 1.0 - half_tail, half_tail)
+
+    @staticmethod
+    def derivative(x, alpha, m):
+        return (alpha / 2) * m.exp(-alpha * m.abs(x))
+
+
+class Sigmoid(_AlphaSurrogate):
+    """g(x) = sigmoid(α·x), g'(x) = α·sigmoid(αx)·(1 − sigmoid(αx))."""
+
+    default_alpha = 4.0
+
+    def __init__(self, alpha: float = 4.0, spiking: bool = True):
+        super().__init__(alpha, spiking)
+
+    @staticmethod
+    def primitive(x, alpha, m):
+        return m.sigmoid(alpha * x)
+
+    @staticmethod
+    def derivative(x, alpha, m):
+        s = m.let("sigmoid", m.sigmoid(alpha * x))
+        return alpha * s * (1.0 - s)
+
+
+class SoftSign(_AlphaSurrogate):
     """g(x) = (α·x / (1 + |α·x|) + 1) / 2, g'(x) = α / (2·(1 + |α·x|)²)."""
 
     default_alpha = 2.0
@@ -152,3 +285,162 @@ class SoftSign(SurrogateFunction):
     @staticmethod
     def derivative(x, alpha, m):
         return (alpha / 2) / (1.0 + m.abs(alpha * x)) ** 2
+
+
+class ATan(_AlphaSurrogate):
+    """g(x) = arctan(π/2·α·x)/π + 1/2, g'(x) = (α/2) / (1 + (π/2·α·x)²)."""
+
+    default_alpha = 2.0
+
+    def __init__(self, alpha: float = 2.0, spiking: bool = True):
+        super().__init__(alpha, spiking)
+
+    @staticmethod
+    def primitive(x, alpha, m):
+        return m.atan(math.pi / 2 * alpha * x) / math.pi + 0.5
+
+    @staticmethod
+    def derivative(x, alpha, m):
+        return (alpha / 2) / (1.0 + (math.pi / 2 * alpha * x) ** 2)
+
+
+class NonzeroSignLogAbs(_AlphaSurrogate):
+    """g(x) = sign(x)·log(1 + α|x|) with sign(0) = +1 (not a step from 0 to 1: it passes through 0 at
+    x = 0 and grows without bound), g'(x) = 1 / (1/α + |x|)."""
+
+    default_alpha = 1.0
+
+    def __init__(self, alpha: float = 1.0, spiking: bool = True):
+        super().__init__(alpha, spiking)
+
+    @staticmethod
+    def primitive(x, alpha, m):
+        magnitude = m.let("log_abs", m.log(1.0 + alpha * _magnitude(x, m)))
+        return m.where(x >= 0.0, magnitude, -magnitude)
+
+    @staticmethod
+    def derivative(x, alpha, m):
+        return 1.0 / (1.0 / alpha + m.abs(x))
+
+
+class Erf(_AlphaSurrogate):
+    """g(x) = erfc(−α·x)/2, g'(x) = (α/√π)·exp(−(α·x)²)."""
+
+    default_alpha = 2.0
+
+    def __init__(self, alpha: float = 2.0, spiking: bool = True):
+        super().__init__(alpha, spiking)
+
+    @staticmethod
+    def primitive(x, alpha, m):
+        return 0.5 * m.erfc(-alpha * x)
+
+    @staticmethod
+    def derivative(x, alpha, m):
+        return (alpha / math.sqrt(math.pi)) * m.exp(-((alpha * x) ** 2))
+
+
+class PiecewiseLeakyReLU(SurrogateFunction):
+    """Backward slope 1/w for |x| < w, else c. Primitive: x/(2w) + 1/2 on [−w, w], continued with
+    slope c outside (c·x + c·w below −w, c·x − c·w + 1 above w).
+
+    As in SpikingJelly, the primitive's slope inside [−w, w] is 1/(2w), half the backward slope 1/w,
+    and at |x| = w the backward slope is c while the primitive's is 1/(2w): each mode matches
+    SpikingJelly's own function.
+    """
+
+    _bare_repr = True
+    hyperparameters = {"w": POSITIVE, "c": NON_NEGATIVE}
+
+    def __init__(self, w: float = 1.0, c: float = 0.01, spiking: bool = True):
+        super().__init__(spiking, w=w, c=c)
+
+    @staticmethod
+    def primitive(x, w, c, m):
+        return m.where(x < -w, c * x + c * w, m.where(x > w, c * x + (1.0 - c * w), x / (2 * w) + 0.5))
+
+    @staticmethod
+    def derivative(x, w, c, m):
+        return m.where(m.abs(x) < w, 1.0 / w, c)
+
+    @staticmethod
+    def primitive_derivative(x, w, c, m):
+        return m.where(x < -w, c, m.where(x > w, c, 1.0 / (2 * w)))
+
+
+class SquarewaveFourierSeries(SurrogateFunction):
+    """The first n − 1 odd harmonics of a square wave of period T_period (ω = 2π/T_period):
+    g(x) = 1/2 + (2/π)·Σ_{k=1..n−1} sin((2k−1)ωx)/(2k−1), g'(x) = (4/T_period)·Σ cos((2k−1)ωx).
+    It is periodic: it approximates the step only for |x| < T_period/2."""
+
+    _bare_repr = True
+    hyperparameters = {"n": INTEGER_AT_LEAST_2, "T_period": POSITIVE}
+
+    def __init__(self, n: int = 2, T_period: float = 8, spiking: bool = True):
+        super().__init__(spiking, n=n, T_period=T_period)
+
+    @staticmethod
+    def primitive(x, n, T_period, m):
+        omega = 2 * math.pi / T_period
+        total = m.sin(omega * x)
+        for k in range(2, int(n)):
+            total = total + m.sin((2 * k - 1) * omega * x) / (2 * k - 1)
+        return 0.5 + (2 / math.pi) * total
+
+    @staticmethod
+    def derivative(x, n, T_period, m):
+        omega = 2 * math.pi / T_period
+        total = m.cos(omega * x)
+        for k in range(2, int(n)):
+            total = total + m.cos((2 * k - 1) * omega * x)
+        return (4 / T_period) * total
+
+
+# S2NN's primitive adds this inside its logarithm (so that log never sees 0 at x = −1).
+_S2NN_LOG_EPS = 1e-5
+
+
+class S2NN(SurrogateFunction):
+    """Below 0: g(x) = sigmoid(αx), g'(x) = α·sigmoid(αx)(1 − sigmoid(αx)). From 0 on: g(x) =
+    β·log(|x + 1| + 10⁻⁵) + 1/2 and a backward slope β/(x + 1); the primitive's own slope there is
+    β/(x + 1 + 10⁻⁵), which ``primitive_derivative`` states (each as SpikingJelly computes it)."""
+
+    _bare_repr = True
+    hyperparameters = {"alpha": POSITIVE, "beta": POSITIVE}
+
+    def __init__(self, alpha: float = 4.0, beta: float = 1.0, spiking: bool = True):
+        super().__init__(spiking, alpha=alpha, beta=beta)
+
+    @staticmethod
+    def primitive(x, alpha, beta, m):
+        return m.where(x < 0.0, m.sigmoid(alpha * x), beta * m.log(m.abs(x + 1.0) + _S2NN_LOG_EPS) + 0.5)
+
+    @staticmethod
+    def derivative(x, alpha, beta, m):
+        s = m.let("sigmoid", m.sigmoid(alpha * x))
+        return m.where(x < 0.0, alpha * s * (1.0 - s), beta / (x + 1.0))
+
+    @staticmethod
+    def primitive_derivative(x, alpha, beta, m):
+        s = m.let("sigmoid", m.sigmoid(alpha * x))
+        return m.where(x < 0.0, alpha * s * (1.0 - s), beta / (m.abs(x + 1.0) + _S2NN_LOG_EPS))
+
+
+class QPseudoSpike(_AlphaSurrogate):
+    """g'(x) = (1 + 2|x|/(α−1))^(−α), a heavy tail that grows with smaller α (α > 1);
+    g(x) = q(x) below 0 and 1 − q(x) from 0 on, with q(x) = (1 + 2|x|/(α−1))^(1−α) / 2."""
+
+    default_alpha = 2.0
+    hyperparameters = {"alpha": ABOVE_ONE}
+
+    def __init__(self, alpha: float = 2.0, spiking: bool = True):
+        super().__init__(alpha, spiking)
+
+    @staticmethod
+    def primitive(x, alpha, m):
+        q = m.let("tail", 0.5 * m.pow(1.0 + 2.0 / (alpha - 1.0) * _magnitude(x, m), 1.0 - alpha))
+        return m.where(x >= 0.0, 1.0 - q, q)
+
+    @staticmethod
+    def derivative(x, alpha, m):
+        return m.pow(1.0 + 2.0 / (alpha - 1.0) * m.abs(x), -alpha)

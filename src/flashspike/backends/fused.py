@@ -38,6 +38,7 @@ import warnings
 import torch
 
 from ..params import NeuronParams
+from ..surrogate import SurrogateFunction
 from . import reference
 from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR
 
@@ -148,6 +149,29 @@ def initial_state(v_init, x: torch.Tensor, p: NeuronParams):
     return torch.empty_strided(x.shape[1:], x.stride()[1:], dtype=x.dtype, device=x.device).fill_(v_init)
 
 
+def refuse_create_graph() -> None:
+    """A backward kernel's gradient is not itself differentiable: refuse to build a graph of it
+    (grad mode is on in a backward pass only under ``create_graph=True``) rather than drop the
+    second-order terms silently."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the fused kernel backends ('cupy', 'triton') compute the neuron's gradient in one kernel, which "
+            "cannot be differentiated again: backward with create_graph=True (torch.autograd.grad(..., "
+            "create_graph=True), double backward) needs backend='torch'"
+        )
+
+
+def check_surrogate(backend_name: str, p: NeuronParams) -> None:
+    """Kernels are generated from a :class:`~flashspike.surrogate.SurrogateFunction`'s formulas; any
+    other callable surrogate has none to generate them from."""
+    if not isinstance(p.surrogate, SurrogateFunction):
+        raise TypeError(
+            f"backend {backend_name!r} generates its kernels from the formulas of a flashspike.surrogate."
+            f"SurrogateFunction, and this neuron's surrogate_function {p.surrogate!r} is another callable; use "
+            "backend='torch' for it, or state it as a SurrogateFunction subclass (see flashspike.surrogate)"
+        )
+
+
 class FusedMultiStep(torch.autograd.Function):
     """``x`` is the sequence, or (``repeat`` = T) one step that every time step receives."""
 
@@ -164,6 +188,7 @@ class FusedMultiStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spike, grad_v_out):
+        refuse_create_graph()
         (h,) = ctx.saved_tensors
         if grad_spike is None and grad_v_out is None:
             return None, None, None, None, None, None
@@ -212,6 +237,7 @@ class KernelBackend:
         raise NotImplementedError
 
     def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+        check_surrogate(self.name, p)
         if x_seq.dtype not in KERNEL_DTYPES:
             # float64: float32 kernels would lose the precision asked for; the reference keeps it.
             if x_seq.dtype not in self._warned_dtypes:

@@ -21,14 +21,17 @@ A kernel backend (a :class:`.fused.KernelBackend`) gives its kernel sets as ``BA
 
 from __future__ import annotations
 
+import ast
+
 import torch
 
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
-from . import resolve, torch_kernels
-from .fused import KERNEL_DTYPES, KernelBackend, initial_state
+from . import reference, resolve, torch_kernels
+from .fused import KERNEL_DTYPES, KernelBackend, check_surrogate, initial_state, refuse_create_graph
 
-__all__ = ["multi_step", "option_string", "params_from", "surrogate_class", "kernels_for"]
+__all__ = ["multi_step", "option_string", "params_from", "surrogate_text", "surrogate_from", "surrogate_class",
+           "kernels_for"]
 
 FORWARD = "flashspike::multi_step_forward"
 BACKWARD = "flashspike::multi_step_backward"
@@ -41,19 +44,23 @@ def option_string(p: NeuronParams) -> str:
     grad, PyTorch's argument handling around ``setup_context``) grows with the argument count; it
     costs tens of microseconds per call. Floats are written with ``repr``, which reads back exactly.
     """
-    sg = p.surrogate
     return (
         f"leaky={p.leaky!r},v_threshold={p.v_threshold!r},v_reset={p.v_reset!r},detach_reset={p.detach_reset!r},"
-        f"surrogate={type(sg).__module__}.{type(sg).__qualname__},alpha={sg.alpha!r},tau={p.tau!r},"
-        f"decay_input={p.decay_input!r}"
+        f"surrogate={surrogate_text(p.surrogate)},tau={p.tau!r},decay_input={p.decay_input!r}"
     )
+
+
+def surrogate_text(sg) -> str:
+    """``module.qualname(spiking=...;name=value;...)``: everything :func:`surrogate_from` needs."""
+    values = "".join(f";{name}={value!r}" for name, value in zip(sg.hyperparameters, sg.values()))
+    return f"{type(sg).__module__}.{type(sg).__qualname__}(spiking={sg.spiking!r}{values})"
 
 
 def surrogate_class(name: str) -> type:
     """The :class:`~flashspike.surrogate.SurrogateFunction` subclass called ``module.qualname``.
 
     Searched among the subclasses defined so far (user-defined ones included), so a surrogate is
-    rebuilt from its name and alpha without any registry to keep up to date.
+    rebuilt from its name and hyper-parameters without any registry to keep up to date.
     """
     pending = [surrogate_module.SurrogateFunction]
     while pending:
@@ -67,6 +74,16 @@ def surrogate_class(name: str) -> type:
     )
 
 
+def surrogate_from(text: str):
+    """The surrogate that :func:`surrogate_text` wrote as ``text``."""
+    name, _, arguments = text.partition("(")
+    if not arguments.endswith(")"):
+        raise ValueError(f"surrogate {text!r} is not 'module.qualname(spiking=...;name=value;...)'")
+    pairs = dict(item.split("=", 1) for item in arguments[:-1].split(";"))
+    spiking = _BOOLS[pairs.pop("spiking")]
+    return surrogate_class(name).rebuilt(spiking, {k: ast.literal_eval(v) for k, v in pairs.items()})
+
+
 _BOOLS = {"True": True, "False": False}
 # How each field of option_string reads back.
 _FIELDS = {
@@ -74,8 +91,7 @@ _FIELDS = {
     "v_threshold": float,
     "v_reset": lambda text: None if text == "None" else float(text),
     "detach_reset": _BOOLS.__getitem__,
-    "surrogate": surrogate_class,
-    "alpha": float,
+    "surrogate": surrogate_from,
     "tau": float,
     "decay_input": _BOOLS.__getitem__,
 }
@@ -88,12 +104,11 @@ def params_from(options: str) -> NeuronParams:
         if set(pairs) != set(_FIELDS):
             raise ValueError(f"fields {sorted(pairs)} instead of {sorted(_FIELDS)}")
         values = {name: _FIELDS[name](text) for name, text in pairs.items()}
-    except (ValueError, KeyError) as err:
+    except (ValueError, KeyError, TypeError, SyntaxError) as err:
         raise ValueError(
             f"bad neuron options {options!r}: expected what flashspike.backends.ops.option_string writes, "
             f"e.g. {option_string(_EXAMPLE)!r} ({type(err).__name__}: {err})"
         ) from err
-    values["surrogate"] = values["surrogate"](values.pop("alpha"))
     return NeuronParams(**values)
 
 
@@ -197,6 +212,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward_formula(ctx, grad_spike, grad_v_out, _grad_h):
+    refuse_create_graph()
     if grad_spike is None and grad_v_out is None:
         return (None,) * 6
     if not ctx.save_h:
@@ -240,6 +256,11 @@ def _unflatten_outputs(spike, v_out, shape: torch.Size, flat: bool, store_v_seq:
 
 def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
     """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
+    if not isinstance(p.surrogate, surrogate_module.SurrogateFunction):
+        # A plain callable surrogate has no formulas for the operators' kernels; the reference traces.
+        if resolve(backend, x_seq).name != "torch":
+            check_surrogate(backend, p)
+        return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq)
     x, v, flat = _flatten_inputs(x_seq, v_init, p)
     save_h = torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad))
     spike, v_out, _ = torch.ops.flashspike.multi_step_forward(x, v, save_h, store_v_seq, backend, option_string(p))

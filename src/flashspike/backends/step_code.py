@@ -5,7 +5,8 @@ The step is written once, as functions of values in a math namespace (``forward_
 backends (CUDA through CuPy, and Triton) wrap those lines in their own loop over t; the arithmetic itself comes from :mod:`flashspike.dynamics` and the surrogate's derivative
 from :mod:`flashspike.surrogate`, so no kernel restates a formula. All variables are float32.
 
-The backward step is the chain rule through one step. With u = H − V_th, S = Θ(u), σ = g'(u):
+The backward step is the chain rule through one step. With u = H − V_th, S = Θ(u) and σ = the
+surrogate's slope at u (with ``spiking=False``: S = g(u), σ = g'(u)):
 
     ∂V/∂H (S held fixed) = 1 − S   (hard reset)   or 1      (soft reset)
     ∂V/∂S               = V_reset − H (hard)       or −V_th  (soft); 0 with detach_reset
@@ -21,7 +22,6 @@ from __future__ import annotations
 from ..codegen import Emitter, Language, var
 from ..dynamics import charge, charge_slopes, reset
 from ..params import NeuronParams
-from ..surrogate import heaviside
 
 # How an output gradient reaches a backward kernel (its GRAD_SPIKE / GRAD_V switch), in both kernel
 # languages; :func:`flashspike.backends.fused.grad_operand` chooses it.
@@ -33,18 +33,18 @@ GRAD_SCALAR = 2  # every element equals element 0 (the expanded ones of y.sum().
 def forward_values(x, v, p: NeuronParams, m):
     """One step, (X[t], V[t−1]) -> (H[t], S[t], V[t]), in the math namespace ``m``."""
     h = m.let("h", charge(v, x, p))
-    spike = m.let("spike", heaviside(h - p.v_threshold, m))
+    spike = m.let("spike", p.surrogate.output(h - p.v_threshold, m))
     return h, spike, reset(h, spike, p)
 
 
 def backward_values(h, grad_spike, grad_v, p: NeuronParams, m):
     """(H[t], ∂L/∂S[t], ∂L/∂V[t]) -> (∂L/∂H[t], ∂L/∂X[t], ∂L/∂V[t−1] through this step), in ``m``."""
     u = m.let("u", h - p.v_threshold)
-    sg = m.let("sg", p.surrogate.derivative(u, p.surrogate.alpha, m))
+    sg = m.let("sg", p.surrogate.output_slope(u, m))
     if p.v_reset is None:
         dv_dh, dv_ds = 1.0, -p.v_threshold
     else:
-        dv_dh, dv_ds = 1.0 - heaviside(u, m), p.v_reset - h
+        dv_dh, dv_ds = 1.0 - p.surrogate.output(u, m), p.v_reset - h
     if p.detach_reset:
         grad_h = grad_spike * sg + grad_v * dv_dh
     else:
