@@ -30,19 +30,19 @@ from flashspike import neuron, surrogate
 from flashspike.backends import cuda_source as src
 from flashspike.backends.cupy_backend import CupyKernels
 from flashspike.params import NeuronParams
+from custom_surrogate import every_surrogate
 from test_parity import _far_from_ties  # neurons whose H stays off the threshold
 
-SURROGATES = (surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(), surrogate.SoftSign())
-
-
 def every_option_set():
-    """One NeuronParams per distinct form of the generated step (constants do not change the form)."""
-    for leaky, decay_input, v_reset, detach, sg in itertools.product(
-        (False, True), (True, False), (0.0, None), (False, True), SURROGATES
-    ):
+    """One NeuronParams per distinct form of the generated step (constants do not change the form): every
+    neuron option set with one surrogate, and every surrogate (spiking and smooth, the user-defined one
+    too) in a hard-reset and a soft-reset step (its text is the same in any other option set)."""
+    for leaky, decay_input, v_reset, detach in itertools.product((False, True), (True, False), (0.0, None), (False, True)):
         if leaky or decay_input:  # decay_input only matters for LIF
-            yield NeuronParams(leaky=leaky, v_threshold=1.0, v_reset=v_reset, detach_reset=detach, surrogate=sg,
-                               tau=2.0, decay_input=decay_input)
+            yield NeuronParams(leaky=leaky, v_threshold=1.0, v_reset=v_reset, detach_reset=detach,
+                               surrogate=surrogate.ATan(), tau=2.0, decay_input=decay_input)
+    for sg, v_reset in itertools.product(every_surrogate(True) + every_surrogate(False), (0.0, None)):
+        yield NeuronParams(leaky=True, v_threshold=1.0, v_reset=v_reset, detach_reset=False, surrogate=sg)
 
 
 def _translation_unit(option_sets, instantiations_of) -> tuple[str, int]:
@@ -226,6 +226,7 @@ EMULATED_OPTIONS = [
     dict(leaky=False, decay_input=True, v_reset=None, detach=True, sg=surrogate.Sigmoid(alpha=3.0)),
     dict(leaky=True, decay_input=False, v_reset=-0.2, detach=False, sg=surrogate.PiecewiseQuadratic(alpha=1.5)),
     dict(leaky=True, decay_input=True, v_reset=None, detach=False, sg=surrogate.SoftSign()),
+    dict(leaky=True, decay_input=True, v_reset=0.0, detach=False, sg=surrogate.QPseudoSpike(spiking=False)),
 ]
 
 

@@ -25,7 +25,10 @@ import pytest
 import torch
 
 from flashspike import backends, neuron, surrogate
+from flashspike.codegen import TORCH
 from flashspike.dynamics import charge, reset
+
+from custom_surrogate import every_surrogate, surrogate_id
 
 KERNEL_BACKENDS = ["cupy", "triton"]
 
@@ -69,7 +72,7 @@ def _far_from_ties(node_ref, x64, v0, tie):
     for x in x64:
         h = charge(v, x, p)
         ok &= (h - p.v_threshold).abs() > tie
-        v = reset(h, (h >= p.v_threshold).double(), p)
+        v = reset(h, p.surrogate.output(h - p.v_threshold, TORCH), p)  # (Θ, or the smooth primitive)
     return ok
 
 
@@ -134,9 +137,12 @@ def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=
 
     got_spike = spike.detach().double().cpu()
     assert not torch.isnan(got_spike).any(), "unwritten spike elements"
-    assert torch.equal(got_spike[seq_keep], ref_spike.detach()[seq_keep])
-
     close = dict(rtol=tol["rtol"], atol=tol["atol"])
+    if kernel_node.surrogate_function.spiking:
+        assert torch.equal(got_spike[seq_keep], ref_spike.detach()[seq_keep])
+    else:  # the smooth primitive, computed in float32
+        torch.testing.assert_close(got_spike[seq_keep], ref_spike.detach()[seq_keep], **close)
+
     torch.testing.assert_close(kernel_node.v.detach().double().cpu()[keep], ref_node.v.detach()[keep], **close)
     if store_v_seq:
         torch.testing.assert_close(kernel_node.v_seq.detach().double().cpu()[seq_keep],
@@ -167,6 +173,15 @@ def test_every_option(name, opts):
     (charge, decay_input), v_reset, detach, sg = opts
     check_against_reference(name, (6, 1151), torch.float32, store_v_seq=detach, charge=charge,
                             decay_input=decay_input, v_reset=v_reset, detach=detach, sg=sg)
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+@pytest.mark.parametrize("sg", every_surrogate(True) + every_surrogate(False), ids=surrogate_id)
+def test_every_surrogate(name, sg):
+    """Each surrogate (and a user-defined one), spiking and smooth (spiking=False: the kernels output
+    and differentiate the primitive, as the reference does), hard and soft reset, in a small case."""
+    check_against_reference(name, (4, 67), torch.float32, store_v_seq=True, v_reset=-0.2, sg=sg)
+    check_against_reference(name, (3, 41), torch.float32, v_reset=None, detach=True, charge="if", sg=sg, seed=1)
 
 
 SHAPES = [(1, 7), (5, 1151), (4, 2, 3, 5), (16, 2, 33)]
