@@ -1,26 +1,21 @@
-"""A user-defined surrogate, written as the flashspike.surrogate docstring tells users to: the tests run
-it on every backend and compile its CUDA."""
+"""The user-defined surrogate of flashspike.surrogate's docstring, run from the docstring itself, so
+that the tests hold the documented example on every backend (and nvcc compiles its CUDA)."""
 
-import math
+import re
+import textwrap
 
 from flashspike import surrogate
 
 
-class Gaussian(surrogate.SurrogateFunction):
-    """g'(x) = exp(−x²/(2σ²)) / (σ·√(2π)); g(x) = (1 + erf(x / (σ·√2))) / 2."""
+def _documented_example() -> type:
+    """The class defined by the code block (after ``::``) of the surrogate module's docstring."""
+    block = re.search(r"::\n\n((?:    .*\n|\n)+)", surrogate.__doc__).group(1)
+    scope = {"__name__": __name__}
+    exec(compile(textwrap.dedent(block), "<flashspike.surrogate docstring>", "exec"), scope)
+    return scope["Gaussian"]
 
-    hyperparameters = {"sigma": surrogate.POSITIVE}
 
-    def __init__(self, sigma: float = 0.5, spiking: bool = True):
-        super().__init__(spiking, sigma=sigma)
-
-    @staticmethod
-    def primitive(x, sigma, m):
-        return 0.5 * (1.0 + m.erf(x / (sigma * math.sqrt(2.0))))
-
-    @staticmethod
-    def derivative(x, sigma, m):
-        return m.exp(-(x * x) / (2 * sigma * sigma)) / (sigma * math.sqrt(2 * math.pi))
+Gaussian = _documented_example()
 
 
 def every_surrogate(spiking: bool):

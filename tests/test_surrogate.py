@@ -218,8 +218,7 @@ def test_bad_hyperparameters_are_refused_at_construction_and_assignment(cls, nam
         assert sg.key == before  # unchanged
 
 
-def test_alpha_none_means_default_and_spiking_must_be_a_bool():
-    assert surrogate.ATan(alpha=None).alpha == 2.0
+def test_spiking_must_be_a_bool():
     with pytest.raises(TypeError, match="spiking"):
         surrogate.ATan(spiking=1)
 

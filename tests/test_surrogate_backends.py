@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flashspike import neuron, surrogate
-from flashspike.backends import ops
+from flashspike.backends import fused, ops, reference, torch_kernels
 from flashspike.params import NeuronParams
 
 from custom_surrogate import Gaussian, every_surrogate, surrogate_id
@@ -101,3 +101,29 @@ def test_double_backward_on_the_torch_backend():
     node = _lif("torch", Gaussian(0.7, spiking=False))
     assert torch.autograd.gradgradcheck(lambda xr: (node.reset(), node(xr))[1], (x,))
     assert _second_order(lambda xr: (node.reset(), node(xr))[1], x).abs().sum() > 0
+
+
+@pytest.mark.parametrize("sg", every_surrogate(False), ids=surrogate_id)
+def test_compiled_torch_kernels_run_the_smooth_primitive(sg):
+    """Under torch.compile backend 'torch' runs torch_kernels (the generated step evaluated with
+    tensors): with spiking=False it outputs and differentiates the primitive as the reference does."""
+    g = torch.Generator().manual_seed(4)
+    x, v0, w = (torch.randn(5, 3, 9, generator=g, dtype=torch.float64) + 0.4,
+                torch.randn(3, 9, generator=g, dtype=torch.float64) * 0.3,
+                torch.randn(5, 3, 9, generator=g, dtype=torch.float64))
+    p = _lif("torch", sg).params()
+    results = []
+    for run in (lambda *a: fused.fused_multi_step(torch_kernels.KERNELS, *a), reference.BACKEND.multi_step):
+        xr, vr = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        spike, v_last, v_seq = run(xr, vr, p, True)
+        ((spike * w).sum() + (v_seq * w).sum()).backward()
+        results.append((spike, v_last, xr.grad, vr.grad))
+    assert not torch.equal(results[1][0], (results[1][0] > 0.5).double())  # smooth, not 0/1
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_set_spiking_mode():
+    sg = surrogate.ATan()
+    sg.set_spiking_mode(False)
+    assert sg.spiking is False and repr(sg) == "ATan(alpha=2.0, spiking=False)"

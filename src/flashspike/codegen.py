@@ -177,7 +177,8 @@ _TAN_PI_8, _TAN_3PI_8 = math.tan(math.pi / 8), math.tan(3 * math.pi / 8)
 def _atan_by_polynomial(e, x):
     a = e.let("atan_abs", Expr("abs", x))
     far, mid = a > _TAN_3PI_8, a > _TAN_PI_8
-    t = e.let("atan_t", e.where(far, -1.0 / a, e.where(mid, (a - 1.0) / (a + 1.0), a)))
+    # (the far branch divides by 1 where it is not taken: no infinity even in lanes that discard it)
+    t = e.let("atan_t", e.where(far, -1.0 / e.where(far, a, 1.0), e.where(mid, (a - 1.0) / (a + 1.0), a)))
     z = e.let("atan_z", t * t)
     poly = _lift(_ATAN_POLY[-1])
     for c in reversed(_ATAN_POLY[:-1]):
@@ -195,6 +196,16 @@ TRITON = Language(
     assign_template="{name} = {value}",
     compositions={"pow": _pow_by_exp, "erfc": _erfc_by_erf, "atan": _atan_by_polynomial},
 )
+
+
+def _function(op: str):
+    """The math namespace's ``op(x)`` for an :class:`Emitter`."""
+
+    def call(self, x):
+        return self._call(op, x)
+
+    call.__name__ = call.__qualname__ = op
+    return call
 
 
 class Emitter:
@@ -228,32 +239,8 @@ class Emitter:
         compose = self.language.compositions.get(op)
         return Expr(op, *args) if compose is None else compose(self, *args)
 
-    def exp(self, x):
-        return self._call("exp", x)
-
-    def log(self, x):
-        return self._call("log", x)
-
-    def sqrt(self, x):
-        return self._call("sqrt", x)
-
-    def abs(self, x):
-        return self._call("abs", x)
-
-    def sin(self, x):
-        return self._call("sin", x)
-
-    def cos(self, x):
-        return self._call("cos", x)
-
-    def atan(self, x):
-        return self._call("atan", x)
-
-    def erf(self, x):
-        return self._call("erf", x)
-
-    def erfc(self, x):
-        return self._call("erfc", x)
+    exp, log, sqrt, abs, sin, cos, atan, erf, erfc = (
+        _function(name) for name in ("exp", "log", "sqrt", "abs", "sin", "cos", "atan", "erf", "erfc"))
 
     def pow(self, base, k):
         """``base ** k`` for a positive ``base`` and a constant ``k``."""

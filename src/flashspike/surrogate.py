@@ -142,6 +142,10 @@ class SurrogateFunction(nn.Module):
                 raise TypeError(f"{type(self).__name__}: spiking must be True or False, got {value!r}")
         super().__setattr__(name, value)
 
+    def set_spiking_mode(self, spiking: bool) -> None:
+        """Switch between the step (True) and the smooth primitive (False), as ``sg.spiking = ...``."""
+        self.spiking = spiking
+
     @classmethod
     def rebuilt(cls, spiking: bool, values: dict) -> "SurrogateFunction":
         """An instance with these hyper-parameters, made without calling the subclass's constructor
@@ -206,22 +210,12 @@ class SurrogateFunction(nn.Module):
             f", spiking={self.spiking}")
 
 
-class _AlphaSurrogate(SurrogateFunction):
-    """One hyper-parameter ``alpha`` (> 0) with a per-class default."""
-
-    default_alpha: float
-
-    def __init__(self, alpha: float | None = None, spiking: bool = True):
-        super().__init__(spiking, alpha=self.default_alpha if alpha is None else alpha)
-
-
-class PiecewiseQuadratic(_AlphaSurrogate):
+class PiecewiseQuadratic(SurrogateFunction):
     """g'(x) = α − α²·|x| for |x| <= 1/α, else 0; g is its integral (0 below −1/α, 1 above 1/α)."""
 
-    default_alpha = 1.0
 
     def __init__(self, alpha: float = 1.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
@@ -234,13 +228,12 @@ class PiecewiseQuadratic(_AlphaSurrogate):
         return m.where(ax > 1.0 / alpha, 0.0, alpha - alpha * alpha * ax)
 
 
-class PiecewiseExp(_AlphaSurrogate):
+class PiecewiseExp(SurrogateFunction):
     """g'(x) = (α/2)·exp(−α|x|); g(x) = exp(−α|x|)/2 below 0, 1 − exp(−α|x|)/2 from 0 on."""
 
-    default_alpha = 1.0
 
     def __init__(self, alpha: float = 1.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
@@ -252,13 +245,12 @@ class PiecewiseExp(_AlphaSurrogate):
         return (alpha / 2) * m.exp(-alpha * m.abs(x))
 
 
-class Sigmoid(_AlphaSurrogate):
+class Sigmoid(SurrogateFunction):
     """g(x) = sigmoid(α·x), g'(x) = α·sigmoid(αx)·(1 − sigmoid(αx))."""
 
-    default_alpha = 4.0
 
     def __init__(self, alpha: float = 4.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
@@ -270,13 +262,12 @@ class Sigmoid(_AlphaSurrogate):
         return alpha * s * (1.0 - s)
 
 
-class SoftSign(_AlphaSurrogate):
+class SoftSign(SurrogateFunction):
     """g(x) = (α·x / (1 + |α·x|) + 1) / 2, g'(x) = α / (2·(1 + |α·x|)²)."""
 
-    default_alpha = 2.0
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
@@ -287,13 +278,12 @@ class SoftSign(_AlphaSurrogate):
         return (alpha / 2) / (1.0 + m.abs(alpha * x)) ** 2
 
 
-class ATan(_AlphaSurrogate):
+class ATan(SurrogateFunction):
     """g(x) = arctan(π/2·α·x)/π + 1/2, g'(x) = (α/2) / (1 + (π/2·α·x)²)."""
 
-    default_alpha = 2.0
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
@@ -304,14 +294,13 @@ class ATan(_AlphaSurrogate):
         return (alpha / 2) / (1.0 + (math.pi / 2 * alpha * x) ** 2)
 
 
-class NonzeroSignLogAbs(_AlphaSurrogate):
+class NonzeroSignLogAbs(SurrogateFunction):
     """g(x) = sign(x)·log(1 + α|x|) with sign(0) = +1 (not a step from 0 to 1: it passes through 0 at
     x = 0 and grows without bound), g'(x) = 1 / (1/α + |x|)."""
 
-    default_alpha = 1.0
 
     def __init__(self, alpha: float = 1.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
@@ -323,13 +312,12 @@ class NonzeroSignLogAbs(_AlphaSurrogate):
         return 1.0 / (1.0 / alpha + m.abs(x))
 
 
-class Erf(_AlphaSurrogate):
+class Erf(SurrogateFunction):
     """g(x) = erfc(−α·x)/2, g'(x) = (α/√π)·exp(−(α·x)²)."""
 
-    default_alpha = 2.0
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
@@ -418,7 +406,8 @@ class S2NN(SurrogateFunction):
     @staticmethod
     def derivative(x, alpha, beta, m):
         s = m.let("sigmoid", m.sigmoid(alpha * x))
-        return m.where(x < 0.0, alpha * s * (1.0 - s), beta / (x + 1.0))
+        # (x + 1 only where it is used: lanes that take the sigmoid side may hold x = −1)
+        return m.where(x < 0.0, alpha * s * (1.0 - s), beta / m.where(x < 0.0, 1.0, x + 1.0))
 
     @staticmethod
     def primitive_derivative(x, alpha, beta, m):
@@ -426,15 +415,14 @@ class S2NN(SurrogateFunction):
         return m.where(x < 0.0, alpha * s * (1.0 - s), beta / (m.abs(x + 1.0) + _S2NN_LOG_EPS))
 
 
-class QPseudoSpike(_AlphaSurrogate):
+class QPseudoSpike(SurrogateFunction):
     """g'(x) = (1 + 2|x|/(α−1))^(−α), a heavy tail that grows with smaller α (α > 1);
     g(x) = q(x) below 0 and 1 − q(x) from 0 on, with q(x) = (1 + 2|x|/(α−1))^(1−α) / 2."""
 
-    default_alpha = 2.0
     hyperparameters = {"alpha": ABOVE_ONE}
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True):
-        super().__init__(alpha, spiking)
+        super().__init__(spiking, alpha=alpha)
 
     @staticmethod
     def primitive(x, alpha, m):
