@@ -43,9 +43,12 @@ and states its formulas; it then runs on every backend::
 
 Formulas use arithmetic, comparisons and ``m``'s functions (``exp``, ``log``, ``sqrt``, ``abs``,
 ``sin``, ``cos``, ``atan``, ``erf``, ``erfc``, ``sigmoid``, ``pow(base, k)`` with a positive base and
-a constant k, ``where(cond, a, b)``), never Python ``if`` on ``x`` or torch calls. Hyper-parameters
-are checked when set, at construction and on assignment (``sg.sigma = 0.2``); a kernel backend reads
-them at every call, so an assignment reaches the next call's kernels.
+a constant k, ``where(cond, a, b)``), never Python ``if`` on ``x`` or torch calls; ``m.let(name,
+value)`` makes generated code compute a value once. Hyper-parameters are checked when set, at
+construction and on assignment (``sg.sigma = 0.2``), against their :class:`Rule` (``POSITIVE``,
+``NON_NEGATIVE``, ``ABOVE_ONE``, ``INTEGER_AT_LEAST_2``, or ``Rule(test, "what it asks for")``); a
+kernel backend reads them at every call, so an assignment reaches the next call's kernels. Define
+``primitive_derivative`` too when the backward slope is not the primitive's own.
 
 Any other callable (a lambda, an ``nn.Module``) may serve as a neuron's ``surrogate_function`` on the
 'torch' backend; the kernel backends need formulas they can compile and refuse it.
