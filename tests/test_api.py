@@ -33,16 +33,19 @@ def test_signatures_match_spikingjelly_multistep_api():
 
 def test_printing_reads_like_spikingjelly():
     assert repr(neuron.MultiStepIFNode(surrogate_function=surrogate.ATan())) == (
-        "MultiStepIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False\n"
+        "MultiStepIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, backend=auto\n"
         "  (surrogate_function): ATan(alpha=2.0, spiking=True)\n)")
-    assert repr(neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan())) == (
-        "MultiStepLIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, tau=2.0\n"
+    assert repr(neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan(), backend="cupy")) == (
+        "MultiStepLIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, tau=2.0, backend=cupy\n"
+        "  (surrogate_function): ATan(alpha=2.0, spiking=True)\n)")
+    assert repr(neuron.LIFNode(tau=3.0, surrogate_function=surrogate.ATan())) == (
+        "LIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, tau=3.0\n"
         "  (surrogate_function): ATan(alpha=2.0, spiking=True)\n)")
     assert "v_reset=None" in repr(neuron.IFNode(v_reset=None))
 
 
 def test_state_is_a_plain_attribute_not_in_state_dict():
-    node = neuron.MultiStepIFNode()
+    node = neuron.MultiStepIFNode(store_v_seq=True)
     assert node.v == 0.0 and node.v_seq is None
     node(torch.rand(3, 2, 4))
     assert node.v.shape == (2, 4)
@@ -62,7 +65,22 @@ def test_store_v_seq_keeps_every_step():
     node.store_v_seq = False
     node.reset()
     node(x)
-    assert node.v_seq is None
+    with pytest.raises(AttributeError, match="store_v_seq=True"):
+        node.v_seq
+    assert not hasattr(node, "v_seq")
+
+
+def test_v_seq_without_store_v_seq_says_how_to_get_it():
+    node = neuron.MultiStepLIFNode()
+    node(torch.rand(3, 2))
+    with pytest.raises(AttributeError, match=r"MultiStepLIFNode keeps v_seq only when it is built with store_v_seq=True"):
+        node.v_seq
+    node.store_v_seq = True
+    assert node.v_seq is None  # from the next call on
+    node(torch.rand(3, 2))
+    assert node.v_seq.shape == (3, 2)
+    with pytest.raises(AttributeError, match="no attribute 'v_sq'"):  # other names: torch's own message
+        node.v_sq
 
 
 def test_reset_net_resets_every_stateful_module():
@@ -276,6 +294,10 @@ def test_changing_an_option_after_a_call_takes_effect():
     node.reset()
     node.v_threshold = 0.4
     assert node(x).sum() > 0
+    node.reset()  # as SpikingJelly: the threshold returns to its value at construction
+    assert node.v_threshold == 1.0 and node(x).sum() == 0
+    node.reset()
+    node.set_reset_value("v_threshold", 0.4)
     node.reset()
     node.tau = 1.0  # H = x: fires every step at threshold 0.4
     assert node(x).sum() == 15
