@@ -307,3 +307,33 @@ def test_changing_an_option_after_a_call_takes_effect():
     node.detach_reset, node.v_reset, node.decay_input = True, None, False
     p = node.params()
     assert (p.detach_reset, p.v_reset, p.decay_input) == (True, None, False)
+
+
+def test_repr_matches_spikingjelly():
+    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
+    pairs = [
+        (neuron.IFNode(v_reset=None, detach_reset=True), sj_neuron.IFNode(v_reset=None, detach_reset=True)),
+        (neuron.LIFNode(tau=3.0), sj_neuron.LIFNode(tau=3.0)),
+        (neuron.MultiStepIFNode(backend="torch"), sj_neuron.MultiStepIFNode(backend="torch")),
+        (neuron.MultiStepLIFNode(tau=4.0, backend="torch"), sj_neuron.MultiStepLIFNode(tau=4.0, backend="torch")),
+        (neuron.QIFNode(), sj_neuron.QIFNode()),
+    ]
+    for ours, theirs in pairs:
+        assert ours.extra_repr() == theirs.extra_repr()
+        # The surrogate line differs only by the module's own repr, which is the same text.
+        assert repr(ours) == repr(theirs)
+
+
+def test_reset_after_changing_thresholds_matches_spikingjelly():
+    # SpikingJelly keeps v_threshold and v_reset as memories: reset() restores their values at
+    # construction, and the potential returns to the v_reset given at construction.
+    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
+    for ours, theirs in [(neuron.IFNode(v_reset=-0.5), sj_neuron.IFNode(v_reset=-0.5)),
+                         (neuron.MultiStepLIFNode(), sj_neuron.MultiStepLIFNode())]:
+        for node in (ours, theirs):
+            node.v_threshold, node.v_reset = 0.3, None
+            node(torch.ones(2, 3, dtype=torch.float64))
+            node.reset()
+        assert (ours.v_threshold, ours.v_reset, ours.v) == (theirs.v_threshold, theirs.v_reset, theirs.v)
+        x = torch.rand(2, 3, dtype=torch.float64) * 1.5
+        assert torch.equal(ours(x), theirs(x))
