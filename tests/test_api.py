@@ -185,6 +185,27 @@ def test_empty_inputs_give_empty_outputs(shape):
         assert node.v.shape == shape[1:]
 
 
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton", "cupy"])
+@pytest.mark.parametrize("shape", [(3, 0), (0, 2), (2, 0, 5)])
+def test_empty_inputs_stay_attached_to_autograd(backend, shape):
+    node = neuron.MultiStepLIFNode(backend=backend, store_v_seq=True)
+    x = torch.rand(shape, requires_grad=True)
+    y = node(x)
+    assert y.requires_grad and node.v_seq.requires_grad
+    (y.sum() + node.v_seq.sum()).backward()
+    assert x.grad is not None and x.grad.shape == shape
+    with torch.no_grad():
+        assert not node(torch.rand(shape)).requires_grad
+
+
+def test_empty_input_to_a_single_step_node_stays_attached():
+    x = torch.rand(0, 4, requires_grad=True)
+    y = neuron.LIFNode()(x)
+    assert y.shape == (0, 4) and y.requires_grad
+    y.sum().backward()
+    assert x.grad.shape == (0, 4)
+
+
 def test_nan_stays_nan():
     node = neuron.MultiStepIFNode(store_v_seq=True)
     x = torch.tensor([[0.5, float("nan")], [0.7, 0.1]], requires_grad=True)
