@@ -431,7 +431,8 @@ def _coefficient(name: str, value) -> torch.Tensor:
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a number or a floating-point tensor, got a {value.dtype} tensor")
         return value.detach().clone()
-    return torch.tensor(_finite(name, value))
+    # float64 keeps the number exact; as a 0-dim tensor it does not widen a float32 or float16 input.
+    return torch.tensor(_finite(name, value), dtype=torch.float64)
 
 
 class GeneralNode(_SingleStep):
