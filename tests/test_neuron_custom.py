@@ -149,3 +149,37 @@ def test_single_step_overrides_match_spikingjelly(override, kind):
         x = torch.randn(7, generator=g, dtype=torch.float64) * 0.6 + 0.2
         assert torch.equal(ours(x), theirs(x))
         torch.testing.assert_close(ours.v, theirs.v, rtol=1e-12, atol=1e-12)
+
+
+def test_a_direct_base_node_subclass_runs_like_spikingjelly():
+    # SpikingJelly users write a neuron as a BaseNode subclass that defines its charge.
+    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
+    sj_surrogate = pytest.importorskip("spikingjelly.clock_driven.surrogate")
+
+    def decaying_charge(self, x):
+        self.v = 0.9 * self.v + x
+
+    ours = _subclass(neuron.BaseNode, {"neuronal_charge": decaying_charge})(surrogate_function=surrogate.ATan())
+    theirs = _subclass(sj_neuron.BaseNode, {"neuronal_charge": decaying_charge})(surrogate_function=sj_surrogate.ATan())
+    g = torch.Generator().manual_seed(6)
+    for _ in range(5):
+        x = torch.randn(8, generator=g, dtype=torch.float64) * 0.5 + 0.3
+        assert torch.equal(ours(x), theirs(x))
+        torch.testing.assert_close(ours.v, theirs.v, rtol=1e-12, atol=1e-12)
+
+
+def test_a_subclass_may_keep_attributes_of_any_kind():
+    # Only a node's own options are checked on assignment: a custom neuron's extra state is free.
+    class Adaptive(neuron.MultiStepIFNode):
+        def __init__(self):
+            super().__init__(backend="torch")
+            self.a0 = torch.nn.Parameter(torch.tensor(0.1))
+            self.register_memory("v_rest", torch.zeros(()))
+
+        def neuronal_charge(self, x):
+            self.v = self.v + x - self.a0
+
+    node = Adaptive()
+    with pytest.warns(UserWarning):
+        node(torch.ones(3, 2)).sum().backward()
+    assert node.a0.grad is not None

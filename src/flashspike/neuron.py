@@ -43,10 +43,6 @@ def _number(name: str, value, *, positive: bool = False) -> float:
     return value
 
 
-def _finite(name: str, value) -> float:
-    return _number(name, value)
-
-
 def _finite_or_none(name: str, value) -> float | None:
     return None if value is None else _number(name, value)
 
@@ -65,18 +61,16 @@ def _any(name: str, value):
     return value
 
 
-# Options checked whenever they are assigned (at construction as later), and whose change must rebuild
-# the cached NeuronParams (see BaseNode.params()).
+# The options of BaseNode's constructor: checked whenever they are assigned (at construction as
+# later), and their change rebuilds the cached NeuronParams (see BaseNode.params()). A class with
+# options of its own extends the table (see QIFNode).
 _OPTION_CHECKS = {
-    "v_threshold": _finite,
+    "v_threshold": _number,
     "v_reset": _finite_or_none,
     "detach_reset": _flag,
     "surrogate_function": _any,  # checked by __init__
     "tau": _positive,
     "decay_input": _flag,
-    "v_c": _finite,
-    "a0": _positive,
-    "v_rest": _finite,
 }
 _UNSET = object()
 
@@ -92,12 +86,15 @@ def _check_floating(x, what: str) -> None:
 
 
 class BaseNode(MemoryModule):
-    """State and options shared by every neuron; subclasses define ``leaky`` and ``forward``."""
+    """State, options and the single-step forward shared by every neuron. Called, it runs one time step
+    ``[N, *] -> [N, *]`` through ``neuronal_charge`` (IF's, or LIF's when ``leaky``), ``neuronal_fire``
+    and ``neuronal_reset``; a subclass may override any of them, as with SpikingJelly's BaseNode."""
 
     leaky = False
     # Whether this class overrides neuronal_charge/fire/reset with methods the fused kernels do not
     # implement; decided once per class (__init_subclass__), read on every multi-step call.
     _own_dynamics = False
+    _option_checks = _OPTION_CHECKS
 
     def __init__(
         self,
@@ -109,7 +106,7 @@ class BaseNode(MemoryModule):
         decay_input: bool = True,
     ):
         super().__init__()
-        v_threshold = _finite("v_threshold", v_threshold)
+        v_threshold = _number("v_threshold", v_threshold)
         v_reset = _finite_or_none("v_reset", v_reset)
         self.register_memory("v", 0.0 if v_reset is None else v_reset)
         self.register_memory("v_threshold", v_threshold)
@@ -132,7 +129,7 @@ class BaseNode(MemoryModule):
         cls._own_dynamics = any(getattr(cls, name) is not getattr(BaseNode, name) for name in _DYNAMICS_METHODS)
 
     def __setattr__(self, name, value):
-        check = _OPTION_CHECKS.get(name)
+        check = self._option_checks.get(name)
         if check is not None:
             value = check(name, value)
             if self.__dict__.get(name, _UNSET) != value:
@@ -179,6 +176,13 @@ class BaseNode(MemoryModule):
         """H[t] -> V[t] in ``self.v`` after ``spike``."""
         self.v = dynamics.reset(self.v, spike.detach() if self.detach_reset else spike, self.params())
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One time step ``[N, *] -> [N, *]`` through charge, fire, reset; the state carries over to the
+        next call."""
+        _check_floating(x, "x")
+        self._start_steps(x)
+        return self._step(x)
+
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         """One step through charge, fire, reset; ``self.v`` must already be a tensor."""
         self.neuronal_charge(x)
@@ -221,11 +225,7 @@ _DYNAMICS_METHODS = ("neuronal_charge", "neuronal_fire", "neuronal_reset")
 
 
 class _SingleStep(BaseNode):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One time step ``[N, *] -> [N, *]``; the state carries over to the next call."""
-        _check_floating(x, "x")
-        self._start_steps(x)
-        return self._step(x)
+    """A node that runs one time step per call (BaseNode's forward)."""
 
 
 _warned_step_loop: set = set()
@@ -404,6 +404,7 @@ class QIFNode(_SingleStep):
         v_c: the critical potential, above which the potential grows by itself.
         a0: the sharpness of the quadratic term (> 0).
         v_rest: the resting potential.""")
+    _option_checks = {**_OPTION_CHECKS, "v_c": _number, "a0": _positive, "v_rest": _number}
 
     def __init__(self, tau=2.0, v_c=0.8, a0=1.0, v_threshold=1.0, v_rest=0.0, v_reset=-0.1, surrogate_function=None,
                  detach_reset=False):
@@ -432,7 +433,7 @@ def _coefficient(name: str, value) -> torch.Tensor:
             raise TypeError(f"{name} must be a number or a floating-point tensor, got a {value.dtype} tensor")
         return value.detach().clone()
     # float64 keeps the number exact; as a 0-dim tensor it does not widen a float32 or float16 input.
-    return torch.tensor(_finite(name, value), dtype=torch.float64)
+    return torch.tensor(_number(name, value), dtype=torch.float64)
 
 
 class GeneralNode(_SingleStep):
