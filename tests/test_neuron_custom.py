@@ -82,6 +82,15 @@ def test_classes_without_overrides_keep_the_fused_path(monkeypatch):
     assert len(calls) == 2  # the step loop, not the backend
 
 
+def test_a_class_whose_methods_the_kernels_implement_keeps_the_fused_path():
+    # A neuron with fused kernels may define the methods for single-step use and declare them known.
+    fused = _subclass(neuron.MultiStepLIFNode, {"neuronal_charge": neuron.BaseNode.neuronal_charge,
+                                                "_dynamics_in_kernels": True})
+    assert not fused._own_dynamics
+    assert _subclass(fused, OVERRIDES["fire"])._own_dynamics  # its subclasses' overrides still count
+    assert not _subclass(fused, {})._own_dynamics
+
+
 @pytest.mark.parametrize("base", [neuron.IFNode, neuron.LIFNode])
 def test_single_step_nodes_run_the_overrides(base):
     node = _subclass(base, OVERRIDES["all"])()

@@ -91,8 +91,12 @@ class BaseNode(MemoryModule):
     and ``neuronal_reset``; a subclass may override any of them, as with SpikingJelly's BaseNode."""
 
     leaky = False
-    # Whether this class overrides neuronal_charge/fire/reset with methods the fused kernels do not
-    # implement; decided once per class (__init_subclass__), read on every multi-step call.
+    # A class that defines neuronal_charge/fire/reset sets this in its own body when the fused kernels
+    # implement exactly those methods (as BaseNode's, through flashspike.dynamics); a subclass that
+    # overrides them without it runs them step by step.
+    _dynamics_in_kernels = True
+    # Whether a class's charge, fire or reset is one the kernels do not implement; decided once per
+    # class (__init_subclass__), read on every multi-step call.
     _own_dynamics = False
     _option_checks = _OPTION_CHECKS
 
@@ -126,7 +130,9 @@ class BaseNode(MemoryModule):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._own_dynamics = any(getattr(cls, name) is not getattr(BaseNode, name) for name in _DYNAMICS_METHODS)
+        cls._own_dynamics = any(
+            not _defining_class(cls, name).__dict__.get("_dynamics_in_kernels", False) for name in _DYNAMICS_METHODS
+        )
 
     def __setattr__(self, name, value):
         check = self._option_checks.get(name)
@@ -222,6 +228,10 @@ class BaseNode(MemoryModule):
 
 
 _DYNAMICS_METHODS = ("neuronal_charge", "neuronal_fire", "neuronal_reset")
+
+
+def _defining_class(cls: type, name: str) -> type:
+    return next(klass for klass in cls.__mro__ if name in klass.__dict__)
 
 
 class _SingleStep(BaseNode):
