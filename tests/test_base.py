@@ -151,3 +151,16 @@ def test_deepcopy_after_a_forward_under_autograd_copies_the_state_detached():
     assert net[1].v_threshold == 1.0
     functional.reset_net(twin)
     assert twin[1].v == 0.0 and net[1].v.shape == (4, 3)
+
+
+def test_pickling_a_node_keeps_its_state_detached():
+    import io
+
+    node = neuron.MultiStepIFNode(store_v_seq=True)
+    node((torch.rand(3, 2) * 2).requires_grad_())
+    buffer = io.BytesIO()
+    torch.save(node, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded.v, node.v) and loaded.v.grad_fn is None and loaded.v_seq.shape == (3, 2)
+    assert repr(loaded) == repr(node)

@@ -21,7 +21,7 @@ class MemoryModule(nn.Module):
     """Base class of modules that keep state between calls (SpikingJelly's ``base.MemoryModule`` API).
 
     Tensor memories follow the module through ``.to()``, ``.cuda()``, ``.half()`` and the like;
-    ``copy.deepcopy`` copies them detached from any autograd graph.
+    ``copy.deepcopy`` and pickling copy them detached from any autograd graph.
     """
 
     def __init__(self):
@@ -78,14 +78,11 @@ class MemoryModule(nn.Module):
                 self._memories_rv[name] = fn(value)
         return super()._apply(fn, *args, **kwargs)
 
-    def __deepcopy__(self, memo):
-        # A memory made by a forward pass under autograd is not a graph leaf, and torch refuses to
-        # deep-copy those; the copy gets the same values, detached (as after detach()).
-        new = type(self).__new__(type(self))
-        memo[id(self)] = new
-        memories = self.__dict__["_memories_rv"]
-        for name, value in self.__dict__.items():
-            if name in memories and isinstance(value, torch.Tensor):
-                value = value.detach()
-            new.__dict__[name] = copy.deepcopy(value, memo)
-        return new
+    def __getstate__(self):
+        # What copy.deepcopy and pickle copy. A memory made by a forward pass under autograd is not a
+        # graph leaf, and torch refuses to deep-copy those: the copy gets the same values, detached.
+        state = super().__getstate__()
+        for name in self._memories_rv:
+            if isinstance(state[name], torch.Tensor):
+                state[name] = state[name].detach()
+        return state
