@@ -46,13 +46,28 @@ def test_bias_in_the_charge_fires_every_other_step():
     assert node.v_seq.view(-1).tolist() == [0.5, 0.0, 0.5, 0.0]
 
 
-@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton", "cupy"])
 def test_override_runs_whatever_the_backend(backend):
     node = _subclass(neuron.MultiStepLIFNode, OVERRIDES["charge"])(backend=backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         spikes = node(torch.zeros(4, 3))
     assert spikes[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "cupy", "triton"])
+def test_override_on_cuda_matches_the_cpu(backend):
+    cls = _subclass(neuron.MultiStepLIFNode, OVERRIDES["all"])
+    x = torch.randn(5, 3, 7) + 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = cls(backend="torch", store_v_seq=True)
+        on_cpu = expected(x)
+        node = cls(backend=backend, store_v_seq=True)
+        got = node(x.cuda())
+    assert torch.equal(got.cpu(), on_cpu)
+    torch.testing.assert_close(node.v_seq.cpu(), expected.v_seq)
 
 
 def test_the_step_loop_notice_is_shown_once_per_class():
