@@ -33,16 +33,19 @@ def test_signatures_match_spikingjelly_multistep_api():
 
 def test_printing_reads_like_spikingjelly():
     assert repr(neuron.MultiStepIFNode(surrogate_function=surrogate.ATan())) == (
-        "MultiStepIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False\n"
+        "MultiStepIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, backend=auto\n"
         "  (surrogate_function): ATan(alpha=2.0, spiking=True)\n)")
-    assert repr(neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan())) == (
-        "MultiStepLIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, tau=2.0\n"
+    assert repr(neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan(), backend="cupy")) == (
+        "MultiStepLIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, tau=2.0, backend=cupy\n"
+        "  (surrogate_function): ATan(alpha=2.0, spiking=True)\n)")
+    assert repr(neuron.LIFNode(tau=3.0, surrogate_function=surrogate.ATan())) == (
+        "LIFNode(\n  v_threshold=1.0, v_reset=0.0, detach_reset=False, tau=3.0\n"
         "  (surrogate_function): ATan(alpha=2.0, spiking=True)\n)")
     assert "v_reset=None" in repr(neuron.IFNode(v_reset=None))
 
 
 def test_state_is_a_plain_attribute_not_in_state_dict():
-    node = neuron.MultiStepIFNode()
+    node = neuron.MultiStepIFNode(store_v_seq=True)
     assert node.v == 0.0 and node.v_seq is None
     node(torch.rand(3, 2, 4))
     assert node.v.shape == (2, 4)
@@ -62,7 +65,22 @@ def test_store_v_seq_keeps_every_step():
     node.store_v_seq = False
     node.reset()
     node(x)
-    assert node.v_seq is None
+    with pytest.raises(AttributeError, match="store_v_seq=True"):
+        node.v_seq
+    assert not hasattr(node, "v_seq")
+
+
+def test_v_seq_without_store_v_seq_says_how_to_get_it():
+    node = neuron.MultiStepLIFNode()
+    node(torch.rand(3, 2))
+    with pytest.raises(AttributeError, match=r"MultiStepLIFNode keeps v_seq only when it is built with store_v_seq=True"):
+        node.v_seq
+    node.store_v_seq = True
+    assert node.v_seq is None  # from the next call on
+    node(torch.rand(3, 2))
+    assert node.v_seq.shape == (3, 2)
+    with pytest.raises(AttributeError, match="no attribute 'v_sq'"):  # other names: torch's own message
+        node.v_sq
 
 
 def test_reset_net_resets_every_stateful_module():
@@ -165,6 +183,27 @@ def test_empty_inputs_give_empty_outputs(shape):
         assert node.v == 0.0  # nothing happened
     else:
         assert node.v.shape == shape[1:]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton", "cupy"])
+@pytest.mark.parametrize("shape", [(3, 0), (0, 2), (2, 0, 5)])
+def test_empty_inputs_stay_attached_to_autograd(backend, shape):
+    node = neuron.MultiStepLIFNode(backend=backend, store_v_seq=True)
+    x = torch.rand(shape, requires_grad=True)
+    y = node(x)
+    assert y.requires_grad and node.v_seq.requires_grad
+    (y.sum() + node.v_seq.sum()).backward()
+    assert x.grad is not None and x.grad.shape == shape
+    with torch.no_grad():
+        assert not node(torch.rand(shape)).requires_grad
+
+
+def test_empty_input_to_a_single_step_node_stays_attached():
+    x = torch.rand(0, 4, requires_grad=True)
+    y = neuron.LIFNode()(x)
+    assert y.shape == (0, 4) and y.requires_grad
+    y.sum().backward()
+    assert x.grad.shape == (0, 4)
 
 
 def test_nan_stays_nan():
@@ -276,6 +315,10 @@ def test_changing_an_option_after_a_call_takes_effect():
     node.reset()
     node.v_threshold = 0.4
     assert node(x).sum() > 0
+    node.reset()  # as SpikingJelly: the threshold returns to its value at construction
+    assert node.v_threshold == 1.0 and node(x).sum() == 0
+    node.reset()
+    node.set_reset_value("v_threshold", 0.4)
     node.reset()
     node.tau = 1.0  # H = x: fires every step at threshold 0.4
     assert node(x).sum() == 15
@@ -285,3 +328,33 @@ def test_changing_an_option_after_a_call_takes_effect():
     node.detach_reset, node.v_reset, node.decay_input = True, None, False
     p = node.params()
     assert (p.detach_reset, p.v_reset, p.decay_input) == (True, None, False)
+
+
+def test_repr_matches_spikingjelly():
+    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
+    pairs = [
+        (neuron.IFNode(v_reset=None, detach_reset=True), sj_neuron.IFNode(v_reset=None, detach_reset=True)),
+        (neuron.LIFNode(tau=3.0), sj_neuron.LIFNode(tau=3.0)),
+        (neuron.MultiStepIFNode(backend="torch"), sj_neuron.MultiStepIFNode(backend="torch")),
+        (neuron.MultiStepLIFNode(tau=4.0, backend="torch"), sj_neuron.MultiStepLIFNode(tau=4.0, backend="torch")),
+        (neuron.QIFNode(), sj_neuron.QIFNode()),
+    ]
+    for ours, theirs in pairs:
+        assert ours.extra_repr() == theirs.extra_repr()
+        # The surrogate line differs only by the module's own repr, which is the same text.
+        assert repr(ours) == repr(theirs)
+
+
+def test_reset_after_changing_thresholds_matches_spikingjelly():
+    # SpikingJelly keeps v_threshold and v_reset as memories: reset() restores their values at
+    # construction, and the potential returns to the v_reset given at construction.
+    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
+    for ours, theirs in [(neuron.IFNode(v_reset=-0.5), sj_neuron.IFNode(v_reset=-0.5)),
+                         (neuron.MultiStepLIFNode(), sj_neuron.MultiStepLIFNode())]:
+        for node in (ours, theirs):
+            node.v_threshold, node.v_reset = 0.3, None
+            node(torch.ones(2, 3, dtype=torch.float64))
+            node.reset()
+        assert (ours.v_threshold, ours.v_reset, ours.v) == (theirs.v_threshold, theirs.v_reset, theirs.v)
+        x = torch.rand(2, 3, dtype=torch.float64) * 1.5
+        assert torch.equal(ours(x), theirs(x))

@@ -1,31 +1,78 @@
 """Spiking neurons: multi-step nodes ``[T, N, *] -> [T, N, *]`` and single-step nodes ``[N, *] -> [N, *]``.
 
-A neuron is charge, fire, reset (:mod:`flashspike.dynamics`). IF and LIF differ only in the charge.
-The membrane potential is a plain attribute ``v``: a Python float (the resting value) until the first
-call, then a tensor shaped like one time step. It is not a buffer, so ``state_dict()`` does not carry
-it and DDP does not broadcast it. ``reset()`` (or :func:`flashspike.functional.reset_net`) returns it
-to rest.
+A neuron is charge, fire, reset: the methods ``neuronal_charge(x)``, ``neuronal_fire()`` and
+``neuronal_reset(spike)`` act on the membrane potential ``self.v``, as in SpikingJelly. IF and LIF
+implement them with :mod:`flashspike.dynamics` and differ only in the charge. A single-step node
+always runs them; a multi-step node runs its backend's fused ``multi_step`` instead, unless its class
+overrides one of them: then it runs them step by step (the kernels cannot know the override).
+
+Every node is a :class:`flashspike.base.MemoryModule`: ``v`` (and ``v_threshold``, ``v_reset``,
+``v_seq``) are memories, plain attributes that ``state_dict()`` does not carry and DDP does not
+broadcast. ``v`` is a Python float (the resting value) until the first call, then a tensor shaped like
+one time step. ``reset()`` (or :func:`flashspike.functional.reset_net`) returns every memory to its
+value at construction, as SpikingJelly does: a threshold assigned after construction lasts until the
+next ``reset()``; ``node.set_reset_value("v_threshold", x)`` changes what ``reset()`` restores.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
+
 import torch
 from torch import nn
 
-from . import backends, surrogate
+from . import backends, dynamics, surrogate
 from .backends import ops
-from .backends.reference import neuron_step
+from .base import MemoryModule
 from .params import NeuronParams
 
-__all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode"]
+__all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode", "QIFNode", "GeneralNode",
+           "MultiStepGeneralNode", "LIAFNode"]
 
 
 def _number(name: str, value, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if positive and not value > 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
-    return float(value)
+    return value
+
+
+def _finite_or_none(name: str, value) -> float | None:
+    return None if value is None else _number(name, value)
+
+
+def _positive(name: str, value) -> float:
+    return _number(name, value, positive=True)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _any(name: str, value):
+    return value
+
+
+# The options of BaseNode's constructor: checked whenever they are assigned (at construction as
+# later), and their change rebuilds the cached NeuronParams (see BaseNode.params()). A class with
+# options of its own extends the table (see QIFNode).
+_OPTION_CHECKS = {
+    "v_threshold": _number,
+    "v_reset": _finite_or_none,
+    "detach_reset": _flag,
+    "surrogate_function": _any,  # checked by __init__
+    "tau": _positive,
+    "decay_input": _flag,
+}
+_UNSET = object()
 
 
 def _check_floating(x, what: str) -> None:
@@ -38,10 +85,20 @@ def _check_floating(x, what: str) -> None:
         )
 
 
-class BaseNode(nn.Module):
-    """State and options shared by every neuron; subclasses define ``leaky`` and ``forward``."""
+class BaseNode(MemoryModule):
+    """State, options and the single-step forward shared by every neuron. Called, it runs one time step
+    ``[N, *] -> [N, *]`` through ``neuronal_charge`` (IF's, or LIF's when ``leaky``), ``neuronal_fire``
+    and ``neuronal_reset``; a subclass may override any of them, as with SpikingJelly's BaseNode."""
 
     leaky = False
+    # A class that defines neuronal_charge/fire/reset sets this in its own body when the fused kernels
+    # implement exactly those methods (as BaseNode's, through flashspike.dynamics); a subclass that
+    # overrides them without it runs them step by step.
+    _dynamics_in_kernels = True
+    # Whether a class's charge, fire or reset is one the kernels do not implement; decided once per
+    # class (__init_subclass__), read on every multi-step call.
+    _own_dynamics = False
+    _option_checks = _OPTION_CHECKS
 
     def __init__(
         self,
@@ -53,8 +110,11 @@ class BaseNode(nn.Module):
         decay_input: bool = True,
     ):
         super().__init__()
-        self.v_threshold = _number("v_threshold", v_threshold)
-        self.v_reset = None if v_reset is None else _number("v_reset", v_reset)
+        v_threshold = _number("v_threshold", v_threshold)
+        v_reset = _finite_or_none("v_reset", v_reset)
+        self.register_memory("v", 0.0 if v_reset is None else v_reset)
+        self.register_memory("v_threshold", v_threshold)
+        self.register_memory("v_reset", v_reset)
         if surrogate_function is None:
             surrogate_function = surrogate.Sigmoid()
         if not callable(surrogate_function):
@@ -63,28 +123,32 @@ class BaseNode(nn.Module):
                 f"(every backend) or any function of a tensor (backend 'torch' only), got {surrogate_function!r}"
             )
         self.surrogate_function = surrogate_function
-        self.detach_reset = bool(detach_reset)
+        self.detach_reset = detach_reset
         if self.leaky:
-            self.tau = _number("tau", tau, positive=True)
-            self.decay_input = bool(decay_input)
-        self.reset()
+            self.tau = tau
+            self.decay_input = decay_input
 
-    @property
-    def v_rest(self) -> float:
-        """Where ``reset()`` puts the potential: v_reset, or 0 for soft reset."""
-        return 0.0 if self.v_reset is None else self.v_reset
-
-    def reset(self) -> None:
-        """Forget the state: the potential returns to rest."""
-        self.__dict__["v"] = self.v_rest
-
-    # Options whose change must rebuild the cached NeuronParams (see params()).
-    _OPTION_NAMES = frozenset({"v_threshold", "v_reset", "surrogate_function", "detach_reset", "tau", "decay_input"})
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._own_dynamics = any(
+            not _defining_class(cls, name).__dict__.get("_dynamics_in_kernels", False) for name in _DYNAMICS_METHODS
+        )
 
     def __setattr__(self, name, value):
-        if name in self._OPTION_NAMES:
-            self.__dict__["_cached_params"] = None
+        check = self._option_checks.get(name)
+        if check is not None:
+            value = check(name, value)
+            if self.__dict__.get(name, _UNSET) != value:
+                self.__dict__["_cached_params"] = None
         super().__setattr__(name, value)
+
+    def reset(self) -> None:
+        """Forget the state: every memory returns to its value at construction (the potential to
+        v_reset, or 0 for soft reset; v_threshold and v_reset to what they were given)."""
+        super().reset()
+        p = self.__dict__.get("_cached_params")
+        if p is not None and (p.v_threshold != self.v_threshold or p.v_reset != self.v_reset):
+            self.__dict__["_cached_params"] = None
 
     def params(self) -> NeuronParams:
         """The current options as the frozen object that backends receive.
@@ -104,6 +168,34 @@ class BaseNode(nn.Module):
             )
         return p
 
+    # Charge, fire, reset: one time step on self.v, the equations of flashspike.dynamics.
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        """V[t-1] -> H[t] in ``self.v``, for the input ``x`` of this step."""
+        self.v = dynamics.charge(self.v, x, self.params())
+
+    def neuronal_fire(self) -> torch.Tensor:
+        """The spike of this step, from ``self.v`` (H[t]) and the threshold."""
+        return self.surrogate_function(self.v - self.v_threshold)
+
+    def neuronal_reset(self, spike: torch.Tensor) -> None:
+        """H[t] -> V[t] in ``self.v`` after ``spike``."""
+        self.v = dynamics.reset(self.v, spike.detach() if self.detach_reset else spike, self.params())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One time step ``[N, *] -> [N, *]`` through charge, fire, reset; the state carries over to the
+        next call."""
+        _check_floating(x, "x")
+        self._start_steps(x)
+        return self._step(x)
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """One step through charge, fire, reset; ``self.v`` must already be a tensor."""
+        self.neuronal_charge(x)
+        spike = self.neuronal_fire()
+        self.neuronal_reset(spike)
+        return spike
+
     def _initial_v(self, step_shape: torch.Size, like: torch.Tensor):
         """The kept potential, checked against one time step of the input (``step_shape``, ``like``)."""
         v = self.v
@@ -122,6 +214,12 @@ class BaseNode(nn.Module):
             )
         return v if v.dtype == like.dtype else v.to(like.dtype)
 
+    def _start_steps(self, step: torch.Tensor) -> None:
+        """Put the kept potential in ``self.v`` as a tensor like ``step`` (one time step of the input),
+        so that charge, fire and reset methods may treat it as one."""
+        v = self._initial_v(step.shape, step)
+        self.__dict__["v"] = v if isinstance(v, torch.Tensor) else torch.full_like(step, v)
+
     def extra_repr(self) -> str:
         text = f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}"
         if self.leaky:
@@ -129,19 +227,34 @@ class BaseNode(nn.Module):
         return text
 
 
+_DYNAMICS_METHODS = ("neuronal_charge", "neuronal_fire", "neuronal_reset")
+
+
+def _defining_class(cls: type, name: str) -> type:
+    return next(klass for klass in cls.__mro__ if name in klass.__dict__)
+
+
 class _SingleStep(BaseNode):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One time step ``[N, *] -> [N, *]``; the state carries over to the next call."""
-        _check_floating(x, "x")
-        spike, self.v = neuron_step(x, self._initial_v(x.shape, x), self.params())
-        return spike
+    """A node that runs one time step per call (BaseNode's forward)."""
+
+
+_warned_step_loop: set = set()
+
+_V_SEQ_MISSING = (
+    "{cls} keeps v_seq only when it is built with store_v_seq=True (or after node.store_v_seq = True, "
+    "from the next call on)"
+)
 
 
 class _MultiStep(BaseNode):
+    # A class without fused kernels of its own sets this to False: its step loop is no surprise.
+    _warn_step_loop = True
+
     def __init__(self, *args, backend: str = "auto", store_v_seq: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
         self.store_v_seq = bool(store_v_seq)
+        self.register_memory("v_seq", None)
 
     @property
     def backend(self) -> str:
@@ -152,9 +265,22 @@ class _MultiStep(BaseNode):
     def backend(self, name: str) -> None:
         self._backend = backends.validate_name(name)
 
-    def reset(self) -> None:
-        super().reset()
-        self.__dict__["v_seq"] = None
+    @property
+    def v_seq(self) -> torch.Tensor | None:
+        """The potential after every step of the last call, ``[T, N, *]`` (None before the first call);
+        kept only with ``store_v_seq=True``."""
+        if self.store_v_seq:
+            return self.__dict__["v_seq"]
+        raise AttributeError  # answered by __getattr__, which says how to get it
+
+    @v_seq.setter
+    def v_seq(self, value) -> None:
+        self.__dict__["v_seq"] = value
+
+    def __getattr__(self, name: str):
+        if name == "v_seq":
+            raise AttributeError(_V_SEQ_MISSING.format(cls=type(self).__name__))
+        return super().__getattr__(name)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The whole sequence ``[T, N, *] -> [T, N, *]`` in one call, continuing from ``self.v``."""
@@ -167,6 +293,8 @@ class _MultiStep(BaseNode):
         v_init = self._initial_v(x_seq.shape[1:], x_seq)
         if x_seq.numel() == 0:
             return self._empty_call(x_seq)
+        if self._own_dynamics:
+            return self._step_loop(x_seq)
         if torch.compiler.is_compiling():
             # One custom operator that the compiler sees through; it resolves the backend as it runs.
             spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq)
@@ -180,13 +308,39 @@ class _MultiStep(BaseNode):
             state["v_seq"] = v_seq
         return spike_seq
 
-    def _empty_call(self, x_seq: torch.Tensor) -> torch.Tensor:
-        # Nothing to simulate: T = 0 keeps the state, N = 0 leaves an empty one.
-        if x_seq.shape[0] > 0:
-            self.v = x_seq.new_empty(x_seq.shape[1:])
+    def _step_loop(self, x_seq: torch.Tensor) -> torch.Tensor:
+        """The class's own charge, fire and reset methods, once per step, on the input's device."""
+        cls = type(self)
+        if cls._warn_step_loop and cls not in _warned_step_loop:
+            _warned_step_loop.add(cls)
+            warnings.warn(
+                f"{cls.__name__} overrides neuronal_charge, neuronal_fire or neuronal_reset, which the fused "
+                "kernels do not know: it runs those methods one step at a time instead of the backend "
+                f"{self._backend!r}. This notice is shown once per class.",
+                stacklevel=3,
+            )
+        self._start_steps(x_seq[0])
+        spikes, vs = [], []
+        for x in x_seq:
+            spikes.append(self._step(x))
+            if self.store_v_seq:
+                vs.append(self.v)
         if self.store_v_seq:
-            self.v_seq = x_seq.new_empty(x_seq.shape)
-        return x_seq.new_empty(x_seq.shape)
+            self.v_seq = torch.stack(vs)
+        return torch.stack(spikes)
+
+    def _empty_call(self, x_seq: torch.Tensor) -> torch.Tensor:
+        # Nothing to simulate: T = 0 keeps the state, N = 0 leaves an empty one. The outputs are made
+        # from x_seq so that they stay in its autograd graph (a backward through them gives an empty
+        # gradient instead of failing).
+        if x_seq.shape[0] > 0:
+            self.v = x_seq[-1].clone()
+        if self.store_v_seq:
+            self.v_seq = x_seq.clone()
+        return x_seq.clone()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", backend={self._backend}"
 
 
 _NEURON_DOC = """
@@ -247,3 +401,109 @@ class MultiStepLIFNode(_MultiStep):
                  detach_reset=False, backend="auto", store_v_seq=False):
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, tau, decay_input,
                          backend=backend, store_v_seq=store_v_seq)
+
+
+class QIFNode(_SingleStep):
+    """Single-step quadratic integrate-and-fire neuron:
+    H[t] = V[t−1] + (X[t] + a0·(V[t−1] − v_rest)·(V[t−1] − v_c)) / tau.
+
+    It starts (and resets) at ``v_reset``, not ``v_rest``. Runs in plain PyTorch (no fused kernels).
+    """
+
+    __doc__ += _NEURON_DOC.format(extra="""
+        tau: the membrane time constant (> 0).
+        v_c: the critical potential, above which the potential grows by itself.
+        a0: the sharpness of the quadratic term (> 0).
+        v_rest: the resting potential.""")
+    _option_checks = {**_OPTION_CHECKS, "v_c": _number, "a0": _positive, "v_rest": _number}
+
+    def __init__(self, tau=2.0, v_c=0.8, a0=1.0, v_threshold=1.0, v_rest=0.0, v_reset=-0.1, surrogate_function=None,
+                 detach_reset=False):
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset)
+        self.tau = tau
+        self.v_c = v_c
+        self.a0 = a0
+        self.v_rest = v_rest
+        if self.v_reset is not None and not (self.v_threshold > self.v_reset and self.v_rest >= self.v_reset):
+            raise ValueError(
+                f"QIFNode needs v_threshold > v_reset and v_rest >= v_reset, got v_threshold={self.v_threshold}, "
+                f"v_rest={self.v_rest}, v_reset={self.v_reset}"
+            )
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        v = self.v
+        self.v = v + (x + self.a0 * (v - self.v_rest) * (v - self.v_c)) / self.tau
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tau={self.tau}, v_c={self.v_c}, a0={self.a0}, v_rest={self.v_rest}"
+
+
+def _coefficient(name: str, value) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a number or a floating-point tensor, got a {value.dtype} tensor")
+        return value.detach().clone()
+    # float64 keeps the number exact; as a 0-dim tensor it does not widen a float32 or float16 input.
+    return torch.tensor(_number(name, value), dtype=torch.float64)
+
+
+class GeneralNode(_SingleStep):
+    """Single-step neuron with a general linear charge: H[t] = a·V[t−1] + b·X[t] + c.
+
+    ``a``, ``b`` and ``c`` are numbers or tensors that broadcast against one step of the input; they
+    are buffers (saved by ``state_dict()``, moved by ``.to()``). Runs in plain PyTorch (no fused kernels).
+    """
+
+    __doc__ += _NEURON_DOC.format(extra="""
+        a, b, c: the coefficients of the charge.""")
+
+    def __init__(self, a, b, c=0.0, v_threshold=1.0, v_reset=0.0, surrogate_function=None, detach_reset=False):
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset)
+        self.register_buffer("a", _coefficient("a", a))
+        self.register_buffer("b", _coefficient("b", b))
+        self.register_buffer("c", _coefficient("c", c))
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        self.v = self.a * self.v + self.b * x + self.c
+
+
+class MultiStepGeneralNode(_MultiStep, GeneralNode):
+    """Multi-step :class:`GeneralNode`: runs its charge, fire and reset once per step, whatever the
+    ``backend`` (recorded for :func:`flashspike.functional.set_backend`, but there are no fused kernels
+    for this charge)."""
+
+    __doc__ += _NEURON_DOC.format(extra="""
+        a, b, c: the coefficients of the charge.""" + _MULTI_DOC)
+    _warn_step_loop = False
+
+    def __init__(self, a, b, c, v_threshold=1.0, v_reset=0.0, surrogate_function=None, detach_reset=False,
+                 backend="torch", store_v_seq=False):
+        super().__init__(a, b, c, v_threshold, v_reset, surrogate_function, detach_reset, backend=backend,
+                         store_v_seq=store_v_seq)
+
+
+class LIAFNode(LIFNode):
+    """Single-step leaky integrate and analog fire neuron (LIAF-Net, arXiv:2011.06176): charges, fires
+    and resets as :class:`LIFNode`, but outputs ``act(H[t] − v_threshold)`` (``threshold_related``) or
+    ``act(H[t])`` instead of the spike. Its outputs are not binary.
+
+    Args:
+        act: the activation applied to the charged potential (any callable, e.g. ``torch.relu``).
+        threshold_related: whether ``act`` sees the potential relative to the threshold.
+        *args, **kwargs: as :class:`LIFNode`.
+    """
+
+    def __init__(self, act, threshold_related: bool, *args, **kwargs):
+        if not callable(act):
+            raise TypeError(f"act must be callable (a function or module), got {act!r}")
+        super().__init__(*args, **kwargs)
+        self.act = act
+        self.threshold_related = _flag("threshold_related", threshold_related)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_floating(x, "x")
+        self._start_steps(x)
+        self.neuronal_charge(x)
+        y = self.act(self.v - self.v_threshold if self.threshold_related else self.v)
+        self.neuronal_reset(self.neuronal_fire())
+        return y

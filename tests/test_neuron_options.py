@@ -1,0 +1,101 @@
+"""Neuron options are checked when assigned, as at construction, with errors that name the option."""
+
+import math
+
+import pytest
+import torch
+
+from flashspike import neuron
+
+NAN, INF = float("nan"), float("inf")
+
+# (option, bad value, error type, words the message must hold)
+BAD = [
+    ("tau", -1.0, ValueError, "tau must be positive"),
+    ("tau", 0.0, ValueError, "tau must be positive"),
+    ("tau", NAN, ValueError, "tau must be a finite number"),
+    ("tau", INF, ValueError, "tau must be a finite number"),
+    ("tau", "2", TypeError, "tau must be a number"),
+    ("v_threshold", NAN, ValueError, "v_threshold must be a finite number"),
+    ("v_threshold", -INF, ValueError, "v_threshold must be a finite number"),
+    ("v_threshold", None, TypeError, "v_threshold must be a number"),
+    ("v_threshold", True, TypeError, "v_threshold must be a number"),
+    ("v_reset", NAN, ValueError, "v_reset must be a finite number"),
+    ("v_reset", INF, ValueError, "v_reset must be a finite number"),
+    ("v_reset", "0", TypeError, "v_reset must be a number"),
+    ("detach_reset", "yes", TypeError, "detach_reset must be True or False"),
+    ("detach_reset", None, TypeError, "detach_reset must be True or False"),
+    ("decay_input", 1, TypeError, "decay_input must be True or False"),
+]
+
+LIF_CLASSES = [neuron.LIFNode, neuron.MultiStepLIFNode]
+
+
+@pytest.mark.parametrize("cls", LIF_CLASSES)
+@pytest.mark.parametrize("option,value,error,words", BAD, ids=lambda v: repr(v) if not isinstance(v, type) else "")
+def test_bad_option_refused_at_construction(cls, option, value, error, words):
+    with pytest.raises(error, match=words):
+        cls(**{option: value})
+
+
+@pytest.mark.parametrize("cls", LIF_CLASSES)
+@pytest.mark.parametrize("option,value,error,words", BAD, ids=lambda v: repr(v) if not isinstance(v, type) else "")
+def test_bad_option_refused_on_assignment_and_nothing_changes(cls, option, value, error, words):
+    node = cls()
+    before, params = getattr(node, option), node.params()
+    with pytest.raises(error, match=words):
+        setattr(node, option, value)
+    assert getattr(node, option) == before and node.params() is params
+
+
+def test_good_values_are_accepted_and_take_effect():
+    node = neuron.MultiStepLIFNode(backend="torch")
+    node.tau = 4  # an int is a number
+    assert node.tau == 4.0 and isinstance(node.tau, float) and node.params().tau == 4.0
+    node.v_reset = None  # soft reset stays valid
+    assert node.params().v_reset is None
+    node.v_reset = -0.5
+    node.v_threshold = 0.25
+    node.detach_reset = True
+    node.decay_input = False
+    p = node.params()
+    assert (p.v_reset, p.v_threshold, p.detach_reset, p.decay_input) == (-0.5, 0.25, True, False)
+    np = pytest.importorskip("numpy")
+    node.tau = np.float32(3.0)
+    assert node.tau == 3.0 and type(node.tau) is float
+
+
+def test_a_refused_tau_can_no_longer_silence_or_break_the_neuron():
+    # Before the checks on assignment, tau = -1 gave a neuron that never fires and tau = 0 gave NaN.
+    node = neuron.MultiStepLIFNode(backend="torch")
+    for bad in (-1.0, 0.0):
+        with pytest.raises(ValueError):
+            node.tau = bad
+    y = node(torch.full((3, 2), 2.0))
+    assert y.sum() > 0 and not math.isnan(node.v.sum().item())
+
+
+def test_if_nodes_check_their_options_too():
+    node = neuron.MultiStepIFNode()
+    with pytest.raises(ValueError, match="v_threshold"):
+        node.v_threshold = NAN
+    with pytest.raises(ValueError, match="v_reset"):
+        neuron.IFNode(v_reset=INF)
+    with pytest.raises(ValueError, match="known backends"):
+        node.backend = "cuda"
+    assert node.backend == "auto"
+
+
+def test_assigning_the_same_value_keeps_the_cached_params():
+    # The compiled path keys on the params object: an unchanged option must not rebuild it.
+    node = neuron.MultiStepLIFNode()
+    p = node.params()
+    node.tau = 2.0
+    node.v_threshold = 1.0
+    node.reset()
+    assert node.params() is p
+    node.v_threshold = 0.5
+    assert node.params() is not p and node.params().v_threshold == 0.5
+    q = node.params()
+    node.reset()  # back to 1.0, as SpikingJelly: the params follow
+    assert node.params() is not q and node.params().v_threshold == 1.0
