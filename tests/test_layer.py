@@ -367,3 +367,15 @@ def test_temporal_wise_attention_scales_each_step():
         layer.MultiStepTemporalWiseAttention(4, 8)
     with pytest.raises(ValueError, match=r"\[T, N, M\]"):
         att(torch.rand(4, 3, 5, 2))
+
+
+def test_dropconnect_linear_matches_spikingjelly():
+    sj_layer = _sj()
+    x = torch.rand(3, 4, dtype=torch.float64)
+    results = []
+    for lib in (sj_layer, layer):
+        torch.manual_seed(4)
+        d = lib.DropConnectLinear(4, 2, p=0.3).double()
+        results.append((d(x), d(x), list(d.state_dict())))
+    torch.testing.assert_close(results[0][:2], results[1][:2])
+    assert results[0][2] == results[1][2] == ["weight", "bias"]

@@ -415,9 +415,12 @@ class DropConnectLinear(nn.Module):
 
     def drop(self, batch_size: int) -> None:
         """Draw the masks for a batch: ``dropped_w`` [N, out, in], ``dropped_b`` [N, out]."""
-        self.dropped_w = self.weight * (torch.rand((batch_size, *self.weight.shape), device=self.weight.device) > self.p)
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            return torch.rand((batch_size, *t.shape), dtype=t.dtype, device=t.device) > self.p
+
+        self.dropped_w = self.weight * keep(self.weight)
         if self.bias is not None:
-            self.dropped_b = self.bias * (torch.rand((batch_size, *self.bias.shape), device=self.bias.device) > self.p)
+            self.dropped_b = self.bias * keep(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
