@@ -379,3 +379,16 @@ def test_dropconnect_linear_matches_spikingjelly():
         results.append((d(x), d(x), list(d.state_dict())))
     torch.testing.assert_close(results[0][:2], results[1][:2])
     assert results[0][2] == results[1][2] == ["weight", "bias"]
+
+
+def test_detach_net_cuts_the_graph_behind_layer_state():
+    net = nn.Sequential(layer.SynapseFilter(2.0), layer.ElementWiseRecurrentContainer(nn.Identity(), torch.add))
+    x = torch.ones(3, requires_grad=True)
+    net(x)
+    assert net[0].out_i.requires_grad and net[1].y.requires_grad
+    functional.detach_net(net)
+    assert not net[0].out_i.requires_grad and not net[1].y.requires_grad
+    y = net(x)  # the state carries over without its history
+    y.sum().backward()
+    # Only this call's input: d/ds of I − (1 − s)·I/2 + s with I = 1 held fixed is 1/2 + 1 (3.5 without the cut).
+    assert x.grad.tolist() == [1.5, 1.5, 1.5]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._stateful import Stateful
+
 __all__ = ["StatelessEncoder", "StatefulEncoder", "PeriodicEncoder", "LatencyEncoder", "PoissonEncoder",
            "WeightedPhaseEncoder"]
 
@@ -30,7 +32,7 @@ def _check_T(T, name: str = "T") -> int:
     return T
 
 
-class StatefulEncoder(nn.Module):
+class StatefulEncoder(Stateful):
     """Base of encoders that make a spike train of T steps and give one step per call.
 
     The first call encodes its input (``encode(x)`` fills ``self.spike``, shaped ``[T, *x.shape]``);
@@ -38,15 +40,12 @@ class StatefulEncoder(nn.Module):
     ``reset()``. Subclasses define ``encode``.
     """
 
+    _initial_state = {"spike": None, "t": 0}
+
     def __init__(self, T: int):
         super().__init__()
         self.T = _check_T(T)
-        self.spike = None
-        self.t = 0
-
-    def reset(self) -> None:
-        self.spike = None
-        self.t = 0
+        self.reset()
 
     def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.spike is None:
@@ -85,7 +84,7 @@ class PeriodicEncoder(StatefulEncoder):
 
     def reset(self) -> None:
         self.t = 0
-        self.spike = self.pattern
+        self.spike = getattr(self, "pattern", None)  # None only while __init__ runs
 
 
 class LatencyEncoder(StatefulEncoder):

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import functional
+from ._stateful import Stateful
 
 __all__ = [
     "SeqToANNContainer", "MultiStepContainer",
@@ -167,7 +168,7 @@ def _check_p(p) -> float:
     return float(p)
 
 
-class Dropout(nn.Module):
+class Dropout(Stateful):
     """Dropout whose mask is drawn at the first call and kept until ``reset()``.
 
     Every time step of a sequence then sees the same dropped units: redrawing at each step would
@@ -178,14 +179,12 @@ class Dropout(nn.Module):
         p: the probability that a unit is dropped, in [0, 1).
     """
 
+    _initial_state = {"mask": None}  # reset() forgets the mask: the next training call draws a new one
+
     def __init__(self, p: float = 0.5):
         super().__init__()
         self.p = _check_p(p)
-        self.mask = None
-
-    def reset(self) -> None:
-        """Forget the mask: the next training call draws a new one."""
-        self.mask = None
+        self.reset()
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -252,7 +251,7 @@ class MultiStepDropout2d(_MultiStepMask, Dropout2d):
 # ----------------------------------------------------------------------------------------------------
 
 
-class SynapseFilter(nn.Module):
+class SynapseFilter(Stateful):
     """A synapse's current, one step per call: I[t] = I[t−1] − (1 − S[t])·I[t−1]/tau + S[t].
 
     A spike sets the current up by one, and without one it decays with time constant tau.
@@ -261,6 +260,8 @@ class SynapseFilter(nn.Module):
         tau: the time constant (> 1).
         learnable: learn tau, as w with 1/tau = sigmoid(w).
     """
+
+    _initial_state = {"out_i": 0.0}
 
     def __init__(self, tau: float = 100.0, learnable: bool = False):
         super().__init__()
@@ -271,10 +272,7 @@ class SynapseFilter(nn.Module):
             self.w = nn.Parameter(torch.as_tensor(-math.log(tau - 1)))
         else:
             self.tau = float(tau)
-        self.out_i = 0.0
-
-    def reset(self) -> None:
-        self.out_i = 0.0
+        self.reset()
 
     def extra_repr(self) -> str:
         tau = 1.0 / self.w.detach().sigmoid() if self.learnable else self.tau
@@ -286,7 +284,7 @@ class SynapseFilter(nn.Module):
         return self.out_i
 
 
-class NeuNorm(nn.Module):
+class NeuNorm(Stateful):
     """Neighbour normalization of spikes ``[N, C, H, W]``, one step per call.
 
     X[t] = k·X[t−1] + (1 − k)/C² · Σ_c S[t]; the output is S[t] − w·X[t].
@@ -297,6 +295,8 @@ class NeuNorm(nn.Module):
         shared_across_channels: one weight map for all channels instead of one per channel.
     """
 
+    _initial_state = {"x": 0.0}
+
     def __init__(self, in_channels: int, height: int, width: int, k: float = 0.9,
                  shared_across_channels: bool = False):
         super().__init__()
@@ -304,10 +304,7 @@ class NeuNorm(nn.Module):
         self.k1 = (1.0 - k) / in_channels ** 2
         self.w = nn.Parameter(torch.empty(1 if shared_across_channels else in_channels, height, width))
         nn.init.kaiming_uniform_(self.w, a=math.sqrt(5))
-        self.x = 0.0
-
-    def reset(self) -> None:
-        self.x = 0.0
+        self.reset()
 
     def extra_repr(self) -> str:
         return f"shape={self.w.shape}"
@@ -317,7 +314,7 @@ class NeuNorm(nn.Module):
         return in_spikes - self.w * self.x
 
 
-class ElementWiseRecurrentContainer(nn.Module):
+class ElementWiseRecurrentContainer(Stateful):
     """Feeds a module's last output back: y[t] = sub_module(f(y[t−1], x[t])), y[−1] = 0.
 
     Args:
@@ -325,16 +322,15 @@ class ElementWiseRecurrentContainer(nn.Module):
         element_wise_function: f, for example ``lambda y, x: y + x``.
     """
 
+    _initial_state = {"y": None}
+
     def __init__(self, sub_module: nn.Module, element_wise_function: Callable):
         super().__init__()
         if not callable(element_wise_function):
             raise TypeError(f"element_wise_function must be callable, got {element_wise_function!r}")
         self.sub_module = sub_module
         self.element_wise_function = element_wise_function
-        self.y = None
-
-    def reset(self) -> None:
-        self.y = None
+        self.reset()
 
     def extra_repr(self) -> str:
         return f"element-wise function={self.element_wise_function}"
@@ -346,7 +342,7 @@ class ElementWiseRecurrentContainer(nn.Module):
         return self.y
 
 
-class LinearRecurrentContainer(nn.Module):
+class LinearRecurrentContainer(Stateful):
     """Feeds a module's last output back through a linear layer: y[t] = sub_module(rc([x[t], y[t−1]])).
 
     Args:
@@ -355,15 +351,14 @@ class LinearRecurrentContainer(nn.Module):
         bias: whether ``rc`` has a bias.
     """
 
+    _initial_state = {"y": None}
+
     def __init__(self, sub_module: nn.Module, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.sub_module_out_features = out_features
         self.rc = nn.Linear(in_features + out_features, in_features, bias)
         self.sub_module = sub_module
-        self.y = None
-
-    def reset(self) -> None:
-        self.y = None
+        self.reset()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.y is None:
@@ -372,7 +367,7 @@ class LinearRecurrentContainer(nn.Module):
         return self.y
 
 
-class DropConnectLinear(nn.Module):
+class DropConnectLinear(Stateful):
     """A linear layer that drops weights (not units) with probability p, then an activation.
 
     Training: each sample draws its own weight and bias masks at each call (``invariant=False``), or once
@@ -387,6 +382,8 @@ class DropConnectLinear(nn.Module):
         activation: applied to the output, or None.
     """
 
+    _initial_state = {"dropped_w": None, "dropped_b": None}
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5,
                  samples_num: int = 1024, invariant: bool = False, activation: nn.Module | None = nn.ReLU()):
         super().__init__()
@@ -399,8 +396,7 @@ class DropConnectLinear(nn.Module):
         self.samples_num = samples_num
         self.invariant = invariant
         self.activation = activation
-        self.dropped_w = None
-        self.dropped_b = None
+        self.reset()
 
     def reset_parameters(self) -> None:
         """The initialization of ``nn.Linear``."""
@@ -408,10 +404,6 @@ class DropConnectLinear(nn.Module):
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
-
-    def reset(self) -> None:
-        self.dropped_w = None
-        self.dropped_b = None
 
     def drop(self, batch_size: int) -> None:
         """Draw the masks for a batch: ``dropped_w`` [N, out, in], ``dropped_b`` [N, out]."""
@@ -441,12 +433,14 @@ class DropConnectLinear(nn.Module):
                 f"p={self.p}, invariant={self.invariant}")
 
 
-class STDPLearner(nn.Module):
+class STDPLearner(Stateful):
     """Trace-based STDP for an ``nn.Linear``: call ``stdp(s_pre, s_post, linear, lr)`` once per step.
 
     trace_pre += −trace_pre/tau_pre + s_pre and likewise for the post trace; the weight moves by
     lr·(f_pre(w)·s_pre + f_post(w)·s_post[:, None]).
     """
+
+    _initial_state = {"trace_pre": 0.0, "trace_post": 0.0}
 
     def __init__(self, tau_pre: float, tau_post: float, f_pre: Callable, f_post: Callable):
         super().__init__()
@@ -455,10 +449,6 @@ class STDPLearner(nn.Module):
         self.f_pre = f_pre
         self.f_post = f_post
         self.reset()
-
-    def reset(self) -> None:
-        self.trace_pre = 0.0
-        self.trace_post = 0.0
 
     @torch.no_grad()
     def stdp(self, s_pre: torch.Tensor, s_post: torch.Tensor, module: nn.Module, learning_rate: float) -> None:
