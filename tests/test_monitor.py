@@ -85,3 +85,24 @@ def test_compiled_calls_are_not_recorded():
     functional.reset_net(net)
     net(X)  # eager calls still count
     assert mon.get_avg_firing_rate() == 12 / 32
+
+
+def test_record_v_keeps_the_potentials():
+    net = nn.Sequential(neuron.MultiStepIFNode(backend="torch", store_v_seq=True),
+                        layer.MultiStepContainer(neuron.IFNode()), neuron.MultiStepIFNode(backend="torch"))
+    mon = monitor.Monitor(net, record_v=True)
+    mon.enable()
+    net(X)
+    first = mon.get_v("0")
+    assert len(first) == 1 and first[0][:, 0, 1].tolist() == [0.5, 0.0, 0.5, 0.0]  # every step, from v_seq
+    single = mon.get_v("1.module")
+    assert len(single) == 4 and all(v.shape == (1, 1, 4) for v in single)  # one per step of the loop
+    assert single[0][0, 0].tolist() == [0.0, 0.0, 0.0, 0.0]  # step 0's input spikes 1, 0, 0, 0: fires, resets
+    last = mon.get_v("2")
+    assert len(last) == 1 and last[0].shape == (1, 1, 4)  # without v_seq: the potential after the call
+    mon.reset()
+    assert mon.get_v("0") == []
+    with pytest.raises(ValueError, match="record_v=True"):
+        monitor.Monitor(net).get_v("0")
+    with pytest.raises(ValueError, match="Invalid module_name"):
+        mon.get_v("9")

@@ -2,7 +2,8 @@
 
 ``Monitor(net)`` finds the neurons (instances of :class:`flashspike.neuron.BaseNode`); ``enable()``
 attaches one forward hook to each, ``disable()`` removes them, so a disabled monitor costs nothing.
-The counts live in the monitor, not on the neurons.
+The counts live in the monitor, not on the neurons. With ``record_v=True`` it also keeps each neuron
+module's membrane potentials (see :meth:`Monitor.get_v`).
 
 Under ``torch.compile`` the hooks record nothing: they return at once when
 ``torch.compiler.is_compiling()``, so a compiled graph carries no monitor work and no graph break.
@@ -38,17 +39,20 @@ class Monitor:
         device: where the torch backend keeps its counts (None: the device of each neuron's output).
         backend: 'numpy' (statistics as Python floats) or 'torch' (statistics as tensors, no device
             synchronization while recording).
+        record_v: also keep the potentials after every call (a flashspike addition; memory grows with
+            every call until ``reset()``).
     """
 
-    def __init__(self, net: nn.Module, device=None, backend: str = "numpy"):
+    def __init__(self, net: nn.Module, device=None, backend: str = "numpy", *, record_v: bool = False):
         if backend not in ("numpy", "torch"):
             raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
         self.net = net
         self.backend = backend
         self.device = None if device is None else torch.device(device)
+        self.record_v = bool(record_v)
         self.module_dict = {name: m for name, m in net.named_modules() if isinstance(m, BaseNode)}
         self.handle = {}
-        self._counts = {name: _Counts() for name in self.module_dict}
+        self.reset()
 
     @property
     def enabled(self) -> bool:
@@ -68,8 +72,9 @@ class Monitor:
         self.handle = {}
 
     def reset(self) -> None:
-        """Zero the totals."""
+        """Zero the totals and forget the recorded potentials."""
         self._counts = {name: _Counts() for name in self.module_dict}
+        self._potentials = {name: [] for name in self.module_dict}
 
     def _hook_for(self, name: str):
         multi_step = type(self.module_dict[name]).__name__.startswith("MultiStep")
@@ -79,7 +84,25 @@ class Monitor:
                 return  # see the module docstring
             with torch.no_grad():
                 self._record(self._counts[name], output.flatten(0, 1) if multi_step else output)
+                if self.record_v:
+                    self._potentials[name].append(self._potential_of(module, multi_step))
         return hook
+
+    def _potential_of(self, module: nn.Module, multi_step: bool) -> torch.Tensor:
+        v_seq = getattr(module, "v_seq", None) if multi_step else None
+        v = v_seq if isinstance(v_seq, torch.Tensor) else module.v.unsqueeze(0)
+        v = v.detach().clone()
+        return v if self.device is None else v.to(self.device)
+
+    def get_v(self, module_name: str) -> list[torch.Tensor]:
+        """The potentials of neuron module ``module_name``, one tensor per recorded call (``record_v=True``):
+        ``[T, N, *]`` (every step) for a multi-step node with ``store_v_seq=True``, else ``[1, N, *]``, the
+        potential after the call (every step for single-step nodes run in a loop)."""
+        if not self.record_v:
+            raise ValueError("potentials are recorded only by Monitor(..., record_v=True)")
+        if module_name not in self._potentials:
+            raise ValueError(f"Invalid module_name {module_name!r}: the monitored neurons are {list(self._potentials)}")
+        return list(self._potentials[module_name])
 
     def _record(self, counts: _Counts, spikes: torch.Tensor) -> None:
         # spikes: [samples (T*N for multi-step nodes), *neuron shape]
