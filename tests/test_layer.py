@@ -50,6 +50,24 @@ def test_own_layout_and_spikingjelly_layout_load_strictly():
     assert torch.equal(dst[2].module.weight, src[2].module.weight + 1)
 
 
+def test_non_strict_loading_still_loads_container_weights():
+    torch.manual_seed(0)
+    src, dst = _conv_net(layer), _conv_net(layer)
+    result = dst.load_state_dict(src.state_dict(), strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    for (name, a), b in zip(dst.state_dict().items(), src.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_nested_containers_keep_spikingjelly_keys():
+    sj_layer = _sj()
+    theirs = sj_layer.SeqToANNContainer(sj_layer.MultiStepContainer(nn.Linear(2, 2)), nn.ReLU())
+    ours = layer.SeqToANNContainer(layer.MultiStepContainer(nn.Linear(2, 2)), nn.ReLU())
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["0.0.weight", "0.0.bias"]
+    ours.load_state_dict(theirs.state_dict())
+    assert torch.equal(ours[0][0].weight, theirs[0][0].weight)
+
+
 def test_bad_keys_are_reported_not_skipped():
     net = _conv_net(layer)
     sd = net.state_dict()
