@@ -103,3 +103,12 @@ def test_periodic_encoder_matches_spikingjelly():
     sj = _sj()
     pattern = (torch.rand(4, 3) > 0.5).float()
     assert torch.equal(_train(encoding.PeriodicEncoder(pattern), None, 9), _train(sj.PeriodicEncoder(pattern), None, 9))
+
+
+def test_periodic_encoder_pattern_moves_with_the_module_and_stays_out_of_state_dict():
+    enc = encoding.PeriodicEncoder(torch.ones(2, 3))
+    assert enc.state_dict() == {}
+    enc.double()
+    assert enc().dtype == torch.float64 and enc.spike.dtype == torch.float64
+    enc.encode(torch.zeros(4, 1))
+    assert enc.T == 4 and enc().tolist() == [0.0]

@@ -65,26 +65,34 @@ class StatefulEncoder(Stateful):
 
 
 class PeriodicEncoder(StatefulEncoder):
-    """Repeats a given spike train ``[T, *]``, one step per call.
+    """Repeats a given spike train ``[T, *]``, one step per call (the input, if any, is ignored).
 
-    Unlike the other stateful encoders, ``reset()`` keeps the train (it is the encoder's definition,
-    not state) and only returns to its first step; ``encode(spike)`` replaces it.
+    The train is the encoder's definition, not state: ``reset()`` only returns to its first step
+    (SpikingJelly's forgets the train), ``encode(spike)`` replaces it, and it moves with the module
+    (``.to(device)``) without entering ``state_dict()``.
     """
+
+    _initial_state = {"t": 0}
 
     def __init__(self, spike: torch.Tensor):
         if not isinstance(spike, torch.Tensor) or spike.dim() < 1 or spike.shape[0] < 1:
             raise ValueError("PeriodicEncoder takes a spike train of shape [T, *] with T >= 1")
         super().__init__(spike.shape[0])
-        self.encode(spike)
+        self.register_buffer("pattern", spike, persistent=False)
+
+    @property
+    def spike(self) -> torch.Tensor:
+        return self.pattern
 
     def encode(self, spike: torch.Tensor) -> None:
         self.pattern = spike
         self.T = spike.shape[0]
-        self.spike = spike
-
-    def reset(self) -> None:
         self.t = 0
-        self.spike = getattr(self, "pattern", None)  # None only while __init__ runs
+
+    def forward(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        t = self.t
+        self.t = (t + 1) % self.T
+        return self.pattern[t]
 
 
 class LatencyEncoder(StatefulEncoder):
