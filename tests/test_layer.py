@@ -1,5 +1,7 @@
 """flashspike.layer: containers and their checkpoints, dropouts, stateful and stateless layers."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -410,3 +412,34 @@ def test_detach_net_cuts_the_graph_behind_layer_state():
     y.sum().backward()
     # Only this call's input: d/ds of I − (1 − s)·I/2 + s with I = 1 held fixed is 1/2 + 1 (3.5 without the cut).
     assert x.grad.tolist() == [1.5, 1.5, 1.5]
+
+
+@pytest.mark.gpu
+def test_layers_on_cuda_match_the_cpu_reference():
+    from flashspike import monitor
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        layer.SeqToANNContainer(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)),
+        layer.MultiStepThresholdDependentBatchNorm2d(1.0, 1.0, 4),
+        layer.MultiStepTemporalWiseAttention(4, 2),
+        neuron.MultiStepLIFNode(),
+        layer.MultiStepDropout2d(0.3),
+        layer.SeqToANNContainer(nn.Flatten(), nn.Linear(4 * 8 * 8, 3)),
+        layer.MultiStepContainer(neuron.IFNode()),
+    )
+    # float64, so that no spike flips on rounding differences between the devices.
+    net = net.double()
+    functional.set_backend(net, "torch")
+    gpu = copy.deepcopy(net).cuda()
+    functional.set_backend(gpu, "auto")
+    x = torch.rand(4, 2, 1, 8, 8, dtype=torch.float64) * 3
+    mon = monitor.Monitor(gpu, backend="torch")
+    mon.enable()
+    y_gpu = gpu(x.cuda())
+    y_gpu.sum().backward()  # training mode on the GPU: dropout masks drawn there
+    assert gpu[4].mask.device.type == "cuda" and mon.get_avg_firing_rate().device.type == "cuda"
+    functional.reset_net(gpu)
+    net.eval()
+    gpu.eval()
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), net(x))
