@@ -2,11 +2,11 @@
 
 Port SpikingJelly-style code by changing its import::
 
-    from flashspike import neuron, surrogate, layer, functional, cuda_utils
+    from flashspike import neuron, surrogate, layer, functional, encoding, monitor, rnn, cuda_utils
 """
 
-from . import cuda_utils, functional, layer, neuron, surrogate
+from . import cuda_utils, encoding, functional, layer, monitor, neuron, rnn, surrogate
 from .backends import KNOWN_BACKENDS, BackendError
 
 __version__ = "0.1.0"
-__all__ = ["neuron", "surrogate", "layer", "functional", "cuda_utils", "KNOWN_BACKENDS", "BackendError"]
+__all__ = ["neuron", "surrogate", "layer", "functional", "encoding", "monitor", "rnn", "cuda_utils", "KNOWN_BACKENDS", "BackendError"]
