@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._stateful import Stateful
+from .base import MemoryModule
 
 __all__ = ["StatelessEncoder", "StatefulEncoder", "PeriodicEncoder", "LatencyEncoder", "PoissonEncoder",
            "WeightedPhaseEncoder"]
@@ -32,7 +32,7 @@ def _check_T(T, name: str = "T") -> int:
     return T
 
 
-class StatefulEncoder(Stateful):
+class StatefulEncoder(MemoryModule):
     """Base of encoders that make a spike train of T steps and give one step per call.
 
     The first call encodes its input (``encode(x)`` fills ``self.spike``, shaped ``[T, *x.shape]``);
@@ -40,10 +40,10 @@ class StatefulEncoder(Stateful):
     ``reset()``. Subclasses define ``encode``.
     """
 
-    _initial_state = {"spike": None, "t": 0}
-
     def __init__(self, T: int):
         super().__init__()
+        self.register_memory('spike', None)
+        self.register_memory('t', 0)
         self.T = _check_T(T)
         self.reset()
 
@@ -71,8 +71,6 @@ class PeriodicEncoder(StatefulEncoder):
     (SpikingJelly's forgets the train), ``encode(spike)`` replaces it, and it moves with the module
     (``.to(device)``) without entering ``state_dict()``.
     """
-
-    _initial_state = {"t": 0}
 
     def __init__(self, spike: torch.Tensor):
         if not isinstance(spike, torch.Tensor) or spike.dim() < 1 or spike.shape[0] < 1:

@@ -1,9 +1,10 @@
 """Layers for spiking networks: containers that run ordinary modules over a time sequence ``[T, N, *]``,
 dropouts that keep one mask for a whole sequence, and the other layers of SpikingJelly's ``layer``.
 
-Stateful layers keep their state in plain attributes (not buffers, so ``state_dict()`` does not carry
-it) and return to their initial state on ``reset()``, which :func:`flashspike.functional.reset_net`
-calls for every module of a net.
+Stateful layers are :class:`flashspike.base.MemoryModule` s: their state is a set of memories (plain
+attributes, not buffers, so ``state_dict()`` does not carry them) that follow the module through
+``.to()`` and return to their initial values on ``reset()``, which
+:func:`flashspike.functional.reset_net` calls for every module of a net.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import functional
-from ._stateful import Stateful
+from .base import MemoryModule
 
 __all__ = [
     "SeqToANNContainer", "MultiStepContainer",
@@ -168,7 +169,7 @@ def _check_p(p) -> float:
     return float(p)
 
 
-class Dropout(Stateful):
+class Dropout(MemoryModule):
     """Dropout whose mask is drawn at the first call and kept until ``reset()``.
 
     Every time step of a sequence then sees the same dropped units: redrawing at each step would
@@ -179,10 +180,10 @@ class Dropout(Stateful):
         p: the probability that a unit is dropped, in [0, 1).
     """
 
-    _initial_state = {"mask": None}  # reset() forgets the mask: the next training call draws a new one
-
     def __init__(self, p: float = 0.5):
         super().__init__()
+        # reset() forgets the mask: the next training call draws a new one
+        self.register_memory('mask', None)
         self.p = _check_p(p)
         self.reset()
 
@@ -251,7 +252,7 @@ class MultiStepDropout2d(_MultiStepMask, Dropout2d):
 # ----------------------------------------------------------------------------------------------------
 
 
-class SynapseFilter(Stateful):
+class SynapseFilter(MemoryModule):
     """A synapse's current, one step per call: I[t] = I[t−1] − (1 − S[t])·I[t−1]/tau + S[t].
 
     A spike sets the current up by one, and without one it decays with time constant tau.
@@ -261,10 +262,9 @@ class SynapseFilter(Stateful):
         learnable: learn tau, as w with 1/tau = sigmoid(w).
     """
 
-    _initial_state = {"out_i": 0.0}
-
     def __init__(self, tau: float = 100.0, learnable: bool = False):
         super().__init__()
+        self.register_memory('out_i', 0.0)
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 1:
             raise ValueError(f"tau must be a number > 1, got {tau!r}")
         self.learnable = bool(learnable)
@@ -284,7 +284,7 @@ class SynapseFilter(Stateful):
         return self.out_i
 
 
-class NeuNorm(Stateful):
+class NeuNorm(MemoryModule):
     """Neighbour normalization of spikes ``[N, C, H, W]``, one step per call.
 
     X[t] = k·X[t−1] + (1 − k)/C² · Σ_c S[t]; the output is S[t] − w·X[t].
@@ -295,11 +295,10 @@ class NeuNorm(Stateful):
         shared_across_channels: one weight map for all channels instead of one per channel.
     """
 
-    _initial_state = {"x": 0.0}
-
     def __init__(self, in_channels: int, height: int, width: int, k: float = 0.9,
                  shared_across_channels: bool = False):
         super().__init__()
+        self.register_memory('x', 0.0)
         self.k0 = k
         self.k1 = (1.0 - k) / in_channels ** 2
         self.w = nn.Parameter(torch.empty(1 if shared_across_channels else in_channels, height, width))
@@ -314,7 +313,7 @@ class NeuNorm(Stateful):
         return in_spikes - self.w * self.x
 
 
-class ElementWiseRecurrentContainer(Stateful):
+class ElementWiseRecurrentContainer(MemoryModule):
     """Feeds a module's last output back: y[t] = sub_module(f(y[t−1], x[t])), y[−1] = 0.
 
     Args:
@@ -322,10 +321,9 @@ class ElementWiseRecurrentContainer(Stateful):
         element_wise_function: f, for example ``lambda y, x: y + x``.
     """
 
-    _initial_state = {"y": None}
-
     def __init__(self, sub_module: nn.Module, element_wise_function: Callable):
         super().__init__()
+        self.register_memory('y', None)
         if not callable(element_wise_function):
             raise TypeError(f"element_wise_function must be callable, got {element_wise_function!r}")
         self.sub_module = sub_module
@@ -342,7 +340,7 @@ class ElementWiseRecurrentContainer(Stateful):
         return self.y
 
 
-class LinearRecurrentContainer(Stateful):
+class LinearRecurrentContainer(MemoryModule):
     """Feeds a module's last output back through a linear layer: y[t] = sub_module(rc([x[t], y[t−1]])).
 
     Args:
@@ -351,10 +349,9 @@ class LinearRecurrentContainer(Stateful):
         bias: whether ``rc`` has a bias.
     """
 
-    _initial_state = {"y": None}
-
     def __init__(self, sub_module: nn.Module, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
+        self.register_memory('y', None)
         self.sub_module_out_features = out_features
         self.rc = nn.Linear(in_features + out_features, in_features, bias)
         self.sub_module = sub_module
@@ -367,7 +364,7 @@ class LinearRecurrentContainer(Stateful):
         return self.y
 
 
-class DropConnectLinear(Stateful):
+class DropConnectLinear(MemoryModule):
     """A linear layer that drops weights (not units) with probability p, then an activation.
 
     Training: each sample draws its own weight and bias masks at each call (``invariant=False``), or once
@@ -382,11 +379,11 @@ class DropConnectLinear(Stateful):
         activation: applied to the output, or None.
     """
 
-    _initial_state = {"dropped_w": None, "dropped_b": None}
-
     def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5,
                  samples_num: int = 1024, invariant: bool = False, activation: nn.Module | None = nn.ReLU()):
         super().__init__()
+        self.register_memory('dropped_w', None)
+        self.register_memory('dropped_b', None)
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -433,17 +430,17 @@ class DropConnectLinear(Stateful):
                 f"p={self.p}, invariant={self.invariant}")
 
 
-class STDPLearner(Stateful):
+class STDPLearner(MemoryModule):
     """Trace-based STDP for an ``nn.Linear``: call ``stdp(s_pre, s_post, linear, lr)`` once per step.
 
     trace_pre += −trace_pre/tau_pre + s_pre and likewise for the post trace; the weight moves by
     lr·(f_pre(w)·s_pre + f_post(w)·s_post[:, None]).
     """
 
-    _initial_state = {"trace_pre": 0.0, "trace_post": 0.0}
-
     def __init__(self, tau_pre: float, tau_post: float, f_pre: Callable, f_post: Callable):
         super().__init__()
+        self.register_memory('trace_pre', 0.0)
+        self.register_memory('trace_post', 0.0)
         self.tau_pre = tau_pre
         self.tau_post = tau_post
         self.f_pre = f_pre
