@@ -7,17 +7,11 @@ import torch
 
 from flashspike import neuron, surrogate
 from flashspike.model import sew_resnet, spiking_resnet
-from zoo_reference import assert_matches_reference, key_shapes, sj_neuron, sj_zoo
+from zoo_reference import assert_matches_reference, key_shapes, on_meta, sj_neuron, sj_zoo, unfilled
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
          "wide_resnet50_2", "wide_resnet101_2"]
 FAMILIES = {"spiking_resnet": (spiking_resnet, "spiking_", {}), "sew_resnet": (sew_resnet, "sew_", {"cnf": "ADD"})}
-
-
-def _on_meta(build):
-    # Shapes and names only: no memory, no initialisation work, even for ResNet-152.
-    with torch.device("meta"):
-        return build()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -28,20 +22,21 @@ def test_state_dict_keys_equal_spikingjelly_for_every_builder(family, arch):
     sj_ms, sj_kw = sj_neuron("MultiStepIFNode")
     sj_ss, sj_kw1 = sj_neuron("IFNode")
     name = prefix + arch
-    multi = _on_meta(lambda: getattr(ours, "multi_step_" + name)(T=2, multi_step_neuron=neuron.MultiStepIFNode,
+    multi = on_meta(lambda: getattr(ours, "multi_step_" + name)(T=2, multi_step_neuron=neuron.MultiStepIFNode,
                                                                    num_classes=7, **extra))
-    multi_ref = _on_meta(lambda: getattr(theirs, "multi_step_" + name)(T=2, multi_step_neuron=sj_ms, num_classes=7,
+    multi_ref = on_meta(lambda: getattr(theirs, "multi_step_" + name)(T=2, multi_step_neuron=sj_ms, num_classes=7,
                                                                        **extra, **sj_kw))
     assert key_shapes(multi) == key_shapes(multi_ref)
-    single = _on_meta(lambda: getattr(ours, name)(single_step_neuron=neuron.IFNode, num_classes=7, **extra))
-    single_ref = _on_meta(lambda: getattr(theirs, name)(single_step_neuron=sj_ss, num_classes=7, **extra, **sj_kw1))
+    single = on_meta(lambda: getattr(ours, name)(single_step_neuron=neuron.IFNode, num_classes=7, **extra))
+    single_ref = on_meta(lambda: getattr(theirs, name)(single_step_neuron=sj_ss, num_classes=7, **extra, **sj_kw1))
     assert key_shapes(single) == key_shapes(single_ref)
 
 
 def _pair(family, builder, neuron_name, options, **model_kwargs):
     """(ours, SpikingJelly's) in float64, the same neuron with the same options."""
-    ours = getattr(FAMILIES[family][0], builder)(multi_step_neuron=getattr(neuron, neuron_name), backend="torch",
-                                                 surrogate_function=surrogate.ATan(), **options, **model_kwargs)
+    ours = unfilled(lambda: getattr(FAMILIES[family][0], builder)(
+        multi_step_neuron=getattr(neuron, neuron_name), backend="torch", surrogate_function=surrogate.ATan(),
+        **options, **model_kwargs))
     sj_class, sj_options = sj_neuron(neuron_name, **options)
     theirs = getattr(sj_zoo(family), builder)(multi_step_neuron=sj_class, **sj_options, **model_kwargs)
     return ours.double(), theirs.double()
@@ -81,7 +76,7 @@ def test_static_image_is_repeated_over_T_like_spikingjelly():
 
 
 def test_zero_init_residual_zeroes_the_last_batch_norm_of_each_branch():
-    deep = _on_meta(lambda: spiking_resnet.multi_step_spiking_resnet50(multi_step_neuron=neuron.MultiStepIFNode))
+    deep = on_meta(lambda: spiking_resnet.multi_step_spiking_resnet50(multi_step_neuron=neuron.MultiStepIFNode))
     assert deep.layer1[0].last_bn is deep.layer1[0].bn3
     m = sew_resnet.multi_step_sew_resnet18(multi_step_neuron=neuron.MultiStepIFNode, cnf="ADD", num_classes=3,
                                            zero_init_residual=True)
