@@ -4,6 +4,6 @@ parametric-LIF nets, with SpikingJelly's builder names, arguments and ``state_di
 Weights are never downloaded: ``pretrained=True`` raises NotImplementedError.
 """
 
-from . import sew_resnet, spiking_resnet, spiking_vgg
+from . import parametric_lif_net, sew_resnet, spiking_resnet, spiking_vgg
 
-__all__ = ["spiking_resnet", "sew_resnet", "spiking_vgg"]
+__all__ = ["spiking_resnet", "sew_resnet", "spiking_vgg", "parametric_lif_net"]

@@ -50,7 +50,7 @@ class StepModule(nn.Module):
         if T is None:
             raise ValueError(
                 f"{type(self).__name__} got a static input [N, C, H, W] {tuple(x.shape)} but T is None: "
-                "build the model with T=..., set model.T, or pass a sequence [T, N, C, H, W]"
+                "give the number of time steps T, or pass a sequence [T, N, C, H, W]"
             )
         y = apply_in_order(x, modules)
         return y.unsqueeze(0).expand(T, *y.shape)
