@@ -77,3 +77,15 @@ def refuse_pretrained(pretrained: bool, arch: str) -> None:
             f"pretrained=True is not supported: flashspike does not download weights. Build {arch} with "
             "pretrained=False and load a state_dict yourself (SpikingJelly checkpoints load with strict=True)."
         )
+
+
+def name_builder(builder, name: str, summary: str):
+    """Give a builder made in a loop its public name and a docstring (pretrained, progress and the
+    keywords are the same for all)."""
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = (
+        f"{summary}\n\n``pretrained=True`` raises NotImplementedError (no weights are downloaded); ``progress`` "
+        "is accepted for compatibility and unused. ``kwargs`` holds the model's options (num_classes, ...); "
+        "every other keyword goes to the neuron."
+    )
+    return builder

@@ -13,10 +13,10 @@ SpikingJelly's ``parametric_lif_net`` module:
 net                    input        multi-step ``forward``
 =====================  ===========  ========================================================
 (Fashion)MNISTNet      1x28x28      ``forward(x, T)``: a static image [N, 1, 28, 28] over T steps
-NMNISTNet              2x34x34      ``forward(x_seq)``: [T, N, 2, 34, 34]
+NMNISTNet              2x34x34      ``forward(x)``: a sequence [T, N, 2, 34, 34]
 CIFAR10Net             3x32x32      ``forward(x, T)``: [N, 3, 32, 32] over T steps
-CIFAR10DVSNet          2x128x128    ``forward(x_seq)``: [T, N, 2, 128, 128]
-DVSGestureNet          2x128x128    ``forward(x_seq)``: [T, N, 2, 128, 128]
+CIFAR10DVSNet          2x128x128    ``forward(x)``: a sequence [T, N, 2, 128, 128]
+DVSGestureNet          2x128x128    ``forward(x)``: a sequence [T, N, 2, 128, 128]
 =====================  ===========  ========================================================
 
 Multi-step nets return ``[T, N, classes]``; single-step ones ``forward(x)`` one step ``[N, classes]``.
@@ -110,12 +110,12 @@ class _StaticInput(_PLIFNet):
 class _SequenceInput(_PLIFNet):
     multi_step = True
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """A sequence ``[T, N, C, H, W] -> [T, N, classes]``."""
-        if not isinstance(x_seq, torch.Tensor) or x_seq.dim() != 5:
-            shape = tuple(x_seq.shape) if isinstance(x_seq, torch.Tensor) else type(x_seq).__name__
-            raise ValueError(f"{type(self).__name__} expects x_seq of shape [T, N, C, H, W], got {shape}")
-        return self._run(x_seq, None)
+        if not isinstance(x, torch.Tensor) or x.dim() != 5:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__} expects x of shape [T, N, C, H, W], got {shape}")
+        return self._run(x, None)
 
 
 class _MNIST:
@@ -186,7 +186,7 @@ class MultiStepFashionMNISTNet(MultiStepMNISTNet):
 
 
 class MultiStepNMNISTNet(_NMNIST, _SequenceInput):
-    """Multi-step N-MNIST net: ``forward(x_seq)`` with ``[T, N, 2, 34, 34]``."""
+    """Multi-step N-MNIST net: ``forward(x)`` with ``[T, N, 2, 34, 34]``."""
 
     def __init__(self, channels=128, multi_step_neuron=None, **kwargs):
         super().__init__(channels, multi_step_neuron, **kwargs)
@@ -200,14 +200,14 @@ class MultiStepCIFAR10Net(_CIFAR10, _StaticInput):
 
 
 class MultiStepCIFAR10DVSNet(_CIFAR10DVS, _SequenceInput):
-    """Multi-step CIFAR10-DVS net: ``forward(x_seq)`` with ``[T, N, 2, 128, 128]``."""
+    """Multi-step CIFAR10-DVS net: ``forward(x)`` with ``[T, N, 2, 128, 128]``."""
 
     def __init__(self, channels=128, multi_step_neuron=None, **kwargs):
         super().__init__(channels, multi_step_neuron, **kwargs)
 
 
 class MultiStepDVSGestureNet(_DVSGesture, _SequenceInput):
-    """Multi-step DVS128 Gesture net: ``forward(x_seq)`` with ``[T, N, 2, 128, 128]``."""
+    """Multi-step DVS128 Gesture net: ``forward(x)`` with ``[T, N, 2, 128, 128]``."""
 
     def __init__(self, channels=128, multi_step_neuron=None, **kwargs):
         super().__init__(channels, multi_step_neuron, **kwargs)

@@ -162,6 +162,12 @@ ARCHS = {
     "wide_resnet101_2": ("bottleneck", [3, 4, 23, 3], {"width_per_group": 128}),
 }
 
+TITLES = {
+    "resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50", "resnet101": "ResNet-101",
+    "resnet152": "ResNet-152", "resnext50_32x4d": "ResNeXt-50 32x4d", "resnext101_32x8d": "ResNeXt-101 32x8d",
+    "wide_resnet50_2": "Wide ResNet-50-2", "wide_resnet101_2": "Wide ResNet-101-2",
+}
+
 
 def build(model_class, blocks: dict, arch: str, pretrained: bool, **kwargs):
     """``model_class`` for ``arch``, with ``blocks`` mapping 'basic' and 'bottleneck' to block classes.

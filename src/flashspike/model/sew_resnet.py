@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .resnet_base import ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
+from .common import name_builder
+from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
 
 __all__ = [
     "SEWResNet", "sew_resnet18", "sew_resnet34", "sew_resnet50", "sew_resnet101", "sew_resnet152",
@@ -136,104 +137,37 @@ _SINGLE = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _MULTI = {"basic": MultiStepBasicBlock, "bottleneck": MultiStepBottleneck}
 
 
-def _single(arch, pretrained, cnf, single_step_neuron, kwargs):
-    return build(SEWResNet, _SINGLE, arch, pretrained, cnf=cnf, single_step_neuron=single_step_neuron, **kwargs)
+def _single_step_builder(arch):
+    def builder(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
+        return build(SEWResNet, _SINGLE, arch, pretrained, cnf=cnf, single_step_neuron=single_step_neuron, **kwargs)
+
+    return name_builder(builder, f"sew_{arch}", f"Single-step SEW {TITLES[arch]}; cnf is 'ADD', 'AND' or 'IAND'.")
 
 
-def _multi(arch, pretrained, T, cnf, multi_step_neuron, kwargs):
-    return build(MultiStepSEWResNet, _MULTI, arch, pretrained, T=T, cnf=cnf, multi_step_neuron=multi_step_neuron,
-                 **kwargs)
+def _multi_step_builder(arch):
+    def builder(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None, **kwargs):
+        return build(MultiStepSEWResNet, _MULTI, arch, pretrained, T=T, cnf=cnf, multi_step_neuron=multi_step_neuron,
+                     **kwargs)
+
+    return name_builder(builder, f"multi_step_sew_{arch}",
+                        f"Multi-step SEW {TITLES[arch]}; cnf is 'ADD', 'AND' or 'IAND'.")
 
 
-def sew_resnet18(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW ResNet-18; ``cnf`` is 'ADD', 'AND' or 'IAND'."""
-    return _single("resnet18", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_resnet34(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW ResNet-34."""
-    return _single("resnet34", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_resnet50(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW ResNet-50."""
-    return _single("resnet50", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_resnet101(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW ResNet-101."""
-    return _single("resnet101", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_resnet152(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW ResNet-152."""
-    return _single("resnet152", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_resnext50_32x4d(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW ResNeXt-50 32x4d."""
-    return _single("resnext50_32x4d", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_resnext101_32x8d(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW ResNeXt-101 32x8d."""
-    return _single("resnext101_32x8d", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_wide_resnet50_2(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW Wide ResNet-50-2."""
-    return _single("wide_resnet50_2", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def sew_wide_resnet101_2(pretrained=False, progress=True, cnf=None, single_step_neuron=None, **kwargs):
-    """Single-step SEW Wide ResNet-101-2."""
-    return _single("wide_resnet101_2", pretrained, cnf, single_step_neuron, kwargs)
-
-
-def multi_step_sew_resnet18(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None, **kwargs):
-    """Multi-step SEW ResNet-18; ``cnf`` is 'ADD', 'AND' or 'IAND'; ``progress`` is unused."""
-    return _multi("resnet18", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_resnet34(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None, **kwargs):
-    """Multi-step SEW ResNet-34."""
-    return _multi("resnet34", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_resnet50(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None, **kwargs):
-    """Multi-step SEW ResNet-50."""
-    return _multi("resnet50", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_resnet101(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None, **kwargs):
-    """Multi-step SEW ResNet-101."""
-    return _multi("resnet101", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_resnet152(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None, **kwargs):
-    """Multi-step SEW ResNet-152."""
-    return _multi("resnet152", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_resnext50_32x4d(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None,
-                                   **kwargs):
-    """Multi-step SEW ResNeXt-50 32x4d."""
-    return _multi("resnext50_32x4d", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_resnext101_32x8d(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None,
-                                    **kwargs):
-    """Multi-step SEW ResNeXt-101 32x8d."""
-    return _multi("resnext101_32x8d", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_wide_resnet50_2(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None,
-                                   **kwargs):
-    """Multi-step SEW Wide ResNet-50-2."""
-    return _multi("wide_resnet50_2", pretrained, T, cnf, multi_step_neuron, kwargs)
-
-
-def multi_step_sew_wide_resnet101_2(pretrained=False, progress=True, T=None, cnf=None, multi_step_neuron=None,
-                                    **kwargs):
-    """Multi-step SEW Wide ResNet-101-2."""
-    return _multi("wide_resnet101_2", pretrained, T, cnf, multi_step_neuron, kwargs)
+sew_resnet18 = _single_step_builder("resnet18")
+sew_resnet34 = _single_step_builder("resnet34")
+sew_resnet50 = _single_step_builder("resnet50")
+sew_resnet101 = _single_step_builder("resnet101")
+sew_resnet152 = _single_step_builder("resnet152")
+sew_resnext50_32x4d = _single_step_builder("resnext50_32x4d")
+sew_resnext101_32x8d = _single_step_builder("resnext101_32x8d")
+sew_wide_resnet50_2 = _single_step_builder("wide_resnet50_2")
+sew_wide_resnet101_2 = _single_step_builder("wide_resnet101_2")
+multi_step_sew_resnet18 = _multi_step_builder("resnet18")
+multi_step_sew_resnet34 = _multi_step_builder("resnet34")
+multi_step_sew_resnet50 = _multi_step_builder("resnet50")
+multi_step_sew_resnet101 = _multi_step_builder("resnet101")
+multi_step_sew_resnet152 = _multi_step_builder("resnet152")
+multi_step_sew_resnext50_32x4d = _multi_step_builder("resnext50_32x4d")
+multi_step_sew_resnext101_32x8d = _multi_step_builder("resnext101_32x8d")
+multi_step_sew_wide_resnet50_2 = _multi_step_builder("wide_resnet50_2")
+multi_step_sew_wide_resnet101_2 = _multi_step_builder("wide_resnet101_2")

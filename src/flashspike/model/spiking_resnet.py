@@ -15,7 +15,8 @@ e.g. ``surrogate_function=surrogate.ATan(), detach_reset=True, backend='cupy'``.
 
 from __future__ import annotations
 
-from .resnet_base import ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
+from .common import name_builder
+from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
 
 __all__ = [
     "SpikingResNet", "spiking_resnet18", "spiking_resnet34", "spiking_resnet50", "spiking_resnet101",
@@ -104,100 +105,36 @@ _SINGLE = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _MULTI = {"basic": MultiStepBasicBlock, "bottleneck": MultiStepBottleneck}
 
 
-def _single(arch, pretrained, single_step_neuron, kwargs):
-    return build(SpikingResNet, _SINGLE, arch, pretrained, single_step_neuron=single_step_neuron, **kwargs)
+def _single_step_builder(arch):
+    def builder(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
+        return build(SpikingResNet, _SINGLE, arch, pretrained, single_step_neuron=single_step_neuron, **kwargs)
+
+    return name_builder(builder, f"spiking_{arch}", f"Single-step spiking {TITLES[arch]}.")
 
 
-def _multi(arch, pretrained, T, multi_step_neuron, kwargs):
-    return build(MultiStepSpikingResNet, _MULTI, arch, pretrained, T=T, multi_step_neuron=multi_step_neuron,
-                 **kwargs)
+def _multi_step_builder(arch):
+    def builder(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
+        return build(MultiStepSpikingResNet, _MULTI, arch, pretrained, T=T, multi_step_neuron=multi_step_neuron,
+                     **kwargs)
+
+    return name_builder(builder, f"multi_step_spiking_{arch}", f"Multi-step spiking {TITLES[arch]}.")
 
 
-def spiking_resnet18(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking ResNet-18."""
-    return _single("resnet18", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_resnet34(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking ResNet-34."""
-    return _single("resnet34", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_resnet50(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking ResNet-50."""
-    return _single("resnet50", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_resnet101(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking ResNet-101."""
-    return _single("resnet101", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_resnet152(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking ResNet-152."""
-    return _single("resnet152", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_resnext50_32x4d(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking ResNeXt-50 32x4d (Xie et al., https://arxiv.org/abs/1611.05431)."""
-    return _single("resnext50_32x4d", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_resnext101_32x8d(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking ResNeXt-101 32x8d."""
-    return _single("resnext101_32x8d", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_wide_resnet50_2(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking Wide ResNet-50-2: bottlenecks twice as wide (https://arxiv.org/abs/1605.07146)."""
-    return _single("wide_resnet50_2", pretrained, single_step_neuron, kwargs)
-
-
-def spiking_wide_resnet101_2(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking Wide ResNet-101-2."""
-    return _single("wide_resnet101_2", pretrained, single_step_neuron, kwargs)
-
-
-def multi_step_spiking_resnet18(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking ResNet-18; ``progress`` is accepted for compatibility and unused."""
-    return _multi("resnet18", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_resnet34(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking ResNet-34."""
-    return _multi("resnet34", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_resnet50(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking ResNet-50."""
-    return _multi("resnet50", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_resnet101(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking ResNet-101."""
-    return _multi("resnet101", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_resnet152(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking ResNet-152."""
-    return _multi("resnet152", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_resnext50_32x4d(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking ResNeXt-50 32x4d."""
-    return _multi("resnext50_32x4d", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_resnext101_32x8d(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking ResNeXt-101 32x8d."""
-    return _multi("resnext101_32x8d", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_wide_resnet50_2(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking Wide ResNet-50-2."""
-    return _multi("wide_resnet50_2", pretrained, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_wide_resnet101_2(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking Wide ResNet-101-2."""
-    return _multi("wide_resnet101_2", pretrained, T, multi_step_neuron, kwargs)
+spiking_resnet18 = _single_step_builder("resnet18")
+spiking_resnet34 = _single_step_builder("resnet34")
+spiking_resnet50 = _single_step_builder("resnet50")
+spiking_resnet101 = _single_step_builder("resnet101")
+spiking_resnet152 = _single_step_builder("resnet152")
+spiking_resnext50_32x4d = _single_step_builder("resnext50_32x4d")
+spiking_resnext101_32x8d = _single_step_builder("resnext101_32x8d")
+spiking_wide_resnet50_2 = _single_step_builder("wide_resnet50_2")
+spiking_wide_resnet101_2 = _single_step_builder("wide_resnet101_2")
+multi_step_spiking_resnet18 = _multi_step_builder("resnet18")
+multi_step_spiking_resnet34 = _multi_step_builder("resnet34")
+multi_step_spiking_resnet50 = _multi_step_builder("resnet50")
+multi_step_spiking_resnet101 = _multi_step_builder("resnet101")
+multi_step_spiking_resnet152 = _multi_step_builder("resnet152")
+multi_step_spiking_resnext50_32x4d = _multi_step_builder("resnext50_32x4d")
+multi_step_spiking_resnext101_32x8d = _multi_step_builder("resnext101_32x8d")
+multi_step_spiking_wide_resnet50_2 = _multi_step_builder("wide_resnet50_2")
+multi_step_spiking_wide_resnet101_2 = _multi_step_builder("wide_resnet101_2")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import StepModule, check_neuron, check_T, refuse_pretrained
+from .common import StepModule, check_neuron, check_T, name_builder, refuse_pretrained
 
 __all__ = [
     "SpikingVGG", "MultiStepSpikingVGG",
@@ -121,94 +121,38 @@ def _vgg(model_class, depth, batch_norm, pretrained, norm_layer, neuron_kwargs, 
                        **model_kwargs, **neuron_kwargs)
 
 
-def _single(depth, batch_norm, pretrained, norm_layer, single_step_neuron, kwargs):
-    return _vgg(SpikingVGG, depth, batch_norm, pretrained, norm_layer, kwargs, single_step_neuron=single_step_neuron)
+_WITH_BN = " with a norm layer (default BatchNorm2d) after each convolution"
 
 
-def _multi(depth, batch_norm, pretrained, norm_layer, T, multi_step_neuron, kwargs):
-    return _vgg(MultiStepSpikingVGG, depth, batch_norm, pretrained, norm_layer, kwargs, T=T,
-                multi_step_neuron=multi_step_neuron)
+def _single_step_builders(depth):
+    def plain(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
+        return _vgg(SpikingVGG, depth, False, pretrained, None, kwargs, single_step_neuron=single_step_neuron)
+
+    def with_bn(pretrained=False, progress=True, norm_layer=None, single_step_neuron=None, **kwargs):
+        return _vgg(SpikingVGG, depth, True, pretrained, norm_layer, kwargs, single_step_neuron=single_step_neuron)
+
+    return (name_builder(plain, f"spiking_vgg{depth}", f"Single-step spiking VGG-{depth}."),
+            name_builder(with_bn, f"spiking_vgg{depth}_bn", f"Single-step spiking VGG-{depth}{_WITH_BN}."))
 
 
-def spiking_vgg11(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-11."""
-    return _single(11, False, pretrained, None, single_step_neuron, kwargs)
+def _multi_step_builders(depth):
+    def plain(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
+        return _vgg(MultiStepSpikingVGG, depth, False, pretrained, None, kwargs, T=T,
+                    multi_step_neuron=multi_step_neuron)
+
+    def with_bn(pretrained=False, progress=True, norm_layer=None, T=None, multi_step_neuron=None, **kwargs):
+        return _vgg(MultiStepSpikingVGG, depth, True, pretrained, norm_layer, kwargs, T=T,
+                    multi_step_neuron=multi_step_neuron)
+
+    return (name_builder(plain, f"multi_step_spiking_vgg{depth}", f"Multi-step spiking VGG-{depth}."),
+            name_builder(with_bn, f"multi_step_spiking_vgg{depth}_bn", f"Multi-step spiking VGG-{depth}{_WITH_BN}."))
 
 
-def spiking_vgg11_bn(pretrained=False, progress=True, norm_layer=None, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-11 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _single(11, True, pretrained, norm_layer, single_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg11(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking VGG-11."""
-    return _multi(11, False, pretrained, None, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg11_bn(pretrained=False, progress=True, norm_layer=None, T=None, multi_step_neuron=None,
-                               **kwargs):
-    """Multi-step spiking VGG-11 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _multi(11, True, pretrained, norm_layer, T, multi_step_neuron, kwargs)
-
-
-def spiking_vgg13(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-13."""
-    return _single(13, False, pretrained, None, single_step_neuron, kwargs)
-
-
-def spiking_vgg13_bn(pretrained=False, progress=True, norm_layer=None, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-13 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _single(13, True, pretrained, norm_layer, single_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg13(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking VGG-13."""
-    return _multi(13, False, pretrained, None, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg13_bn(pretrained=False, progress=True, norm_layer=None, T=None, multi_step_neuron=None,
-                               **kwargs):
-    """Multi-step spiking VGG-13 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _multi(13, True, pretrained, norm_layer, T, multi_step_neuron, kwargs)
-
-
-def spiking_vgg16(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-16."""
-    return _single(16, False, pretrained, None, single_step_neuron, kwargs)
-
-
-def spiking_vgg16_bn(pretrained=False, progress=True, norm_layer=None, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-16 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _single(16, True, pretrained, norm_layer, single_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg16(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking VGG-16."""
-    return _multi(16, False, pretrained, None, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg16_bn(pretrained=False, progress=True, norm_layer=None, T=None, multi_step_neuron=None,
-                               **kwargs):
-    """Multi-step spiking VGG-16 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _multi(16, True, pretrained, norm_layer, T, multi_step_neuron, kwargs)
-
-
-def spiking_vgg19(pretrained=False, progress=True, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-19."""
-    return _single(19, False, pretrained, None, single_step_neuron, kwargs)
-
-
-def spiking_vgg19_bn(pretrained=False, progress=True, norm_layer=None, single_step_neuron=None, **kwargs):
-    """Single-step spiking VGG-19 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _single(19, True, pretrained, norm_layer, single_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg19(pretrained=False, progress=True, T=None, multi_step_neuron=None, **kwargs):
-    """Multi-step spiking VGG-19."""
-    return _multi(19, False, pretrained, None, T, multi_step_neuron, kwargs)
-
-
-def multi_step_spiking_vgg19_bn(pretrained=False, progress=True, norm_layer=None, T=None, multi_step_neuron=None,
-                               **kwargs):
-    """Multi-step spiking VGG-19 with a norm layer (default BatchNorm2d) after each convolution."""
-    return _multi(19, True, pretrained, norm_layer, T, multi_step_neuron, kwargs)
+spiking_vgg11, spiking_vgg11_bn = _single_step_builders(11)
+spiking_vgg13, spiking_vgg13_bn = _single_step_builders(13)
+spiking_vgg16, spiking_vgg16_bn = _single_step_builders(16)
+spiking_vgg19, spiking_vgg19_bn = _single_step_builders(19)
+multi_step_spiking_vgg11, multi_step_spiking_vgg11_bn = _multi_step_builders(11)
+multi_step_spiking_vgg13, multi_step_spiking_vgg13_bn = _multi_step_builders(13)
+multi_step_spiking_vgg16, multi_step_spiking_vgg16_bn = _multi_step_builders(16)
+multi_step_spiking_vgg19, multi_step_spiking_vgg19_bn = _multi_step_builders(19)
