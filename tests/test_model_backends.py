@@ -25,6 +25,11 @@ def _build(family, backend):
     """(model, input) of a family with small inputs; ``backend`` for every neuron."""
     torch.manual_seed(0)
     options = _neuron_options(backend)
+    if family == "spiking_resnet18_static":
+        # A static image: the stem's output is repeated over T as a view, which the kernels read in place.
+        model = spiking_resnet.multi_step_spiking_resnet18(multi_step_neuron=neuron.MultiStepIFNode, num_classes=10,
+                                                           T=4, **options)
+        return model, torch.rand(4, 3, 32, 32) * 4
     if family == "spiking_resnet18":
         model = spiking_resnet.multi_step_spiking_resnet18(multi_step_neuron=neuron.MultiStepIFNode, num_classes=10,
                                                            **options)
@@ -46,7 +51,7 @@ def _build(family, backend):
     return model, torch.rand(4, 4, 3, 32, 32) * 4
 
 
-FAMILIES = ["spiking_resnet18", "sew_resnet18_iand", "spiking_vgg11_bn", "plif_cifar10_dvs"]
+FAMILIES = ["spiking_resnet18", "spiking_resnet18_static", "sew_resnet18_iand", "spiking_vgg11_bn", "plif_cifar10_dvs"]
 
 
 def test_sew_resnet_compiles_without_graph_breaks_cpu():
