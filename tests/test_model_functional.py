@@ -84,7 +84,8 @@ def test_multi_step_forward_runs_the_whole_chain_at_each_step():
     torch.testing.assert_close(y_seq, expected)
     torch.testing.assert_close(chain[2].v, b.v)
     calls = []
-    functional.multi_step_forward(torch.zeros(3, 1), (lambda x: calls.append("f") or x, lambda x: calls.append("g") or x))
+    log_f, log_g = (lambda x: calls.append("f") or x), (lambda x: calls.append("g") or x)
+    functional.multi_step_forward(torch.zeros(3, 1), (log_f, log_g))
     assert calls == ["f", "g"] * 3
 
 

@@ -11,7 +11,8 @@ from zoo_reference import assert_matches_reference, key_shapes, on_meta, sj_neur
 
 HAS_DROPOUT = hasattr(layer, "Dropout") and hasattr(layer, "MultiStepDropout")
 HAS_PLIF = hasattr(neuron, "ParametricLIFNode") and hasattr(neuron, "MultiStepParametricLIFNode")
-pytestmark = pytest.mark.skipif(not HAS_DROPOUT, reason="layer.Dropout and layer.MultiStepDropout are not in this build")
+pytestmark = pytest.mark.skipif(not HAS_DROPOUT,
+                                reason="layer.Dropout and layer.MultiStepDropout are not in this build")
 needs_plif = pytest.mark.skipif(not HAS_PLIF, reason="neuron.(MultiStep)ParametricLIFNode are not in this build")
 
 NETS = ["MNISTNet", "FashionMNISTNet", "NMNISTNet", "CIFAR10Net", "CIFAR10DVSNet", "DVSGestureNet"]

@@ -48,7 +48,7 @@ class ResidualBlock(StepModule):
     def __init__(self, convs: list, downsample, stride: int, norm_layer, neuron, neuron_kwargs: dict):
         super().__init__()
         norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
-        check_neuron(neuron, "the neuron")
+        check_neuron(neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
         for i, conv in enumerate(convs, 1):
             setattr(self, f"conv{i}", conv)
             setattr(self, f"bn{i}", norm_layer(conv.out_channels))
