@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from .. import __version__
+
 __all__ = ["CURVES", "read_run", "plot_runs", "main"]
 
 CURVES = ("train_acc", "test_acc", "train_loss", "test_loss")
@@ -104,6 +106,7 @@ def main(argv=None) -> int:
         prog="python -m flashspike.examples.plot",
         description="Draw train/test accuracy and loss per epoch of one or more runs into accuracy.png and loss.png.",
     )
+    parser.add_argument("--version", action="version", version=f"flashspike {__version__}")
     parser.add_argument("log_dirs", nargs="+", metavar="LOGDIR", help="a run's log folder (metrics.jsonl or TensorBoard files)")
     parser.add_argument("-o", "--out", default=".", help="folder for the PNGs")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per LOGDIR (default: the folder names)")
