@@ -143,6 +143,18 @@ def test_plot_command_draws_the_run(short_run, tmp_path, capsys):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_progress_lines_where_there_is_no_terminal_and_the_data_source(data_dir, tmp_path, capsys, monkeypatch):
+    from flashspike.examples import run_log
+
+    monkeypatch.setattr(run_log, "PROGRESS_SECONDS", 0.0)  # a line after every batch
+    assert cli.main(common(data_dir, tmp_path, "-epochs", "1", "-max_batches", "3")) == 0
+    out = capsys.readouterr().out
+    assert f"data: 640 training and 160 test images from {data_dir.resolve()}\n" in out
+    # the last batch of a pass prints no line of its own: the epoch's line follows at once
+    assert re.findall(r"^epoch 0 (train|test): (\d)/3 batches, \d+ s$", out, re.M) == [
+        ("train", "1"), ("train", "2"), ("test", "1"), ("test", "2")]
+
+
 # ------------------------------------------------------------------ errors: one clear line, no traceback
 # (in-process: an exception that main() let through would fail the test as a traceback would)
 

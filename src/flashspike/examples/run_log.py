@@ -23,6 +23,7 @@ from .trainer import UsageError
 METRICS, LATEST, BEST = "metrics.jsonl", "checkpoint_latest.pth", "checkpoint_max.pth"
 SCALARS = ("train_loss", "train_acc", "test_loss", "test_acc", "train_time", "train_speed")
 TENSORBOARD_PREFIX = "events.out.tfevents."
+PROGRESS_SECONDS = 10.0  # between progress lines where there is no terminal for a bar
 
 
 class RecordError(OSError):
@@ -75,7 +76,7 @@ class Progress:
     """Batches done of a pass: a tqdm bar on a terminal; elsewhere (a log file, a pipe) a line every
     ``interval`` seconds, so a slow epoch shows it is alive."""
 
-    def __init__(self, what: str, total: int, tqdm_module=None, interval: float = 10.0):
+    def __init__(self, what: str, total: int, tqdm_module=None, interval: float = PROGRESS_SECONDS):
         self.what, self.total, self.done, self.interval = what, total, 0, interval
         self.bar = tqdm_module.tqdm(total=total, desc=what, leave=False) if tqdm_module else None
         self.started = self.last = time.perf_counter()
@@ -119,7 +120,7 @@ class RunLog:
                     path.unlink()
 
     def progress(self, what: str, total: int) -> Progress:
-        return Progress(what, total, self.tqdm)
+        return Progress(what, total, self.tqdm, PROGRESS_SECONDS)
 
     def epoch_done(self, metrics: dict, checkpoint: dict, is_best: bool) -> None:
         """Print the epoch's line, then record it (see the module's docstring for the order)."""
