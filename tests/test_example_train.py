@@ -138,7 +138,7 @@ def test_plot_command_draws_the_run(short_run, tmp_path, capsys):
 
     _, folder = short_run
     assert plot.main([str(folder), "-o", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / "accuracy.png"), str(tmp_path / "loss.png")]
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'accuracy.png'}", f"wrote {tmp_path / 'loss.png'}"]
     for name in ("accuracy.png", "loss.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
