@@ -7,8 +7,10 @@ Training runs here are tiny (4 channels, 2 batches of 32 synthetic images an epo
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from flashspike.examples import conv_fashion_mnist as cli
 from flashspike.examples import fashion_mnist as fm
 from flashspike.examples import run_log
 from flashspike.examples.checkpoint import load_checkpoint, remove_stale_temporaries
-from test_example_train import common, data_dir, epoch_lines, read_metrics, synthetic_split  # noqa: F401 (fixture)
+from test_example_train import SRC, common, data_dir, epoch_lines, read_metrics, synthetic_split  # noqa: F401 (fixture)
 
 FOLDER = "T_4_b_32_SGD_lr_0.1_CosALR_64_c4"
 TIMES = ("total_time", "train_time", "train_speed")
@@ -57,6 +59,11 @@ def reference(data_dir, tmp_path_factory):  # noqa: F811
     return out_dir / FOLDER, writes
 
 
+def copy_of(folder, tmp_path):
+    """A copy of a run's folder, to resume without touching the original."""
+    return Path(shutil.copytree(folder, tmp_path / "run"))
+
+
 class Crash(BaseException):
     """The process stopping at a point (a BaseException, as a kill is nothing the program handles)."""
 
@@ -90,11 +97,11 @@ def test_a_run_stopped_between_any_two_writes_resumes_to_the_same_record(
     folder = tmp_path / FOLDER
     capsys.readouterr()
     if (folder / run_log.LATEST).exists():
+        assert load_checkpoint(folder / run_log.LATEST)["epoch"] == 0  # epoch 1's commit never happened
         assert cli.main(flags(data_dir, tmp_path, "-resume", str(folder / run_log.LATEST))) == 0
         out = capsys.readouterr().out
-        done = load_checkpoint(folder / run_log.LATEST)["epoch"]
-        assert re.search(rf"^resumed {re.escape(str(folder / run_log.LATEST))}: epochs 0 to \d+ done", out, re.M) \
-            or done == 1
+        assert f"resumed {folder / run_log.LATEST}: epochs 0 to 0 done" in out
+        assert [line["epoch"] for line in epoch_lines(out)] == [1]
     else:  # stopped before the first epoch was committed: nothing to resume, the folder must be overwritten
         assert cli.main(flags(data_dir, tmp_path)) == 2
         assert "-overwrite" in capsys.readouterr().err
@@ -110,15 +117,36 @@ def test_a_run_stopped_between_any_two_writes_resumes_to_the_same_record(
             assert torch.equal(got["net"][key], want["net"][key]), (name, key)
 
 
+def test_a_process_killed_before_its_last_commit_resumes_to_the_same_record(reference, data_dir, tmp_path):  # noqa: F811
+    """The same in a real process ended by os._exit (no cleanup, no flush): after epoch 1's best-or-not
+    checkpoint and before its latest one."""
+    stop = (
+        "import os, sys\n"
+        "from flashspike.examples import conv_fashion_mnist as cli, run_log\n"
+        "original = run_log.RunLog._save\n"
+        "def save(self, name, data):\n"
+        "    if name == run_log.LATEST and len(self.history) == 1:\n"
+        "        os._exit(9)\n"
+        "    original(self, name, data)\n"
+        "run_log.RunLog._save = save\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", stop, *flags(data_dir, tmp_path)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    folder = tmp_path / FOLDER
+    assert [line["epoch"] for line in epoch_lines(killed.stdout)] == [0, 1]
+    assert [r["epoch"] for r in read_metrics(folder)] == [0, 1]  # epoch 1's line, not yet committed
+    assert cli.main(flags(data_dir, tmp_path, "-resume", str(folder / run_log.LATEST))) == 0
+    expected_folder, _ = reference
+    assert without_times(read_metrics(folder)) == without_times(read_metrics(expected_folder))
+    assert tensorboard_curves(folder) == tensorboard_curves(expected_folder)
+
+
 def test_resume_refuses_a_checkpoint_that_would_discard_later_epochs(reference, data_dir, tmp_path, capsys):  # noqa: F811
-    folder, _ = reference
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for path in folder.iterdir():
-        (copy / path.name).write_bytes(path.read_bytes())
-    best = load_checkpoint(copy / run_log.BEST)["epoch"]
-    if best == 1:
-        pytest.skip("the reference's best epoch is its last")
+    copy = copy_of(reference[0], tmp_path)
+    assert load_checkpoint(copy / run_log.BEST)["epoch"] == 0  # the reference's best epoch is its first
     assert cli.main(flags(data_dir, tmp_path, "-epochs", "3", "-resume", str(copy / run_log.BEST))) == 2
     assert "resuming would discard epochs 1 to 1" in capsys.readouterr().err
 
@@ -192,11 +220,7 @@ def test_a_run_removes_the_temporaries_a_killed_write_left(data_dir, tmp_path, c
 # ------------------------------------------------------------------ resume flags, the same folder twice
 
 def test_resume_refuses_changed_run_flags_and_takes_left_out_ones(reference, data_dir, tmp_path, capsys):  # noqa: F811
-    folder, _ = reference
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for path in folder.iterdir():
-        (copy / path.name).write_bytes(path.read_bytes())
+    copy = copy_of(reference[0], tmp_path)
     latest = str(copy / run_log.LATEST)
     for changed, message in ((["-lr", "0.05"], "-lr 0.1 (given: 0.05)"), (["-T_max", "8"], "-T_max 64 (given: 8)")):
         assert cli.main(flags(data_dir, tmp_path, "-resume", latest, *changed)) == 2
