@@ -6,7 +6,6 @@ Training runs here are tiny (4 channels, 2 batches of 32 synthetic images an epo
 """
 
 import os
-import re
 import shutil
 import subprocess
 import sys
