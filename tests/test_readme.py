@@ -46,3 +46,12 @@ def test_the_quickstart_runs_and_learns(capsys):
     for name, parameter in namespace["net"].named_parameters():
         assert parameter.grad is not None and bool(parameter.grad.abs().sum() > 0), name
     assert namespace["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_folder_the_readme_names_is_the_one_its_command_writes():
+    from flashspike.examples import conv_fashion_mnist as cli
+
+    text = README.read_text()
+    command = re.search(r"python -m flashspike\.examples\.conv_fashion_mnist (-device cpu [^\n`]*)", text).group(1)
+    folder = cli.run_name(cli.parse_args(command.split()))
+    assert f"`logs/{folder}`" in text and f"-resume logs/{folder}/checkpoint_latest.pth" in text
