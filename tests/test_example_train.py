@@ -379,3 +379,26 @@ def test_torchrun_with_two_gloo_processes(data_dir, tmp_path):
     assert lines[-1]["test_acc"] == pytest.approx(correct / count, abs=5e-5)
     assert lines[-1]["test_loss"] == pytest.approx(loss_sum / count, abs=5e-7)
     assert len(read_metrics(folder)) == 2
+
+
+def test_progress_bar_on_a_terminal_closes_when_the_pass_ends():
+    from flashspike.examples import run_log
+
+    class Bar:
+        def __init__(self, total, desc, leave):
+            self.total, self.desc, self.leave, self.n, self.closed = total, desc, leave, 0, False
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    class FakeTqdm:
+        tqdm = Bar
+
+    progress = run_log.Progress("epoch 0 test", 3, FakeTqdm)
+    for _ in range(3):
+        assert not progress.bar.closed
+        progress.update()
+    assert (progress.bar.n, progress.bar.closed, progress.bar.desc, progress.bar.leave) == (3, True, "epoch 0 test", False)

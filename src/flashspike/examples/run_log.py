@@ -73,8 +73,8 @@ def prepare_folder(folder: Path, *, resuming: bool, overwrite: bool, owner: bool
 
 
 class Progress:
-    """Batches done of a pass: a tqdm bar on a terminal; elsewhere (a log file, a pipe) a line every
-    ``interval`` seconds, so a slow epoch shows it is alive."""
+    """Batches done of a pass: a tqdm bar on a terminal, gone when the pass ends; elsewhere (a log file,
+    a pipe) a line every ``interval`` seconds, so a slow epoch shows it is alive."""
 
     def __init__(self, what: str, total: int, tqdm_module=None, interval: float = PROGRESS_SECONDS):
         self.what, self.total, self.done, self.interval = what, total, 0, interval
@@ -85,15 +85,13 @@ class Progress:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
+            if self.done == self.total:
+                self.bar.close()
             return
         now = time.perf_counter()
         if now - self.last >= self.interval and self.done < self.total:
             self.last = now
             print(f"{self.what}: {self.done}/{self.total} batches, {now - self.started:.0f} s", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class RunLog:
