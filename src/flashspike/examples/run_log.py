@@ -54,7 +54,8 @@ def prepare_folder(folder: Path, *, resuming: bool, overwrite: bool, owner: bool
         with tempfile.TemporaryFile(dir=folder):
             pass
     except (OSError, ValueError) as error:  # ValueError: a path with a NUL byte
-        raise UsageError(f"cannot write the run's log folder {folder}: {error}; give a writable -out_dir") from None
+        fix = "make it writable to resume there" if resuming else "give a writable -out_dir"
+        raise UsageError(f"cannot write the run's log folder {folder}: {error}; {fix}") from None
     for path in remove_stale_temporaries(folder, (METRICS, LATEST, BEST)) if owner else ():
         print(f"removed {path.name}, a temporary file a stopped run left behind", flush=True)
     if resuming:
