@@ -82,7 +82,8 @@ def load_checkpoint(path, required: tuple[str, ...] = ()) -> dict:
     if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or not isinstance(recorded, str):
         raise CheckpointError(f"{path}: a checkpoint without its payload or checksum")
     payload = payload.contiguous()
-    inner = ctypes.string_at(payload.data_ptr(), payload.numel())  # its bytes, without needing numpy
+    # Its bytes, read from its memory without needing numpy (an empty tensor may have no memory at all).
+    inner = ctypes.string_at(payload.data_ptr(), payload.numel()) if payload.numel() else b""
     digest = hashlib.sha256(inner).hexdigest()
     if digest != recorded:
         raise CheckpointError(f"{path}: corrupted: its contents hash to SHA-256 {digest[:16]}..., but the file "
