@@ -13,6 +13,7 @@ import torch
 
 from flashspike.examples import conv_fashion_mnist as cli
 from flashspike.examples.captured_step import CapturedStep
+from flashspike.examples.checkpoint import load_checkpoint
 from test_example_train import common, data_dir, epoch_lines, read_metrics, run_module  # noqa: F401 (fixture)
 
 
@@ -41,8 +42,8 @@ def test_compile_trains_like_eager(data_dir, tmp_path):  # noqa: F811 (the fixtu
         assert g["train_acc"] == pytest.approx(e["train_acc"], abs=2 / 256)  # 8 batches x 32 images
         assert g["test_acc"] == pytest.approx(e["test_acc"], abs=2 / 160)
         assert g["lr"] == e["lr"]
-    a = torch.load(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8" / "checkpoint_latest.pth", weights_only=True)
-    b = torch.load(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8_compile" / "checkpoint_latest.pth", weights_only=True)
+    a = load_checkpoint(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8" / "checkpoint_latest.pth")
+    b = load_checkpoint(tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8_compile" / "checkpoint_latest.pth")
     assert a["net"].keys() == b["net"].keys()  # the checkpoint holds the plain net's names, not the wrapper's
     for key in a["net"]:
         torch.testing.assert_close(b["net"][key], a["net"][key], rtol=1e-3, atol=1e-4)

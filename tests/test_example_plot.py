@@ -45,7 +45,7 @@ def test_draws_two_runs_into_pngs(tmp_path, capsys):
     first = metrics_run(tmp_path / "multi")
     second = metrics_run(tmp_path / "single", RECORDS[:2])
     assert plot.main([str(first), str(second), "-o", str(tmp_path / "out"), "--labels", "m", "s"]) == 0
-    written = capsys.readouterr().out.split()
+    written = [line.removeprefix("wrote ") for line in capsys.readouterr().out.splitlines()]
     assert written == [str(tmp_path / "out" / "accuracy.png"), str(tmp_path / "out" / "loss.png")]
     for path in written:
         data = Path(path).read_bytes()
@@ -75,3 +75,24 @@ def test_labels_must_match_the_folders(tmp_path):
     assert caught.value.code == 2
     with pytest.raises(SystemExit):
         plot.main([str(run), str(run)])  # the same name twice: the legend could not tell them apart
+
+
+def test_one_run_goes_into_its_own_folder_with_markers(tmp_path, capsys, monkeypatch):
+    """A one-epoch run is a point per curve: drawn as a marker (a line through one point is blank), and
+    by default into the run's folder, whose paths are printed."""
+    import matplotlib.figure
+
+    run = metrics_run(tmp_path / "run", RECORDS[:1])
+    drawn = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(figure, *args, **kwargs):
+        drawn.extend((line.get_marker(), len(line.get_xdata())) for axes in figure.axes for line in axes.lines)
+        return original(figure, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    monkeypatch.chdir(tmp_path)
+    assert plot.main([str(run)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {run / 'accuracy.png'}", f"wrote {run / 'loss.png'}"]
+    assert drawn and all(marker not in (None, "None", "", " ") and points == 1 for marker, points in drawn), drawn
+    assert not (tmp_path / "accuracy.png").exists()

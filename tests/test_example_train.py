@@ -19,6 +19,7 @@ import torch
 from flashspike import functional
 from flashspike.examples import conv_fashion_mnist as cli
 from flashspike.examples import fashion_mnist as fm
+from flashspike.examples.checkpoint import load_checkpoint, write_atomic
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 LINE = re.compile(
@@ -116,11 +117,12 @@ def test_short_run_folder_holds_checkpoints_metrics_and_tensorboard(short_run):
             assert line[key] == pytest.approx(record[key], abs=5e-7)
         for key in ("train_acc", "test_acc", "max_test_acc"):
             assert line[key] == pytest.approx(record[key], abs=5e-5)
-    latest = torch.load(folder / "checkpoint_latest.pth", weights_only=True)
+    latest = load_checkpoint(folder / "checkpoint_latest.pth")
     assert latest["epoch"] == 1 and latest["max_test_acc"] == metrics[1]["max_test_acc"]
-    assert set(latest) >= {"net", "optimizer", "lr_scheduler", "scaler", "rng", "args"}
+    assert set(latest) >= {"net", "optimizer", "lr_scheduler", "scaler", "rng", "args", "history"}
+    assert latest["history"] == metrics  # the checkpoint carries the record of the epochs it covers
     best_epoch = max(metrics, key=lambda m: m["test_acc"])["epoch"]  # the first epoch with the best accuracy
-    assert torch.load(folder / "checkpoint_max.pth", weights_only=True)["epoch"] == best_epoch
+    assert load_checkpoint(folder / "checkpoint_max.pth")["epoch"] == best_epoch
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -136,9 +138,21 @@ def test_plot_command_draws_the_run(short_run, tmp_path, capsys):
 
     _, folder = short_run
     assert plot.main([str(folder), "-o", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / "accuracy.png"), str(tmp_path / "loss.png")]
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'accuracy.png'}", f"wrote {tmp_path / 'loss.png'}"]
     for name in ("accuracy.png", "loss.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_lines_where_there_is_no_terminal_and_the_data_source(data_dir, tmp_path, capsys, monkeypatch):
+    from flashspike.examples import run_log
+
+    monkeypatch.setattr(run_log, "PROGRESS_SECONDS", 0.0)  # a line after every batch
+    assert cli.main(common(data_dir, tmp_path, "-epochs", "1", "-max_batches", "3")) == 0
+    out = capsys.readouterr().out
+    assert f"data: 640 training and 160 test images from {data_dir.resolve()}\n" in out
+    # the last batch of a pass prints no line of its own: the epoch's line follows at once
+    assert re.findall(r"^epoch 0 (train|test): (\d)/3 batches, \d+ s$", out, re.M) == [
+        ("train", "1"), ("train", "2"), ("test", "1"), ("test", "2")]
 
 
 # ------------------------------------------------------------------ errors: one clear line, no traceback
@@ -178,8 +192,8 @@ def test_resume_ends_bit_identical_to_an_unstopped_run(data_dir, tmp_path, capsy
         return [{k: v for k, v in r.items() if "time" not in k and "speed" not in k} for r in records]
 
     assert without_times(read_metrics(folder_b)) == without_times(read_metrics(folder_a))
-    a = torch.load(folder_a / "checkpoint_latest.pth", weights_only=True)
-    b = torch.load(folder_b / "checkpoint_latest.pth", weights_only=True)
+    a = load_checkpoint(folder_a / "checkpoint_latest.pth")
+    b = load_checkpoint(folder_b / "checkpoint_latest.pth")
     assert a["net"].keys() == b["net"].keys()
     for key in a["net"]:
         assert torch.equal(a["net"][key], b["net"][key]), key
@@ -196,27 +210,26 @@ def test_resume_refuses_another_network_or_a_broken_file(data_dir, tmp_path, cap
     flags = ["-device", "cpu", "-data_dir", str(data_dir), "-out_dir", str(tmp_path), "-epochs", "2"]
     capsys.readouterr()
     assert cli.main(flags + ["-channels", "8", "-resume", str(checkpoint)]) == 2
-    assert "the checkpoint was trained with -channels 4 (now 8)" in capsys.readouterr().err
+    assert "the run was trained with -channels 4 (given: 8)" in capsys.readouterr().err
     broken = tmp_path / "broken.pth"
     broken.write_bytes(checkpoint.read_bytes()[:1000])
     assert cli.main(flags + ["-channels", "4", "-resume", str(broken)]) == 2
-    assert f"-resume {broken}: not a readable checkpoint" in capsys.readouterr().err
+    assert f"error: -resume {broken}: not a readable checkpoint" in capsys.readouterr().err
     assert cli.main(flags + ["-resume", str(tmp_path / "absent.pth")]) == 2
     assert "no such file" in capsys.readouterr().err
 
 
-def test_an_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+def test_an_interrupted_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint_latest.pth"
-    cli.save_atomic({"epoch": 1}, path)
+    write_atomic(b"epoch 1", path)
 
-    def dies_halfway(obj, file):
-        file.write(b"PK\x03\x04 half a zip")
+    def dies_halfway(descriptor):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", dies_halfway)
+    monkeypatch.setattr(os, "fsync", dies_halfway)  # the bytes are written, not yet renamed into place
     with pytest.raises(KeyboardInterrupt):
-        cli.save_atomic({"epoch": 2}, path)
-    assert torch.load(path, weights_only=True) == {"epoch": 1}
+        write_atomic(b"epoch 2", path)
+    assert path.read_bytes() == b"epoch 1"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pth"]
 
 
@@ -306,9 +319,11 @@ def test_flags_accept_dashes_and_any_case():
     assert cli.parse_args(["-cupy"]).backend == "cupy"
     defaults = cli.parse_args([])
     assert (defaults.T, defaults.b, defaults.epochs, defaults.lr, defaults.backend, defaults.opt) == (
-        4, 128, 64, 0.1, "torch", "SGD")
+        4, 128, 64, 0.1, "auto", "SGD")  # 'auto', as the neurons' own default
     assert cli.run_name(defaults) == "T_4_b_128_SGD_lr_0.1_CosALR_64"
-    assert cli.run_name(cli.parse_args(["-amp", "-backend", "auto"])) == "T_4_b_128_SGD_lr_0.1_CosALR_64_amp_auto"
+    assert cli.run_name(cli.parse_args(["-amp", "-backend", "auto"])) == "T_4_b_128_SGD_lr_0.1_CosALR_64_amp"
+    assert cli.run_name(cli.parse_args(["-backend", "torch"])) == "T_4_b_128_SGD_lr_0.1_CosALR_64_torch"
+    assert cli.parse_args(["-step_mode", "s"]).backend == "auto"  # the default is no conflict
 
 
 @pytest.mark.parametrize(
@@ -353,7 +368,7 @@ def test_torchrun_with_two_gloo_processes(data_dir, tmp_path):
     # reduced numbers must be those of the saved net tested alone on all of them.
     assert lines[-1]["test_loss"] < 0.099  # the net is not silent (a silent one scores 0.1 on every split)
     folder = tmp_path / "T_4_b_32_SGD_lr_0.1_CosALR_64_c8"
-    checkpoint = torch.load(folder / "checkpoint_latest.pth", weights_only=True)
+    checkpoint = load_checkpoint(folder / "checkpoint_latest.pth")
     args = cli.parse_args(common(data_dir, tmp_path, "-channels", "8"))
     trainer = cli.Trainer(args, cli.Cluster("cpu"))
     trainer.net.load_state_dict(checkpoint["net"])
@@ -364,3 +379,26 @@ def test_torchrun_with_two_gloo_processes(data_dir, tmp_path):
     assert lines[-1]["test_acc"] == pytest.approx(correct / count, abs=5e-5)
     assert lines[-1]["test_loss"] == pytest.approx(loss_sum / count, abs=5e-7)
     assert len(read_metrics(folder)) == 2
+
+
+def test_progress_bar_on_a_terminal_closes_when_the_pass_ends():
+    from flashspike.examples import run_log
+
+    class Bar:
+        def __init__(self, total, desc, leave):
+            self.total, self.desc, self.leave, self.n, self.closed = total, desc, leave, 0, False
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    class FakeTqdm:
+        tqdm = Bar
+
+    progress = run_log.Progress("epoch 0 test", 3, FakeTqdm)
+    for _ in range(3):
+        assert not progress.bar.closed
+        progress.update()
+    assert (progress.bar.n, progress.bar.closed, progress.bar.desc, progress.bar.leave) == (3, True, "epoch 0 test", False)

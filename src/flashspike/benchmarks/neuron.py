@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from .. import backends, neuron, surrogate
+from .. import __version__, backends, neuron, surrogate
 from ..cuda_utils import median_seconds
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -293,6 +293,7 @@ def parse_args(argv=None):
         prog="python -m flashspike.benchmarks.neuron",
         description="Time multi-step LIF/IF neurons per backend (SpikingJelly's neuron speed experiment).",
     )
+    parser.add_argument("--version", action="version", version=f"flashspike {__version__}")
     parser.add_argument("--if", dest="if_node", action="store_true",
                         help="measure MultiStepIFNode instead of MultiStepLIFNode (tau=2)")
     parser.add_argument("--n", type=int, default=2**20 if cuda else 2**12,

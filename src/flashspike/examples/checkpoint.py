@@ -1,14 +1,28 @@
-"""Checkpoint plumbing: every random generator's state, and files replaced atomically."""
+"""Checkpoint plumbing: every random generator's state, files replaced atomically, and checkpoint
+files that carry a checksum of what they hold.
+
+A checkpoint file is ``torch.save`` of ``{"format": FORMAT, "sha256": ..., "payload": uint8 tensor}``,
+the payload being ``torch.save`` of the training state. PyTorch's own reader checks no checksum, so a
+file with flipped bytes would otherwise load and silently train from wrong numbers.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import io
 import os
 import random
-import shutil
 import sys
 from pathlib import Path
 
 import torch
+
+FORMAT = "flashspike.examples checkpoint, version 1"
+
+
+class CheckpointError(ValueError):
+    """A file is not a whole, unchanged checkpoint of this example."""
 
 
 def rng_states(shuffle: torch.Generator, device: torch.device) -> dict:
@@ -35,27 +49,102 @@ def set_rng_states(states: dict, shuffle: torch.Generator, device: torch.device)
         numpy.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
-def save_atomic(obj, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it: a kill leaves the old file whole."""
+# ---------------------------------------------------------------- checkpoint files
+
+def _serialized(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def checkpoint_bytes(payload: dict) -> bytes:
+    """The file a checkpoint of ``payload`` is: the payload serialized, with its SHA-256 beside it."""
+    inner = _serialized(payload)
+    return _serialized({"format": FORMAT, "sha256": hashlib.sha256(inner).hexdigest(),
+                        "payload": torch.frombuffer(bytearray(inner), dtype=torch.uint8)})
+
+
+def load_checkpoint(path, required: tuple[str, ...] = ()) -> dict:
+    """The payload of a checkpoint file, after checking its checksum and that it has the ``required``
+    keys; raises :class:`CheckpointError` that names the file and what is wrong with it."""
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file") from None
+    except Exception as error:  # truncated or foreign: pickle, zip and weights_only errors differ
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint of this example (a file torch.save wrote, but without "
+                              f"the {FORMAT!r} marker and checksum)")
+    payload, recorded = outer.get("payload"), outer.get("sha256")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or not isinstance(recorded, str):
+        raise CheckpointError(f"{path}: a checkpoint without its payload or checksum")
+    payload = payload.contiguous()
+    # Its bytes, read from its memory without needing numpy (an empty tensor may have no memory at all).
+    inner = ctypes.string_at(payload.data_ptr(), payload.numel()) if payload.numel() else b""
+    digest = hashlib.sha256(inner).hexdigest()
+    if digest != recorded:
+        raise CheckpointError(f"{path}: corrupted: its contents hash to SHA-256 {digest[:16]}..., but the file "
+                              f"records {recorded[:16]}...; use another checkpoint")
+    try:
+        state = torch.load(io.BytesIO(inner), map_location="cpu", weights_only=True)
+    except Exception as error:  # an intact checksum over bytes that never were a checkpoint
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    missing = [key for key in required if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: an incomplete checkpoint: it lacks {', '.join(missing)}")
+    return state
+
+
+# ---------------------------------------------------------------- atomic files
+
+def _temporary(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp{pid}")
+
+
+def write_atomic(data: bytes, path: Path) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a kill leaves the old file whole."""
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as file:
-            torch.save(obj, file)
+            file.write(data)
             file.flush()
-            os.fsync(file.fileno())  # on disk before the rename makes it the checkpoint
+            os.fsync(file.fileno())  # on disk before the rename makes it the file
 
     replace_atomically(path, write)
 
 
-def copy_atomic(source: Path, path: Path) -> None:
-    replace_atomically(path, lambda temporary: shutil.copyfile(source, temporary))
-
-
 def replace_atomically(path: Path, write) -> None:
     """Call ``write(temporary)`` for a temporary file beside ``path``, then rename it onto ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary = _temporary(path, os.getpid())
     try:
         write(temporary)
         os.replace(temporary, path)
     except BaseException:  # an interrupt too: leave no half-written temporary behind
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, names) -> list[Path]:
+    """Remove the temporaries that :func:`replace_atomically` left beside ``folder/name`` when its process
+    was killed: only files of that pattern, and only those whose process no longer runs."""
+    removed = []
+    for name in names:
+        prefix = f".{name}.tmp"
+        for candidate in Path(folder).glob(f".{name}.tmp*"):
+            pid = candidate.name[len(prefix):]
+            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)) and candidate.is_file():
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    return removed

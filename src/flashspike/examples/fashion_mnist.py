@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .checkpoint import replace_atomically
+from .checkpoint import write_atomic
 
 __all__ = [
     "FILES", "DEBIAN_DIR", "DEBIAN_PACKAGE", "MIRRORS", "IDXFormatError", "DataMissingError", "FashionMNIST",
@@ -87,8 +87,11 @@ def _file_bytes(path: Path) -> bytes:
         raise IDXFormatError(f"{path}: not a readable gzip file ({error})") from None
 
 
-def read_idx(path) -> tuple[int, torch.Tensor]:
-    """``(magic, data)`` of an unsigned-byte IDX file: ``data`` is a uint8 tensor of the header's shape."""
+def read_idx(path, expected_magic: int | None = None) -> tuple[int, torch.Tensor]:
+    """``(magic, data)`` of an unsigned-byte IDX file: ``data`` is a uint8 tensor of the header's shape.
+
+    ``expected_magic`` is checked before the sizes are read: a file of another kind then says so,
+    rather than seeming truncated because its data was read as a size."""
     path = Path(path)
     data = _file_bytes(path)
     if len(data) < 4:
@@ -100,6 +103,12 @@ def read_idx(path) -> tuple[int, torch.Tensor]:
             f"{path}: magic number {magic} (0x{magic:08x}) is not that of an unsigned-byte IDX file "
             "(0x000008NN, NN the number of dimensions)"
         )
+    if expected_magic is not None and magic != expected_magic:
+        what = {IMAGE_MAGIC: "image", LABEL_MAGIC: "label"}.get(expected_magic, "expected")
+        raise IDXFormatError(
+            f"{path}: magic number {magic} (0x{magic:08x}), but an IDX {what} file starts with "
+            f"{expected_magic} (0x{expected_magic:08x})"
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
         raise IDXFormatError(f"{path}: {len(data)} bytes, shorter than its {header}-byte header")
@@ -110,22 +119,15 @@ def read_idx(path) -> tuple[int, torch.Tensor]:
         raise IDXFormatError(
             f"{path}: {what}: shape {shape} needs {expected} bytes of data after the header, found {found}"
         )
+    if expected == 0:  # a valid, empty file (torch.frombuffer refuses an empty buffer)
+        return magic, torch.empty(shape, dtype=torch.uint8)
     # bytearray: a writable copy, so the tensor owns its memory.
     return magic, torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(shape)
 
 
-def _expect_magic(path, magic: int, expected: int, what: str) -> None:
-    if magic != expected:
-        raise IDXFormatError(
-            f"{path}: magic number {magic} (0x{magic:08x}), but an IDX {what} file starts with "
-            f"{expected} (0x{expected:08x})"
-        )
-
-
 def read_images(path) -> torch.Tensor:
     """Images ``[N, 28, 28]`` uint8 from an IDX image file."""
-    magic, images = read_idx(path)
-    _expect_magic(path, magic, IMAGE_MAGIC, "image")
+    _, images = read_idx(path, IMAGE_MAGIC)
     if tuple(images.shape[1:]) != IMAGE_SHAPE:
         raise IDXFormatError(f"{path}: images of {tuple(images.shape[1:])} pixels, expected {IMAGE_SHAPE}")
     return images
@@ -133,8 +135,7 @@ def read_images(path) -> torch.Tensor:
 
 def read_labels(path) -> torch.Tensor:
     """Labels ``[N]`` uint8 (0-9) from an IDX label file."""
-    magic, labels = read_idx(path)
-    _expect_magic(path, magic, LABEL_MAGIC, "label")
+    _, labels = read_idx(path, LABEL_MAGIC)
     if labels.numel() and int(labels.max()) >= NUM_CLASSES:
         raise IDXFormatError(f"{path}: label {int(labels.max())} found; labels are 0 to {NUM_CLASSES - 1}")
     return labels
@@ -192,7 +193,7 @@ def download(data_dir, names, mirrors=MIRRORS, timeout: float = 60.0) -> None:
             if digest != _PUBLISHED_MD5[gz_name]:
                 failures.append(f"{url}: MD5 {digest}, expected {_PUBLISHED_MD5[gz_name]}")
                 continue
-            replace_atomically(data_dir / gz_name, lambda temporary: temporary.write_bytes(payload))
+            write_atomic(payload, data_dir / gz_name)
             break
         else:
             raise OSError(f"could not download {gz_name}: " + "; ".join(failures))
@@ -206,12 +207,16 @@ def _missing_message(data_dir: Path, missing: list[str]) -> str:
     )
 
 
-def load_fashion_mnist(data_dir=None, *, allow_download: bool = True, mirrors=MIRRORS) -> FashionMNIST:
+def load_fashion_mnist(data_dir=None, *, allow_download: bool = True, mirrors=MIRRORS,
+                       report=None) -> FashionMNIST:
     """Read the four files from ``data_dir`` (default: :func:`default_data_dir`), downloading missing
-    ones when ``allow_download``; raises :class:`DataMissingError` naming the missing files."""
+    ones when ``allow_download``; raises :class:`DataMissingError` naming the missing files.
+    ``report``, when given, is called with a line saying where the data comes from."""
     data_dir = default_data_dir() if data_dir is None else Path(data_dir)
+    report = report or (lambda line: None)
     found, missing = find_files(data_dir)
     if missing and allow_download:
+        report(f"data: downloading {', '.join(missing)} into {data_dir.resolve()} (checksums verified)")
         try:
             download(data_dir, missing, mirrors)
         except OSError as error:
@@ -225,9 +230,13 @@ def load_fashion_mnist(data_dir=None, *, allow_download: bool = True, mirrors=MI
     )
     for split in ("train", "test"):
         images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if len(images) == 0:
+            raise IDXFormatError(f"{found[split + '_images']}: holds no images; the {split} split needs at least one")
         if len(images) != len(labels):
             raise IDXFormatError(
                 f"{found[split + '_images']} holds {len(images)} images but {found[split + '_labels']} "
                 f"holds {len(labels)} labels"
             )
+    report(f"data: {len(data.train_labels)} training and {len(data.test_labels)} test images from "
+           f"{data_dir.resolve()}")
     return data

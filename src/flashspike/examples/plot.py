@@ -4,7 +4,9 @@
 
 Each LOGDIR is a run's log folder from :mod:`flashspike.examples.conv_fashion_mnist`. Its per-epoch
 numbers come from metrics.jsonl, or from the TensorBoard event files when that is absent. Writes
-accuracy.png and loss.png into the output folder: train dashed, test solid, one colour per run.
+accuracy.png and loss.png (train dashed, test solid, one colour per run, a marker per epoch) into
+``-o DIR``: by default the LOGDIR itself when there is one, else the current folder; it prints the
+paths it wrote.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from .. import __version__
 
 __all__ = ["CURVES", "read_run", "plot_runs", "main"]
 
@@ -85,7 +89,9 @@ def plot_runs(runs: dict[str, dict], out_dir) -> list[Path]:
                 points = curves[f"{split}_{quantity}"]
                 if points:
                     epochs, values = zip(*points)
-                    axes.plot(epochs, values, style, color=colour, label=f"{label} ({split})")
+                    # markers: a run of one epoch is one point, which a line alone would not draw
+                    axes.plot(epochs, values, style, marker="o", markersize=3, color=colour,
+                              label=f"{label} ({split})")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel(ylabel)
@@ -104,8 +110,10 @@ def main(argv=None) -> int:
         prog="python -m flashspike.examples.plot",
         description="Draw train/test accuracy and loss per epoch of one or more runs into accuracy.png and loss.png.",
     )
+    parser.add_argument("--version", action="version", version=f"flashspike {__version__}")
     parser.add_argument("log_dirs", nargs="+", metavar="LOGDIR", help="a run's log folder (metrics.jsonl or TensorBoard files)")
-    parser.add_argument("-o", "--out", default=".", help="folder for the PNGs")
+    parser.add_argument("-o", "--out", default=None,
+                        help="folder for the PNGs (default: the LOGDIR when there is one, else the current folder)")
     parser.add_argument("--labels", nargs="+", default=None, help="one legend label per LOGDIR (default: the folder names)")
     args = parser.parse_args(argv)
     labels = args.labels or [Path(d).resolve().name for d in args.log_dirs]
@@ -115,8 +123,9 @@ def main(argv=None) -> int:
         parser.error("two runs would share a legend label; give --labels")
     try:
         runs = {label: read_run(d) for label, d in zip(labels, args.log_dirs)}
-        for path in plot_runs(runs, args.out):
-            print(path)
+        out = args.out or (args.log_dirs[0] if len(args.log_dirs) == 1 else ".")
+        for path in plot_runs(runs, out):
+            print(f"wrote {path.resolve()}")
     except (OSError, ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,292 @@
+"""The example's training machinery: the processes (torchrun), the data set on the device, the
+network with its optimizer, schedule and AMP scaler, one training step, an epoch, and the test pass.
+
+Where the time goes, and why the loop looks as it does: the whole data set sits on the training
+device as uint8 (47 MB), a batch is an index gather there, and the loss and accuracy are summed on the
+device, so a training step never waits for the host (one synchronization ends the training part of an
+epoch, one more the test). Optimizers are fused on CUDA, which lets the AMP scaler skip its per-step
+inf check on the host. On one CUDA device the whole training step is then captured once as a CUDA
+graph and replayed (``-cuda_graph auto``, see captured_step.py): eager, the step's hundred-odd
+operations cost the host about twice the GPU's time, and replaying removes that host work without
+changing a number the step computes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import backends, functional
+from .captured_step import CapturedStep
+from .csnn import CSNN
+from .fashion_mnist import NUM_CLASSES
+
+
+class UsageError(Exception):
+    """A bad flag or flag combination, reported as one line and exit code 2."""
+
+
+# ---------------------------------------------------------------- distributed
+
+class Cluster:
+    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
+
+    def __init__(self, requested_device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        try:
+            device = torch.device(requested_device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise UsageError(f"-device {requested_device}: not a device this example trains on; "
+                             "give cpu, cuda or cuda:INDEX")
+        if self.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UsageError(f"-device {requested_device}: CUDA is not available here; use -device cpu")
+            if (device.index or 0) >= torch.cuda.device_count():
+                raise UsageError(f"-device {requested_device}: this machine has {torch.cuda.device_count()} "
+                                 "CUDA device(s), numbered from 0")
+            torch.cuda.set_device(device)
+        self.device = device
+        if self.world > 1:
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over all processes (in place)."""
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def share_buffers(self, net: nn.Module) -> None:
+        """Give every process rank 0's BatchNorm statistics: each updated them on its own last batch."""
+        if self.world > 1:
+            for buffer in net.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# ---------------------------------------------------------------- data on the device
+
+class DeviceSplit:
+    """One split on the device: uint8 images, int64 labels and float one-hot targets."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
+        self.images = images.to(device)
+        self.labels = labels.to(device=device, dtype=torch.long)
+        self.targets = F.one_hot(self.labels, NUM_CLASSES).float()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def memory_format_for(flag: str, device: torch.device) -> torch.memory_format:
+    """The -memory_format flag's layout on ``device``."""
+    if flag == "auto":
+        flag = "channels_last" if device.type == "cuda" else "contiguous"
+    return torch.channels_last if flag == "channels_last" else torch.contiguous_format
+
+
+def as_input(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, 28, 28]`` -> float ``[N, 1, 28, 28]`` in [0, 1]: exactly torchvision's ToTensor."""
+    return images_u8.unsqueeze(1).float().div_(255)
+
+
+def batches(order: torch.Tensor, batch_size: int, drop_last: bool, max_batches: int | None):
+    """Slices of ``order`` (indices on the device), one per batch."""
+    count = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
+    if max_batches is not None:
+        count = min(count, max_batches)
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(count)]
+
+
+# ---------------------------------------------------------------- training and testing
+
+class Totals:
+    """Loss sum, correct answers and images seen, summed on the device: no host sync per batch."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, weight: float, rates: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss.add_(loss, alpha=weight)  # one kernel: loss x weight accumulated
+        self.correct += (rates.argmax(1) == labels).sum()
+        self.count += len(labels)
+
+    def as_tensor(self) -> torch.Tensor:
+        """[loss sum, correct, count] as float64 on the device."""
+        return torch.stack((self.loss, self.correct.double(), self.loss.new_tensor(float(self.count))))
+
+
+class Trainer:
+    """The network (DDP-wrapped under torchrun), its optimizer, LR schedule and AMP scaler."""
+
+    def __init__(self, args, cluster: Cluster):
+        self.args, self.cluster, self.device = args, cluster, cluster.device
+        memory_format = memory_format_for(args.memory_format, self.device)
+        self.net = CSNN(args.T, args.channels, args.step_mode, args.backend, memory_format).to(self.device)
+        fused = {"fused": True} if self.device.type == "cuda" else {}  # fused: no host sync in scaler.step
+        if args.opt == "SGD":
+            self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr, momentum=args.momentum, **fused)
+        else:
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=args.lr, **fused)
+        if args.lr_scheduler == "CosALR":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=args.T_max)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, args.step_size, args.gamma)
+        # CUDA autocasts to float16, which needs loss scaling; CPU to bfloat16, which does not.
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=args.amp and self.amp_dtype == torch.float16
+        )
+        self.model = self.net
+        if cluster.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            if memory_format == torch.channels_last:
+                # The first convolution's weight [C, 1, 3, 3] has one input channel, so its channels_last
+                # and contiguous strides differ only in a dimension of size 1, over the same memory; DDP
+                # compares the strides and warns about a mismatch that costs nothing.
+                warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        if args.compile:
+            # The neurons are custom operators the compiler sees through; their state stays a Python
+            # attribute, which reset_net (outside the compiled region) puts back to rest.
+            self.model = torch.compile(self.model, fullgraph=True)
+        # -cuda_graph: the step must be capturable (see captured_step.py), and every full batch replays it.
+        self.capturable = bool(args.cuda_graph)
+        self.train_step = self.step
+        if self.capturable:
+            if self.device.type != "cuda":
+                raise UsageError(f"-cuda_graph needs a CUDA device, but the device is {self.device}")
+            self.train_step = CapturedStep(self.step, self.optimizer, self.device)
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        self.net.load_state_dict(checkpoint["net"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+
+    def check_backend(self) -> str:
+        """The backend the neurons will run on, resolved now so a bad choice fails before training."""
+        if self.args.step_mode == "s":
+            return "single-step reference"
+        dtype = self.amp_dtype if self.args.amp else torch.float32
+        probe = torch.zeros(self.args.T, 1, device=self.device, dtype=dtype)
+        try:
+            return backends.resolve(self.args.backend, probe).name
+        except (backends.BackendError, ImportError) as error:
+            raise UsageError(f"-backend {self.args.backend} cannot run on {self.device}: {error}") from None
+
+    def _autocast(self, cache_enabled: bool = True):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp,
+                              cache_enabled=cache_enabled)
+
+    def step(self, images_u8: torch.Tensor, targets: torch.Tensor):
+        """One training step on a batch; returns (loss, rates), both still on the device.
+
+        It starts and ends with the neurons at rest. Capturable when ``self.capturable``: gradients are
+        zeroed in place and autocast keeps no weight cache (its casts would live outside the graph).
+        """
+        self.optimizer.zero_grad(set_to_none=not self.capturable)
+        with self._autocast(cache_enabled=not self.capturable):
+            rates = self.model(as_input(images_u8))
+        loss = F.mse_loss(rates.float(), targets)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        functional.reset_net(self.net)  # the next batch starts from rest
+        # Detached: a caller holding them must not keep this step's autograd graph (and with it the
+        # parameters' AccumulateGrad nodes, bound to this step's stream) alive into the next step.
+        return loss.detach(), rates.detach()
+
+    def train_epoch(self, split: DeviceSplit, batch_indices: list, progress=None) -> torch.Tensor:
+        """[loss sum, correct, count] over the batches, on the device (no sync)."""
+        self.model.train()
+        totals = Totals(self.device)
+        for index in batch_indices:
+            loss, rates = self.train_step(split.images[index], split.targets[index])
+            totals.add(loss, len(index), rates, split.labels[index])  # mean loss x batch size
+            if progress is not None:
+                progress.update()
+        return totals.as_tensor()
+
+    @torch.no_grad()
+    def evaluate(self, split: DeviceSplit, batch_indices: list, progress=None) -> torch.Tensor:
+        """[loss sum, correct, count] of the unwrapped net over the batches, on the device."""
+        self.net.eval()
+        totals = Totals(self.device)
+        for index in batch_indices:
+            with self._autocast():
+                rates = self.net(as_input(split.images[index]))
+            loss_sum = F.mse_loss(rates.float(), split.targets[index], reduction="sum")
+            totals.add(loss_sum, 1 / NUM_CLASSES, rates, split.labels[index])  # per-sample mean x count
+            functional.reset_net(self.net)
+            if progress is not None:
+                progress.update()
+        return totals.as_tensor()
+
+
+def benchmark_steps(trainer: Trainer, steps: int) -> None:
+    """Time training steps on one random batch already on the device; print time and peak memory."""
+    args, device = trainer.args, trainer.device
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    images = torch.randint(0, 256, (args.b, 28, 28), dtype=torch.uint8, device=device, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (args.b,), device=device, generator=generator)
+    targets = F.one_hot(labels, NUM_CLASSES).float()
+    trainer.model.train()
+    for _ in range(max(10, steps // 10)):  # warm-up: kernel compilation, cuDNN's choice, allocator, capture
+        trainer.train_step(images, targets)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        # The peak of steady training (weights, optimizer state, one batch's activations), not of
+        # cuDNN's one-off algorithm search during the warm-up.
+        torch.cuda.reset_peak_memory_stats(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            trainer.train_step(images, targets)
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1000.0
+        memory = f", peak_memory_mib={torch.cuda.max_memory_allocated(device) / 2**20:.1f}"
+    else:
+        started = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(images, targets)
+        seconds, memory = time.perf_counter() - started, ""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"bench: device={name}, T={args.T}, b={args.b}, amp={args.amp}, step_mode={args.step_mode}, "
+          f"backend={trainer.check_backend()}, memory_format={str(trainer.net.memory_format).replace('torch.', '')}, "
+          f"compile={args.compile}, cuda_graph={args.cuda_graph}, "
+          f"steps={steps}, step_time_ms={seconds / steps * 1000:.3f}{memory}",
+          flush=True)
+
+
+def epoch_order(shuffle: torch.Generator, n: int, cluster: Cluster) -> torch.Tensor:
+    """This process's training indices for the next epoch, on the device. Every process draws the same
+    permutation and takes every world-th index of it: disjoint shards of equal size."""
+    usable = n - n % cluster.world
+    order = torch.randperm(n, generator=shuffle)[:usable][cluster.rank::cluster.world]
+    return order.to(cluster.device)
+
+

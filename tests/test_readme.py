@@ -1,0 +1,57 @@
+"""The README's Python code runs as written (on the CPU here), and the Quickstart learns."""
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks() -> dict[str, list[str]]:
+    """``{section heading: [python code block, ...]}`` of the README."""
+    blocks, heading = {}, ""
+    for match in re.finditer(r"^(#+ [^\n]+)$|^```python\n(.*?)^```$", README.read_text(), re.M | re.S):
+        if match.group(1):
+            heading = match.group(1).lstrip("# ").strip()
+        else:
+            blocks.setdefault(heading, []).append(match.group(2))
+    return blocks
+
+
+def test_the_readme_has_the_blocks_this_file_runs():
+    blocks = python_blocks()
+    assert "Quickstart" in blocks and len(blocks["Quickstart"]) == 1
+    assert sum(map(len, blocks.values())) >= 2
+
+
+def test_every_python_block_but_the_quickstart_runs(capsys):
+    for heading, codes in python_blocks().items():
+        if heading != "Quickstart":
+            for code in codes:
+                exec(compile(code, f"README.md ({heading})", "exec"), {"__name__": "readme"})
+
+
+def test_the_quickstart_runs_and_learns(capsys):
+    (code,) = python_blocks()["Quickstart"]
+    namespace = {"__name__": "readme"}
+    exec(compile(code, "README.md (Quickstart)", "exec"), namespace)
+    printed = re.findall(r"^step (\d+): loss ([\d.]+), accuracy ([\d.]+)$", capsys.readouterr().out, re.M)
+    assert [int(step) for step, _, _ in printed] == [0, 20, 40, 60]
+    losses = [float(loss) for _, loss, _ in printed]
+    accuracies = [float(acc) for _, _, acc in printed]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.6 * losses[0], losses
+    assert accuracies[-1] > 0.6 > accuracies[0], accuracies
+    # every parameter received a gradient (the last step's)
+    for name, parameter in namespace["net"].named_parameters():
+        assert parameter.grad is not None and bool(parameter.grad.abs().sum() > 0), name
+    assert namespace["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_folder_the_readme_names_is_the_one_its_command_writes():
+    from flashspike.examples import conv_fashion_mnist as cli
+
+    text = README.read_text()
+    command = re.search(r"python -m flashspike\.examples\.conv_fashion_mnist (-device cpu [^\n`]*)", text).group(1)
+    folder = cli.run_name(cli.parse_args(command.split()))
+    assert f"`logs/{folder}`" in text and f"-resume logs/{folder}/checkpoint_latest.pth" in text
