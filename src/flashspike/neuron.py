@@ -9,6 +9,8 @@ to rest.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -17,7 +19,10 @@ from .backends import ops
 from .backends.reference import neuron_step
 from .params import NeuronParams
 
-__all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode"]
+__all__ = [
+    "BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode", "ParametricLIFNode",
+    "MultiStepParametricLIFNode", "EIFNode", "MultiStepEIFNode",
+]
 
 
 def _number(name: str, value, *, positive: bool = False) -> float:
@@ -169,16 +174,22 @@ class _MultiStep(BaseNode):
             return self._empty_call(x_seq)
         if torch.compiler.is_compiling():
             # One custom operator that the compiler sees through; it resolves the backend as it runs.
-            spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq)
+            spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq,
+                                                      self._decay_w())
             if self.store_v_seq:
                 self.v_seq = v_seq
             return spike_seq
         backend = backends.resolve(self._backend, x_seq)
         state = self.__dict__  # plain attributes: skip nn.Module.__setattr__ on the hot path
-        spike_seq, state["v"], v_seq = backend.multi_step(x_seq, v_init, self.params(), self.store_v_seq)
+        spike_seq, state["v"], v_seq = backend.multi_step(x_seq, v_init, self.params(), self.store_v_seq,
+                                                          self._decay_w())
         if self.store_v_seq:
             state["v_seq"] = v_seq
         return spike_seq
+
+    def _decay_w(self):
+        """The learnable tensor the charge reads at run time (PLIF's w), or None."""
+        return None
 
     def _empty_call(self, x_seq: torch.Tensor) -> torch.Tensor:
         # Nothing to simulate: T = 0 keeps the state, N = 0 leaves an empty one.
@@ -245,4 +256,142 @@ class MultiStepLIFNode(_MultiStep):
     def __init__(self, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
                  detach_reset=False, backend="auto", store_v_seq=False):
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, tau, decay_input,
+                         backend=backend, store_v_seq=store_v_seq)
+
+
+class _ParametricLIF:
+    """PLIF: LIF whose decay 1/tau = sigmoid(w) is learned; ``w`` is an ``nn.Parameter`` initialised
+    to −log(init_tau − 1), so that tau starts at ``init_tau``."""
+
+    leaky = False  # (BaseNode keeps no constant tau for it: params() says leaky and parametric)
+    _OPTION_NAMES = BaseNode._OPTION_NAMES | {"decay_input"}
+
+    def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
+                 detach_reset=False, **multi_step):
+        init_tau = _number("init_tau", init_tau)
+        if not init_tau > 1.0:
+            raise ValueError(f"init_tau must be greater than 1 (1/tau = sigmoid(w) lies in (0, 1)), got {init_tau!r}")
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, **multi_step)
+        self.decay_input = bool(decay_input)
+        self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
+
+    def params(self) -> NeuronParams:
+        p = self.__dict__.get("_cached_params")
+        if p is None:
+            p = self.__dict__["_cached_params"] = NeuronParams(
+                leaky=True, parametric=True, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                detach_reset=self.detach_reset, surrogate=self.surrogate_function, decay_input=self.decay_input)
+        return p
+
+    def _decay_w(self):
+        return self.w
+
+    def extra_repr(self) -> str:
+        with torch.no_grad():
+            tau = 1.0 / self.w.sigmoid()
+        return super().extra_repr() + f", tau={tau}"
+
+
+class _ExponentialIF:
+    """EIF: H[t] = V[t−1] + (X[t] + v_rest − V[t−1] + delta_T·exp((V[t−1] − theta_rh)/delta_T)) / tau.
+    ``v_rest`` is where the leak pulls; a fresh neuron starts at v_reset (0 for soft reset)."""
+
+    leaky = False  # (BaseNode's tau and decay_input do not apply: params() describes the EIF charge)
+    _OPTION_NAMES = BaseNode._OPTION_NAMES | {"tau", "delta_T", "theta_rh", "v_rest"}
+
+    def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
+                 surrogate_function=None, detach_reset=False, **multi_step):
+        tau, delta_T = _number("tau", tau), _number("delta_T", delta_T, positive=True)
+        theta_rh, v_rest = _number("theta_rh", theta_rh), _number("v_rest", v_rest)
+        if not tau > 1.0:
+            raise ValueError(f"tau must be greater than 1, got {tau!r}")
+        if v_reset is not None and not (v_threshold > v_reset and v_rest >= v_reset):
+            raise ValueError(f"EIF needs v_threshold > v_reset and v_rest >= v_reset, got v_threshold={v_threshold!r}, "
+                             f"v_rest={v_rest!r}, v_reset={v_reset!r}")
+        self.__dict__["_resting"] = v_rest
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, **multi_step)
+        self.tau, self.delta_T, self.theta_rh, self.v_rest = tau, delta_T, theta_rh, v_rest
+
+    @property
+    def v_rest(self) -> float:
+        """EIF's resting potential, where the leak pulls V (not where reset() puts it)."""
+        return self.__dict__["_resting"]
+
+    @v_rest.setter
+    def v_rest(self, value) -> None:
+        self.__dict__["_resting"] = _number("v_rest", value)
+
+    def reset(self) -> None:
+        super().reset()
+        self.__dict__["v"] = 0.0 if self.v_reset is None else self.v_reset
+
+    def params(self) -> NeuronParams:
+        p = self.__dict__.get("_cached_params")
+        if p is None:
+            p = self.__dict__["_cached_params"] = NeuronParams(
+                leaky=True, exponential=True, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                detach_reset=self.detach_reset, surrogate=self.surrogate_function, tau=self.tau,
+                delta_T=self.delta_T, theta_rh=self.theta_rh, resting_potential=self.v_rest)
+        return p
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tau={self.tau}, delta_T={self.delta_T}, theta_rh={self.theta_rh}"
+
+
+_PLIF_DOC = """
+        init_tau: the membrane time constant tau at initialization (> 1); 1/tau = sigmoid(w) is learned.
+        decay_input: whether the input is multiplied by 1/tau as well."""
+_EIF_DOC = """
+        tau: the membrane time constant (> 1).
+        delta_T: the sharpness of the exponential term (> 0).
+        theta_rh: the rheobase potential, where the exponential term equals delta_T.
+        v_rest: the resting potential the leak pulls towards."""
+
+
+class ParametricLIFNode(_ParametricLIF, _SingleStep):
+    """Single-step parametric LIF neuron (PLIF): LIF with a learnable decay 1/tau = sigmoid(w)."""
+
+    __doc__ += _NEURON_DOC.format(extra=_PLIF_DOC)
+
+    def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
+                 detach_reset=False):
+        super().__init__(init_tau, decay_input, v_threshold, v_reset, surrogate_function, detach_reset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_floating(x, "x")
+        decay = torch.sigmoid(self.w.to(x.dtype))
+        spike, self.v = neuron_step(x, self._initial_v(x.shape, x), self.params(), decay)
+        return spike
+
+
+class MultiStepParametricLIFNode(_ParametricLIF, _MultiStep):
+    """Multi-step parametric LIF neuron (PLIF) on the whole ``[T, N, *]`` sequence per call; ``w``
+    receives its gradient from every backend."""
+
+    __doc__ += _NEURON_DOC.format(extra=_PLIF_DOC + _MULTI_DOC)
+
+    def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
+                 detach_reset=False, backend="auto", store_v_seq=False):
+        super().__init__(init_tau, decay_input, v_threshold, v_reset, surrogate_function, detach_reset,
+                         backend=backend, store_v_seq=store_v_seq)
+
+
+class EIFNode(_ExponentialIF, _SingleStep):
+    """Single-step exponential integrate-and-fire neuron (see :mod:`flashspike.dynamics`)."""
+
+    __doc__ += _NEURON_DOC.format(extra=_EIF_DOC)
+
+    def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
+                 surrogate_function=None, detach_reset=False):
+        super().__init__(tau, delta_T, theta_rh, v_threshold, v_rest, v_reset, surrogate_function, detach_reset)
+
+
+class MultiStepEIFNode(_ExponentialIF, _MultiStep):
+    """Multi-step exponential integrate-and-fire neuron on the whole ``[T, N, *]`` sequence per call."""
+
+    __doc__ += _NEURON_DOC.format(extra=_EIF_DOC + _MULTI_DOC)
+
+    def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
+                 surrogate_function=None, detach_reset=False, backend="auto", store_v_seq=False):
+        super().__init__(tau, delta_T, theta_rh, v_threshold, v_rest, v_reset, surrogate_function, detach_reset,
                          backend=backend, store_v_seq=store_v_seq)
