@@ -1,6 +1,7 @@
 """Spiking neurons: multi-step nodes ``[T, N, *] -> [T, N, *]`` and single-step nodes ``[N, *] -> [N, *]``.
 
-A neuron is charge, fire, reset (:mod:`flashspike.dynamics`). IF and LIF differ only in the charge.
+A neuron is charge, fire, reset (:mod:`flashspike.dynamics`). IF, LIF, PLIF (LIF with a learnable
+decay, the parameter ``w``) and EIF differ only in the charge.
 The membrane potential is a plain attribute ``v``: a Python float (the resting value) until the first
 call, then a tensor shaped like one time step. It is not a buffer, so ``state_dict()`` does not carry
 it and DDP does not broadcast it. ``reset()`` (or :func:`flashspike.functional.reset_net`) returns it
