@@ -251,3 +251,39 @@ def test_torch_compile_trains_w():
         module(x.clone().requires_grad_()).sum().backward()
     torch.testing.assert_close(node.w.grad, eager.w.grad, rtol=1e-5, atol=1e-6)
     assert node.w.grad.abs().item() > 0
+
+
+# ---- on a GPU: a captured CUDA graph reads the current w ----------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["cupy", "triton"])
+def test_cuda_graph_replays_with_the_current_w(name):
+    from flashspike import backends
+
+    try:
+        backends.get(name).check_input(torch.zeros(1, 1, device="cuda"))
+    except ImportError as err:
+        pytest.skip(f"backend {name!r} unavailable: {err}")
+    node = neuron.MultiStepParametricLIFNode(surrogate_function=surrogate.ATan(), backend=name).cuda()
+    static_x = torch.rand(8, 4096, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) + 0.3
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():  # warm-up: compiles the kernels outside the capture
+        for _ in range(2):
+            node.reset()
+            node(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    node.reset()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_spike = node(static_x)
+    with torch.no_grad():
+        node.w.add_(0.7)  # an optimizer step, in place: the graph must read the new k = sigmoid(w)
+    graph.replay()
+    ref = neuron.MultiStepParametricLIFNode(surrogate_function=surrogate.ATan(), backend="torch").cuda()
+    with torch.no_grad():
+        ref.w.copy_(node.w)
+        expected = ref(static_x)
+    assert not torch.equal(expected, neuron.MultiStepParametricLIFNode(backend="torch").cuda()(static_x).detach())
+    torch.testing.assert_close(static_spike, expected, rtol=0, atol=0)
