@@ -71,7 +71,7 @@ class _TL:
 class PythonKernels:
     """A kernel set (fused.py's contract) whose step is the generated Triton text run as Python."""
 
-    def forward(self, x, v_init, p, save_h, store_v_seq):
+    def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
         fwd = compile("\n".join(forward_step(p, TRITON)), "<forward>", "exec")
         v = torch.full_like(x[0], p.v_rest) if v_init is None else v_init
         spikes, hs, vs = fused.new_output(x.shape, x), fused.new_output(x.shape, x), fused.new_output(x.shape, x)
@@ -82,7 +82,8 @@ class PythonKernels:
             v = scope["v_next"]
         return spikes, (vs if store_v_seq else vs[-1].clone()), (hs if save_h else None)
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False):
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None,
+                 decay=None):
         bwd = compile("\n".join(backward_step(p, TRITON)), "<backward>", "exec")
         grad_x = fused.new_output(h.shape, h)
         grad_v = torch.zeros_like(h[0])
@@ -96,7 +97,7 @@ class PythonKernels:
             exec(bwd, scope)
             grad_x[t] = scope["grad_x"]
             grad_v = scope["grad_v_prev"]
-        return (grad_x.sum(0) if sum_grad_x else grad_x), (grad_v if need_grad_v_init else None)
+        return (grad_x.sum(0) if sum_grad_x else grad_x), (grad_v if need_grad_v_init else None), None
 
 
 # Every option set with one surrogate; every surrogate, spiking and smooth, with two option sets.
@@ -139,10 +140,10 @@ def test_fused_function_starts_from_rest_without_materializing_v():
     x = torch.randn(4, 6, dtype=torch.float64) + 0.5
 
     class Spy(PythonKernels):
-        def forward(self, x, v_init, p, save_h, store_v_seq):
+        def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
             self.v_init = v_init
             self.save_h = save_h
-            return super().forward(x, v_init, p, save_h, store_v_seq)
+            return super().forward(x, v_init, p, save_h, store_v_seq, decay)
 
     spy = Spy()
     with torch.no_grad():

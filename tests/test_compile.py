@@ -38,13 +38,14 @@ def _params(leaky=True, v_threshold=1.0, v_reset=0.0, detach_reset=False, sg=Non
                         surrogate=sg or surrogate.ATan(), tau=tau, decay_input=decay_input)
 
 
-def _forward_op(x, v_init, p, *, save_h=True, store_v_seq=False, backend="torch"):
-    return torch.ops.flashspike.multi_step_forward(x, v_init, save_h, store_v_seq, backend, ops.option_string(p))
+def _forward_op(x, v_init, p, *, save_h=True, store_v_seq=False, backend="torch", w=None):
+    return torch.ops.flashspike.multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, ops.option_string(p))
 
 
-def _backward_op(h, grad_spike, grad_v_out, p, *, store_v_seq=False, need_grad_v_init=True, backend="torch"):
-    return torch.ops.flashspike.multi_step_backward(h, grad_spike, grad_v_out, store_v_seq, need_grad_v_init,
-                                                    backend, ops.option_string(p))
+def _backward_op(h, grad_spike, grad_v_out, p, *, store_v_seq=False, need_grad_v_init=True, backend="torch",
+                 v_init=None, w=None):
+    return torch.ops.flashspike.multi_step_backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq,
+                                                    need_grad_v_init, backend, ops.option_string(p))
 
 
 # --- the kernel set in plain PyTorch -------------------------------------------------------------------
@@ -74,10 +75,10 @@ def test_backward_operator_follows_a_hand_computed_step():
     assert spike.item() == 0.0 and h.item() == pytest.approx(0.45) and v_last.item() == pytest.approx(0.45)
     sigma = 1.0 / (1.0 + (math.pi / 2 * 2.0 * (0.45 - 1.0)) ** 2)
     grad_h = 3 * sigma + 2 * (1 - sigma)
-    grad_x, grad_v_init = _backward_op(h, torch.full_like(x, 3.0), torch.full((1,), 2.0, dtype=torch.float64), p)
+    grad_x, grad_v_init, _ = _backward_op(h, torch.full_like(x, 3.0), torch.full((1,), 2.0, dtype=torch.float64), p)
     assert grad_x.item() == pytest.approx(grad_h / 2, rel=1e-12)
     assert grad_v_init.item() == pytest.approx(grad_h / 2, rel=1e-12)
-    grad_x, grad_v_init = _backward_op(h, torch.full_like(x, 3.0), None, p, need_grad_v_init=False)
+    grad_x, grad_v_init, _ = _backward_op(h, torch.full_like(x, 3.0), None, p, need_grad_v_init=False)
     assert grad_x.item() == pytest.approx(3 * sigma / 2, rel=1e-12) and grad_v_init.numel() == 0
 
 
@@ -201,13 +202,13 @@ def test_opcheck(option_set, dtype, store_v_seq):
     backward = torch.ops.flashspike.multi_step_backward.default
     for v_init, save_h in [(v0.clone().requires_grad_(), True), (None, True), (None, False)]:
         x_in = x.clone().requires_grad_(save_h)
-        torch.library.opcheck(forward, (x_in, v_init, save_h, store_v_seq, "torch", options))
+        torch.library.opcheck(forward, (x_in, v_init, None, save_h, store_v_seq, "torch", options))
     h = _forward_op(x, v0, p, store_v_seq=store_v_seq)[2]
     grad_v_out = torch.randn(*((5, 11) if store_v_seq else (11,)), generator=g, dtype=dtype)
     expanded_ones = torch.ones(1, 1, dtype=dtype).expand(5, 11)  # what y.sum().backward() sends
     for grad_spike, grad_v, need_v in [(torch.randn(5, 11, generator=g, dtype=dtype), grad_v_out, True),
                                        (None, grad_v_out, False), (expanded_ones, None, True)]:
-        torch.library.opcheck(backward, (h, grad_spike, grad_v, store_v_seq, need_v, "auto", options))
+        torch.library.opcheck(backward, (h, grad_spike, grad_v, None, None, store_v_seq, need_v, "auto", options))
 
 
 def test_surrogates_are_rebuilt_from_name_and_alpha():
@@ -265,10 +266,10 @@ def test_operator_bad_inputs_name_what_was_expected():
     options = ops.option_string(p)
     bad_surrogate = options.replace("flashspike.surrogate.ATan", "nowhere.Gaussian")
     with pytest.raises(ValueError, match="no flashspike surrogate class is called 'nowhere.Gaussian'"):
-        torch.ops.flashspike.multi_step_forward(x, None, False, False, "torch", bad_surrogate)
+        torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad_surrogate)
     for bad in [options.replace("tau=2.0,", ""), options.replace("leaky=True", "leaky=yes"), "", options + ",x=1"]:
         with pytest.raises(ValueError, match="bad neuron options .* expected what flashspike.backends.ops"):
-            torch.ops.flashspike.multi_step_forward(x, None, False, False, "torch", bad)
+            torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad)
     with pytest.raises(ValueError, match=r"x of shape \[T, N\], got shape \(12,\)"):
         _forward_op(x.flatten(), None, p)
     with pytest.raises(ValueError, match=r"v_init of shape \[N\] = \(4,\) and dtype torch.float32"):
@@ -425,12 +426,12 @@ def test_opcheck_gpu(name):
     x = torch.randn(5, 4099, device="cuda") + 0.5  # N not a multiple of any vector width
     v0 = torch.randn(4099, device="cuda")
     forward = torch.ops.flashspike.multi_step_forward.default
-    torch.library.opcheck(forward, (x.clone().requires_grad_(), v0.clone().requires_grad_(), True, True, name,
+    torch.library.opcheck(forward, (x.clone().requires_grad_(), v0.clone().requires_grad_(), None, True, True, name,
                                     options))
-    torch.library.opcheck(forward, (x, None, False, False, name, options))
-    h = forward(x, v0, True, False, name, options)[2]
+    torch.library.opcheck(forward, (x, None, None, False, False, name, options))
+    h = forward(x, v0, None, True, False, name, options)[2]
     torch.library.opcheck(torch.ops.flashspike.multi_step_backward.default,
-                          (h, torch.randn_like(x), torch.randn_like(v0), False, True, name, options))
+                          (h, torch.randn_like(x), torch.randn_like(v0), None, None, False, True, name, options))
 
 
 class ConvSNN(nn.Module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import os
 import re
 import shutil
@@ -33,14 +34,23 @@ from flashspike.params import NeuronParams
 from custom_surrogate import every_surrogate
 from test_parity import _far_from_ties  # neurons whose H stays off the threshold
 
+# The charge of each neuron, as NeuronParams fields.
+NEURON_FIELDS = {
+    "if": dict(leaky=False),
+    "lif": dict(leaky=True),
+    "plif": dict(leaky=True, parametric=True),
+    "eif": dict(leaky=True, exponential=True, delta_T=0.5, theta_rh=0.6, resting_potential=0.1),
+}
+
+
 def every_option_set():
     """One NeuronParams per distinct form of the generated step (constants do not change the form): every
-    neuron option set with one surrogate, and every surrogate (spiking and smooth, the user-defined one
-    too) in a hard-reset and a soft-reset step (its text is the same in any other option set)."""
-    for leaky, decay_input, v_reset, detach in itertools.product((False, True), (True, False), (0.0, None), (False, True)):
-        if leaky or decay_input:  # decay_input only matters for LIF
-            yield NeuronParams(leaky=leaky, v_threshold=1.0, v_reset=v_reset, detach_reset=detach,
-                               surrogate=surrogate.ATan(), tau=2.0, decay_input=decay_input)
+    neuron and option set with one surrogate, and every surrogate (spiking and smooth, the user-defined one
+    too) in a hard-reset and a soft-reset LIF step (its text is the same in any other option set)."""
+    for kind, decay_input, v_reset, detach in itertools.product(NEURON_FIELDS, (True, False), (0.0, None), (False, True)):
+        if kind in ("lif", "plif") or decay_input:  # decay_input only matters for LIF and PLIF
+            yield NeuronParams(v_threshold=1.0, v_reset=v_reset, detach_reset=detach, surrogate=surrogate.ATan(),
+                               tau=2.0, decay_input=decay_input, **NEURON_FIELDS[kind])
     for sg, v_reset in itertools.product(every_surrogate(True) + every_surrogate(False), (0.0, None)):
         yield NeuronParams(leaky=True, v_threshold=1.0, v_reset=v_reset, detach_reset=False, surrogate=sg)
 
@@ -150,26 +160,42 @@ template <> inline unsigned int fs_float_to_bits<fs_bf16>(float f) {
 """
 
 _GRID = r"""
-template <typename T, typename K, typename... Sizes>
-void fs_grid(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
-             unsigned long long a3, unsigned long long a4, Sizes... sizes) {
+template <typename T, typename K>
+void fs_grid_forward(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
+                     unsigned long long a3, unsigned long long a4, unsigned long long decay, long long steps,
+                     long long n, long long x_step) {
     blockDim.x = FS_BLOCK;
     for (long long b = 0; b < blocks; ++b) {
         blockIdx.x = (unsigned int)b;
         for (unsigned int t = 0; t < FS_BLOCK; ++t) {
             threadIdx.x = t;
-            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, sizes...);
+            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (const float*)decay, steps, n, x_step);
+        }
+    }
+}
+template <typename T, typename K>
+void fs_grid_backward(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
+                      unsigned long long a3, unsigned long long a4, unsigned long long v_init, unsigned long long decay,
+                      unsigned long long grad_w, long long steps, long long n) {
+    blockDim.x = FS_BLOCK;
+    for (long long b = 0; b < blocks; ++b) {
+        blockIdx.x = (unsigned int)b;
+        for (unsigned int t = 0; t < FS_BLOCK; ++t) {
+            threadIdx.x = t;
+            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (T*)v_init, (const float*)decay, (float*)grad_w, steps, n);
         }
     }
 }
 """
 
-# (blocks, five pointers, then the kernel's sizes: steps, n and, forward only, x_step)
-_SIZES = {"fs_forward": 3, "fs_backward": 2}
+# The launch arguments after the block count: (pointers, sizes) of each kernel.
+_ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay"), ("steps", "n", "x_step")),
+              "fs_backward": (("a0", "a1", "a2", "a3", "a4", "v_init", "decay", "grad_w"), ("steps", "n"))}
 
 
 def _entry_types(name: str) -> list:
-    return [ctypes.c_longlong] + [ctypes.c_ulonglong] * 5 + [ctypes.c_longlong] * _SIZES[name.split("<")[0]]
+    pointers, sizes = _ARGUMENTS[name.split("<")[0]]
+    return [ctypes.c_longlong] + [ctypes.c_ulonglong] * len(pointers) + [ctypes.c_longlong] * len(sizes)
 
 
 def _emulation_library(folder, option_sets, cases):
@@ -184,13 +210,13 @@ def _emulation_library(folder, option_sets, cases):
             names += [src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype)]
             for name in names:
                 symbol = f"fs_entry_{len(entries)}"
-                sizes = ("steps", "n", "x_step")[:_SIZES[name.split("<")[0]]]
+                kernel = name.split("<")[0]
+                pointers, sizes = _ARGUMENTS[kernel]
+                parameters = [f"unsigned long long {p}" for p in pointers] + [f"long long {size}" for size in sizes]
                 parts.append(
-                    f'extern "C" void {symbol}(long long blocks, unsigned long long a0, unsigned long long a1, '
-                    "unsigned long long a2, unsigned long long a3, unsigned long long a4, "
-                    + ", ".join(f"long long {size}" for size in sizes)
-                    + f") {{ fs_grid<{src.STORAGE_TYPES[dtype]}>(&fs_{index}::{name}, blocks, a0, a1, a2, a3, a4, "
-                    + ", ".join(sizes) + "); }\n")
+                    f'extern "C" void {symbol}(long long blocks, {", ".join(parameters)}) '
+                    f"{{ fs_grid_{kernel[3:]}<{src.STORAGE_TYPES[dtype]}>(&fs_{index}::{name}, blocks, "
+                    + ", ".join(pointers + sizes) + "); }\n")
                 entries[(index, name)] = symbol
     (folder / "emulated.cpp").write_text("".join(parts))
     library = folder / "emulated.so"
@@ -222,18 +248,29 @@ class EmulatedKernels(CupyKernels):
 
 
 EMULATED_OPTIONS = [
-    dict(leaky=True, decay_input=True, v_reset=0.0, detach=False, sg=surrogate.ATan()),
-    dict(leaky=False, decay_input=True, v_reset=None, detach=True, sg=surrogate.Sigmoid(alpha=3.0)),
-    dict(leaky=True, decay_input=False, v_reset=-0.2, detach=False, sg=surrogate.PiecewiseQuadratic(alpha=1.5)),
-    dict(leaky=True, decay_input=True, v_reset=None, detach=False, sg=surrogate.SoftSign()),
-    dict(leaky=True, decay_input=True, v_reset=0.0, detach=False, sg=surrogate.QPseudoSpike(spiking=False)),
+    dict(kind="lif", decay_input=True, v_reset=0.0, detach=False, sg=surrogate.ATan()),
+    dict(kind="if", decay_input=True, v_reset=None, detach=True, sg=surrogate.Sigmoid(alpha=3.0)),
+    dict(kind="lif", decay_input=False, v_reset=-0.2, detach=False, sg=surrogate.PiecewiseQuadratic(alpha=1.5)),
+    dict(kind="lif", decay_input=True, v_reset=None, detach=False, sg=surrogate.SoftSign()),
+    dict(kind="plif", decay_input=True, v_reset=0.0, detach=False, sg=surrogate.ATan()),
+    dict(kind="plif", decay_input=False, v_reset=None, detach=True, sg=surrogate.Sigmoid()),
+    dict(kind="eif", decay_input=True, v_reset=-0.2, detach=False, sg=surrogate.ATan()),
+    dict(kind="lif", decay_input=True, v_reset=0.0, detach=False, sg=surrogate.QPseudoSpike(spiking=False)),
 ]
 
 
-def _node(backend, leaky, decay_input, v_reset, detach, sg, store_v_seq=False):
+def _node(backend, kind, decay_input, v_reset, detach, sg, store_v_seq=False):
     kw = dict(v_threshold=0.8, v_reset=v_reset, surrogate_function=sg, detach_reset=detach, backend=backend,
               store_v_seq=store_v_seq)
-    return neuron.MultiStepLIFNode(1.6, decay_input, **kw) if leaky else neuron.MultiStepIFNode(**kw)
+    if kind == "plif":
+        return neuron.MultiStepParametricLIFNode(1.6, decay_input, **kw)
+    if kind == "eif":
+        return neuron.MultiStepEIFNode(1.6, 0.5, 0.6, v_rest=0.1, **kw)
+    return neuron.MultiStepLIFNode(1.6, decay_input, **kw) if kind == "lif" else neuron.MultiStepIFNode(**kw)
+
+
+# PLIF's w in the emulated runs: sigmoid(w) = 0.6, tau = 1/0.6.
+PLIF_W = math.log(1.5)
 
 
 @pytest.fixture(scope="module")
@@ -250,11 +287,13 @@ def emulated(tmp_path_factory):
 
 
 def _run(multi_step, x, v_init, p, store_v_seq, loss_kind, weights):
-    """Forward, then the loss's backward; returns outputs and gradients (None where none flows)."""
+    """Forward, then the loss's backward; returns outputs and gradients (None where none flows); for
+    PLIF, the gradient of w comes last."""
     x = x.clone().requires_grad_(loss_kind != "none")
     v = v_init.clone().requires_grad_(loss_kind != "none") if isinstance(v_init, torch.Tensor) else v_init
+    w = torch.tensor(PLIF_W, requires_grad=loss_kind != "none") if p.parametric else None
     with torch.set_grad_enabled(loss_kind != "none"):
-        spike, v_last, v_seq = multi_step(x, v, p, store_v_seq)
+        spike, v_last, v_seq = multi_step(x, v, p, store_v_seq, w)
     outputs = [spike, v_last] + ([v_seq] if store_v_seq else [])
     if loss_kind == "none":
         return outputs, []
@@ -266,12 +305,13 @@ def _run(multi_step, x, v_init, p, store_v_seq, loss_kind, weights):
     else:
         loss = (spike * w_spike).sum() + (v_last * w_v).sum() + ((v_seq * w_seq).sum() if store_v_seq else 0)
     loss.backward()
-    return outputs, [x.grad] + ([v.grad] if isinstance(v, torch.Tensor) else [])
+    return outputs, [x.grad] + ([v.grad] if isinstance(v, torch.Tensor) else []) + ([w.grad] if p.parametric else [])
 
 
-# Every dtype with the first option set; the others (their steps differ, the template does not) in float32.
+# Every dtype with the first option set; the others (their steps differ, the template does not) in
+# float32, and PLIF (whose backward reads one more row of H and the initial state) in float16 too.
 EMULATED_CASES = [(0, dtype) for dtype in src.STORAGE_TYPES] + [
-    (option, torch.float32) for option in range(1, len(EMULATED_OPTIONS))]
+    (option, torch.float32) for option in range(1, len(EMULATED_OPTIONS))] + [(4, torch.float16)]
 
 
 @pytest.mark.parametrize(("option", "dtype"), EMULATED_CASES, ids=str)
@@ -300,9 +340,14 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
         case = f"v_init={'tensor' if isinstance(v_init, torch.Tensor) else v_init} store_v_seq={store_v_seq} loss={loss_kind}"
         # The backward reads H rounded to the dtype: a neuron whose H lies within that rounding of the
         # threshold may recompute another spike there, so its gradient is compared only in float32.
-        keep = _far_from_ties(SimpleNamespace(params=lambda: p), x.double(),
+        keep = _far_from_ties(SimpleNamespace(params=lambda: p, w=torch.tensor(PLIF_W)), x.double(),
                               v_init.double() if isinstance(v_init, torch.Tensor) else v_init,
                               0.0 if dtype == torch.float32 else 2 * tol)
+        if p.parametric and got_grad:  # dL/dw: one float32 sum, over a scale of Σ|dL/dX|
+            got_w, ref_w = got_grad.pop(), ref_grad.pop()
+            assert torch.isfinite(got_w), case
+            torch.testing.assert_close(got_w.double(), ref_w.double(), rtol=0,
+                                       atol=tol * max(ref_grad[0].abs().sum().item(), 1.0), msg=lambda m: f"{case}: {m}")
         for i, (got, ref) in enumerate(zip(got_out + got_grad, ref_out + ref_grad)):
             assert got.dtype == dtype, case
             assert not torch.isnan(got).any(), f"unwritten elements: {case}"

@@ -1,6 +1,7 @@
 """The reference backend against hand-computed trajectories and a hand-unrolled BPTT."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -79,18 +80,38 @@ def test_single_step_nodes_follow_the_same_trajectory(case):
 
 
 OPTIONS = list(itertools.product(
-    [("if", True), ("lif", True), ("lif", False)],  # (charge, decay_input)
+    [("if", True), ("lif", True), ("lif", False), ("plif", True), ("plif", False), ("eif", True)],  # (neuron, decay_input)
     [0.0, -0.3, None],  # v_reset
     [False, True],  # detach_reset
     [surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(), surrogate.SoftSign(alpha=3.0)],
 ))
 
 
+# EIF's constants in these tests, and PLIF's w (sigmoid(w) = 1/1.7: the same tau as LIF's).
+EIF = dict(delta_T=0.5, theta_rh=0.6, v_rest=0.1)
+PLIF_W = -math.log(0.7)
+
+
 def _make(charge, decay_input, v_reset, detach, sg, tau=1.7, **kw):
     common = dict(v_threshold=0.8, v_reset=v_reset, surrogate_function=sg, detach_reset=detach, backend="torch", **kw)
     if charge == "if":
         return neuron.MultiStepIFNode(**common)
+    if charge == "plif":
+        node = neuron.MultiStepParametricLIFNode(init_tau=tau, decay_input=decay_input, **common).double()
+        with torch.no_grad():
+            node.w.fill_(PLIF_W)  # (in float64: the hand-unrolled reference takes it as a Python float)
+        return node
+    if charge == "eif":
+        if v_reset is not None:
+            common["v_reset"] = min(v_reset, EIF["v_rest"])
+        return neuron.MultiStepEIFNode(tau=tau, **EIF, **common)
     return neuron.MultiStepLIFNode(tau=tau, decay_input=decay_input, **common)
+
+
+def _bptt_options(charge):
+    """The bptt.run arguments that select the neuron ``charge``."""
+    return dict(leaky=charge != "if", plif_w=PLIF_W if charge == "plif" else None,
+                eif=EIF if charge == "eif" else None)
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"{o[0][0]}-{o[0][1]}-{o[1]}-{o[2]}-{type(o[3]).__name__}")
@@ -107,16 +128,19 @@ def test_autograd_matches_hand_unrolled_bptt(opts):
     s = node(x)
     torch.autograd.backward([s, node.v_seq], [grad_s, grad_v_seq])
 
-    ref = bptt.run(x.detach(), v0.detach(), leaky=charge == "lif", tau=1.7, decay_input=decay_input, vth=0.8,
-                   vr=v_reset, detach=detach, surrogate=(type(sg).__name__, sg.alpha),
-                   grad_s=grad_s, grad_v_seq=grad_v_seq)
+    ref = bptt.run(x.detach(), v0.detach(), tau=1.7, decay_input=decay_input, vth=0.8,
+                   vr=node.v_reset, detach=detach, surrogate=(type(sg).__name__, sg.alpha),
+                   grad_s=grad_s, grad_v_seq=grad_v_seq, **_bptt_options(charge))
     assert torch.equal(s.detach(), ref["s"])
     torch.testing.assert_close(node.v_seq.detach(), ref["v"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(x.grad, ref["grad_x"], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(v0.grad, ref["grad_v0"], rtol=1e-10, atol=1e-12)
+    if charge == "plif":
+        torch.testing.assert_close(node.w.grad, torch.as_tensor(ref["grad_w"]), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("charge,decay_input", [("if", True), ("lif", True), ("lif", False)])
+@pytest.mark.parametrize("charge,decay_input", [("if", True), ("lif", True), ("lif", False), ("plif", True),
+                                                ("plif", False), ("eif", True)])
 @pytest.mark.parametrize("v_reset", [0.0, None])
 def test_smooth_neuron_passes_gradcheck(charge, decay_input, v_reset):
     # With spiking=False the "spike" is the smooth primitive, so the whole neuron is differentiable and
@@ -134,6 +158,15 @@ def test_smooth_neuron_passes_gradcheck(charge, decay_input, v_reset):
     x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
     v0 = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(f, (x, v0))
+    if charge == "plif":  # and dL/dw, through w itself
+        def of_w(w):
+            node = _make(charge, decay_input, v_reset, detach, sg, store_v_seq=True)
+            del node.w  # w itself, not a new leaf, so that the gradient reaches gradcheck's input
+            node.w = w
+            node.v = v0.detach()
+            return node(x.detach()), node.v_seq
+
+        assert torch.autograd.gradcheck(of_w, (torch.tensor(0.3, dtype=torch.float64, requires_grad=True),))
 
 
 def test_detach_reset_changes_the_gradient():

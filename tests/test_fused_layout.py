@@ -111,7 +111,7 @@ def test_every_launcher_can_sum_the_input_gradient_over_time():
     grad_spike = torch.randn(x.shape, generator=g)
     for name, kernels in kernel_sets:
         _, _, h = kernels.forward(x, None, p, True, False)
-        per_step, _ = kernels.backward(h, grad_spike, None, p, False, False)
-        summed, _ = kernels.backward(h, grad_spike, None, p, False, False, True)
+        per_step, _, _ = kernels.backward(h, grad_spike, None, p, False, False)
+        summed, _, _ = kernels.backward(h, grad_spike, None, p, False, False, True)
         assert summed.shape == step.shape and summed.stride() == step.stride(), name
         torch.testing.assert_close(summed, per_step.sum(0), rtol=1e-5, atol=1e-5, msg=name)

@@ -14,7 +14,6 @@ import torch
 from flashspike import backends, functional, neuron, surrogate
 from flashspike.model import sew_resnet, spiking_resnet, spiking_vgg
 
-HAS_PLIF = hasattr(neuron, "MultiStepParametricLIFNode")
 
 
 def _neuron_options(backend):
@@ -40,8 +39,6 @@ def _build(family, backend):
         model = spiking_vgg.multi_step_spiking_vgg11_bn(multi_step_neuron=neuron.MultiStepIFNode, num_classes=10,
                                                         **options)
     elif family == "plif_cifar10_dvs":
-        if not HAS_PLIF:
-            pytest.skip("neuron.MultiStepParametricLIFNode is not in this build")
         from flashspike.model import parametric_lif_net
 
         model = parametric_lif_net.MultiStepCIFAR10DVSNet(16, neuron.MultiStepParametricLIFNode, **options)
@@ -86,6 +83,7 @@ def _step(model, x, precision):
     """Output, input gradient and all parameter gradients (flattened) of one training step."""
     functional.reset_net(model)
     model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)  # the same dropout masks for every model compared
     x = x.clone().requires_grad_(True)
     with torch.autocast("cuda", dtype=torch.float16, enabled=precision == "autocast-float16"):
         y = model(x)
@@ -131,7 +129,10 @@ def test_zoo_compiles_on_gpu(family, name):
     eager, x = _build(family, name)
     eager, x = eager.cuda(), x.cuda()
     model = copy.deepcopy(eager)
-    compiled = torch.compile(model, fullgraph=True)
+    # PyTorch 2.11's inductor, with its layout optimization on, mispredicts the strides of a
+    # convolution's weight gradient on these nets (an assert_size_stride failure in the compiled
+    # backward, SpikingJelly's models too): the README's torch.compile section gives this switch.
+    compiled = torch.compile(model, fullgraph=True, options={"layout_optimization": False})
     expected = _step(eager, x, "float32")
     got = _step(compiled, x, "float32")
     torch._dynamo.reset()

@@ -9,8 +9,6 @@ from torch import nn
 from flashspike import functional, layer, neuron, surrogate
 from zoo_reference import assert_matches_reference, key_shapes, on_meta, sj_neuron, sj_zoo, unfilled
 
-HAS_PLIF = hasattr(neuron, "ParametricLIFNode") and hasattr(neuron, "MultiStepParametricLIFNode")
-needs_plif = pytest.mark.skipif(not HAS_PLIF, reason="neuron.(MultiStep)ParametricLIFNode are not in this build")
 
 NETS = ["MNISTNet", "FashionMNISTNet", "NMNISTNet", "CIFAR10Net", "CIFAR10DVSNet", "DVSGestureNet"]
 PLIF_OPTIONS = {"init_tau": 2.0, "detach_reset": True, "v_threshold": 0.5}
@@ -22,7 +20,6 @@ def _nets():
     return parametric_lif_net
 
 
-@needs_plif
 @pytest.mark.parametrize("multi_step", [False, True], ids=["single_step", "multi_step"])
 @pytest.mark.parametrize("name", NETS)
 def test_state_dict_keys_equal_spikingjelly_for_every_net(name, multi_step):
@@ -50,7 +47,6 @@ def _pair(class_name, node, options, channels=8):
     return ours.double(), theirs.double()
 
 
-@needs_plif
 def test_multi_step_mnist_net_equals_spikingjelly():
     ours, theirs = _pair("MultiStepMNISTNet", "MultiStepParametricLIFNode", PLIF_OPTIONS)
     torch.manual_seed(1)
@@ -58,7 +54,6 @@ def test_multi_step_mnist_net_equals_spikingjelly():
     assert ours.sn1.w.grad.abs() > 0 and ours.sn4.w.grad.abs() > 0
 
 
-@needs_plif
 def test_multi_step_cifar10_dvs_net_equals_spikingjelly():
     ours, theirs = _pair("MultiStepCIFAR10DVSNet", "MultiStepParametricLIFNode", PLIF_OPTIONS, channels=4)
     rates = []
@@ -79,7 +74,6 @@ class _PerStep(nn.Module):
         return functional.multi_step_forward(x_seq, self.net)
 
 
-@needs_plif
 def test_single_step_nmnist_net_equals_spikingjelly_step_by_step():
     ours, theirs = _pair("NMNISTNet", "ParametricLIFNode", PLIF_OPTIONS)
     torch.manual_seed(1)

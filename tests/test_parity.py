@@ -11,7 +11,13 @@ What is compared, and how closely (TOLERANCE below):
 - V (last step and, with store_v_seq, every step): within rtol/atol of the output dtype's rounding;
 - gradients of x and of the initial state: within ``grad`` relative to the largest reference gradient,
   for neurons that never come within ``grad_tie`` of the threshold (the backward reads H rounded to
-  the dtype, so the surrogate's value and a recomputed spike move with that rounding).
+  the dtype, so the surrogate's value and a recomputed spike move with that rounding);
+- PLIF's ∂L/∂w, one sum over every neuron and step: within ``grad_w`` of Σ|∂L/∂X| (the size of its
+  terms; see check_grad_w). With 16-bit storage a neuron near the threshold may recompute another
+  spike from its rounded H, which no mask can leave out of one sum, hence the wider bounds there.
+
+The grid has a NEURON axis (IF, LIF, PLIF, EIF): every kernel backend is held against the reference
+for every neuron.
 
 Outputs are poisoned with NaN before each call (tests/conftest.py), so unwritten elements fail.
 Kernel backends run on CUDA when present; 'triton' also runs on the CPU through its interpreter
@@ -28,15 +34,16 @@ import torch
 from flashspike import backends, neuron, surrogate
 from flashspike.codegen import TORCH
 from flashspike.dynamics import charge, reset
+from flashspike.backends.reference import decay_of
 
 from custom_surrogate import every_surrogate, surrogate_id
 
 KERNEL_BACKENDS = ["cupy", "triton"]
 
 TOLERANCE = {
-    torch.float32: dict(grad_tie=1e-4, rtol=1e-5, atol=1e-5, grad=1e-4),
-    torch.float16: dict(grad_tie=2e-3, rtol=1e-3, atol=1e-3, grad=2e-2),
-    torch.bfloat16: dict(grad_tie=1e-2, rtol=8e-3, atol=8e-3, grad=1e-1),
+    torch.float32: dict(grad_tie=1e-4, rtol=1e-5, atol=1e-5, grad=1e-4, grad_w=1e-6),
+    torch.float16: dict(grad_tie=2e-3, rtol=1e-3, atol=1e-3, grad=2e-2, grad_w=1e-3),
+    torch.bfloat16: dict(grad_tie=1e-2, rtol=8e-3, atol=8e-3, grad=1e-1, grad_w=1e-2),
 }
 # Kernels compute in float32 from the same rounded inputs, so their H differs from float64 by float32
 # rounding whatever the dtype: spikes must agree wherever H stays this far from the threshold.
@@ -57,21 +64,30 @@ def _device(name: str) -> str:
     return device
 
 
+NEURONS = ("if", "lif", "plif", "eif")
+
+
 def _make(backend, charge="lif", decay_input=True, v_reset=0.0, detach=False, sg=None, store_v_seq=False):
+    """The grid's node: ``charge`` names the neuron (one of NEURONS)."""
     kw = dict(v_threshold=0.9, v_reset=v_reset, surrogate_function=sg or surrogate.ATan(), detach_reset=detach,
               backend=backend, store_v_seq=store_v_seq)
     if charge == "if":
         return neuron.MultiStepIFNode(**kw)
+    if charge == "plif":
+        return neuron.MultiStepParametricLIFNode(1.7, decay_input, **kw)
+    if charge == "eif":
+        return neuron.MultiStepEIFNode(tau=1.7, delta_T=1.0, theta_rh=0.8, v_rest=0.05, **kw)
     return neuron.MultiStepLIFNode(1.7, decay_input, **kw)
 
 
 def _far_from_ties(node_ref, x64, v0, tie):
     """Neurons whose float64 pre-reset potential never lies within ``tie`` of the threshold."""
     p = node_ref.params()
+    decay = decay_of(getattr(node_ref, "w", None), p, torch.float64)
     v = v0 if isinstance(v0, torch.Tensor) else torch.full_like(x64[0], v0)
     ok = torch.ones_like(x64[0], dtype=torch.bool)
     for x in x64:
-        h = charge(v, x, p)
+        h = charge(v, x, p, decay=decay)
         ok &= (h - p.v_threshold).abs() > tie
         v = reset(h, p.surrogate.output(h - p.v_threshold, TORCH), p)  # (Θ, or the smooth primitive)
     return ok
@@ -158,10 +174,23 @@ def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=
     close_grads(x.grad, xr.grad, grad_keep.expand_as(x64))
     if isinstance(v0, torch.Tensor):
         close_grads(v0.grad, v0r.grad, grad_keep)
+    if hasattr(ref_node, "w"):
+        check_grad_w(kernel_node, ref_node, xr, tol["grad_w"])
+
+
+def check_grad_w(kernel_node, ref_node, xr, rel):
+    """PLIF's ∂L/∂w against the reference's, within ``rel`` of Σ|∂L/∂X| over the sequence: each term
+    ∂L/∂H·∂H/∂w of the sum is of the size of that step's ∂L/∂X = ∂L/∂H·∂H/∂X (|H − V[t−1]|, |V[t−1]|
+    and k stay of order one here), so that is the scale the sum is rounded at."""
+    assert kernel_node.w.grad is not None and ref_node.w.grad is not None
+    got = kernel_node.w.grad.double().cpu()
+    assert torch.isfinite(got).all(), "dL/dw not finite"
+    scale = max(xr.grad.abs().sum().item(), 1e-3)
+    torch.testing.assert_close(got, ref_node.w.grad.double(), rtol=0, atol=rel * scale)
 
 
 OPTIONS = list(itertools.product(
-    [("if", True), ("lif", True), ("lif", False)],  # (charge, decay_input)
+    [("if", True), ("lif", True), ("lif", False), ("plif", True), ("plif", False), ("eif", True)],  # (neuron, decay_input)
     [0.0, -0.3, None],  # v_reset (None: soft reset)
     [False, True],  # detach_reset
     [surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(alpha=1.5), surrogate.SoftSign()],
@@ -197,6 +226,25 @@ SHAPES = [(1, 7), (5, 1151), (4, 2, 3, 5), (16, 2, 33)]
 def test_dtypes_shapes_and_state(name, dtype, shape, v_init, store_v_seq, grad):
     check_against_reference(name, shape, dtype, v_init=v_init, store_v_seq=store_v_seq, grad=grad,
                             v_reset=None if store_v_seq else 0.0)
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+@pytest.mark.parametrize("charge", ["plif", "eif"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("v_init", ["rest", "tensor"])
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_dtypes_and_state_of_plif_and_eif(name, charge, dtype, v_init, store_v_seq):
+    """PLIF and EIF rebuild V[t−1] in the backward pass, from H[t−1] and at t = 0 from the initial state."""
+    check_against_reference(name, (5, 2, 33), dtype, v_init=v_init, store_v_seq=store_v_seq, charge=charge,
+                            v_reset=None if store_v_seq else 0.0)
+
+
+@pytest.mark.parametrize("name", KERNEL_BACKENDS)
+@pytest.mark.parametrize("charge", ["plif", "eif"])
+@pytest.mark.parametrize("layout", [channels_last, time_innermost], ids=lambda f: f.__name__)
+def test_memory_layouts_of_plif_and_eif(name, charge, layout):
+    check_against_reference(name, (3, 2, 5, 4, 3), torch.float32, layout=layout, v_layout=channels_last,
+                            grad_layout=channels_last, store_v_seq=True, charge=charge)
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
@@ -264,7 +312,8 @@ def test_channels_last_sequence_is_not_copied(name, monkeypatch):
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
 @pytest.mark.parametrize("step_layout", [None, channels_last], ids=["contiguous", "channels-last"])
 @pytest.mark.parametrize("spelling", ["expand", "unsqueeze-expand"])
-def test_input_repeated_over_time(name, step_layout, spelling):
+@pytest.mark.parametrize("charge", NEURONS)
+def test_input_repeated_over_time(name, step_layout, spelling, charge):
     """A static input expanded over T: read in place by the kernels, and its gradient summed over T in
     the backward kernel, which autograd hands to the step itself (no [T, *] gradient, no reduction)."""
     device = _device(name)
@@ -275,16 +324,20 @@ def test_input_repeated_over_time(name, step_layout, spelling):
     step = (step_layout or (lambda t: t))(step64.float()).to(device).clone().requires_grad_()
     ref_step = step64.clone().requires_grad_()
     results = []
-    for node, x, dtype in ((_make(name, store_v_seq=True), step, torch.float32),
-                           (_make("torch", store_v_seq=True), ref_step, torch.float64)):
+    nodes = []
+    for node, x, dtype in ((_make(name, charge, store_v_seq=True), step, torch.float32),
+                           (_make("torch", charge, store_v_seq=True), ref_step, torch.float64)):
+        nodes.append(node)
         spike = node(x.expand(6, *x.shape) if spelling == "expand" else x.unsqueeze(0).expand(6, *x.shape))
         if x is step:
             assert spike.grad_fn.next_functions[0][0].variable is step  # straight to the step: no ExpandBackward
         ((spike * w_spike.to(x.device, dtype)).sum() + (node.v_seq * w_v.to(x.device, dtype)).sum()).backward()
         results.append((spike.detach().double().cpu(), node.v_seq.detach().double().cpu(), x.grad.double().cpu()))
     (spike, v_seq, grad), (ref_spike, ref_v_seq, ref_grad) = results
-    keep = _far_from_ties(_make("torch"), step64.expand(6, *step64.shape), 0.0, TOLERANCE[torch.float32]["grad_tie"])
+    keep = _far_from_ties(nodes[1], step64.expand(6, *step64.shape), _make("torch", charge).v, TOLERANCE[torch.float32]["grad_tie"])
     assert keep.double().mean() >= 0.7
     assert torch.equal(spike[keep.expand_as(spike)], ref_spike[keep.expand_as(spike)])
     torch.testing.assert_close(v_seq[keep.expand_as(v_seq)], ref_v_seq[keep.expand_as(v_seq)], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad[keep], ref_grad[keep], rtol=1e-4, atol=1e-4 * ref_grad.abs().max().item())
+    if charge == "plif":
+        check_grad_w(nodes[0], nodes[1], ref_step, TOLERANCE[torch.float32]["grad_w"])

@@ -192,7 +192,7 @@ def test_kernel_flags_against_unrolled_bptt(case, opts, monkeypatch):
 
     kernels = triton_backend.kernel_set(p)
     spike, v_out, h = kernels.forward(x, v_init, p, True, store_v_seq)
-    grad_x, grad_v_init = kernels.backward(h, gs_dev, gv_dev, p, store_v_seq, has_v_init)
+    grad_x, grad_v_init, _ = kernels.backward(h, gs_dev, gv_dev, p, store_v_seq, has_v_init)
 
     ref = bptt.run(x.double().cpu(), p.v_rest if v_init is None else v_init.double().cpu(), leaky=p.leaky,
                    tau=p.tau, decay_input=p.decay_input, vr=p.v_reset, detach=p.detach_reset,

@@ -2,7 +2,8 @@
 
 A neuron is charge, fire, reset: the methods ``neuronal_charge(x)``, ``neuronal_fire()`` and
 ``neuronal_reset(spike)`` act on the membrane potential ``self.v``, as in SpikingJelly. IF and LIF
-implement them with :mod:`flashspike.dynamics` and differ only in the charge. A single-step node
+implement them with :mod:`flashspike.dynamics` and differ only in the charge, as do PLIF (LIF with a
+learnable decay 1/tau = sigmoid(w), the parameter ``w``) and EIF (an exponential charge). A single-step node
 always runs them; a multi-step node runs its backend's fused ``multi_step`` instead, unless its class
 overrides one of them: then it runs them step by step (the kernels cannot know the override).
 
@@ -28,7 +29,8 @@ from .backends import ops
 from .base import MemoryModule
 from .params import NeuronParams
 
-__all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode", "QIFNode", "GeneralNode",
+__all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode", "ParametricLIFNode",
+           "MultiStepParametricLIFNode", "EIFNode", "MultiStepEIFNode", "QIFNode", "GeneralNode",
            "MultiStepGeneralNode", "LIAFNode"]
 
 
@@ -221,10 +223,13 @@ class BaseNode(MemoryModule):
         self.__dict__["v"] = v if isinstance(v, torch.Tensor) else torch.full_like(step, v)
 
     def extra_repr(self) -> str:
-        text = f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}"
-        if self.leaky:
-            text += f", tau={self.tau}"
-        return text
+        return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}"
+                + self._charge_repr())
+
+    def _charge_repr(self) -> str:
+        """The charge's options as ``extra_repr`` shows them, after the threshold and reset ones (a
+        multi-step node adds its backend after these, as SpikingJelly prints it)."""
+        return f", tau={self.tau}" if self.leaky else ""
 
 
 _DYNAMICS_METHODS = ("neuronal_charge", "neuronal_fire", "neuronal_reset")
@@ -297,16 +302,22 @@ class _MultiStep(BaseNode):
             return self._step_loop(x_seq)
         if torch.compiler.is_compiling():
             # One custom operator that the compiler sees through; it resolves the backend as it runs.
-            spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq)
+            spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq,
+                                                      self._decay_w())
             if self.store_v_seq:
                 self.v_seq = v_seq
             return spike_seq
         backend = backends.resolve(self._backend, x_seq)
         state = self.__dict__  # plain attributes: skip nn.Module.__setattr__ on the hot path
-        spike_seq, state["v"], v_seq = backend.multi_step(x_seq, v_init, self.params(), self.store_v_seq)
+        spike_seq, state["v"], v_seq = backend.multi_step(x_seq, v_init, self.params(), self.store_v_seq,
+                                                          self._decay_w())
         if self.store_v_seq:
             state["v_seq"] = v_seq
         return spike_seq
+
+    def _decay_w(self):
+        """The learnable tensor the charge reads at run time (PLIF's w), or None."""
+        return None
 
     def _step_loop(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The class's own charge, fire and reset methods, once per step, on the input's device."""
@@ -400,6 +411,126 @@ class MultiStepLIFNode(_MultiStep):
     def __init__(self, tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
                  detach_reset=False, backend="auto", store_v_seq=False):
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, tau, decay_input,
+                         backend=backend, store_v_seq=store_v_seq)
+
+
+class _ParametricLIF:
+    """PLIF: LIF's charge with the decay 1/tau = k = sigmoid(w) learned; ``w`` (an ``nn.Parameter``,
+    initialised to -log(init_tau - 1)) is read by the kernels at run time and receives its gradient
+    from every backend."""
+
+    _dynamics_in_kernels = True  # its neuronal_charge is the kernels' PLIF charge
+
+    def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
+                 detach_reset=False, **multi_step):
+        init_tau = _number("init_tau", init_tau)
+        if not init_tau > 1.0:
+            raise ValueError(f"init_tau must be greater than 1 (1/tau = sigmoid(w) lies in (0, 1)), got {init_tau!r}")
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, **multi_step)
+        self.decay_input = decay_input
+        self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
+
+    def params(self) -> NeuronParams:
+        p = self.__dict__.get("_cached_params")
+        if p is None:
+            p = self.__dict__["_cached_params"] = NeuronParams(
+                leaky=True, parametric=True, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                detach_reset=self.detach_reset, surrogate=self.surrogate_function, decay_input=self.decay_input)
+        return p
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        self.v = dynamics.charge(self.v, x, self.params(), decay=torch.sigmoid(self.w.to(x.dtype)))
+
+    def _decay_w(self):
+        return self.w
+
+    def _charge_repr(self) -> str:
+        with torch.no_grad():
+            tau = 1.0 / self.w.sigmoid()
+        return f", tau={tau}"
+
+
+class _ExponentialIF:
+    """EIF: H[t] = V[t−1] + (X[t] + v_rest − V[t−1] + delta_T·exp((V[t−1] − theta_rh)/delta_T)) / tau.
+    ``v_rest`` is where the leak pulls; a fresh neuron starts at v_reset (0 for soft reset)."""
+
+    _option_checks = {**_OPTION_CHECKS, "delta_T": _positive, "theta_rh": _number, "v_rest": _number}
+
+    def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
+                 surrogate_function=None, detach_reset=False, **multi_step):
+        tau, delta_T = _number("tau", tau), _number("delta_T", delta_T, positive=True)
+        theta_rh, v_rest = _number("theta_rh", theta_rh), _number("v_rest", v_rest)
+        if not tau > 1.0:
+            raise ValueError(f"tau must be greater than 1, got {tau!r}")
+        if v_reset is not None and not (v_threshold > v_reset and v_rest >= v_reset):
+            raise ValueError(f"EIF needs v_threshold > v_reset and v_rest >= v_reset, got v_threshold={v_threshold!r}, "
+                             f"v_rest={v_rest!r}, v_reset={v_reset!r}")
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, **multi_step)
+        self.tau, self.delta_T, self.theta_rh, self.v_rest = tau, delta_T, theta_rh, v_rest
+
+    def params(self) -> NeuronParams:
+        p = self.__dict__.get("_cached_params")
+        if p is None:
+            p = self.__dict__["_cached_params"] = NeuronParams(
+                leaky=True, exponential=True, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                detach_reset=self.detach_reset, surrogate=self.surrogate_function, tau=self.tau,
+                delta_T=self.delta_T, theta_rh=self.theta_rh, resting_potential=self.v_rest)
+        return p
+
+    def _charge_repr(self) -> str:
+        return f", tau={self.tau}, delta_T={self.delta_T}, theta_rh={self.theta_rh}"
+
+
+_PLIF_DOC = """
+        init_tau: the membrane time constant tau at initialization (> 1); 1/tau = sigmoid(w) is learned.
+        decay_input: whether the input is multiplied by 1/tau as well."""
+_EIF_DOC = """
+        tau: the membrane time constant (> 1).
+        delta_T: the sharpness of the exponential term (> 0).
+        theta_rh: the rheobase potential, where the exponential term equals delta_T.
+        v_rest: the resting potential the leak pulls towards."""
+
+
+class ParametricLIFNode(_ParametricLIF, _SingleStep):
+    """Single-step parametric LIF neuron (PLIF): LIF with a learnable decay 1/tau = sigmoid(w)."""
+
+    __doc__ += _NEURON_DOC.format(extra=_PLIF_DOC)
+
+    def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
+                 detach_reset=False):
+        super().__init__(init_tau, decay_input, v_threshold, v_reset, surrogate_function, detach_reset)
+
+
+class MultiStepParametricLIFNode(_ParametricLIF, _MultiStep):
+    """Multi-step parametric LIF neuron (PLIF) on the whole ``[T, N, *]`` sequence per call; ``w``
+    receives its gradient from every backend."""
+
+    __doc__ += _NEURON_DOC.format(extra=_PLIF_DOC + _MULTI_DOC)
+
+    def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
+                 detach_reset=False, backend="auto", store_v_seq=False):
+        super().__init__(init_tau, decay_input, v_threshold, v_reset, surrogate_function, detach_reset,
+                         backend=backend, store_v_seq=store_v_seq)
+
+
+class EIFNode(_ExponentialIF, _SingleStep):
+    """Single-step exponential integrate-and-fire neuron (see :mod:`flashspike.dynamics`)."""
+
+    __doc__ += _NEURON_DOC.format(extra=_EIF_DOC)
+
+    def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
+                 surrogate_function=None, detach_reset=False):
+        super().__init__(tau, delta_T, theta_rh, v_threshold, v_rest, v_reset, surrogate_function, detach_reset)
+
+
+class MultiStepEIFNode(_ExponentialIF, _MultiStep):
+    """Multi-step exponential integrate-and-fire neuron on the whole ``[T, N, *]`` sequence per call."""
+
+    __doc__ += _NEURON_DOC.format(extra=_EIF_DOC + _MULTI_DOC)
+
+    def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
+                 surrogate_function=None, detach_reset=False, backend="auto", store_v_seq=False):
+        super().__init__(tau, delta_T, theta_rh, v_threshold, v_rest, v_reset, surrogate_function, detach_reset,
                          backend=backend, store_v_seq=store_v_seq)
 
 

@@ -11,9 +11,12 @@ from .surrogate import SurrogateFunction
 class NeuronParams:
     """Everything that defines a neuron's dynamics, per layer and constant during a call.
 
-    ``leaky`` selects LIF (True) or IF (False) charging; ``tau`` and ``decay_input`` only matter for
-    LIF. ``v_reset=None`` means soft reset (subtract the threshold). ``key`` identifies the compiled
-    kernel that implements these options.
+    ``leaky`` selects a leaky charge (LIF, PLIF, EIF) over IF's. Among leaky neurons, ``parametric``
+    (PLIF) makes the decay 1/tau a learnable tensor given to every call instead of the constant
+    ``tau``, and ``exponential`` (EIF) adds the exponential term with ``delta_T`` and ``theta_rh`` and
+    leaks towards ``resting_potential``. ``decay_input`` matters for LIF and PLIF. ``v_reset=None``
+    means soft reset (subtract the threshold). ``key`` identifies the compiled kernel that implements
+    these options (PLIF's decay is a kernel argument, so it is not part of the key).
     """
 
     leaky: bool
@@ -23,6 +26,26 @@ class NeuronParams:
     surrogate: SurrogateFunction = field(compare=False)
     tau: float = 2.0
     decay_input: bool = True
+    parametric: bool = False
+    exponential: bool = False
+    delta_T: float = 1.0
+    theta_rh: float = 0.8
+    resting_potential: float = 0.0
+
+    def __post_init__(self):
+        if (self.parametric or self.exponential) and not self.leaky:
+            raise ValueError("a parametric (PLIF) or exponential (EIF) neuron is leaky: pass leaky=True")
+        if self.parametric and self.exponential:
+            raise ValueError("a neuron is either parametric (PLIF) or exponential (EIF), not both")
+
+    @property
+    def kind(self) -> str:
+        """'if', 'lif', 'plif' or 'eif': which charge equation of :mod:`flashspike.dynamics` applies."""
+        if not self.leaky:
+            return "if"
+        if self.parametric:
+            return "plif"
+        return "eif" if self.exponential else "lif"
 
     @property
     def v_rest(self) -> float:
@@ -30,6 +53,20 @@ class NeuronParams:
         return 0.0 if self.v_reset is None else self.v_reset
 
     @property
+    def backward_reads_v_prev(self) -> bool:
+        """Whether the backward pass needs V[t−1] (rebuilt from H[t−1]): a charge slope that depends
+        on it (EIF) or the gradient of PLIF's decay."""
+        return self.parametric or self.exponential
+
+    @property
     def key(self) -> tuple:
-        leak = (self.tau, self.decay_input) if self.leaky else None
-        return (leak, self.v_threshold, self.v_reset, self.detach_reset, self.surrogate.key)
+        kind = self.kind
+        if kind == "lif":
+            charge = (kind, self.tau, self.decay_input)
+        elif kind == "plif":
+            charge = (kind, self.decay_input)
+        elif kind == "eif":
+            charge = (kind, self.tau, self.delta_T, self.theta_rh, self.resting_potential)
+        else:
+            charge = None
+        return (charge, self.v_threshold, self.v_reset, self.detach_reset, self.surrogate.key)

@@ -14,9 +14,18 @@ One module of source holds two kernel templates for one :class:`~flashspike.para
 it and converted to float32 in registers. The arithmetic of one step comes from
 :mod:`flashspike.backends.step_code`; this file holds only the loop, the memory traffic and the
 compile-time switches. Everything constant per layer (thresholds, tau, the surrogate and its alpha)
-is baked into the source, so one source is one ``params.key``; the template arguments are the dtype,
+is baked into the source, so one source is one ``params.key`` (PLIF's decay k is the exception: the
+kernels read it from ``decay_ptr`` at run time); the template arguments are the dtype,
 the per-call switches and the vector width (UNROLL follows from the dtype), so the kernel cache key
 is ``(params.key, dtype, switches)``.
+
+EIF and PLIF rebuild V[t−1] in the backward pass from H[t−1] (see :mod:`.step_code`); the rows of
+H a thread loads for one unrolled chunk then include one more, H[t−1] of the chunk's last step.
+PLIF's ∂L/∂w is summed in a register per thread, over its VEC neurons and every t, and each thread
+writes its sum to its own slot of ``grad_w_partials`` (N / VEC floats, summed by torch). That costs
+one float per VEC·T elements of H read (under 0.1% of the traffic at T = 128), needs no barrier, no
+shared memory and no atomics (the sum is the same on every run), and runs unchanged in the CPU
+emulation of the template, where the threads of a block run one after another.
 
 The source includes no header: half and bfloat16 conversions are written here with PTX and bit
 operations, so NVRTC needs no include path (without one it cannot open ``cuda_fp16.h``; CuPy finds
@@ -32,7 +41,7 @@ import torch
 
 from ..codegen import CUDA
 from ..params import NeuronParams
-from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR, backward_step, forward_step
+from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR, backward_step, forward_step, previous_v_step
 
 __all__ = [
     "STORAGE_TYPES",
@@ -184,6 +193,7 @@ __global__ void fs_forward(
     T* __restrict__ spike_seq,     // [T, N] output S, 0 or 1
     T* __restrict__ v_out,         // [T, N] every V when STORE_V_SEQ, else [N] the last V
     T* __restrict__ h_seq,         // [T, N] pre-reset potential H for backward (written when SAVE_H)
+    const float* __restrict__ decay_ptr,  // PLIF's k = sigmoid(w), one float (read by PLIF only)
     const long long steps,         // T
     const long long n,             // N, neurons per step; a multiple of VEC
     const long long x_step)        // from X[t] to X[t+1]: N, or 0 for one X repeated over T
@@ -197,6 +207,7 @@ __global__ void fs_forward(
 #pragma unroll
         for (int k = 0; k < VEC; ++k) v_reg[k] = $v_rest;
     }
+$decay_load
     for (long long t0 = 0; t0 < steps; t0 += UNROLL) {
         float x_reg[UNROLL][VEC];
 #pragma unroll
@@ -233,6 +244,9 @@ __global__ void fs_backward(
     const T* __restrict__ grad_v_out,      // dL/dv_out, shaped like fs_forward's v_out; same modes
     T* __restrict__ grad_x_seq,            // [T, N] dL/dX[t], or [N] their sum over t (SUM_GRAD_X: one X for all t)
     T* __restrict__ grad_v_init,           // [N] dL/dV[-1] (written when GRAD_V_INIT)
+    const T* __restrict__ v_init,          // [N] V[-1] as the forward got it, or null for v_rest (read by EIF, PLIF)
+    const float* __restrict__ decay_ptr,   // PLIF's k = sigmoid(w), one float (read by PLIF only)
+    float* __restrict__ grad_w_partials,   // [N / VEC] out, PLIF only: each thread's share of dL/dw
     const long long steps,                 // T
     const long long n)                     // N, a multiple of VEC
 {
@@ -251,13 +265,16 @@ __global__ void fs_backward(
         grad_x_sum[k] = 0.0f;
     }
     if (!STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + i, grad_v_last);
+$backward_prologue
     for (long long r0 = 0; r0 < steps; r0 += UNROLL) {
-        float h_reg[UNROLL][VEC], grad_spike_reg[UNROLL][VEC], grad_v_reg[UNROLL][VEC];
+        // With READS_V_PREV, row u + 1 holds H[t - 1] for row u (the last one is the next chunk's first).
+        float h_reg[UNROLL + READS_V_PREV][VEC], grad_spike_reg[UNROLL][VEC], grad_v_reg[UNROLL][VEC];
 #pragma unroll
-        for (int u = 0; u < UNROLL; ++u) {
+        for (int u = 0; u < UNROLL + READS_V_PREV; ++u) {
             const long long t = steps - 1 - (r0 + u);
             if (t < 0) break;
             fs_load<T, VEC>(h_seq + t * n + i, h_reg[u]);
+            if (u == UNROLL) break;
             if (GRAD_SPIKE == FS_GRAD_DENSE) fs_load<T, VEC>(grad_spike_seq + t * n + i, grad_spike_reg[u]);
             if (STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + t * n + i, grad_v_reg[u]);
         }
@@ -276,6 +293,7 @@ __global__ void fs_backward(
                 } else if (t == steps - 1) {
                     grad_v += grad_v_last[k];
                 }
+$v_prev_step
 $backward_step
                 (void)grad_h;  // defined by every backward step; this loop needs only its products
                 if (SUM_GRAD_X) {
@@ -284,12 +302,14 @@ $backward_step
                     grad_x_reg[k] = grad_x;
                 }
                 carry[k] = grad_v_prev;
+$grad_w_add
             }
             if (!SUM_GRAD_X) fs_store<T, VEC>(grad_x_seq + t * n + i, grad_x_reg);
         }
     }
     if (SUM_GRAD_X) fs_store<T, VEC>(grad_x_seq + i, grad_x_sum);
     if (GRAD_V_INIT) fs_store<T, VEC>(grad_v_init + i, carry);
+$grad_w_store
 }
 """)
 
@@ -298,12 +318,48 @@ def _indent(lines: list[str], spaces: int = 16) -> str:
     return "\n".join(" " * spaces + line for line in lines)
 
 
+def _v_prev_text(p: NeuronParams) -> str:
+    """The statements that give a backward step its V[t−1] (EIF, PLIF): rebuilt from H[t−1] (the next
+    row of h_reg), or the initial state at t = 0."""
+    if not p.backward_reads_v_prev:
+        return ""
+    lines = ["const float h_prev = t > 0 ? h_reg[u + 1][k] : 0.0f;", *previous_v_step(p, CUDA),
+             "const float v_prev = t > 0 ? v_rebuilt : v_start[k];"]
+    return _indent(lines)
+
+
+_V_START = """\
+    float v_start[VEC];  // V[-1]: the initial state, for the backward step at t = 0
+    if (v_init != nullptr) {
+        fs_load<T, VEC>(v_init + i, v_start);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) v_start[k] = $v_rest;
+    }"""
+_DECAY = "    const float decay = *decay_ptr;  // PLIF's k, read at run time"
+
+
 def kernel_source(p: NeuronParams) -> str:
     """The two kernel templates of one neuron (without :data:`PRELUDE`)."""
+    v_rest = CUDA.const(float(p.v_rest))
+    prologue = [f"    constexpr int READS_V_PREV = {int(p.backward_reads_v_prev)};"]
+    if p.backward_reads_v_prev:
+        prologue.append(Template(_V_START).substitute(v_rest=v_rest))
+    else:
+        prologue.append("    (void)v_init;")
+    if p.parametric:
+        prologue += [_DECAY, "    float grad_w_sum = 0.0f;  // this thread's share of dL/dw, over its VEC neurons and every t"]
+    else:
+        prologue.append("    (void)decay_ptr; (void)grad_w_partials;")
     return _KERNELS.substitute(
-        v_rest=CUDA.const(float(p.v_rest)),
+        v_rest=v_rest,
+        decay_load=_DECAY if p.parametric else "    (void)decay_ptr;",
         forward_step=_indent(forward_step(p, CUDA)),
+        backward_prologue="\n".join(prologue),
+        v_prev_step=_v_prev_text(p),
         backward_step=_indent(backward_step(p, CUDA)),
+        grad_w_add=_indent(["grad_w_sum += grad_w;"]) if p.parametric else "",
+        grad_w_store="    grad_w_partials[i / VEC] = grad_w_sum;" if p.parametric else "",
     )
 
 

@@ -140,7 +140,7 @@ class CupyKernels:
             with cupy.cuda.Device(device_index):
                 function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
 
-    def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool):
+    def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool, decay=None):
         steps = x.shape[0]
         n = x.numel() // steps
         spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
@@ -149,11 +149,11 @@ class CupyKernels:
         device_index = x.device.index
         switches = (v_init is not None, save_h, store_v_seq, vec)
         function = self._function(p, x.dtype, switches, device_index, src.forward_name)
-        self._launch(function, device_index, n, vec, (*pointers, steps, n, x.stride(0)))
+        self._launch(function, device_index, n, vec, (*pointers, _ptr(decay), steps, n, x.stride(0)))
         return spike, v_out, h
 
     def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool,
-                 sum_grad_x: bool = False):
+                 sum_grad_x: bool = False, v_init=None, decay=None):
         steps = h.shape[0]
         n = h.numel() // steps
         gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
@@ -166,12 +166,17 @@ class CupyKernels:
             dense.append(pointers[1])
         if gv_mode == src.GRAD_DENSE:
             dense.append(pointers[2])
+        v_init = v_init if p.backward_reads_v_prev else None
+        if v_init is not None:
+            dense.append(v_init.data_ptr())
         vec = _vector_width(h.dtype, n, *dense)
+        partials = fused.grad_w_partials(n // vec, h) if p.parametric else None
         device_index = h.device.index
         switches = (gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x, vec)
         function = self._function(p, h.dtype, switches, device_index, src.backward_name)
-        self._launch(function, device_index, n, vec, (*pointers, steps, n))
-        return grad_x, grad_v_init
+        extra = (_ptr(v_init), _ptr(decay), _ptr(partials))
+        self._launch(function, device_index, n, vec, (*pointers, *extra, steps, n))
+        return grad_x, grad_v_init, None if partials is None else fused.sum_grad_w(partials)
 
 
 class CupyBackend(fused.KernelBackend):

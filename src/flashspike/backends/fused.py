@@ -8,20 +8,25 @@ channels_last activation ``[T, B, C, H, W]`` (strides ``(B·H·W·C, H·W·C, 1,
 step repeated over T by ``expand`` (first stride 0: a static input is read in place, never copied T
 times). Element ``i`` of every block is the same neuron. Outputs are always T separate blocks.
 
-``forward(x, v_init, p, save_h, store_v_seq) -> (spike, v_out, h)``
+``forward(x, v_init, p, save_h, store_v_seq, decay=None) -> (spike, v_out, h)``
+    ``decay`` is PLIF's k = sigmoid(w), a one-element float32 tensor on x's device that the kernel
+    reads at run time (so a captured CUDA graph replays with the current value); None otherwise.
     ``v_init`` is a step-shaped tensor of x's dtype laid out like one block of ``x`` (x's strides
     without the first), or None for "every neuron at ``p.v_rest``". ``spike`` has x's shape and
     strides; ``v_out`` is V for all steps (like ``x``) when ``store_v_seq``, else the last V (like
     ``v_init``); ``h`` (H, the pre-reset potential, what backward needs) is like ``x`` when
     ``save_h``, else None. All outputs have x's dtype.
 
-``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False) -> (grad_x, grad_v_init)``
+``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None, decay=None) -> (grad_x, grad_v_init, grad_w)``
     ``grad_spike`` and ``grad_v_out`` are shaped like ``spike`` and ``v_out``, or None where no
     gradient flows (treat as zero: nothing is materialized). They may have any strides; launchers pass
     them through :func:`grad_operand`, which keeps the expanded scalar of ``y.sum().backward()`` as one
     element and brings anything else into h's layout. ``grad_x`` is like ``h``, or, with
     ``sum_grad_x`` (the input was one step repeated over T), its sum over T, like one block of ``h``;
-    ``grad_v_init`` is like one block of ``h``, or None when not asked for.
+    ``grad_v_init`` is like one block of ``h``, or None when not asked for. ``v_init`` and ``decay``
+    are what the forward received: EIF and PLIF rebuild V[t−1] from H[t−1] and, at t = 0, from
+    ``v_init`` (see :mod:`.step_code`). ``grad_w`` is PLIF's ∂L/∂w, a float32 0-d tensor reduced on
+    the device (float64 for float64 sequences), else None.
 
 Launchers allocate their outputs with :func:`forward_outputs` / :func:`backward_outputs`: torch's
 allocator (so CUDA graph capture works), which the tests switch to NaN-filled tensors so that an
@@ -81,6 +86,17 @@ def backward_outputs(h: torch.Tensor, need_grad_v_init: bool, sum_grad_x: bool =
     """The backward launcher's outputs for ``h``: (grad_x, grad_v_init or None)."""
     grad_x = step_output(h) if sum_grad_x else output_like(h)
     return grad_x, (step_output(h) if need_grad_v_init else None)
+
+
+def grad_w_partials(count: int, like: torch.Tensor) -> torch.Tensor:
+    """``count`` float32 slots on ``like``'s device, one per program (Triton) or thread (CUDA) of a
+    backward launch, for its share of PLIF's ∂L/∂w; torch sums them (see :func:`sum_grad_w`)."""
+    return _poisoned(torch.empty(count, dtype=torch.float32, device=like.device))
+
+
+def sum_grad_w(partials: torch.Tensor) -> torch.Tensor:
+    """∂L/∂w, a float32 0-d tensor, from a backward launch's partial sums."""
+    return partials.sum()
 
 
 def grad_operand(grad: torch.Tensor | None, h: torch.Tensor, whole: bool):
@@ -172,33 +188,54 @@ def check_surrogate(backend_name: str, p: NeuronParams) -> None:
         )
 
 
+def decay_operand(w: torch.Tensor | None, p: NeuronParams, x: torch.Tensor):
+    """PLIF's k = sigmoid(w) as the kernels read it (one float32 element on x's device; float64 for a
+    float64 ``x``, which only the PyTorch kernel set receives), else None."""
+    if not p.parametric:
+        return None
+    if not isinstance(w, torch.Tensor) or w.numel() != 1:
+        raise ValueError(f"a parametric (PLIF) neuron needs its learnable w as a one-element tensor, got {w!r}")
+    if w.device != x.device:
+        raise ValueError(f"PLIF's w is on {w.device} but the input is on {x.device}; move the node with .to()")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.sigmoid(w.detach().to(dtype)).reshape(1)
+
+
 class FusedMultiStep(torch.autograd.Function):
-    """``x`` is the sequence, or (``repeat`` = T) one step that every time step receives."""
+    """``x`` is the sequence, or (``repeat`` = T) one step that every time step receives; ``w`` is
+    PLIF's learnable parameter (None for other neurons)."""
 
     @staticmethod
-    def forward(ctx, x, v_init, kernels, p: NeuronParams, store_v_seq: bool, repeat: int | None):
-        save_h = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, x, v_init, w, kernels, p: NeuronParams, store_v_seq: bool, repeat: int | None):
+        save_h = any(ctx.needs_input_grad[:3])
         x_seq = x if repeat is None else x.expand(repeat, *x.shape)  # read in place: x_step is 0
-        spike, v_out, h = kernels.forward(x_seq, v_init, p, save_h, store_v_seq)
+        decay = decay_operand(w, p, x)
+        spike, v_out, h = kernels.forward(x_seq, v_init, p, save_h, store_v_seq, decay)
         if save_h:
-            ctx.save_for_backward(h)
+            ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
             ctx.kernels, ctx.p, ctx.store_v_seq, ctx.repeated = kernels, p, store_v_seq, repeat is not None
+            ctx.w_like = None if w is None else (w.dtype, w.shape)
         ctx.set_materialize_grads(False)
         return spike, v_out
 
     @staticmethod
     def backward(ctx, grad_spike, grad_v_out):
         refuse_create_graph()
-        (h,) = ctx.saved_tensors
+        h, v_init, decay = ctx.saved_tensors
         if grad_spike is None and grad_v_out is None:
-            return None, None, None, None, None, None
-        grad_x, grad_v_init = ctx.kernels.backward(
-            h, grad_spike, grad_v_out, ctx.p, ctx.store_v_seq, ctx.needs_input_grad[1], ctx.repeated
+            return None, None, None, None, None, None, None
+        grad_x, grad_v_init, grad_w = ctx.kernels.backward(
+            h, grad_spike, grad_v_out, ctx.p, ctx.store_v_seq, ctx.needs_input_grad[1], ctx.repeated, v_init, decay
         )
-        return grad_x, grad_v_init, None, None, None, None
+        if grad_w is not None and ctx.needs_input_grad[2]:
+            dtype, shape = ctx.w_like
+            grad_w = grad_w.to(dtype).reshape(shape)
+        else:
+            grad_w = None
+        return grad_x, grad_v_init, grad_w, None, None, None, None
 
 
-def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
     """The reference backend's ``multi_step`` contract, run by a kernel set.
 
     The outputs keep the input's layout and shape: no view is made on the way in or out (each costs
@@ -206,15 +243,17 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     """
     x = sequence_layout(x_seq)
     v = initial_state(v_init, x, p)
-    if not (torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad))):
+    w = w if p.parametric else None
+    if not (torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad)
+                                         or (w is not None and w.requires_grad))):
         # Nothing to differentiate: the launcher alone, without the autograd Function's host work.
-        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq)
+        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x))
     else:
         step = repeated_step(x)
         if step is None:
-            spike, v_out = FusedMultiStep.apply(x, v, kernels, p, store_v_seq, None)
+            spike, v_out = FusedMultiStep.apply(x, v, w, kernels, p, store_v_seq, None)
         else:  # its gradient is summed over T in the kernel, never written T times and reduced
-            spike, v_out = FusedMultiStep.apply(step, v, kernels, p, store_v_seq, x.shape[0])
+            spike, v_out = FusedMultiStep.apply(step, v, w, kernels, p, store_v_seq, x.shape[0])
     if store_v_seq:
         return spike, v_out[-1], v_out
     return spike, v_out, None
@@ -236,7 +275,7 @@ class KernelBackend:
     def kernel_set(self, p: NeuronParams):
         raise NotImplementedError
 
-    def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+    def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
         check_surrogate(self.name, p)
         if x_seq.dtype not in KERNEL_DTYPES:
             # float64: float32 kernels would lose the precision asked for; the reference keeps it.
@@ -247,5 +286,5 @@ class KernelBackend:
                     "the 'torch' reference for this dtype instead. This notice is shown once.",
                     stacklevel=3,
                 )
-            return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq)
-        return fused_multi_step(self.kernel_set(p), x_seq, v_init, p, store_v_seq)
+            return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, w)
+        return fused_multi_step(self.kernel_set(p), x_seq, v_init, p, store_v_seq, w)

@@ -1,8 +1,11 @@
 """The multi-step neuron as two PyTorch custom operators, so that ``torch.compile`` sees through it.
 
-``flashspike::multi_step_forward(x, v_init, save_h, store_v_seq, backend, options) -> (spike, v_out, h)``
-``flashspike::multi_step_backward(h, grad_spike, grad_v_out, store_v_seq, need_grad_v_init, backend,
-options) -> (grad_x, grad_v_init)``
+``flashspike::multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, options) -> (spike, v_out, h)``
+``flashspike::multi_step_backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init,
+backend, options) -> (grad_x, grad_v_init, grad_w)``
+
+``w`` is PLIF's learnable parameter (None for other neurons): a tensor argument, so a compiled graph
+reads its current value at every call; ``grad_w`` is its gradient.
 
 They wrap the kernel-set launchers of :mod:`.fused` (same flat ``[T, N]`` tensors, same meaning) and
 are one operator pair whatever the backend: the backend's name ('auto' included) and the neuron's
@@ -28,7 +31,7 @@ import torch
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
 from . import reference, resolve, torch_kernels
-from .fused import KERNEL_DTYPES, KernelBackend, check_surrogate, initial_state, refuse_create_graph
+from .fused import KERNEL_DTYPES, KernelBackend, check_surrogate, decay_operand, initial_state, refuse_create_graph
 
 __all__ = ["multi_step", "option_string", "params_from", "surrogate_text", "surrogate_from", "surrogate_class",
            "kernels_for"]
@@ -46,7 +49,9 @@ def option_string(p: NeuronParams) -> str:
     """
     return (
         f"leaky={p.leaky!r},v_threshold={p.v_threshold!r},v_reset={p.v_reset!r},detach_reset={p.detach_reset!r},"
-        f"surrogate={surrogate_text(p.surrogate)},tau={p.tau!r},decay_input={p.decay_input!r}"
+        f"surrogate={surrogate_text(p.surrogate)},tau={p.tau!r},decay_input={p.decay_input!r},"
+        f"parametric={p.parametric!r},exponential={p.exponential!r},delta_T={p.delta_T!r},theta_rh={p.theta_rh!r},"
+        f"resting_potential={p.resting_potential!r}"
     )
 
 
@@ -94,6 +99,11 @@ _FIELDS = {
     "surrogate": surrogate_from,
     "tau": float,
     "decay_input": _BOOLS.__getitem__,
+    "parametric": _BOOLS.__getitem__,
+    "exponential": _BOOLS.__getitem__,
+    "delta_T": float,
+    "theta_rh": float,
+    "resting_potential": float,
 }
 
 
@@ -164,25 +174,26 @@ def _absent(like: torch.Tensor) -> torch.Tensor:
 
 torch.library.define(
     FORWARD,
-    "(Tensor x, Tensor? v_init, bool save_h, bool store_v_seq, str backend, str options) -> (Tensor, Tensor, Tensor)",
+    "(Tensor x, Tensor? v_init, Tensor? w, bool save_h, bool store_v_seq, str backend, str options) "
+    "-> (Tensor, Tensor, Tensor)",
 )
 torch.library.define(
     BACKWARD,
-    "(Tensor h, Tensor? grad_spike, Tensor? grad_v_out, bool store_v_seq, bool need_grad_v_init, str backend, "
-    "str options) -> (Tensor, Tensor)",
+    "(Tensor h, Tensor? grad_spike, Tensor? grad_v_out, Tensor? v_init, Tensor? w, bool store_v_seq, "
+    "bool need_grad_v_init, str backend, str options) -> (Tensor, Tensor, Tensor)",
 )
 
 
 @torch.library.register_kernel(FORWARD, None)
-def _forward(x, v_init, save_h, store_v_seq, backend, options):
+def _forward(x, v_init, w, save_h, store_v_seq, backend, options):
     _check_flat(x, v_init)
     kernels, p = kernels_for(backend, x, options)
-    spike, v_out, h = kernels.forward(x, v_init, p, save_h, store_v_seq)
+    spike, v_out, h = kernels.forward(x, v_init, p, save_h, store_v_seq, decay_operand(w, p, x))
     return spike, v_out, _absent(x) if h is None else h
 
 
 @torch.library.register_fake(FORWARD)
-def _forward_fake(x, v_init, save_h, store_v_seq, backend, options):
+def _forward_fake(x, v_init, w, save_h, store_v_seq, backend, options):
     _check_flat(x, v_init)
     steps, n = x.shape
     v_out = x.new_empty((steps, n) if store_v_seq else (n,))
@@ -190,42 +201,46 @@ def _forward_fake(x, v_init, save_h, store_v_seq, backend, options):
 
 
 @torch.library.register_kernel(BACKWARD, None)
-def _backward(h, grad_spike, grad_v_out, store_v_seq, need_grad_v_init, backend, options):
+def _backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options):
     kernels, p = kernels_for(backend, h, options)
-    grad_x, grad_v_init = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init)
-    return grad_x, _absent(h) if grad_v_init is None else grad_v_init
+    grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init,
+                                                   False, v_init, decay_operand(w, p, h))
+    grad_w = _absent(h) if grad_w is None else grad_w.to(w.dtype).reshape(w.shape)
+    return grad_x, _absent(h) if grad_v_init is None else grad_v_init, grad_w
 
 
 @torch.library.register_fake(BACKWARD)
-def _backward_fake(h, grad_spike, grad_v_out, store_v_seq, need_grad_v_init, backend, options):
-    return h.new_empty(h.shape), h.new_empty((h.shape[1],)) if need_grad_v_init else _absent(h)
+def _backward_fake(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options):
+    grad_w = _absent(h) if w is None else w.new_empty(w.shape)
+    return h.new_empty(h.shape), h.new_empty((h.shape[1],)) if need_grad_v_init else _absent(h), grad_w
 
 
 def _setup_context(ctx, inputs, output):
-    _x, _v_init, save_h, store_v_seq, backend, options = inputs
+    _x, v_init, w, save_h, store_v_seq, backend, options = inputs
     h = output[2]
     ctx.mark_non_differentiable(h)
     # Like FusedMultiStep: an output nobody used brings None, not a materialized zero tensor.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h)
+    ctx.save_for_backward(h, v_init, w)
     ctx.save_h, ctx.store_v_seq, ctx.backend, ctx.options = save_h, store_v_seq, backend, options
 
 
 def _backward_formula(ctx, grad_spike, grad_v_out, _grad_h):
     refuse_create_graph()
     if grad_spike is None and grad_v_out is None:
-        return (None,) * 6
+        return (None,) * 7
     if not ctx.save_h:
         raise RuntimeError(
             f"{FORWARD} ran with save_h=False, so it kept no H to differentiate through; pass save_h=True "
             "when an input requires grad"
         )
-    (h,) = ctx.saved_tensors
+    h, v_init, w = ctx.saved_tensors
     need_grad_v_init = ctx.needs_input_grad[1]
-    grad_x, grad_v_init = torch.ops.flashspike.multi_step_backward(
-        h, grad_spike, grad_v_out, ctx.store_v_seq, need_grad_v_init, ctx.backend, ctx.options
+    grad_x, grad_v_init, grad_w = torch.ops.flashspike.multi_step_backward(
+        h, grad_spike, grad_v_out, v_init, w, ctx.store_v_seq, need_grad_v_init, ctx.backend, ctx.options
     )
-    return grad_x, grad_v_init if need_grad_v_init else None, None, None, None, None
+    grad_w = grad_w if w is not None and ctx.needs_input_grad[2] else None
+    return grad_x, grad_v_init if need_grad_v_init else None, grad_w, None, None, None, None
 
 
 torch.library.register_autograd(FORWARD, _backward_formula, setup_context=_setup_context)
@@ -254,14 +269,17 @@ def _unflatten_outputs(spike, v_out, shape: torch.Size, flat: bool, store_v_seq:
     return spike, v_out, None
 
 
-def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
+def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
     """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
     if not isinstance(p.surrogate, surrogate_module.SurrogateFunction):
         # A plain callable surrogate has no formulas for the operators' kernels; the reference traces.
         if resolve(backend, x_seq).name != "torch":
             check_surrogate(backend, p)
-        return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq)
+        return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, w)
     x, v, flat = _flatten_inputs(x_seq, v_init, p)
-    save_h = torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad))
-    spike, v_out, _ = torch.ops.flashspike.multi_step_forward(x, v, save_h, store_v_seq, backend, option_string(p))
+    w = w if p.parametric else None
+    save_h = torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad)
+                                          or (w is not None and w.requires_grad))
+    spike, v_out, _ = torch.ops.flashspike.multi_step_forward(x, v, w, save_h, store_v_seq, backend,
+                                                              option_string(p))
     return _unflatten_outputs(spike, v_out, x_seq.shape, flat, store_v_seq)

@@ -1,5 +1,10 @@
 """Backend 'torch': the reference. The equations of :mod:`flashspike.dynamics`, one step at a time,
-differentiated by autograd. Runs on any device and dtype; every kernel backend is tested against it."""
+differentiated by autograd. Runs on any device and dtype; every kernel backend is tested against it.
+
+float16 and bfloat16 sequences are computed with a float32 state, as the kernels do, and their
+outputs rounded to the input's dtype: a potential that outgrows float16's range (65504) midway would
+otherwise turn into inf and NaN gradients.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,29 @@ import torch
 from ..dynamics import charge, reset
 from ..params import NeuronParams
 
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
-def neuron_step(x: torch.Tensor, v, p: NeuronParams):
-    """One step: (X[t], V[t−1]) -> (S[t], V[t]). ``v`` may be a tensor or a Python float."""
-    h = charge(v, x, p)
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the state is computed in for inputs of ``dtype``: float32 for 16-bit ones."""
+    return torch.float32 if dtype in _SIXTEEN_BIT else dtype
+
+
+def decay_of(w: torch.Tensor | None, p: NeuronParams, dtype: torch.dtype):
+    """PLIF's decay k = sigmoid(w) in ``dtype`` (None for every other neuron)."""
+    if not p.parametric:
+        return None
+    if not isinstance(w, torch.Tensor):
+        raise ValueError("a parametric (PLIF) neuron needs its learnable w (a tensor), got None")
+    return torch.sigmoid(w.to(dtype))
+
+
+def neuron_step(x: torch.Tensor, v, p: NeuronParams, decay=None):
+    """One step: (X[t], V[t−1]) -> (S[t], V[t]). ``v`` may be a tensor or a Python float; ``decay``
+    is PLIF's k = sigmoid(w)."""
+    if p.exponential and not isinstance(v, torch.Tensor):
+        v = torch.full_like(x, v)  # EIF's charge takes exp(V): a tensor, not a Python float
+    h = charge(v, x, p, decay=decay)
     spike = p.surrogate(h - p.v_threshold)
     v_next = reset(h, spike.detach() if p.detach_reset else spike, p)
     return spike, v_next
@@ -23,15 +47,18 @@ class TorchBackend:
     def check_input(self, x_seq: torch.Tensor) -> None:
         """The reference runs on every device and floating dtype."""
 
-    def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool):
-        v = v_init
+    def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
+        wide = compute_dtype(x_seq.dtype)
+        decay = decay_of(w, p, wide)
+        v = v_init.to(wide) if isinstance(v_init, torch.Tensor) else v_init
         spikes, vs = [], []
         for x in x_seq:
-            spike, v = neuron_step(x, v, p)
+            spike, v = neuron_step(x.to(wide), v, p, decay)
             spikes.append(spike)
             vs.append(v)
-        v_seq = torch.stack(vs) if store_v_seq else None
-        return torch.stack(spikes), v, v_seq
+        spike_seq = torch.stack(spikes).to(x_seq.dtype)
+        v_seq = torch.stack(vs).to(x_seq.dtype) if store_v_seq else None
+        return spike_seq, v.to(x_seq.dtype), v_seq
 
 
 BACKEND = TorchBackend()

@@ -18,26 +18,26 @@ import torch
 from ..codegen import TORCH
 from ..params import NeuronParams
 from . import fused
-from .step_code import backward_values, forward_values
+from .reference import compute_dtype
+from .step_code import backward_values, forward_values, previous_v
 
 __all__ = ["TorchKernels", "KERNELS", "kernel_set"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class TorchKernels:
     """The launchers of :mod:`.fused`'s contract; stateless, so one instance serves every layer."""
 
-    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool):
+    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None):
         steps = x.shape[0]
         spike, v_out, h_seq = fused.forward_outputs(x, save_h, store_v_seq)
-        wide = _compute_dtype(x.dtype)
+        wide = compute_dtype(x.dtype)
+        decay = None if decay is None else decay.to(wide)
         # A Python float is a valid V[-1] for the step functions: no [N] tensor of v_rest is built.
         v = p.v_rest if v_init is None else v_init.to(wide)
+        if v_init is None and p.exponential:  # EIF's charge takes exp(V): a tensor
+            v = torch.full(x.shape[1:], p.v_rest, dtype=wide, device=x.device)
         for t in range(steps):
-            h, spike_t, v = forward_values(x[t].to(wide), v, p, TORCH)
+            h, spike_t, v = forward_values(x[t].to(wide), v, p, TORCH, decay)
             spike[t] = spike_t
             if save_h:
                 h_seq[t] = h
@@ -48,11 +48,14 @@ class TorchKernels:
         return spike, v_out, h_seq
 
     def backward(self, h_seq, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool,
-                 sum_grad_x: bool = False):
+                 sum_grad_x: bool = False, v_init=None, decay=None):
         steps = h_seq.shape[0]
         grad_x, grad_v_init = fused.backward_outputs(h_seq, need_grad_v_init, sum_grad_x)
         grad_x_sum = 0.0
-        wide = _compute_dtype(h_seq.dtype)
+        wide = compute_dtype(h_seq.dtype)
+        decay = None if decay is None else decay.to(wide)
+        grad_w = 0.0
+        sum_dtype = torch.float64 if wide == torch.float64 else torch.float32
         # ∂L/∂V[t], carried backwards; an absent output gradient is a Python 0.0, never a zero tensor.
         grad_v = 0.0
         if grad_v_out is not None and not store_v_seq:
@@ -61,7 +64,17 @@ class TorchKernels:
             if grad_v_out is not None and store_v_seq:
                 grad_v = grad_v + grad_v_out[t].to(wide)
             grad_spike_t = 0.0 if grad_spike is None else grad_spike[t].to(wide)
-            _, grad_x_t, grad_v = backward_values(h_seq[t].to(wide), grad_spike_t, grad_v, p, TORCH)
+            v_prev = None
+            if p.backward_reads_v_prev:
+                if t > 0:
+                    v_prev = previous_v(h_seq[t - 1].to(wide), p, TORCH)
+                else:
+                    v_prev = (torch.full(h_seq.shape[1:], p.v_rest, dtype=wide, device=h_seq.device)
+                              if v_init is None else v_init.to(wide))
+            _, grad_x_t, grad_v, grad_w_t = backward_values(h_seq[t].to(wide), grad_spike_t, grad_v, p, TORCH,
+                                                            v_prev, decay)
+            if grad_w_t is not None:
+                grad_w = grad_w + grad_w_t.sum(dtype=sum_dtype)
             if sum_grad_x:
                 grad_x_sum = grad_x_sum + grad_x_t
             else:
@@ -70,7 +83,9 @@ class TorchKernels:
             grad_x[:] = grad_x_sum
         if need_grad_v_init:
             grad_v_init[:] = grad_v
-        return grad_x, grad_v_init
+        if not p.parametric:
+            return grad_x, grad_v_init, None
+        return grad_x, grad_v_init, torch.as_tensor(grad_w, dtype=sum_dtype, device=h_seq.device).reshape(())
 
 
 #: The one instance; :func:`kernel_set` is the lookup every kernel backend offers.

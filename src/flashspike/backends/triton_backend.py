@@ -91,33 +91,36 @@ class TritonKernels:
         block = GPU_BLOCK
         return ((n + block - 1) // block,), block, {"num_warps": GPU_NUM_WARPS}
 
-    def forward(self, x, v_init, p, save_h, store_v_seq):
+    def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
         steps = x.shape[0]
         n = x.numel() // steps
         spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         grid, block, options = self._launch_shape(n)
         with _on_device(x):
             self.forward_kernel[grid](
-                x, v_init, spike, v_out, h, steps, n, x.stride(0),
+                x, v_init, spike, v_out, h, decay, steps, n, x.stride(0),
                 block, v_init is not None, save_h, store_v_seq,
                 **options,
             )  # fmt: skip
         return spike, v_out, h
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False):
+    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None,
+                 decay=None):
         steps = h.shape[0]
         n = h.numel() // steps
         grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init, sum_grad_x)
         gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
         gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
         grid, block, options = self._launch_shape(n)
+        v_init = v_init if p.backward_reads_v_prev else None
+        partials = fused.grad_w_partials(grid[0], h) if p.parametric else None
         with _on_device(h):
             self.backward_kernel[grid](
-                h, grad_spike, grad_v_out, grad_x, grad_v_init, steps, n, (steps - 1) * n,
-                block, gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x,
+                h, grad_spike, grad_v_out, grad_x, grad_v_init, v_init, decay, partials, steps, n, (steps - 1) * n,
+                block, gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x, v_init is not None,
                 **options,
             )  # fmt: skip
-        return grad_x, grad_v_init
+        return grad_x, grad_v_init, None if partials is None else fused.sum_grad_w(partials)
 
 
 _NO_SWITCH = contextlib.nullcontext()

@@ -1,8 +1,10 @@
 """The neuron speed benchmark: SpikingJelly's published experiment, runnable on any machine.
 
-    python -m flashspike.benchmarks.neuron [--peers] [--t 8 16 32 64 128] [--dtypes float32 float16]
+    python -m flashspike.benchmarks.neuron [--neuron if|lif|plif|eif] [--peers] [--t 8 16 32 64 128]
+                                           [--dtypes float32 float16]
 
-A ``MultiStepLIFNode(surrogate_function=surrogate.ATan(alpha=2.0))`` (``--if``: the IF node) runs
+A ``MultiStepLIFNode(surrogate_function=surrogate.ATan(alpha=2.0))`` (``--neuron``: another neuron;
+``--if`` is ``--neuron if``) runs
 x of shape [T, N] in two modes: forward in eval mode under ``torch.no_grad()`` ("f"), and forward +
 backward in train mode with ``y.sum().backward()`` ("fb"). Every backend in flashspike's registry
 that can run on the device is measured (on a CPU only 'torch'); ``--peers`` adds SpikingJelly and
@@ -13,8 +15,10 @@ Besides milliseconds, the table gives the speed-up over 'torch', the peak memory
 the bandwidth achieved counting only the bytes the neuron must move (b bytes per element):
 forward (2·T·N + N)·b (read X, write S and the last V); forward + backward (6·T·N + N)·b (the
 forward also writes H for the backward, which reads dL/dS and H and writes dL/dX). That bandwidth is
-also shown as a share of a device-to-device copy measured in the same run. A last table measures the
-host-bound case T=4, N=4096, forward + backward, where the GPU work is microseconds.
+also shown as a share of a device-to-device copy measured in the same run. The floors are the same for
+every neuron: PLIF's ∂L/∂w is reduced from values the backward already holds, and EIF and PLIF rebuild
+V[t−1] from the H they read anyway. A last table measures the host-bound case T=4, N=4096, forward +
+backward, where the GPU work is microseconds.
 
 Results go to ``--out``: ``neuron_benchmark.json`` and the bar charts ``exe_time_f.png`` and
 ``exe_time_fb.png`` (matplotlib; skipped with a notice when it is missing).
@@ -52,11 +56,30 @@ class Subject:
     reset: Callable[[object], None]
 
 
+@dataclass(frozen=True)
+class NeuronChoice:
+    """A ``--neuron``: the class name (flashspike's and SpikingJelly's alike), its constructor keywords
+    and a title for the report."""
+
+    cls: str
+    kwargs: dict
+    title: str
+
+
+NEURONS = {
+    "if": NeuronChoice("MultiStepIFNode", {}, "MultiStepIFNode"),
+    "lif": NeuronChoice("MultiStepLIFNode", {"tau": 2.0}, "MultiStepLIFNode(tau=2)"),
+    "plif": NeuronChoice("MultiStepParametricLIFNode", {"init_tau": 2.0}, "MultiStepParametricLIFNode(init_tau=2)"),
+    "eif": NeuronChoice("MultiStepEIFNode", {}, "MultiStepEIFNode(tau=2, delta_T=1, theta_rh=0.8)"),
+}
+
+
 # ---- the subjects ----
 
 def flashspike_subjects(args, device) -> tuple[list[Subject], dict]:
     """A subject per registered backend that runs on ``device``; the others with the reason why not."""
-    cls = neuron.MultiStepIFNode if args.if_node else neuron.MultiStepLIFNode
+    choice = NEURONS[args.neuron]
+    cls = getattr(neuron, choice.cls)
     subjects, skipped = [], {}
     probe = torch.zeros(1, 1, device=device)
     names = args.backends or [name for name in backends.KNOWN_BACKENDS if name != "auto"]
@@ -71,7 +94,7 @@ def flashspike_subjects(args, device) -> tuple[list[Subject], dict]:
             continue
         subjects.append(Subject(
             f"flashspike {name}",
-            lambda name=name: cls(surrogate_function=surrogate.ATan(alpha=2.0), backend=name),
+            lambda name=name: cls(surrogate_function=surrogate.ATan(alpha=2.0), backend=name, **choice.kwargs),
             lambda node: node.reset(),
         ))
     return subjects, skipped
@@ -89,21 +112,25 @@ def peer_subjects(args, device) -> tuple[list[Subject], dict]:
         skipped["SpikingJelly"] = f"not importable ({error}); pip install spikingjelly==0.0.0.0.14"
     else:
         version = getattr(spikingjelly, "__version__", "0.0.0.0.14")
-        cls = sj_neuron.MultiStepIFNode if args.if_node else sj_neuron.MultiStepLIFNode
-        kw = {} if args.if_node else {"tau": 2.0}
+        choice = NEURONS[args.neuron]
+        cls = getattr(sj_neuron, choice.cls)
         for backend in ("torch", "cupy") if device.type == "cuda" else ("torch",):
             subjects.append(Subject(
                 f"SpikingJelly {version} {backend}",
-                lambda backend=backend: cls(surrogate_function=sj_surrogate.ATan(alpha=2.0), backend=backend, **kw),
+                lambda backend=backend: cls(surrogate_function=sj_surrogate.ATan(alpha=2.0), backend=backend,
+                                            **choice.kwargs),
                 sj_functional.reset_net,
             ))
+    if args.neuron not in ("if", "lif"):
+        skipped["snnTorch"] = f"has no {NEURONS[args.neuron].cls} to compare"
+        return subjects, skipped
     try:
         import snntorch
         from snntorch import surrogate as snn_surrogate
     except ImportError as error:
         skipped["snnTorch"] = f"not importable ({error}); pip install snntorch==1.0.0"
     else:
-        beta = 1.0 if args.if_node else 0.5  # V decays by 1 - 1/tau per step for tau = 2
+        beta = 1.0 if args.neuron == "if" else 0.5  # V decays by 1 - 1/tau per step for tau = 2
 
         class LeakyLoop(torch.nn.Module):
             """snnTorch's Leaky neuron stepped over T in Python, as its tutorials do."""
@@ -189,6 +216,8 @@ def make_call(subject: Subject, mode: str, steps: int, n: int, dtype, device):
         def call():
             subject.reset(node)
             x.grad = None  # as optimizer.zero_grad(): no accumulation kernel
+            for parameter in node.parameters():  # PLIF's w
+                parameter.grad = None
             node(x).sum().backward()
     return call
 
@@ -291,11 +320,14 @@ def parse_args(argv=None):
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(
         prog="python -m flashspike.benchmarks.neuron",
-        description="Time multi-step LIF/IF neurons per backend (SpikingJelly's neuron speed experiment).",
+        description="Time multi-step neurons per backend (SpikingJelly's neuron speed experiment).",
     )
     parser.add_argument("--version", action="version", version=f"flashspike {__version__}")
-    parser.add_argument("--if", dest="if_node", action="store_true",
-                        help="measure MultiStepIFNode instead of MultiStepLIFNode (tau=2)")
+    parser.add_argument("--neuron", choices=list(NEURONS), default="lif",
+                        help="the neuron: " + ", ".join(f"{k} = {v.title}" for k, v in NEURONS.items())
+                        + " (default lif); with --peers, SpikingJelly's class of the same name")
+    parser.add_argument("--if", dest="neuron", action="store_const", const="if",
+                        help="the same as --neuron if (MultiStepIFNode)")
     parser.add_argument("--n", type=int, default=2**20 if cuda else 2**12,
                         help="neurons per time step, N (default 2^20 on CUDA, 2^12 on a CPU)")
     parser.add_argument("--t", type=int, nargs="+", default=[8, 16, 32, 64, 128], metavar="T",
@@ -344,7 +376,7 @@ def run(args) -> dict:
     add_speedups(rows)
     add_speedups(host_rows)
     return dict(
-        neuron="MultiStepIFNode" if args.if_node else "MultiStepLIFNode(tau=2)",
+        neuron=NEURONS[args.neuron].title,
         surrogate="ATan(alpha=2.0)",
         device=device_name(device),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
