@@ -41,6 +41,9 @@ def _build(family, backend):
     elif family == "plif_cifar10_dvs":
         from flashspike.model import parametric_lif_net
 
+        # A lower threshold: at 0.5 this deep net's voting layer hardly fires on random input, and an
+        # all-but-silent output compares nothing.
+        options["v_threshold"] = 0.2
         model = parametric_lif_net.MultiStepCIFAR10DVSNet(16, neuron.MultiStepParametricLIFNode, **options)
         return model, torch.rand(4, 4, 2, 128, 128) * 3
     else:

@@ -137,7 +137,7 @@ def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=
         loss.backward()
         return spike, node
 
-    kernel_node = _make(name, store_v_seq=store_v_seq, **options)
+    kernel_node = _make(name, store_v_seq=store_v_seq, **options).to(device)  # PLIF's w goes along
     v0 = v_layout(v0_64.to(dtype)).to(device).requires_grad_() if isinstance(v0_64, torch.Tensor) else v0_64
     spike, kernel_node = run(kernel_node, x, v0, dtype, device)
 
@@ -325,7 +325,7 @@ def test_input_repeated_over_time(name, step_layout, spelling, charge):
     ref_step = step64.clone().requires_grad_()
     results = []
     nodes = []
-    for node, x, dtype in ((_make(name, charge, store_v_seq=True), step, torch.float32),
+    for node, x, dtype in ((_make(name, charge, store_v_seq=True).to(device), step, torch.float32),
                            (_make("torch", charge, store_v_seq=True), ref_step, torch.float64)):
         nodes.append(node)
         spike = node(x.expand(6, *x.shape) if spelling == "expand" else x.unsqueeze(0).expand(6, *x.shape))

@@ -1,10 +1,10 @@
 """The neuron speed benchmark: SpikingJelly's published experiment, runnable on any machine.
 
-    python -m flashspike.benchmarks.neuron [--neuron if|lif|plif|eif] [--peers] [--t 8 16 32 64 128]
-                                           [--dtypes float32 float16]
+    python -m flashspike.benchmarks.neuron [--neuron if|lif|plif|eif] [--surrogate NAME] [--peers]
+                                           [--t 8 16 32 64 128] [--dtypes float32 float16]
 
 A ``MultiStepLIFNode(surrogate_function=surrogate.ATan(alpha=2.0))`` (``--neuron``: another neuron;
-``--if`` is ``--neuron if``) runs
+``--if`` is ``--neuron if``; ``--surrogate``: another surrogate with its defaults) runs
 x of shape [T, N] in two modes: forward in eval mode under ``torch.no_grad()`` ("f"), and forward +
 backward in train mode with ``y.sum().backward()`` ("fb"). Every backend in flashspike's registry
 that can run on the device is measured (on a CPU only 'torch'); ``--peers`` adds SpikingJelly and
@@ -74,6 +74,18 @@ NEURONS = {
 }
 
 
+# Every surrogate both flashspike and SpikingJelly define, by name.
+SURROGATES = [name for name in surrogate.__all__ if isinstance(getattr(surrogate, name), type)
+              and issubclass(getattr(surrogate, name), surrogate.SurrogateFunction)
+              and getattr(surrogate, name) is not surrogate.SurrogateFunction]
+
+
+def make_surrogate(module, name: str):
+    """Surrogate ``name`` of ``module`` (flashspike's or SpikingJelly's) with its default hyper-parameters,
+    as a spiking function."""
+    return getattr(module, name)()
+
+
 # ---- the subjects ----
 
 def flashspike_subjects(args, device) -> tuple[list[Subject], dict]:
@@ -94,7 +106,8 @@ def flashspike_subjects(args, device) -> tuple[list[Subject], dict]:
             continue
         subjects.append(Subject(
             f"flashspike {name}",
-            lambda name=name: cls(surrogate_function=surrogate.ATan(alpha=2.0), backend=name, **choice.kwargs),
+            lambda name=name: cls(surrogate_function=make_surrogate(surrogate, args.surrogate), backend=name,
+                                  **choice.kwargs),
             lambda node: node.reset(),
         ))
     return subjects, skipped
@@ -117,8 +130,8 @@ def peer_subjects(args, device) -> tuple[list[Subject], dict]:
         for backend in ("torch", "cupy") if device.type == "cuda" else ("torch",):
             subjects.append(Subject(
                 f"SpikingJelly {version} {backend}",
-                lambda backend=backend: cls(surrogate_function=sj_surrogate.ATan(alpha=2.0), backend=backend,
-                                            **choice.kwargs),
+                lambda backend=backend: cls(surrogate_function=make_surrogate(sj_surrogate, args.surrogate),
+                                            backend=backend, **choice.kwargs),
                 sj_functional.reset_net,
             ))
     if args.neuron not in ("if", "lif"):
@@ -328,6 +341,9 @@ def parse_args(argv=None):
                         + " (default lif); with --peers, SpikingJelly's class of the same name")
     parser.add_argument("--if", dest="neuron", action="store_const", const="if",
                         help="the same as --neuron if (MultiStepIFNode)")
+    parser.add_argument("--surrogate", choices=SURROGATES, default="ATan",
+                        help="the surrogate, with its default hyper-parameters (default ATan, alpha=2); with "
+                        "--peers, SpikingJelly's of the same name")
     parser.add_argument("--n", type=int, default=2**20 if cuda else 2**12,
                         help="neurons per time step, N (default 2^20 on CUDA, 2^12 on a CPU)")
     parser.add_argument("--t", type=int, nargs="+", default=[8, 16, 32, 64, 128], metavar="T",
@@ -377,7 +393,7 @@ def run(args) -> dict:
     add_speedups(host_rows)
     return dict(
         neuron=NEURONS[args.neuron].title,
-        surrogate="ATan(alpha=2.0)",
+        surrogate=repr(make_surrogate(surrogate, args.surrogate)),
         device=device_name(device),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__,
@@ -394,7 +410,7 @@ def main(argv=None) -> dict:
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "neuron_benchmark.json").write_text(json.dumps(report, indent=1))
-    title = f"{report['neuron']}, ATan(2), N={args.n}, {report['device']}, {report['date'][:10]}"
+    title = f"{report['neuron']}, {report['surrogate']}, N={args.n}, {report['device']}, {report['date'][:10]}"
     print(f"{title}; device-to-device copy {report['copy_GBps']:.0f} GB/s")
     for name, reason in report["skipped"].items():
         print(f"  not measured: {name}: {reason}")
