@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from flashspike import backends, functional, neuron, surrogate
+from flashspike import backends, functional, layer, neuron, surrogate
 from flashspike.model import sew_resnet, spiking_resnet, spiking_vgg
 
 
@@ -123,6 +123,15 @@ def test_zoo_on_kernel_backends_matches_torch_gpu(family, name, precision):
     _assert_agree(_step(model, x, precision), _step(reference, x, precision), precision)
 
 
+def _without_dropout(model):
+    """``model`` with every dropout at p = 0: compiled code draws its masks from its own random
+    generator, so masks drawn in eager and compiled runs differ whatever the seed."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Dropout, layer.Dropout)):
+            module.p = 0.0
+    return model
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["cupy", "triton"])
 @pytest.mark.parametrize("family", FAMILIES)
@@ -130,7 +139,7 @@ def test_zoo_compiles_on_gpu(family, name):
     _require(name)
     torch._dynamo.reset()
     eager, x = _build(family, name)
-    eager, x = eager.cuda(), x.cuda()
+    eager, x = _without_dropout(eager).cuda(), x.cuda()
     model = copy.deepcopy(eager)
     # PyTorch 2.11's inductor, with its layout optimization on, mispredicts the strides of a
     # convolution's weight gradient on these nets (an assert_size_stride failure in the compiled
