@@ -1,0 +1,79 @@
+"""What every zoo model shares: running its stateless layers in one step mode or the other, turning
+the input into a sequence, checking the builder's arguments."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import functional
+
+
+def apply_in_order(x: torch.Tensor, modules) -> torch.Tensor:
+    """One module, or a list of them, applied to one time step ``[N, *]``."""
+    for module in modules if isinstance(modules, (list, tuple, nn.Sequential)) else (modules,):
+        x = module(x)
+    return x
+
+
+class StepModule(nn.Module):
+    """A zoo module in one step mode: ``multi_step`` False runs one time step ``[N, *]`` per call,
+    True the whole sequence ``[T, N, *]``. Its stateless layers go through :meth:`stateless`, so one
+    ``forward`` serves both modes; only the neurons differ (single-step or multi-step nodes).
+    """
+
+    multi_step = False
+
+    def stateless(self, x: torch.Tensor, modules) -> torch.Tensor:
+        """Stateless modules (convolution, batch norm, pool, linear) on one step or on every step at once."""
+        if self.multi_step:
+            return functional.seq_to_ann_forward(x, modules)
+        return apply_in_order(x, modules)
+
+    def encode(self, x: torch.Tensor, modules, T: int | None) -> torch.Tensor:
+        """The first stateless layers applied to the network's input.
+
+        Single-step: ``x`` is one step ``[N, C, H, W]``. Multi-step: ``x`` is a sequence
+        ``[T, N, C, H, W]``, or a static image ``[N, C, H, W]`` whose encoding is computed once and
+        repeated ``T`` times (as a view; its gradient is summed over the steps).
+        """
+        if not self.multi_step:
+            return apply_in_order(x, modules)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a tensor, got {type(x).__name__}")
+        if x.dim() == 5:
+            return functional.seq_to_ann_forward(x, modules)
+        if x.dim() != 4:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape [T, N, C, H, W] or [N, C, H, W], got {tuple(x.shape)}"
+            )
+        if T is None:
+            raise ValueError(
+                f"{type(self).__name__} got a static input [N, C, H, W] {tuple(x.shape)} but T is None: "
+                "give the number of time steps T, or pass a sequence [T, N, C, H, W]"
+            )
+        y = apply_in_order(x, modules)
+        return y.unsqueeze(0).expand(T, *y.shape)
+
+
+def check_T(T) -> int | None:
+    if T is not None and (isinstance(T, bool) or not isinstance(T, int) or T < 1):
+        raise ValueError(f"T must be a positive int or None, got {T!r}")
+    return T
+
+
+def check_neuron(neuron, name: str):
+    """The neuron factory every spiking layer is built with: a class such as ``neuron.MultiStepIFNode``."""
+    if not callable(neuron):
+        raise TypeError(
+            f"{name} must be a neuron class (or another callable that returns a neuron module), got {neuron!r}"
+        )
+    return neuron
+
+
+def refuse_pretrained(pretrained: bool, arch: str) -> None:
+    if pretrained:
+        raise NotImplementedError(
+            f"pretrained=True is not supported: flashspike does not download weights. Build {arch} with "
+            "pretrained=False and load a state_dict yourself (SpikingJelly checkpoints load with strict=True)."
+        )
