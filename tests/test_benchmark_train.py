@@ -103,12 +103,13 @@ def test_spikingjelly_014_peer_runs_in_its_subprocess(tmp_path, torchvision_stub
     from pathlib import Path
 
     site = Path(spikingjelly.__path__[0]).parent
-    report = bench.main(["--peers", "--sj014-path", str(site), "--sj2-path", str(tmp_path / "none"),
-                         "--modes", "eager", "--models", "sew_resnet18", "--out", str(tmp_path / "o"), *TINY])
-    peer = [r for r in report["rows"] if r["subject"].startswith("SpikingJelly 0.0.0.0.14")]
-    assert len(peer) == 1 and "error" not in peer[0], peer
-    assert peer[0]["subject"].endswith(" torch") and peer[0]["ms"] > 0
-    assert "SpikingJelly 2.x" in report["skipped"]
+    args = bench.parse_args(["--peers", "--sj014-path", str(site), "--sj2-path", str(tmp_path / "none"),
+                             "--modes", "eager", "--models", "sew_resnet18", *TINY])
+    specs, skipped = bench.row_specs(args)
+    assert [s["subject"] for s in specs] == ["flashspike", "sj014"] and "SpikingJelly 2.x" in skipped
+    peer = bench.run_spec(specs[1], timeout=300)  # the subprocess with the 0.0.0.0.14 path first
+    assert "error" not in peer, peer
+    assert peer["subject"] == "SpikingJelly 0.0.0.0.14 torch" and peer["ms"] > 0
 
 
 @pytest.mark.gpu

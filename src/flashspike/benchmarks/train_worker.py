@@ -35,8 +35,12 @@ def adapt_stem(model: nn.Module, channels: int) -> None:
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 if child.in_channels != channels:
-                    setattr(parent, name, nn.Conv2d(channels, child.out_channels, child.kernel_size, child.stride,
-                                                    child.padding, bias=child.bias is not None))
+                    # the same class (SpikingJelly 2.x's own Conv2d keeps its step mode), fresh weights
+                    stem = type(child)(channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                       bias=child.bias is not None)
+                    if hasattr(child, "step_mode"):
+                        stem.step_mode = child.step_mode
+                    setattr(parent, name, stem)
                 return
 
 
@@ -49,7 +53,8 @@ def build_flashspike(spec, num_classes):
     if spec["model"] == "fmnist":
         from ..examples.csnn import CSNN
 
-        return CSNN(spec["T"], backend=spec["backend"]), functional.reset_net
+        memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
+        return CSNN(spec["T"], backend=spec["backend"], memory_format=memory_format), functional.reset_net
     if spec["model"] == "sew_resnet18":
         return sew_resnet.multi_step_sew_resnet18(num_classes=num_classes, cnf="ADD", **node), functional.reset_net
     return spiking_vgg.multi_step_spiking_vgg11_bn(num_classes=num_classes, **node), functional.reset_net
