@@ -135,10 +135,14 @@ def run_row(spec: dict) -> dict:
         inductor_config.layout_optimization = False
     memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
     batches, num_classes, channels = make_batches(spec, device, memory_format)
+    amp_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec["dtype"])
     row = {}
     if spec["subject"] == "flashspike":
         model, reset_net = build_flashspike(spec, num_classes)
-        row["subject"] = f"flashspike {spec['backend']}"
+        from .. import backends
+
+        probe = torch.zeros(spec["T"], 1, device=device, dtype=amp_dtype or torch.float32)
+        row["subject"] = f"flashspike {backends.resolve(spec['backend'], probe).name}"  # 'auto' resolved
     else:
         check_peer_version(spec["subject"])
         model, reset_net, row["subject"] = (build_sj014 if spec["subject"] == "sj014" else build_sj2)(spec, num_classes)
@@ -152,7 +156,6 @@ def run_row(spec: dict) -> dict:
         model = torch.compile(model, mode="reduce-overhead")
     captured = spec["mode"] == "captured"
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if cuda else {}))
-    amp_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec["dtype"])
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def step(x, labels):
