@@ -1,0 +1,230 @@
+"""The deep-SNN training benchmark: one training step and one synthetic epoch of zoo models.
+
+    python -m flashspike.benchmarks.train [--models sew_resnet18] [--input cifar] [--t 4 16] [--b 64] [--peers]
+
+A step is forward, loss, backward and an SGD step (momentum 0.9; fp16 autocast with loss scaling by
+default). Models: ``sew_resnet18`` (multi-step SEW-ResNet-18, cnf ADD, MultiStepIFNode, ATan,
+detach_reset=True), ``spiking_vgg11_bn`` (multi-step, same neuron) and ``fmnist`` (the Fashion-MNIST
+example's CSNN, which takes the static image ``[B, 1, 28, 28]`` and repeats it over T inside). Modes:
+``eager``, ``compile`` (``torch.compile`` default), ``reduce-overhead`` and ``captured`` (the whole
+step in one CUDA graph, as the example's ``-cuda_graph``).
+
+Every row runs in a fresh subprocess (``train_worker``): peak memory is ``max_memory_allocated``
+from process start, so a ``reduce-overhead`` graph pool, the warm-up and cuDNN's algorithm search
+are all counted; a failing or crashing row is recorded with its error and the run goes on. The time is
+the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps (CUDA events).
+
+``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
+eager) and SpikingJelly 2.x (its activation_based zoo in multi-step mode, its own neuron kernels; eager
+and reduce-overhead), each in a subprocess whose PYTHONPATH puts ``--sj014-path`` / ``--sj2-path``
+first. Results: a markdown table, ``train_benchmark.json`` and ``train_step.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import __version__, backends
+from .neuron import device_name
+from .train_worker import INPUTS, MARKER
+
+MODELS = ("sew_resnet18", "spiking_vgg11_bn", "fmnist")
+MODES = ("eager", "compile", "reduce-overhead", "captured")
+CUDA_ONLY_MODES = ("reduce-overhead", "captured")
+PEER_MODES = {"sj014": ("eager",), "sj2": ("eager", "reduce-overhead")}
+PEER_MODELS = ("sew_resnet18", "spiking_vgg11_bn")
+SRC_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the flashspike package
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def parse_args(argv=None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(prog="python -m flashspike.benchmarks.train",
+                                     description="Time a training step and a synthetic epoch of deep SNNs.")
+    parser.add_argument("--version", action="version", version=f"flashspike {__version__}")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["sew_resnet18"],
+                        help="models to train (default sew_resnet18); fmnist ignores --input")
+    parser.add_argument("--input", choices=list(INPUTS), default="cifar",
+                        help="input shape: cifar [T,B,3,32,32] 10 classes, imagenet [T,B,3,224,224] 1000, "
+                             "dvs [T,B,2,128,128] 11 (default cifar)")
+    parser.add_argument("--t", type=positive, nargs="+", default=[4], metavar="T", help="time steps (default 4)")
+    parser.add_argument("--b", type=positive, default=64, help="batch size (default 64)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="eager, compile, reduce-overhead, captured (default all; the last two need CUDA)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16",
+                        help="autocast dtype; float32 turns autocast off (default float16, with loss scaling)")
+    parser.add_argument("--backend", choices=backends.KNOWN_BACKENDS, default="auto",
+                        help="flashspike's neuron backend (default auto)")
+    parser.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
+                        help="layout of the weights and of the input flattened over T·B (default channels_last)")
+    parser.add_argument("--warmup", type=positive, default=5,
+                        help="steps before timing: compilation and capture happen here (default 5)")
+    parser.add_argument("--steps", type=positive, default=20, help="steps per timed loop (default 20)")
+    parser.add_argument("--repeats", type=positive, default=3, help="timed loops; the median is kept (default 3)")
+    parser.add_argument("--epoch-steps", type=int, default=0, metavar="K",
+                        help="also time an epoch of K steps on synthetic batches, to the last loss on the host "
+                             "(default 0: not measured)")
+    parser.add_argument("--no-layout-optimization", action="store_true",
+                        help="set torch._inductor.config.layout_optimization = False in compiled rows")
+    parser.add_argument("--peers", action="store_true",
+                        help="also measure SpikingJelly 0.0.0.0.14 and 2.x (sew_resnet18, spiking_vgg11_bn only)")
+    parser.add_argument("--sj014-path", type=Path,
+                        help="folder holding SpikingJelly 0.0.0.0.14's spikingjelly package (default: the installed one)")
+    parser.add_argument("--sj2-path", type=Path,
+                        help="folder holding SpikingJelly 2.x's spikingjelly package (default: the installed one)")
+    parser.add_argument("--row-timeout", type=positive, default=900, help="seconds a row may take (default 900)")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", help="torch device (default cuda if present)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"),
+                        help="folder for train_benchmark.json and train_step.png (default bench_out)")
+    args = parser.parse_args(argv)
+    if args.epoch_steps < 0:
+        parser.error("--epoch-steps must be 0 or positive")
+    return args
+
+
+# ---- the rows ----
+
+def row_specs(args) -> tuple[list[dict], dict]:
+    """Every row to run, and the peers not run with the reason why."""
+    subjects, skipped = [("flashspike", None)], {}
+    if args.peers:
+        for subject, path, name in (("sj014", args.sj014_path, "SpikingJelly 0.0.0.0.14"),
+                                    ("sj2", args.sj2_path, "SpikingJelly 2.x")):
+            if path is not None and not (path / "spikingjelly").is_dir():
+                skipped[name] = f"no spikingjelly package under {path}"
+            else:
+                subjects.append((subject, path))
+    base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
+                warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
+                device=args.device, layout_optimization=not args.no_layout_optimization)
+    specs = []
+    for model in args.models:
+        for steps in args.t:
+            for mode in args.modes:
+                for subject, path in subjects:
+                    if subject != "flashspike" and (model not in PEER_MODELS or mode not in PEER_MODES[subject]):
+                        continue
+                    specs.append(dict(base, subject=subject, path=None if path is None else str(path), model=model,
+                                      input="fmnist" if model == "fmnist" else args.input, T=steps, mode=mode))
+    return specs, skipped
+
+
+def run_spec(spec: dict, timeout: int) -> dict:
+    """One row in a fresh process; its error (or the end of its stderr) when it fails."""
+    row = {k: spec[k] for k in ("model", "input", "T", "B", "mode", "dtype")}
+    row["subject"] = {"flashspike": f"flashspike {spec['backend']}", "sj014": "SpikingJelly 0.0.0.0.14",
+                      "sj2": "SpikingJelly 2.x"}[spec["subject"]]
+    if spec["mode"] in CUDA_ONLY_MODES and not spec["device"].startswith("cuda"):
+        row["error"] = "needs CUDA"
+        return row
+    paths = [p for p in (spec["path"], SRC_ROOT, os.environ.get("PYTHONPATH")) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    command = [sys.executable, "-m", "flashspike.benchmarks.train_worker", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        row["error"] = f"timed out after {timeout} s"
+        return row
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    if lines:
+        row.update(json.loads(lines[-1][len(MARKER):]))
+    else:
+        tail = done.stderr.strip().splitlines()[-3:]
+        row["error"] = f"exit code {done.returncode}: " + " | ".join(tail)[:500]
+    return row
+
+
+# ---- reporting ----
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| model | input | T | B | mode | subject | ms/step | images/s | epoch s | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        head = f"| {r['model']} | {r['input']} | {r['T']} | {r['B']} | {r['mode']} | {r['subject']} |"
+        if "error" in r:
+            lines.append(f"{head} failed: {r['error'][:120].replace('|', '/')} | | | |")
+            continue
+        epoch = f"{r['epoch_s']:.2f}" if "epoch_s" in r else "-"
+        peak = "-" if r.get("peak_MiB") is None else f"{r['peak_MiB']:.0f}"
+        lines.append(f"{head} {r['ms']:.2f} | {r['images_per_s']:.0f} | {epoch} | {peak} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path, title: str) -> list[str]:
+    """A horizontal bar per measured row: ms per step."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        print(f"chart skipped: matplotlib is not importable ({error}); pip install matplotlib", file=sys.stderr)
+        return []
+    chosen = [r for r in rows if "ms" in r]
+    if not chosen:
+        return []
+    labels = [f"{r['model']} {r['input']} T={r['T']} B={r['B']} {r['mode']} | {r['subject']}" for r in chosen]
+    fig, ax = plt.subplots(figsize=(10.0, 1.5 + 0.3 * len(chosen)))
+    ax.barh(range(len(chosen)), [r["ms"] for r in chosen],
+            color=[plt.get_cmap("tab10")(MODES.index(r["mode"])) for r in chosen])
+    ax.set_yticks(range(len(chosen)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per training step")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "train_step.png", dpi=120)
+    plt.close(fig)
+    return ["train_step.png"]
+
+
+def environment(device: str) -> dict:
+    versions = {"torch": torch.__version__}
+    for name in ("triton", "cupy"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    dev = torch.device(device)
+    return dict(device=device_name(dev), flashspike=__version__, **versions,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    specs, skipped = row_specs(args)
+    rows = []
+    for spec in specs:
+        rows.append(run_spec(spec, args.row_timeout))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    report = dict(environment(args.device), skipped=skipped, rows=rows,
+                  settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
+                                steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
+                                layout_optimization=not args.no_layout_optimization))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
+    title = f"training step, {args.dtype}, {report['device']}, torch {report['torch']}, {report['date'][:10]}"
+    print(f"\n{title}")
+    for name, reason in skipped.items():
+        print(f"  not measured: {name}: {reason}")
+    print(format_table(rows))
+    charts = plot(rows, args.out, title)
+    print(f"\nwrote {args.out / 'train_benchmark.json'}" + "".join(f", {args.out / c}" for c in charts))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""One row of the training benchmark, run in a process of its own: build the model, time its steps.
+
+    python -m flashspike.benchmarks.train_worker '<row spec as JSON>'
+
+It prints one line ``ROW <json>`` with the measured row. A fresh process per row means the peak
+memory is counted from process start (a ``reduce-overhead`` graph pool included), a crash or a
+compiler cache never leaks into the next row, and the two SpikingJelly versions (both the package
+``spikingjelly``) each get the process whose PYTHONPATH puts theirs first.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cuda_utils import median_seconds
+
+INPUTS = {  # name -> (channels, height, width, num_classes)
+    "cifar": (3, 32, 32, 10),
+    "imagenet": (3, 224, 224, 1000),
+    "dvs": (2, 128, 128, 11),
+}
+MARKER = "ROW "
+BATCH_POOL = 2  # distinct synthetic batches the steps cycle through
+
+
+def adapt_stem(model: nn.Module, channels: int) -> None:
+    """Give the first convolution ``channels`` input channels (the zoo's stems take 3; DVS events 2)."""
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != channels:
+                    # the same class (SpikingJelly 2.x's own Conv2d keeps its step mode), fresh weights
+                    stem = type(child)(channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                       bias=child.bias is not None)
+                    if hasattr(child, "step_mode"):
+                        stem.step_mode = child.step_mode
+                    setattr(parent, name, stem)
+                return
+
+
+def build_flashspike(spec, num_classes):
+    from .. import functional, neuron, surrogate
+    from ..model import sew_resnet, spiking_vgg
+
+    node = dict(multi_step_neuron=neuron.MultiStepIFNode, surrogate_function=surrogate.ATan(), detach_reset=True,
+                backend=spec["backend"])
+    if spec["model"] == "fmnist":
+        from ..examples.csnn import CSNN
+
+        memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
+        return CSNN(spec["T"], backend=spec["backend"], memory_format=memory_format), functional.reset_net
+    if spec["model"] == "sew_resnet18":
+        return sew_resnet.multi_step_sew_resnet18(num_classes=num_classes, cnf="ADD", **node), functional.reset_net
+    return spiking_vgg.multi_step_spiking_vgg11_bn(num_classes=num_classes, **node), functional.reset_net
+
+
+def build_sj014(spec, num_classes):
+    import spikingjelly
+    from spikingjelly.clock_driven import functional, neuron, surrogate
+
+    version = getattr(spikingjelly, "__version__", "0.0.0.0.14")
+    from spikingjelly.clock_driven.model import sew_resnet, spiking_vgg
+
+    backend = "cupy" if spec["device"].startswith("cuda") else "torch"
+    node = dict(multi_step_neuron=neuron.MultiStepIFNode, surrogate_function=surrogate.ATan(), detach_reset=True,
+                backend=backend)
+    if spec["model"] == "sew_resnet18":
+        model = sew_resnet.multi_step_sew_resnet18(num_classes=num_classes, cnf="ADD", **node)
+    else:
+        model = spiking_vgg.multi_step_spiking_vgg11_bn(num_classes=num_classes, **node)
+    return model, functional.reset_net, f"SpikingJelly {version} {backend}"
+
+
+def build_sj2(spec, num_classes):
+    import importlib.metadata
+
+    from spikingjelly.activation_based import functional, neuron, surrogate
+    from spikingjelly.activation_based.model import sew_resnet, spiking_vgg
+
+    node = dict(spiking_neuron=neuron.IFNode, surrogate_function=surrogate.ATan(), detach_reset=True)
+    if spec["model"] == "sew_resnet18":
+        model = sew_resnet.sew_resnet18(num_classes=num_classes, cnf="ADD", **node)
+    else:
+        model = spiking_vgg.spiking_vgg11_bn(num_classes=num_classes, **node)
+    functional.set_step_mode(model, "m")
+    return model, functional.reset_net, f"SpikingJelly {importlib.metadata.version('spikingjelly')}"
+
+
+def check_peer_version(subject: str) -> None:
+    """The ``spikingjelly`` this process found must be the peer's version: name the path flag otherwise."""
+    import importlib.util
+
+    import spikingjelly
+
+    has_014 = importlib.util.find_spec("spikingjelly.clock_driven") is not None
+    if subject == "sj014" and not has_014:
+        raise ImportError(f"the spikingjelly at {spikingjelly.__path__[0]} has no clock_driven API (not "
+                          "0.0.0.0.14); give --sj014-path")
+    if subject == "sj2" and has_014:
+        raise ImportError(f"the spikingjelly at {spikingjelly.__path__[0]} is 0.0.0.0.14, not 2.x; give --sj2-path")
+
+
+def make_batches(spec, device, memory_format):
+    """``BATCH_POOL`` random batches: ``[T, B, C, H, W]`` (the fmnist net: static ``[B, 1, 28, 28]``)."""
+    T, B = spec["T"], spec["B"]
+    channels, height, width, num_classes = (1, 28, 28, 10) if spec["model"] == "fmnist" else INPUTS[spec["input"]]
+    batches = []
+    for _ in range(BATCH_POOL):
+        if spec["model"] == "fmnist":
+            x = torch.rand(B, 1, 28, 28, device=device)
+        elif memory_format == torch.channels_last:
+            # [T, B, H, W, C] seen as [T, B, C, H, W]: flattened over T·B it is a channels-last batch
+            x = torch.rand(T, B, height, width, channels, device=device).permute(0, 1, 4, 2, 3)
+        else:
+            x = torch.rand(T, B, channels, height, width, device=device)
+        batches.append((x, torch.randint(0, num_classes, (B,), device=device)))
+    return batches, num_classes, channels
+
+
+def run_row(spec: dict) -> dict:
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    if not spec["layout_optimization"]:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.layout_optimization = False
+    memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
+    batches, num_classes, channels = make_batches(spec, device, memory_format)
+    amp_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec["dtype"])
+    row = {}
+    if spec["subject"] == "flashspike":
+        model, reset_net = build_flashspike(spec, num_classes)
+        from .. import backends
+
+        probe = torch.zeros(spec["T"], 1, device=device, dtype=amp_dtype or torch.float32)
+        row["subject"] = f"flashspike {backends.resolve(spec['backend'], probe).name}"  # 'auto' resolved
+    else:
+        check_peer_version(spec["subject"])
+        model, reset_net, row["subject"] = (build_sj014 if spec["subject"] == "sj014" else build_sj2)(spec, num_classes)
+    if spec["model"] != "fmnist":
+        adapt_stem(model, channels)
+    model = model.to(device, memory_format=memory_format).train()
+    net = model
+    if spec["mode"] == "compile":
+        model = torch.compile(model)
+    elif spec["mode"] == "reduce-overhead":
+        model = torch.compile(model, mode="reduce-overhead")
+    captured = spec["mode"] == "captured"
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if cuda else {}))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    def step(x, labels):
+        """Forward, loss, backward, SGD step; capturable (gradients zeroed in place, no autocast cache)."""
+        if spec["mode"] == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        optimizer.zero_grad(set_to_none=not captured)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
+                            cache_enabled=not captured):
+            out = model(x)
+        if spec["model"] == "fmnist":  # the example's loss: firing rates against one-hot targets
+            loss = F.mse_loss(out.float(), F.one_hot(labels, num_classes).float())
+        else:
+            loss = F.cross_entropy(out.float().mean(0), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        reset_net(net)
+        return loss.detach(), out.detach()
+
+    if captured:
+        from ..examples.captured_step import CapturedStep
+
+        step = CapturedStep(step, optimizer, device, warmup_steps=3)
+    counter = iter(range(1 << 62))
+
+    def call():
+        return step(*batches[next(counter) % BATCH_POOL])
+
+    started = time.perf_counter()
+    for _ in range(max(spec["warmup"], 5 if captured else 1)):
+        call()
+    if cuda:
+        torch.cuda.synchronize(device)
+    row["warmup_s"] = time.perf_counter() - started  # compilation and capture included
+    row["ms"] = median_seconds(call, device, spec["repeats"], spec["steps"]) * 1e3
+    row["images_per_s"] = spec["B"] / (row["ms"] * 1e-3)
+    if spec["epoch_steps"]:
+        if cuda:
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        total = torch.zeros((), device=device)
+        for _ in range(spec["epoch_steps"]):
+            total += call()[0]
+        total.item()  # the epoch ends when its last loss is on the host
+        row["epoch_s"] = time.perf_counter() - started
+    row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    return row
+
+
+def main(argv=None) -> None:
+    spec = json.loads((argv or sys.argv[1:])[0])
+    try:
+        row = run_row(spec)
+    except Exception as error:  # recorded in the row: a failing case never stops the run
+        row = {"error": f"{type(error).__name__}: {error}"[:500]}
+    print(MARKER + json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The training benchmark as a user runs it, on the CPU at a tiny size: rows, JSON, table, peers."""
+
+import json
+
+import pytest
+import torch
+
+from flashspike.benchmarks import train as bench
+from flashspike.benchmarks import train_worker
+
+TINY = ["--b", "2", "--t", "2", "--warmup", "1", "--steps", "1", "--repeats", "1", "--backend", "torch",
+        "--device", "cpu"]
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as done:
+        bench.parse_args(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--models", "--input", "--t", "--b", "--modes", "--dtype", "--backend", "--memory-format",
+                 "--warmup", "--steps", "--repeats", "--epoch-steps", "--peers", "--sj014-path", "--sj2-path",
+                 "--out", "--version"):
+        assert flag in text
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("flashspike ")
+
+
+@pytest.mark.parametrize("argv", [["--b", "0"], ["--t", "4", "0"], ["--modes", "jit"], ["--models", "resnet50"],
+                                  ["--input", "mnist"], ["--dtype", "float64"], ["--epoch-steps", "-1"]])
+def test_bad_arguments_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as done:
+        bench.parse_args(argv)
+    assert done.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cpu_run_writes_rows_json_and_table(tmp_path, capsys):
+    report = bench.main(["--models", "fmnist", "sew_resnet18", "--modes", "eager", "captured",
+                         "--epoch-steps", "1", "--out", str(tmp_path), *TINY])
+    saved = json.loads((tmp_path / "train_benchmark.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["torch"] == torch.__version__ and saved["date"] and "cupy" in saved and "triton" in saved
+    rows = {(r["model"], r["mode"]): r for r in saved["rows"]}
+    assert set(rows) == {(m, mode) for m in ("fmnist", "sew_resnet18") for mode in ("eager", "captured")}
+    for model in ("fmnist", "sew_resnet18"):
+        eager = rows[model, "eager"]
+        assert "error" not in eager, eager
+        assert eager["ms"] > 0 and eager["images_per_s"] == pytest.approx(2 / (eager["ms"] * 1e-3))
+        assert eager["epoch_s"] > 0 and eager["peak_MiB"] is None and eager["subject"] == "flashspike torch"
+        assert rows[model, "captured"]["error"] == "needs CUDA"
+    assert rows["sew_resnet18", "eager"]["input"] == "cifar"
+    out = capsys.readouterr().out
+    assert "| sew_resnet18 | cifar | 2 | 2 | eager | flashspike torch |" in out and "failed: needs CUDA" in out
+
+
+def test_a_failing_row_is_recorded_not_raised(tmp_path):
+    # a backend that cannot run on the CPU fails inside the worker; the run goes on and records why
+    report = bench.main(["--models", "fmnist", "--modes", "eager", "--out", str(tmp_path), *TINY[:-4],
+                         "--backend", "cupy", "--device", "cpu"])
+    (row,) = report["rows"]
+    assert "ms" not in row and row["error"] and "| failed: " in bench.format_table([row])
+
+
+def test_the_stem_takes_dvs_channels():
+    from flashspike.model import sew_resnet
+    from flashspike import neuron
+
+    model = sew_resnet.multi_step_sew_resnet18(num_classes=11, multi_step_neuron=neuron.MultiStepIFNode, cnf="ADD")
+    train_worker.adapt_stem(model, 2)
+    assert model.conv1.in_channels == 2 and model.conv1.out_channels == 64 and model.conv1.stride == (2, 2)
+    assert model.eval()(torch.rand(1, 1, 2, 32, 32)).shape == (1, 1, 11)
+
+
+def test_a_missing_peer_path_is_skipped_with_the_reason(tmp_path):
+    args = bench.parse_args(["--peers", "--sj014-path", str(tmp_path / "nowhere"), "--sj2-path", str(tmp_path),
+                             "--modes", "eager", *TINY])
+    specs, skipped = bench.row_specs(args)
+    assert set(skipped) == {"SpikingJelly 0.0.0.0.14", "SpikingJelly 2.x"}
+    assert "no spikingjelly package under" in skipped["SpikingJelly 0.0.0.0.14"]
+    assert [s["subject"] for s in specs] == ["flashspike"]
+
+
+@pytest.fixture
+def torchvision_stub(tmp_path, monkeypatch):
+    """A ``torchvision.models.utils`` whose download raises: what SpikingJelly's zoo imports, nothing more."""
+    package = tmp_path / "stub" / "torchvision" / "models"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "utils.py").write_text(
+        "def load_state_dict_from_url(*args, **kwargs):\n    raise RuntimeError('no downloads in tests')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stub"))
+    return tmp_path / "stub"
+
+
+def test_spikingjelly_014_peer_runs_in_its_subprocess(tmp_path, torchvision_stub):
+    spikingjelly = pytest.importorskip("spikingjelly")
+    pytest.importorskip("spikingjelly.clock_driven")
+    from pathlib import Path
+
+    site = Path(spikingjelly.__path__[0]).parent
+    args = bench.parse_args(["--peers", "--sj014-path", str(site), "--sj2-path", str(tmp_path / "none"),
+                             "--modes", "eager", "--models", "sew_resnet18", *TINY])
+    specs, skipped = bench.row_specs(args)
+    assert [s["subject"] for s in specs] == ["flashspike", "sj014"] and "SpikingJelly 2.x" in skipped
+    peer = bench.run_spec(specs[1], timeout=300)  # the subprocess with the 0.0.0.0.14 path first
+    assert "error" not in peer, peer
+    assert peer["subject"] == "SpikingJelly 0.0.0.0.14 torch" and peer["ms"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["captured", "reduce-overhead"])
+def test_cuda_graph_modes_run_for_sew_resnet18(mode, tmp_path):
+    report = bench.main(["--models", "sew_resnet18", "--modes", mode, "--b", "4", "--t", "2", "--warmup", "6",
+                         "--steps", "3", "--repeats", "2", "--out", str(tmp_path)])
+    (row,) = report["rows"]
+    assert "error" not in row, row
+    assert row["ms"] > 0 and row["peak_MiB"] > 0
