@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The combined GPU run (the `run` device tool, kind nvidia-h200-x2, carry .whl and .device_data):
+# The combined GPU run on a CUDA machine (peer wheels in .whl, Fashion-MNIST in .device_data):
 #   PART=check    the whole test suite on the GPU (kernel backends required, not skipped)
 #   PART=bench    the neuron benchmark with the peers, and the host-overhead measurement
 #   PART=example  the Fashion-MNIST example (tools/gpu_example.sh; SECTIONS picks its runs): step bench, full

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# torch.compile and CUDA graphs on a CUDA machine (issue 6), for docs/benchmarks.md:
+# torch.compile and CUDA graphs on a CUDA machine, for docs/benchmarks.md:
 #   1. the gpu-marked tests of tests/test_compile.py, with backends 'cupy' and 'triton' required (a
 #      missing one fails instead of being skipped): fullgraph compile against eager, opcheck on CUDA,
 #      and a conv SNN training step captured as one CUDA graph and replayed against eager;

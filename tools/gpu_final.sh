@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The last GPU check of a session (kind nvidia-h200-x2, carry .whl and .device_data): the whole test suite
+# A last GPU check (peer wheels in .whl, Fashion-MNIST in .device_data): the whole test suite
 # with both kernel backends required, the example's step time eager and captured, a full 64-epoch run of
 # the default command, and a profile of the eager step. Logs under $OUT/final.
 set -u
