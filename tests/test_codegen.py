@@ -33,7 +33,7 @@ def test_rendering_in_both_languages():
 # Each function in CUDA's accurate float32 spelling, and Triton's (composed where Triton's core lacks it).
 SPELLINGS = [
     ("exp", "expf(x)", "tl.exp(x)"), ("log", "logf(x)", "tl.log(x)"), ("sqrt", "sqrtf(x)", "tl.sqrt(x)"),
-    ("sin", "sinf(x)", "tl.sin(x)"), ("cos", "cosf(x)", "tl.cos(x)"), ("erf", "erff(x)", "tl.erf(x)"),
+    ("sin", "sinpif((x * 0.3183098861837907f))", "tl.sin(x)"), ("cos", "cospif((x * 0.3183098861837907f))", "tl.cos(x)"), ("erf", "erff(x)", "tl.erf(x)"),
     ("erfc", "erfcf(x)", "(1.0 - tl.erf(x))"), ("atan", "atanf(x)", None),
 ]
 

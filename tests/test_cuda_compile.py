@@ -139,6 +139,9 @@ struct alignas(8) uint2 { unsigned int x, y; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+// CUDA's sin(pi x) and cos(pi x), which C++ lacks: pi x in double, as exact as the device's reduction.
+inline float sinpif(float x) { return (float)std::sin(3.14159265358979323846 * (double)x); }
+inline float cospif(float x) { return (float)std::cos(3.14159265358979323846 * (double)x); }
 """
 
 # The storage conversions of PRELUDE, for the host (the device spells them in PTX): float16 through

@@ -16,15 +16,18 @@ comparisons (``<``, ``<=``, ``>``, ``>=``) on expressions give conditions for ``
 ``let(name, value)`` names an intermediate so that generated code computes it once (for tensors it
 is the identity).
 
-CUDA spells every function with its accurate float32 routine (``expf``, ``atanf``, ``erfcf``...;
-no ``__expf``-style intrinsics). Triton's core language has no arctangent, erfc or pow, and
+CUDA spells most functions with their accurate float32 routines (``expf``, ``atanf``,
+``erfcf``...; no ``__expf``-style intrinsics). Triton's core language has no arctangent, erfc or pow, and
 ``libdevice`` does not run in Triton's CPU interpreter, so those three are composed from what it
 has: ``erfc(z) = 1 − erf(z)`` (the same to float32's absolute rounding, not relative to a tiny
 result), and ``atan`` as a polynomial after range reduction (within 2·10⁻⁷ relative of the true
 value). ``pow`` is composed in both languages: a whole exponent up to 4 in size as products (and one
 division for a negative one), any other as ``exp2(k·log2 b)`` in CUDA and ``exp(k·log b)`` in
 Triton; CUDA's ``powf`` computes its logarithm in extended precision, several times the cost of
-the kernel's whole step, for an accuracy the surrogate's slope does not need.
+the kernel's whole step, for an accuracy the surrogate's slope does not need. CUDA's ``sin(z)`` and
+``cos(z)`` are ``sinpif(z/π)`` and ``cospif(z/π)``: their range reduction is exact and branch-free,
+where ``sinf``/``cosf`` carry a slow path for large arguments (a call with a stack frame, and more
+registers around it); the rounding of z/π costs an absolute error of about |z|·10⁻⁷.
 """
 
 from __future__ import annotations
@@ -156,10 +159,13 @@ CUDA = Language(
     name="cuda",
     const_suffix="f",
     functions={"exp": "expf", "log": "logf", "sqrt": "sqrtf", "abs": "fabsf", "sin": "sinf", "cos": "cosf",
-               "atan": "atanf", "erf": "erff", "erfc": "erfcf", "exp2": "exp2f", "log2": "log2f"},
+               "atan": "atanf", "erf": "erff", "erfc": "erfcf", "exp2": "exp2f", "log2": "log2f",
+               "sinpi": "sinpif", "cospi": "cospif"},
     where_template="({c} ? {a} : {b})",
     assign_template="const float {name} = {value};",
-    compositions={"pow": lambda e, base, k: _pow_composed(e, base, k, "exp2", "log2")},
+    compositions={"pow": lambda e, base, k: _pow_composed(e, base, k, "exp2", "log2"),
+                  "sin": lambda e, z: Expr("sinpi", z * (1.0 / math.pi)),
+                  "cos": lambda e, z: Expr("cospi", z * (1.0 / math.pi))},
 )
 
 # Whole exponents up to this size become products of the base (at most 2 multiplications).
