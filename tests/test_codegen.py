@@ -2,6 +2,9 @@
 the shared fused autograd Function driven by that Python 'kernel'."""
 
 import itertools
+import math
+import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,7 +33,7 @@ def test_rendering_in_both_languages():
 # Each function in CUDA's accurate float32 spelling, and Triton's (composed where Triton's core lacks it).
 SPELLINGS = [
     ("exp", "expf(x)", "tl.exp(x)"), ("log", "logf(x)", "tl.log(x)"), ("sqrt", "sqrtf(x)", "tl.sqrt(x)"),
-    ("sin", "sinf(x)", "tl.sin(x)"), ("cos", "cosf(x)", "tl.cos(x)"), ("erf", "erff(x)", "tl.erf(x)"),
+    ("sin", "sinpif((x * 0.3183098861837907f))", "tl.sin(x)"), ("cos", "cospif((x * 0.3183098861837907f))", "tl.cos(x)"), ("erf", "erff(x)", "tl.erf(x)"),
     ("erfc", "erfcf(x)", "(1.0 - tl.erf(x))"), ("atan", "atanf(x)", None),
 ]
 
@@ -41,8 +44,44 @@ def test_function_spellings(name, cuda_text, triton_text):
     assert CUDA.render(getattr(Emitter(CUDA), name)(x)) == cuda_text
     if triton_text is not None:
         assert TRITON.render(getattr(Emitter(TRITON), name)(x)) == triton_text
-    assert CUDA.render(Emitter(CUDA).pow(x, -2.5)) == "powf(x, (-2.5f))"
-    assert TRITON.render(Emitter(TRITON).pow(x, 3)) == "tl.exp((3.0 * tl.log(x)))"
+
+
+def test_pow_spellings():
+    """A non-whole exponent goes through a logarithm; a small whole one becomes products (and one
+    division when negative), which is exact to two roundings and much cheaper than CUDA's powf."""
+    x = var("x")
+    assert CUDA.render(Emitter(CUDA).pow(x, -2.5)) == "exp2f(((-2.5f) * log2f(x)))"
+    assert TRITON.render(Emitter(TRITON).pow(x, 0.5)) == "tl.exp((0.5 * tl.log(x)))"
+    assert TRITON.render(Emitter(TRITON).pow(x, 5)) == "tl.exp((5.0 * tl.log(x)))"
+    assert CUDA.render(Emitter(CUDA).pow(x, 1)) == "x"
+    assert CUDA.render(Emitter(CUDA).pow(x, 0)) == "1.0f"
+    e = Emitter(CUDA)
+    assert CUDA.render(e.pow(x + 1.0, -2)) == "(1.0f / _t1_pow_square)"
+    assert e.lines == ["const float _t0_pow_base = (x + 1.0f);",
+                       "const float _t1_pow_square = (_t0_pow_base * _t0_pow_base);"]
+    e = Emitter(TRITON)
+    assert TRITON.render(e.pow(x, 3)) == "(_t0_pow_base * _t1_pow_square)"
+    assert e.lines == ["_t0_pow_base = x", "_t1_pow_square = (_t0_pow_base * _t0_pow_base)"]
+
+
+@pytest.mark.parametrize("k", [-4, -3, -2, -1, 1, 2, 3, 4, -2.5, 0.5, 7.0])
+@pytest.mark.parametrize("language", ["cuda", "triton"])
+def test_pow_composition_computes_the_power(language, k):
+    """The composed text, evaluated with Python's math in place of each language's functions."""
+    lang = {"cuda": CUDA, "triton": TRITON}[language]
+    e = Emitter(lang)
+    text = lang.render(e.pow(var("b"), k))
+    env = {"b": 1.7, "tl": SimpleNamespace(exp=math.exp, log=math.log), "exp2f": lambda v: 2.0 ** v,
+           "log2f": math.log2}
+
+    def python(source):  # CUDA's float literals without their suffix
+        return re.sub(r"(?<![\w.])(\d[\d.e+-]*)f\b", r"\1", source)
+
+    for line in e.lines:
+        name, value = line.removeprefix("const float ").rstrip(";").split(" = ")
+        env[name] = eval(python(value), env)
+    result = eval(python(text), env)
+    assert result == pytest.approx(1.7 ** k, rel=1e-12)
 
 
 def test_rendering_refuses_what_it_cannot_spell():

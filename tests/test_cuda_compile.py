@@ -73,10 +73,15 @@ def _compile_unit() -> tuple[str, int]:
         if index == 0:  # every dtype and switch set around one option set
             for dtype in src.STORAGE_TYPES:
                 yield from (src.forward_name(dtype, *s) for s in src.forward_flag_sets(dtype))
-                yield from (src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype))
-        else:  # every option set's step, with every switch on and 16-byte accesses
+                yield from (src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype, option_sets[0]))
+        else:  # every option set's step, with every switch on and vectorized accesses
+            p = option_sets[index]
             yield src.forward_name(torch.float32, True, True, True, 4)
-            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, 4)
+            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False,
+                                    src.backward_vector_width(torch.float32, p))
+            if p.backward_reads_v_prev:  # its narrower backward access in 16 bits too
+                yield src.backward_name(torch.float16, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False,
+                                        src.backward_vector_width(torch.float16, p))
 
     return _translation_unit(option_sets, instantiations_of)
 
@@ -139,6 +144,9 @@ struct alignas(8) uint2 { unsigned int x, y; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
 inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+// CUDA's sin(pi x) and cos(pi x), which C++ lacks: pi x in double, as exact as the device's reduction.
+inline float sinpif(float x) { return (float)std::sin(3.14159265358979323846 * (double)x); }
+inline float cospif(float x) { return (float)std::cos(3.14159265358979323846 * (double)x); }
 """
 
 # The storage conversions of PRELUDE, for the host (the device spells them in PTX): float16 through
@@ -207,7 +215,7 @@ def _emulation_library(folder, option_sets, cases):
         parts.append(f"namespace fs_{index} {{\n{src.kernel_source(p)}\n}}\n")
         for dtype in (dtype for option, dtype in cases if option == index):
             names = [src.forward_name(dtype, *s) for s in src.forward_flag_sets(dtype)]
-            names += [src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype)]
+            names += [src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype, p)]
             for name in names:
                 symbol = f"fs_entry_{len(entries)}"
                 kernel = name.split("<")[0]
@@ -355,8 +363,12 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
                 got, ref = got[..., keep], ref[..., keep]
             scale = max(ref.abs().max().item(), 1.0)
             torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{case}: {m}")
-    vec = src.vector_width(dtype) if n % src.vector_width(dtype) == 0 else 1
-    assert {int(re.search(r", (\d+), \d+>$", name).group(1)) for name in kernels.launched} == {vec}
+    # Each kernel at its own width (the backward of a neuron that rebuilds V[t-1] at half of it).
+    expected = {"fs_forward": src.vector_width(dtype), "fs_backward": src.backward_vector_width(dtype, p)}
+    for name in kernels.launched:
+        vec = int(re.search(r", (\d+), \d+>$", name).group(1))
+        width = expected[name.split("<")[0]]
+        assert vec == (width if n % width == 0 else 1), name
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

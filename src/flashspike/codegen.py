@@ -16,12 +16,18 @@ comparisons (``<``, ``<=``, ``>``, ``>=``) on expressions give conditions for ``
 ``let(name, value)`` names an intermediate so that generated code computes it once (for tensors it
 is the identity).
 
-CUDA spells every function with its accurate float32 routine (``expf``, ``atanf``, ``erfcf``,
-``powf``...; no ``__expf``-style intrinsics). Triton's core language has no arctangent, erfc or pow,
-and ``libdevice`` does not run in Triton's CPU interpreter, so those three are composed from what
-it has: ``pow(b, k) = exp(k·log b)``, ``erfc(z) = 1 − erf(z)`` (the same to float32's absolute
-rounding, not relative to a tiny result), and ``atan`` as a polynomial after range reduction
-(within 2·10⁻⁷ relative of the true value).
+CUDA spells most functions with their accurate float32 routines (``expf``, ``atanf``,
+``erfcf``...; no ``__expf``-style intrinsics). Triton's core language has no arctangent, erfc or pow, and
+``libdevice`` does not run in Triton's CPU interpreter, so those three are composed from what it
+has: ``erfc(z) = 1 − erf(z)`` (the same to float32's absolute rounding, not relative to a tiny
+result), and ``atan`` as a polynomial after range reduction (within 2·10⁻⁷ relative of the true
+value). ``pow`` is composed in both languages: a whole exponent up to 4 in size as products (and one
+division for a negative one), any other as ``exp2(k·log2 b)`` in CUDA and ``exp(k·log b)`` in
+Triton; CUDA's ``powf`` computes its logarithm in extended precision, several times the cost of
+the kernel's whole step, for an accuracy the surrogate's slope does not need. CUDA's ``sin(z)`` and
+``cos(z)`` are ``sinpif(z/π)`` and ``cospif(z/π)``: their range reduction is exact and branch-free,
+where ``sinf``/``cosf`` carry a slow path for large arguments (a call with a stack frame, and more
+registers around it); the rounding of z/π costs an absolute error of about |z|·10⁻⁷.
 """
 
 from __future__ import annotations
@@ -153,14 +159,38 @@ CUDA = Language(
     name="cuda",
     const_suffix="f",
     functions={"exp": "expf", "log": "logf", "sqrt": "sqrtf", "abs": "fabsf", "sin": "sinf", "cos": "cosf",
-               "atan": "atanf", "erf": "erff", "erfc": "erfcf", "pow": "powf"},
+               "atan": "atanf", "erf": "erff", "erfc": "erfcf", "exp2": "exp2f", "log2": "log2f",
+               "sinpi": "sinpif", "cospi": "cospif"},
     where_template="({c} ? {a} : {b})",
     assign_template="const float {name} = {value};",
+    compositions={"pow": lambda e, base, k: _pow_composed(e, base, k, "exp2", "log2"),
+                  "sin": lambda e, z: Expr("sinpi", z * (1.0 / math.pi)),
+                  "cos": lambda e, z: Expr("cospi", z * (1.0 / math.pi))},
 )
 
+# Whole exponents up to this size become products of the base (at most 2 multiplications).
+_POW_BY_PRODUCTS = 4
 
-def _pow_by_exp(e, base, k):
-    return Expr("exp", k * Expr("log", base))
+
+def _pow_composed(e, base, k, exp_op, log_op):
+    """``base ** k`` for a positive base: products for a small whole ``k`` (|k| <= 4), else
+    ``exp_op(k · log_op(base))`` (exp2/log2 or exp/log, one pair of the language's functions)."""
+    power = k.args[0]
+    if power != int(power) or abs(power) > _POW_BY_PRODUCTS:
+        return Expr(exp_op, k * Expr(log_op, base))
+    n = abs(int(power))
+    if n == 0:
+        return _lift(1.0)
+    b = e.let("pow_base", base) if n > 1 else base
+    result = None
+    square = b
+    while n:  # binary powering: b², b⁴ from one multiplication each
+        if n & 1:
+            result = square if result is None else result * square
+        n >>= 1
+        if n:
+            square = e.let("pow_square", square * square)
+    return result if power > 0 else 1.0 / result
 
 
 def _erfc_by_erf(e, z):
@@ -194,7 +224,8 @@ TRITON = Language(
                "cos": "tl.cos", "erf": "tl.erf"},
     where_template="tl.where({c}, {a}, {b})",
     assign_template="{name} = {value}",
-    compositions={"pow": _pow_by_exp, "erfc": _erfc_by_erf, "atan": _atan_by_polynomial},
+    compositions={"pow": lambda e, base, k: _pow_composed(e, base, k, "exp", "log"), "erfc": _erfc_by_erf,
+                  "atan": _atan_by_polynomial},
 )
 
 

@@ -20,7 +20,9 @@ the per-call switches and the vector width (UNROLL follows from the dtype), so t
 is ``(params.key, dtype, switches)``.
 
 EIF and PLIF rebuild V[t−1] in the backward pass from H[t−1] (see :mod:`.step_code`); the rows of
-H a thread loads for one unrolled chunk then include one more, H[t−1] of the chunk's last step.
+H a thread loads for one unrolled chunk then include one more, H[t−1] of the chunk's last step, and
+their backward moves 8 bytes per access instead of 16 (:func:`backward_vector_width`), which keeps its
+registers at LIF's level.
 PLIF's ∂L/∂w is summed in a register per thread, over its VEC neurons and every t, and each thread
 writes its sum to its own slot of ``grad_w_partials`` (N / VEC floats, summed by torch). That costs
 one float per VEC·T elements of H read (under 0.1% of the traffic at T = 128), needs no barrier, no
@@ -53,6 +55,7 @@ __all__ = [
     "kernel_source",
     "module_source",
     "vector_width",
+    "backward_vector_width",
     "forward_name",
     "backward_name",
     "forward_flag_sets",
@@ -373,6 +376,14 @@ def vector_width(dtype: torch.dtype) -> int:
     return 16 // _ELEMENT_SIZE[dtype]
 
 
+def backward_vector_width(dtype: torch.dtype, p: NeuronParams) -> int:
+    """The VEC of the vectorized backward kernel of ``p``: 16-byte accesses, or 8-byte ones for a neuron
+    that rebuilds V[t−1] (EIF, PLIF). Their extra row of H, V[−1] and PLIF's dL/dw term hold more values
+    per element: at 16 bytes ptxas (sm_90) gives PLIF's backward 40 registers in float32 and 64 in
+    float16 against LIF's 32 and 39, so fewer threads fit on a multiprocessor; at 8 bytes, 32 and 40."""
+    return vector_width(dtype) // 2 if p.backward_reads_v_prev else vector_width(dtype)
+
+
 def _cpp_bool(flag: bool) -> str:
     return "true" if flag else "false"
 
@@ -399,12 +410,12 @@ def forward_flag_sets(dtype: torch.dtype):
     return itertools.product((False, True), (False, True), (False, True), (1, vector_width(dtype)))
 
 
-def backward_flag_sets(dtype: torch.dtype):
-    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, vec) a launcher may ask for; at
-    least one output gradient is present (fused.py calls no backward otherwise)."""
+def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):
+    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, vec) a launcher may ask for for
+    ``p``; at least one output gradient is present (fused.py calls no backward otherwise)."""
     modes = (GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR)
     for gs, gv, store, gvi, summed, vec in itertools.product(
-        modes, modes, (False, True), (False, True), (False, True), (1, vector_width(dtype))
+        modes, modes, (False, True), (False, True), (False, True), (1, backward_vector_width(dtype, p))
     ):
         if gs != GRAD_ABSENT or gv != GRAD_ABSENT:
             yield gs, gv, store, gvi, summed, vec

@@ -29,7 +29,6 @@ PIP_HINT = (
 # tolerances of the parity tests.)
 _NVRTC_OPTIONS = ("-std=c++14",)
 
-_VECTOR_WIDTH = {dtype: src.vector_width(dtype) for dtype in src.STORAGE_TYPES}
 
 
 def _raw_stream_getter():
@@ -80,10 +79,10 @@ def _ptr(tensor: torch.Tensor | None) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
-def _vector_width(dtype: torch.dtype, n: int, *pointers: int) -> int:
-    """VEC for a launch: 16-byte accesses when N is a multiple of the width and every pointer is
-    16-byte aligned (a view with an offset may not be), else one element at a time."""
-    vec = _VECTOR_WIDTH[dtype]
+def _vector_width(dtype: torch.dtype, n: int, *pointers: int, vec: int | None = None) -> int:
+    """VEC for a launch: ``vec`` elements at a time (by default 16 bytes' worth) when N is a multiple of it
+    and every pointer is 16-byte aligned (a view with an offset may not be), else one at a time."""
+    vec = src.vector_width(dtype) if vec is None else vec
     if n % vec:
         return 1
     for pointer in pointers:
@@ -169,7 +168,7 @@ class CupyKernels:
         v_init = v_init if p.backward_reads_v_prev else None
         if v_init is not None:
             dense.append(v_init.data_ptr())
-        vec = _vector_width(h.dtype, n, *dense)
+        vec = _vector_width(h.dtype, n, *dense, vec=src.backward_vector_width(h.dtype, p))
         partials = fused.grad_w_partials(n // vec, h) if p.parametric else None
         device_index = h.device.index
         switches = (gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x, vec)
