@@ -115,8 +115,11 @@ def test_spikingjelly_014_peer_runs_in_its_subprocess(tmp_path, torchvision_stub
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["captured", "reduce-overhead"])
 def test_cuda_graph_modes_run_for_sew_resnet18(mode, tmp_path):
+    # (--no-layout-optimization and contiguous weights: torch 2.11's Inductor mispredicts a channels_last
+    # convolution's weight-gradient strides in these nets, see the README's torch.compile section)
     report = bench.main(["--models", "sew_resnet18", "--modes", mode, "--b", "4", "--t", "2", "--warmup", "6",
-                         "--steps", "3", "--repeats", "2", "--out", str(tmp_path)])
+                         "--steps", "3", "--repeats", "2", "--no-layout-optimization", "--memory-format", "contiguous",
+                         "--out", str(tmp_path)])
     (row,) = report["rows"]
     assert "error" not in row, row
     assert row["ms"] > 0 and row["peak_MiB"] > 0
