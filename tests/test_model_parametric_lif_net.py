@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from flashspike import functional, layer, neuron, surrogate
+from flashspike import functional, neuron, surrogate
 from zoo_reference import assert_matches_reference, key_shapes, on_meta, sj_neuron, sj_zoo, unfilled
 
 

@@ -31,7 +31,6 @@ import datetime
 import json
 import math
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 
 from .. import __version__, backends, neuron, surrogate
 from ..cuda_utils import median_seconds
+from .charts import pyplot
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 HOST_CASE = (4, 4096)  # (T, N) of the host-bound case
@@ -281,13 +281,8 @@ def format_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], out: Path, title: str) -> list[str]:
     """Bar charts of ms per call against T, one bar per subject and dtype; returns the files written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        print(f"charts skipped: matplotlib is not importable ({error}); pip install matplotlib", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
     for mode, name, what in (("f", "exe_time_f.png", "forward (eval, no_grad)"),

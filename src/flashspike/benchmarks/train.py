@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__, backends
+from .charts import pyplot
 from .neuron import device_name
 from .train_worker import INPUTS, MARKER
 
@@ -166,13 +167,8 @@ def format_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], out: Path, title: str) -> list[str]:
     """A horizontal bar per measured row: ms per step."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        print(f"chart skipped: matplotlib is not importable ({error}); pip install matplotlib", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return []
     chosen = [r for r in rows if "ms" in r]
     if not chosen:
