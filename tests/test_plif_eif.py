@@ -288,3 +288,10 @@ def test_cuda_graph_replays_with_the_current_w(name):
         expected = ref(static_x)
     assert not torch.equal(expected, neuron.MultiStepParametricLIFNode(backend="torch").cuda()(static_x).detach())
     torch.testing.assert_close(static_spike, expected, rtol=0, atol=0)
+
+
+def test_eif_tau_is_checked_on_assignment_as_at_construction():
+    node = neuron.MultiStepEIFNode()
+    with pytest.raises(ValueError, match="tau must be greater than 1"):
+        node.tau = 0.5
+    assert node.tau == 2.0

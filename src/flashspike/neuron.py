@@ -53,6 +53,13 @@ def _positive(name: str, value) -> float:
     return _number(name, value, positive=True)
 
 
+def _greater_than_one(name: str, value) -> float:
+    value = _number(name, value)
+    if not value > 1.0:
+        raise ValueError(f"{name} must be greater than 1, got {value!r}")
+    return value
+
+
 def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -454,14 +461,13 @@ class _ExponentialIF:
     """EIF: H[t] = V[t−1] + (X[t] + v_rest − V[t−1] + delta_T·exp((V[t−1] − theta_rh)/delta_T)) / tau.
     ``v_rest`` is where the leak pulls; a fresh neuron starts at v_reset (0 for soft reset)."""
 
-    _option_checks = {**_OPTION_CHECKS, "delta_T": _positive, "theta_rh": _number, "v_rest": _number}
+    _option_checks = {**_OPTION_CHECKS, "tau": _greater_than_one, "delta_T": _positive, "theta_rh": _number,
+                      "v_rest": _number}
 
     def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
                  surrogate_function=None, detach_reset=False, **multi_step):
-        tau, delta_T = _number("tau", tau), _number("delta_T", delta_T, positive=True)
+        tau, delta_T = _greater_than_one("tau", tau), _number("delta_T", delta_T, positive=True)
         theta_rh, v_rest = _number("theta_rh", theta_rh), _number("v_rest", v_rest)
-        if not tau > 1.0:
-            raise ValueError(f"tau must be greater than 1, got {tau!r}")
         if v_reset is not None and not (v_threshold > v_reset and v_rest >= v_reset):
             raise ValueError(f"EIF needs v_threshold > v_reset and v_rest >= v_reset, got v_threshold={v_threshold!r}, "
                              f"v_rest={v_rest!r}, v_reset={v_reset!r}")
