@@ -406,16 +406,23 @@ class S2NN(SurrogateFunction):
     def primitive(x, alpha, beta, m):
         return m.where(x < 0.0, m.sigmoid(alpha * x), beta * m.log(m.abs(x + 1.0) + _S2NN_LOG_EPS) + 0.5)
 
+    # Both sides as one quotient: σ(αx)(1 − σ(αx)) = e/(1 + e)² with e = exp(αx), so a step costs
+    # one exponential and one division instead of two divisions. e is taken of min(x, 0), so it
+    # never overflows on the side that does not use it (whose gradient would be 0·inf = NaN).
     @staticmethod
     def derivative(x, alpha, beta, m):
-        s = m.let("sigmoid", m.sigmoid(alpha * x))
-        # (x + 1 only where it is used: lanes that take the sigmoid side may hold x = −1)
-        return m.where(x < 0.0, alpha * s * (1.0 - s), beta / m.where(x < 0.0, 1.0, x + 1.0))
+        return _s2nn_slope(x, alpha, beta, x + 1.0, m)
 
     @staticmethod
     def primitive_derivative(x, alpha, beta, m):
-        s = m.let("sigmoid", m.sigmoid(alpha * x))
-        return m.where(x < 0.0, alpha * s * (1.0 - s), beta / (m.abs(x + 1.0) + _S2NN_LOG_EPS))
+        return _s2nn_slope(x, alpha, beta, m.abs(x + 1.0) + _S2NN_LOG_EPS, m)
+
+
+def _s2nn_slope(x, alpha, beta, log_side_denominator, m):
+    """α·σ(αx)(1 − σ(αx)) below 0, β / ``log_side_denominator`` from 0 on."""
+    below = m.let("below", m.where(x < 0.0, x, 0.0))
+    e = m.let("exp", m.exp(alpha * below))
+    return m.where(x < 0.0, alpha * e, beta) / m.where(x < 0.0, (1.0 + e) * (1.0 + e), log_side_denominator)
 
 
 class QPseudoSpike(SurrogateFunction):
