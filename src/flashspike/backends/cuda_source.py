@@ -16,7 +16,7 @@ it and converted to float32 in registers. The arithmetic of one step comes from
 compile-time switches. Everything constant per layer (thresholds, tau, the surrogate and its alpha)
 is baked into the source, so one source is one ``params.key`` (PLIF's decay k is the exception: the
 kernels read it from ``decay_ptr`` at run time); the template arguments are the dtype,
-the per-call switches and the vector width (UNROLL follows from the dtype), so the kernel cache key
+the per-call switches and the vector width (UNROLL follows from the dtype and VEC), so the kernel cache key
 is ``(params.key, dtype, switches)``.
 
 EIF and PLIF rebuild V[t−1] in the backward pass from H[t−1] (see :mod:`.step_code`); the rows of
@@ -71,10 +71,15 @@ BLOCK = 256
 
 # Time steps whose loads a thread issues together before computing them (the template argument
 # UNROLL): more bytes in flight per thread, which a streaming kernel needs to approach the copy
-# bandwidth. Keyed by (kernel, element size). Measured on an H200 at T=128, N=2^20 (tools/gpu_cupy.sh,
-# 2026-11-28): 2 suits float32 both ways (88-96% of the copy bandwidth); the 16-bit forward reached
-# 91% with 4 against 82% with 2, while the 16-bit backward did best with 2 (75-87%; 61% with 4).
-UNROLL = {("forward", 4): 2, ("forward", 2): 4, ("backward", 4): 2, ("backward", 2): 2}
+# bandwidth. Keyed by (kernel, element size, VEC); a VEC missing here takes the kernel's element-size
+# default. Measured on an H200 at T=128, N=2^20 (`python -m flashspike.benchmarks.neuron`): 2 suits
+# float32 both ways (88-96% of the copy bandwidth); the 16-bit forward reached 91% with 4 against 82%
+# with 2, while the 16-bit backward did best with 2 (75-87%; 61% with 4). The float32 backward of
+# EIF and PLIF moves 8 bytes per access (backward_vector_width): 4 steps keep as many bytes in flight
+# as LIF's 2 steps of 16 bytes, which brought every PLIF surrogate pair from 0.92-0.97 ms to 0.90-0.94
+# (forward + backward, T = 128).
+UNROLL = {("forward", 4): 2, ("forward", 2): 4, ("backward", 4): 2, ("backward", 2): 2,
+          ("backward", 4, 2): 4}
 
 PRELUDE = r"""
 // ---- storage types: elements live in memory as T and in registers as float ----
@@ -388,21 +393,22 @@ def _cpp_bool(flag: bool) -> str:
     return "true" if flag else "false"
 
 
-def _unroll(kernel: str, dtype: torch.dtype) -> int:
-    return UNROLL[(kernel, _ELEMENT_SIZE[dtype])]
+def _unroll(kernel: str, dtype: torch.dtype, vec: int) -> int:
+    size = _ELEMENT_SIZE[dtype]
+    return UNROLL.get((kernel, size, vec), UNROLL[(kernel, size)])
 
 
 def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq: bool, vec: int) -> str:
     """The C++ name of one forward instantiation (a name expression for NVRTC)."""
     flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq)))
-    return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}, {_unroll('forward', dtype)}>"
+    return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}, {_unroll('forward', dtype, vec)}>"
 
 
 def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq: bool, grad_v_init: bool,
                   sum_grad_x: bool, vec: int) -> str:
     """The C++ name of one backward instantiation; ``grad_spike``/``grad_v`` are GRAD_* modes."""
     return (f"fs_backward<{STORAGE_TYPES[dtype]}, {grad_spike}, {grad_v}, {_cpp_bool(store_v_seq)}, "
-            f"{_cpp_bool(grad_v_init)}, {_cpp_bool(sum_grad_x)}, {vec}, {_unroll('backward', dtype)}>")
+            f"{_cpp_bool(grad_v_init)}, {_cpp_bool(sum_grad_x)}, {vec}, {_unroll('backward', dtype, vec)}>")
 
 
 def forward_flag_sets(dtype: torch.dtype):
