@@ -7,6 +7,8 @@ Port SpikingJelly-style code by changing its import::
 
 from . import cuda_utils, encoding, functional, layer, monitor, neuron, rnn, surrogate
 from .backends import KNOWN_BACKENDS, BackendError
+from .compiling import compile
 
 __version__ = "0.1.0"
-__all__ = ["neuron", "surrogate", "layer", "functional", "encoding", "monitor", "rnn", "cuda_utils", "KNOWN_BACKENDS", "BackendError"]
+__all__ = ["neuron", "surrogate", "layer", "functional", "encoding", "monitor", "rnn", "cuda_utils", "KNOWN_BACKENDS", "BackendError",
+           "compile"]
