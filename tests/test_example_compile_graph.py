@@ -93,6 +93,24 @@ def test_cuda_graph_auto_captures_where_it_can(argv, world, captured, monkeypatc
     assert cli.parse_args(argv).cuda_graph is captured
 
 
+@pytest.mark.parametrize("argv, world, mode", [
+    (["-device", "cuda:0", "-compile"], 1, "reduce-overhead"),  # one GPU: CUDA graphs through the compiler
+    (["-device", "cuda:0", "-compile"], 2, "default"),  # torchrun
+    (["-device", "cpu", "-compile"], 1, "default"),
+    (["-device", "cuda:0", "-compile", "max-autotune-no-cudagraphs"], 1, "max-autotune-no-cudagraphs"),
+    (["-device", "cuda:0"], 1, False),
+])
+def test_compile_auto_picks_the_mode(argv, world, mode, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    assert cli.parse_args(argv).compile == mode
+
+
+def test_compile_takes_only_torch_compile_modes(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["-compile", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
+
+
 def test_cuda_graph_takes_only_its_three_values(capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["-cuda_graph", "yes"])

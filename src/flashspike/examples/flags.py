@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from .. import __version__, backends
+from .. import __version__, backends, compiling
 from .trainer import UsageError
 
 # The flags that define a run: a resumed run continues under the checkpoint's values of these.
@@ -94,8 +94,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     flag("bench_steps", type=int, default=0,
          help="time this many training steps on a random batch already on the device, report the step time and "
          "the peak memory of those steps (after a warm-up), and exit (no data set needed)")
-    flag("compile", action="store_true",
-         help="train through torch.compile(net, fullgraph=True); epoch 0's times include compiling")
+    flag("compile", nargs="?", const="auto", default=False, choices=("auto", *compiling.MODES),
+         help="train through flashspike.compile(net, mode=MODE, fullgraph=True) (torch.compile with the "
+         "setting deep conv SNNs need); the bare flag is 'auto': 'reduce-overhead' (CUDA graphs) on one CUDA "
+         "device, else 'default'; epoch 0's times include compiling")
     flag("cuda_graph", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
          help="capture the whole training step (forward, backward, optimizer step, loss scaling) as a CUDA graph "
          "after 3 warm-up steps and replay it for every full batch: the same computation without the host's "
@@ -147,6 +149,9 @@ def _check(args: argparse.Namespace, given: set[str]) -> None:
         raise UsageError("-cuda_graph trains in one process: DistributedDataParallel's gradient "
                          "all-reduce is not captured here; run without torchrun, or drop -cuda_graph")
     args.cuda_graph = args.cuda_graph == "on"  # from here on, whether the step is captured
+    if args.compile == "auto":
+        one_gpu = args.device.startswith("cuda") and processes == 1
+        args.compile = "reduce-overhead" if one_gpu else "default"
 
 
 def parse_args(argv=None, resumed_flags: dict | None = None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import backends, functional
+from .. import backends, compiling, functional
 from .captured_step import CapturedStep
 from .csnn import CSNN
 from .fashion_mnist import NUM_CLASSES
@@ -164,10 +164,13 @@ class Trainer:
                 # and contiguous strides differ only in a dimension of size 1, over the same memory; DDP
                 # compares the strides and warns about a mismatch that costs nothing.
                 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        # With CUDA graphs (-compile reduce-overhead) each step is marked: the previous step's outputs
+        # have been consumed by then (Totals.add queues its work at once).
+        self.mark_compiled_step = bool(args.compile) and compiling.uses_cuda_graphs(args.compile)
         if args.compile:
             # The neurons are custom operators the compiler sees through; their state stays a Python
             # attribute, which reset_net (outside the compiled region) puts back to rest.
-            self.model = torch.compile(self.model, fullgraph=True)
+            self.model = compiling.compile(self.model, mode=args.compile, fullgraph=True)
         # -cuda_graph: the step must be capturable (see captured_step.py), and every full batch replays it.
         self.capturable = bool(args.cuda_graph)
         self.train_step = self.step
@@ -207,6 +210,8 @@ class Trainer:
         It starts and ends with the neurons at rest. Capturable when ``self.capturable``: gradients are
         zeroed in place and autocast keeps no weight cache (its casts would live outside the graph).
         """
+        if self.mark_compiled_step:
+            torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=not self.capturable)
         with self._autocast(cache_enabled=not self.capturable):
             rates = self.model(as_input(images_u8))
