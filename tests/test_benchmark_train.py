@@ -18,7 +18,7 @@ def test_help_explains_every_flag(capsys):
     assert done.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--models", "--input", "--t", "--b", "--modes", "--dtype", "--backend", "--memory-format",
-                 "--warmup", "--steps", "--repeats", "--epoch-steps", "--peers", "--sj014-path", "--sj2-path",
+                 "--layout-optimization", "--warmup", "--steps", "--repeats", "--epoch-steps", "--peers", "--sj014-path", "--sj2-path",
                  "--out", "--version"):
         assert flag in text
 
@@ -54,7 +54,19 @@ def test_cpu_run_writes_rows_json_and_table(tmp_path, capsys):
         assert rows[model, "captured"]["error"] == "needs CUDA"
     assert rows["sew_resnet18", "eager"]["input"] == "cifar"
     out = capsys.readouterr().out
-    assert "| sew_resnet18 | cifar | 2 | 2 | eager | flashspike torch |" in out and "failed: needs CUDA" in out
+    assert "| sew_resnet18 | cifar | 2 | 2 | eager | channels_last | flashspike torch |" in out
+    assert "failed: needs CUDA" in out
+
+
+def test_compiled_rows_default_to_contiguous_weights_and_flashspike_compile():
+    args = bench.parse_args(["--models", "sew_resnet18", "--modes", *bench.MODES])
+    formats = {spec["mode"]: spec["memory_format"] for spec in bench.row_specs(args)[0]}
+    assert formats == {"eager": "channels_last", "captured": "channels_last", "compile": "contiguous",
+                       "reduce-overhead": "contiguous", "max-autotune-no-cudagraphs": "contiguous"}
+    assert all(not spec["layout_optimization"] for spec in bench.row_specs(args)[0])
+    args = bench.parse_args(["--modes", "compile", "--memory-format", "channels_last", "--layout-optimization"])
+    (spec,) = bench.row_specs(args)[0]
+    assert spec["memory_format"] == "channels_last" and spec["layout_optimization"]
 
 
 def test_a_failing_row_is_recorded_not_raised(tmp_path):
@@ -115,11 +127,10 @@ def test_spikingjelly_014_peer_runs_in_its_subprocess(tmp_path, torchvision_stub
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["captured", "reduce-overhead"])
 def test_cuda_graph_modes_run_for_sew_resnet18(mode, tmp_path):
-    # (--no-layout-optimization and contiguous weights: torch 2.11's Inductor mispredicts a channels_last
-    # convolution's weight-gradient strides in these nets, see the README's torch.compile section)
+    # (compiled rows go through flashspike.compile with contiguous weights by default: see the README's
+    # torch.compile section)
     report = bench.main(["--models", "sew_resnet18", "--modes", mode, "--b", "4", "--t", "2", "--warmup", "6",
-                         "--steps", "3", "--repeats", "2", "--no-layout-optimization", "--memory-format", "contiguous",
-                         "--out", str(tmp_path)])
+                         "--steps", "3", "--repeats", "2", "--out", str(tmp_path)])
     (row,) = report["rows"]
     assert "error" not in row, row
     assert row["ms"] > 0 and row["peak_MiB"] > 0

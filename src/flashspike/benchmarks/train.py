@@ -38,8 +38,9 @@ from .neuron import device_name
 from .train_worker import INPUTS, MARKER
 
 MODELS = ("sew_resnet18", "spiking_vgg11_bn", "fmnist")
-MODES = ("eager", "compile", "reduce-overhead", "captured")
+MODES = ("eager", "compile", "reduce-overhead", "max-autotune-no-cudagraphs", "captured")
 CUDA_ONLY_MODES = ("reduce-overhead", "captured")
+COMPILED_MODES = ("compile", "reduce-overhead", "max-autotune-no-cudagraphs")
 PEER_MODES = {"sj014": ("eager",), "sj2": ("eager", "reduce-overhead")}
 PEER_MODELS = ("sew_resnet18", "spiking_vgg11_bn")
 SRC_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the flashspike package
@@ -70,8 +71,10 @@ def parse_args(argv=None):
                         help="autocast dtype; float32 turns autocast off (default float16, with loss scaling)")
     parser.add_argument("--backend", choices=backends.KNOWN_BACKENDS, default="auto",
                         help="flashspike's neuron backend (default auto)")
-    parser.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last",
-                        help="layout of the weights and of the input flattened over T·B (default channels_last)")
+    parser.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
+                        help="layout of the weights and of the input flattened over T·B; auto: channels_last for eager "
+                             "and captured rows, contiguous for compiled ones (torch 2.11's Inductor mispredicts "
+                             "channels_last weights' gradients, see flashspike.compile) (default auto)")
     parser.add_argument("--warmup", type=positive, default=5,
                         help="steps before timing: compilation and capture happen here (default 5)")
     parser.add_argument("--steps", type=positive, default=20, help="steps per timed loop (default 20)")
@@ -79,8 +82,9 @@ def parse_args(argv=None):
     parser.add_argument("--epoch-steps", type=int, default=0, metavar="K",
                         help="also time an epoch of K steps on synthetic batches, to the last loss on the host "
                              "(default 0: not measured)")
-    parser.add_argument("--no-layout-optimization", action="store_true",
-                        help="set torch._inductor.config.layout_optimization = False in compiled rows")
+    parser.add_argument("--layout-optimization", action="store_true",
+                        help="compile with plain torch.compile (Inductor's layout optimization on) instead of "
+                             "flashspike.compile")
     parser.add_argument("--peers", action="store_true",
                         help="also measure SpikingJelly 0.0.0.0.14 and 2.x (sew_resnet18, spiking_vgg11_bn only)")
     parser.add_argument("--sj014-path", type=Path,
@@ -99,6 +103,12 @@ def parse_args(argv=None):
 
 # ---- the rows ----
 
+def row_memory_format(requested: str, mode: str) -> str:
+    if requested != "auto":
+        return requested
+    return "contiguous" if mode in COMPILED_MODES else "channels_last"
+
+
 def row_specs(args) -> tuple[list[dict], dict]:
     """Every row to run, and the peers not run with the reason why."""
     subjects, skipped = [("flashspike", None)], {}
@@ -111,7 +121,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
                 subjects.append((subject, path))
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
-                device=args.device, layout_optimization=not args.no_layout_optimization)
+                device=args.device, layout_optimization=args.layout_optimization)
     specs = []
     for model in args.models:
         for steps in args.t:
@@ -120,13 +130,14 @@ def row_specs(args) -> tuple[list[dict], dict]:
                     if subject != "flashspike" and (model not in PEER_MODELS or mode not in PEER_MODES[subject]):
                         continue
                     specs.append(dict(base, subject=subject, path=None if path is None else str(path), model=model,
-                                      input="fmnist" if model == "fmnist" else args.input, T=steps, mode=mode))
+                                      input="fmnist" if model == "fmnist" else args.input, T=steps, mode=mode,
+                                      memory_format=row_memory_format(args.memory_format, mode)))
     return specs, skipped
 
 
 def run_spec(spec: dict, timeout: int) -> dict:
     """One row in a fresh process; its error (or the end of its stderr) when it fails."""
-    row = {k: spec[k] for k in ("model", "input", "T", "B", "mode", "dtype")}
+    row = {k: spec[k] for k in ("model", "input", "T", "B", "mode", "dtype", "memory_format")}
     row["subject"] = {"flashspike": f"flashspike {spec['backend']}", "sj014": "SpikingJelly 0.0.0.0.14",
                       "sj2": "SpikingJelly 2.x"}[spec["subject"]]
     if spec["mode"] in CUDA_ONLY_MODES and not spec["device"].startswith("cuda"):
@@ -152,10 +163,11 @@ def run_spec(spec: dict, timeout: int) -> dict:
 # ---- reporting ----
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | input | T | B | mode | subject | ms/step | images/s | epoch s | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | T | B | mode | weights | subject | ms/step | images/s | epoch s | peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        head = f"| {r['model']} | {r['input']} | {r['T']} | {r['B']} | {r['mode']} | {r['subject']} |"
+        head = (f"| {r['model']} | {r['input']} | {r['T']} | {r['B']} | {r['mode']} | {r.get('memory_format', '-')} "
+                f"| {r['subject']} |")
         if "error" in r:
             lines.append(f"{head} failed: {r['error'][:120].replace('|', '/')} | | | |")
             continue
@@ -209,7 +221,7 @@ def main(argv=None) -> dict:
     report = dict(environment(args.device), skipped=skipped, rows=rows,
                   settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
                                 steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
-                                layout_optimization=not args.no_layout_optimization))
+                                layout_optimization=args.layout_optimization))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
     title = f"training step, {args.dtype}, {report['device']}, torch {report['torch']}, {report['date'][:10]}"

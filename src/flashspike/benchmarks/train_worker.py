@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import compiling
 from ..cuda_utils import median_seconds
 
 INPUTS = {  # name -> (channels, height, width, num_classes)
@@ -129,10 +130,6 @@ def run_row(spec: dict) -> dict:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    if not spec["layout_optimization"]:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.layout_optimization = False
     memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
     batches, num_classes, channels = make_batches(spec, device, memory_format)
     amp_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec["dtype"])
@@ -150,10 +147,12 @@ def run_row(spec: dict) -> dict:
         adapt_stem(model, channels)
     model = model.to(device, memory_format=memory_format).train()
     net = model
-    if spec["mode"] == "compile":
-        model = torch.compile(model)
-    elif spec["mode"] == "reduce-overhead":
-        model = torch.compile(model, mode="reduce-overhead")
+    if spec["mode"] in ("compile", "reduce-overhead", "max-autotune-no-cudagraphs"):
+        mode = "default" if spec["mode"] == "compile" else spec["mode"]
+        if spec["layout_optimization"]:  # Inductor's own default
+            model = torch.compile(model, mode=mode)
+        else:
+            model = compiling.compile(model, mode=mode)
     captured = spec["mode"] == "captured"
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if cuda else {}))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
