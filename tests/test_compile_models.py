@@ -83,7 +83,7 @@ class ResidualSNN(nn.Module):
     def forward(self, x_seq):
         s = self.sn1(self.stem(x_seq))
         s = s + self.sn2(self.block(s))  # SEW's ADD
-        return self.sn3(self.pool(s)).mean(0)
+        return self.sn3(self.pool(s))  # [T, B, 10], as the zoo's multi-step nets
 
 
 def _train_steps(model, net, batches, optimizer, scaler, autocast_dtype, device, mark_steps):
@@ -94,7 +94,7 @@ def _train_steps(model, net, batches, optimizer, scaler, autocast_dtype, device,
         optimizer.zero_grad()
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             out = model(x)
-        loss = F.cross_entropy(out.float(), labels)
+        loss = F.cross_entropy(out.float().mean(0), labels)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
