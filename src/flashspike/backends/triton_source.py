@@ -109,11 +109,15 @@ def backward_source(p: NeuronParams) -> str:
     else:
         v_start = tl.full([BLOCK], {v_rest}, tl.float32)
     h_next = tl.load(h_ptr + offset, mask=mask, other=0.0).to(tl.float32)  # H[T - 1]
+    h_ahead = tl.load(h_ptr + offset - N, mask=mask & (offset >= col + N), other=0.0).to(tl.float32)  # H[T - 2]
 """
+        # H[t−1] was loaded one step earlier and H[t−2] is requested here, for the next step: the load
+        # then has a whole step to arrive instead of stalling this one (V[t−1] needs H[t−1]).
         load_h = f"""\
         h = h_next
         has_prev = offset >= col + N  # t > 0
-        h_prev = tl.load(h_ptr + offset - N, mask=mask & has_prev, other=0.0).to(tl.float32)
+        h_prev = h_ahead
+        h_ahead = tl.load(h_ptr + offset - 2 * N, mask=mask & (offset >= col + 2 * N), other=0.0).to(tl.float32)
 {rebuild}
         v_prev = tl.where(has_prev, v_rebuilt, v_start)
         h_next = h_prev
