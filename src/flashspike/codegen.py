@@ -27,9 +27,7 @@ Triton; CUDA's ``powf`` computes its logarithm in extended precision, several ti
 the kernel's whole step, for an accuracy the surrogate's slope does not need. CUDA's ``sin(z)`` and
 ``cos(z)`` are ``sinpif(z/π)`` and ``cospif(z/π)``: their range reduction is exact and branch-free,
 where ``sinf``/``cosf`` carry a slow path for large arguments (a call with a stack frame, and more
-registers around it); the rounding of z/π costs an absolute error of about |z|·10⁻⁷. Triton's
-``sin`` and ``cos`` are composed for the same reason: a reduction by π/2 and two short polynomials,
-with no branch (within 3·10⁻⁷ of the true value for |z| up to a few thousand).
+registers around it); the rounding of z/π costs an absolute error of about |z|·10⁻⁷.
 """
 
 from __future__ import annotations
@@ -219,53 +217,15 @@ def _atan_by_polynomial(e, x):
     return e.where(x < 0.0, -r, r)
 
 
-# sin(r) ≈ r + r·r²·S(r²) and cos(r) ≈ 1 − r²/2 + r⁴·C(r²) for |r| <= π/4: the classic minimax
-# coefficients of single-precision libraries (within float32 rounding there). π/2 is split into three
-# parts, the first two with few enough bits that q times them is exact in float32 for |q| < 2^11, so
-# that z − q·π/2 loses (almost) nothing for the arguments of a surrogate's slope.
-_SIN_POLY = (-1.6666654611e-1, 8.3321608736e-3, -1.9515295891e-4)
-_COS_POLY = (4.166664568298827e-2, -1.388731625493765e-3, 2.443315711809948e-5)
-_HALF_PI_PARTS = (1.5703125, 4.837512969970703125e-4, 7.54978995489188216e-8)
-
-
-def _polynomial(z, coefficients):
-    result = _lift(coefficients[-1])
-    for c in reversed(coefficients[:-1]):
-        result = result * z + c
-    return result
-
-
-def _sin_cos_by_polynomial(e, z, cosine: bool):
-    """sin(z) or cos(z) without branches: z = q·π/2 + r with q the nearest whole number, then ±sin(r)
-    or ±cos(r) by q mod 4. (Triton's tl.sin and tl.cos carry a slow path for huge arguments, with a
-    stack frame, that costs the whole kernel registers and time.)"""
-    q = e.let("trig_q", Expr("floor", z * (2.0 / math.pi) + 0.5))
-    head, middle, tail = _HALF_PI_PARTS
-    r = e.let("trig_r", ((z - q * head) - q * middle) - q * tail)
-    r2 = e.let("trig_r2", r * r)
-    sin_r = e.let("trig_sin", r + r * r2 * _polynomial(r2, _SIN_POLY))
-    cos_r = e.let("trig_cos", 1.0 - 0.5 * r2 + r2 * r2 * _polynomial(r2, _COS_POLY))
-    odd = q - 2.0 * Expr("floor", q * 0.5) > 0.5
-    quadrant = e.let("trig_quadrant", q - 4.0 * Expr("floor", q * 0.25))  # 0, 1, 2 or 3
-    if cosine:  # cos r, −sin r, −cos r, sin r
-        magnitude = e.where(odd, sin_r, cos_r)
-        negative = e.where(quadrant > 0.5, e.where(quadrant < 2.5, -1.0, 1.0), 1.0)
-    else:  # sin r, cos r, −sin r, −cos r
-        magnitude = e.where(odd, cos_r, sin_r)
-        negative = e.where(quadrant > 1.5, -1.0, 1.0)
-    return negative * magnitude
-
-
 TRITON = Language(
     name="triton",
     const_suffix="",
-    functions={"exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt", "abs": "tl.abs", "erf": "tl.erf",
-               "floor": "tl.floor"},
+    functions={"exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt", "abs": "tl.abs", "sin": "tl.sin",
+               "cos": "tl.cos", "erf": "tl.erf"},
     where_template="tl.where({c}, {a}, {b})",
     assign_template="{name} = {value}",
     compositions={"pow": lambda e, base, k: _pow_composed(e, base, k, "exp", "log"), "erfc": _erfc_by_erf,
-                  "atan": _atan_by_polynomial, "sin": lambda e, z: _sin_cos_by_polynomial(e, z, False),
-                  "cos": lambda e, z: _sin_cos_by_polynomial(e, z, True)},
+                  "atan": _atan_by_polynomial},
 )
 
 
