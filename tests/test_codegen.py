@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flashspike import neuron, surrogate
-from flashspike.backends import fused, reference
+from flashspike.backends import fused, layouts, reference
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import CUDA, TORCH, TRITON, Emitter, var
 
@@ -108,12 +108,12 @@ class _TL:
 
 
 class PythonKernels:
-    """A kernel set (fused.py's contract) whose step is the generated Triton text run as Python."""
+    """A kernel set (kernel_set.py's contract) whose step is the generated Triton text run as Python."""
 
     def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
         fwd = compile("\n".join(forward_step(p, TRITON)), "<forward>", "exec")
         v = torch.full_like(x[0], p.v_rest) if v_init is None else v_init
-        spikes, hs, vs = fused.new_output(x.shape, x), fused.new_output(x.shape, x), fused.new_output(x.shape, x)
+        spikes, hs, vs = layouts.new_output(x.shape, x), layouts.new_output(x.shape, x), layouts.new_output(x.shape, x)
         for t in range(x.shape[0]):
             scope = {"tl": _TL, "x": x[t], "v": v}
             exec(fwd, scope)
@@ -124,7 +124,7 @@ class PythonKernels:
     def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None,
                  decay=None):
         bwd = compile("\n".join(backward_step(p, TRITON)), "<backward>", "exec")
-        grad_x = fused.new_output(h.shape, h)
+        grad_x = layouts.new_output(h.shape, h)
         grad_v = torch.zeros_like(h[0])
         if grad_v_out is not None and not store_v_seq:
             grad_v = grad_v + grad_v_out

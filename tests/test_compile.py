@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from flashspike import backends, functional, layer, neuron, surrogate
-from flashspike.backends import fused, ops, reference, torch_kernels
+from flashspike.backends import choice, fused, ops, reference, torch_kernels
 from flashspike.dynamics import charge
 from flashspike.params import NeuronParams
 
@@ -236,9 +236,9 @@ def test_kernel_sets_come_from_the_kernel_backend():
     class NotKernels:
         name = "c"
 
-    assert ops._backend_kernel_set(Kernels(), p) is own
+    assert choice._backend_kernel_set(Kernels(), p) is own
     with pytest.raises(NotImplementedError, match="backend 'c' is no fused.KernelBackend"):
-        ops._backend_kernel_set(NotKernels(), p)
+        choice._backend_kernel_set(NotKernels(), p)
 
 
 def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
@@ -270,9 +270,9 @@ def test_operator_bad_inputs_name_what_was_expected():
     for bad in [options.replace("tau=2.0,", ""), options.replace("leaky=True", "leaky=yes"), "", options + ",x=1"]:
         with pytest.raises(ValueError, match="bad neuron options .* expected what flashspike.backends.ops"):
             torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad)
-    with pytest.raises(ValueError, match=r"x of shape \[T, N\], got shape \(12,\)"):
+    with pytest.raises(ValueError, match=r"x of shape \[T, N, \*\] .*got shape \(12,\)"):
         _forward_op(x.flatten(), None, p)
-    with pytest.raises(ValueError, match=r"v_init of shape \[N\] = \(4,\) and dtype torch.float32"):
+    with pytest.raises(ValueError, match=r"v_init of one step's shape \[N, \*\] = \(4,\) and dtype torch.float32"):
         _forward_op(x, torch.zeros(4, dtype=torch.float64), p)
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         _forward_op(x, None, p, backend="tpu")

@@ -3,8 +3,8 @@ through CuPy and launched on PyTorch's tensors in place.
 
 The host path of one call is kept to dictionary look-ups and one launch: tensors go to the kernel as
 raw pointers (``data_ptr()``, no copy, no CuPy array), on the input's device and on PyTorch's current
-stream there (so CUDA graph capture and side streams work), outputs come from torch's allocator
-(:func:`fused.forward_outputs`), and nothing waits for the GPU. Compiled kernels are cached in memory by
+stream there (so CUDA graph capture and side streams work), outputs come ready from torch's allocator
+(:mod:`.layouts`), and nothing waits for the GPU. Compiled kernels are cached in memory by
 ``(params.key, dtype, switches, device)`` and on disk by CuPy (``~/.cupy/kernel_cache``).
 """
 
@@ -14,8 +14,9 @@ import warnings
 
 import torch
 
-from . import BackendError, fused
+from . import BackendError, fused, layouts
 from . import cuda_source as src
+from .kernel_set import KernelSet
 
 __all__ = ["BACKEND", "CupyBackend", "CupyKernels", "PIP_HINT"]
 
@@ -28,7 +29,6 @@ PIP_HINT = (
 # in the reference. (CuPy's compile adds -ftz=true: float32 denormals flush to zero, far below the
 # tolerances of the parity tests.)
 _NVRTC_OPTIONS = ("-std=c++14",)
-
 
 
 def _raw_stream_getter():
@@ -91,8 +91,8 @@ def _vector_width(dtype: torch.dtype, n: int, *pointers: int, vec: int | None = 
     return vec
 
 
-class CupyKernels:
-    """The kernel set of :mod:`flashspike.backends.fused` for CUDA tensors, through CuPy."""
+class CupyKernels(KernelSet):
+    """The launchers of the kernel set (:mod:`.kernel_set`) for CUDA tensors, through CuPy."""
 
     def __init__(self):
         self._functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
@@ -139,25 +139,20 @@ class CupyKernels:
             with cupy.cuda.Device(device_index):
                 function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
 
-    def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool, decay=None):
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p) -> None:
         steps = x.shape[0]
         n = x.numel() // steps
-        spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
         vec = _vector_width(x.dtype, n, *pointers)
         device_index = x.device.index
-        switches = (v_init is not None, save_h, store_v_seq, vec)
+        switches = (v_init is not None, h is not None, v_out.dim() == x.dim(), vec)
         function = self._function(p, x.dtype, switches, device_index, src.forward_name)
         self._launch(function, device_index, n, vec, (*pointers, _ptr(decay), steps, n, x.stride(0)))
-        return spike, v_out, h
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool,
-                 sum_grad_x: bool = False, v_init=None, decay=None):
+    def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
+                        store_v_seq: bool):
         steps = h.shape[0]
         n = h.numel() // steps
-        gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
-        gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
-        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init, sum_grad_x)
         pointers = (h.data_ptr(), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
         # A SCALAR gradient is read as one element, so its alignment does not matter.
         dense = [pointers[0], pointers[3], pointers[4]]
@@ -165,17 +160,17 @@ class CupyKernels:
             dense.append(pointers[1])
         if gv_mode == src.GRAD_DENSE:
             dense.append(pointers[2])
-        v_init = v_init if p.backward_reads_v_prev else None
         if v_init is not None:
             dense.append(v_init.data_ptr())
         vec = _vector_width(h.dtype, n, *dense, vec=src.backward_vector_width(h.dtype, p))
-        partials = fused.grad_w_partials(n // vec, h) if p.parametric else None
+        # PLIF's ∂L/∂w: one partial sum per thread of this launch, whose count only the launch knows.
+        partials = layouts.grad_w_partials(n // vec, h) if p.parametric else None
         device_index = h.device.index
-        switches = (gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x, vec)
+        switches = (gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < h.dim(), vec)
         function = self._function(p, h.dtype, switches, device_index, src.backward_name)
         extra = (_ptr(v_init), _ptr(decay), _ptr(partials))
         self._launch(function, device_index, n, vec, (*pointers, *extra, steps, n))
-        return grad_x, grad_v_init, None if partials is None else fused.sum_grad_w(partials)
+        return None if partials is None else layouts.sum_grad_w(partials)
 
 
 class CupyBackend(fused.KernelBackend):
