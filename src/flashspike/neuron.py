@@ -26,7 +26,7 @@ from torch import nn
 
 from . import backends, dynamics, surrogate
 from .backends import ops, reference
-from .backends.choice import kernel_set_for
+from .backends.choice import kernel_set_for, surrogate_state
 from .backends.fused import fused_multi_step
 from .base import MemoryModule
 from .params import NeuronParams
@@ -325,9 +325,12 @@ class _MultiStep(BaseNode):
             return spike_seq
         p = state.get("_cached_params") or self.params()
         dtype, cuda = x_seq.dtype, x_seq.is_cuda
-        chosen = state.get("_chosen")  # (params, dtype, on CUDA, kernel set or None for the reference)
-        if chosen is None or chosen[0] is not p or chosen[1] is not dtype or chosen[2] is not cuda:
-            chosen = (p, dtype, cuda, kernel_set_for(self._backend, x_seq, p))
+        # (params, dtype, on CUDA, kernel set or None for the reference, the surrogate's state): chosen
+        # again when any of them changes (a surrogate's hyper-parameters may be assigned in place).
+        chosen = state.get("_chosen")
+        if (chosen is None or chosen[0] is not p or chosen[1] is not dtype or chosen[2] is not cuda
+                or chosen[4] != surrogate_state(p.surrogate)):
+            chosen = (p, dtype, cuda, kernel_set_for(self._backend, x_seq, p), surrogate_state(p.surrogate))
             if cuda or x_seq.is_cpu:  # the choice depends on the device type: keep it for these two
                 state["_chosen"] = chosen
         store_v_seq = state["store_v_seq"]

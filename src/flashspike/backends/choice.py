@@ -28,7 +28,7 @@ from ..surrogate import SurrogateFunction
 from . import BackendError, auto_candidates, get
 from .kernel_set import KERNEL_DTYPES
 
-__all__ = ["resolve", "kernel_set_for", "check_surrogate"]
+__all__ = ["resolve", "kernel_set_for", "check_surrogate", "surrogate_state"]
 
 # ("backend", name, device type, dtype) -> backend object;
 # (name, device type, dtype, params key, traced) -> (kernel set or None, backend that gives the notice or None)
@@ -66,6 +66,15 @@ def check_surrogate(backend_name: str, p: NeuronParams) -> None:
             f"SurrogateFunction, and this neuron's surrogate_function {p.surrogate!r} is another callable; use "
             "backend='torch' for it, or state it as a SurrogateFunction subclass (see flashspike.surrogate)"
         )
+
+
+def surrogate_state(sg):
+    """What of a surrogate the generated kernels depend on and may change in place (its mode and
+    hyper-parameters, assigned at any time): a cheap stand-in for its ``key`` to tell a kept choice
+    stale. None for a callable that is no SurrogateFunction."""
+    if isinstance(sg, SurrogateFunction):
+        return sg.spiking, sg.values()
+    return None
 
 
 def kernel_set_for(name: str, x_seq: torch.Tensor, p: NeuronParams, traced: bool = False):
