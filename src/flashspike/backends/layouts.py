@@ -165,8 +165,8 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
     return _poisoned(torch.empty(shape, dtype=like.dtype, device=like.device))
 
 
-def _sequence_output(like: torch.Tensor) -> torch.Tensor:
-    if like.stride(0) == 0 and like.shape[0] > 1:  # one step repeated: give each step its own block
+def _sequence_output(like: torch.Tensor, repeated: bool) -> torch.Tensor:
+    if repeated:  # one step repeated (first stride 0): give each step its own block
         strides = (like.numel() // like.shape[0], *like.stride()[1:])
         return _poisoned(_empty_strided(like.shape, strides, dtype=like.dtype, device=like.device))
     # empty_like keeps the strides of a dense, non-overlapping tensor, which every other sequence in
@@ -182,9 +182,10 @@ def forward_outputs(x: torch.Tensor, save_h: bool, store_v_seq: bool):
     """The forward launcher's outputs for ``x`` (in sequence layout): (spike, v_out, h), laid out by
     :func:`sequence_strides`; ``v_out`` is V of every step with ``store_v_seq``, else the last V; ``h``
     is None without ``save_h``."""
-    spike = _sequence_output(x)
-    v_out = _sequence_output(x) if store_v_seq else _step_output(x)
-    return spike, v_out, (_sequence_output(x) if save_h else None)
+    repeated = not x.stride(0) and x.shape[0] > 1
+    spike = _sequence_output(x, repeated)
+    v_out = _sequence_output(x, repeated) if store_v_seq else _step_output(x)
+    return spike, v_out, (_sequence_output(x, repeated) if save_h else None)
 
 
 def backward_outputs(h: torch.Tensor, need_grad_v_init: bool, sum_grad_x: bool = False):
