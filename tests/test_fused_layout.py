@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flashspike.backends import layouts
+from flashspike.backends import layouts, step_code
 from flashspike.params import NeuronParams
 from flashspike.surrogate import ATan
 
@@ -75,21 +75,21 @@ def test_gradient_operands():
     h = _cl(torch.randn(3, 2, 4, 5, 6))
     ones = torch.ones(()).expand(h.shape)  # what y.sum().backward() hands over
     mode, passed = layouts.grad_operand(ones, h, True)
-    assert mode == layouts.GRAD_SCALAR and passed.data_ptr() == ones.data_ptr()  # one element, not copied
+    assert mode == step_code.GRAD_SCALAR and passed.data_ptr() == ones.data_ptr()  # one element, not copied
     same = torch.randn_like(h)
-    assert same.stride() == h.stride() and layouts.grad_operand(same, h, True) == (layouts.GRAD_DENSE, same)
+    assert same.stride() == h.stride() and layouts.grad_operand(same, h, True) == (step_code.GRAD_DENSE, same)
     contiguous = torch.randn(h.shape)
     mode, passed = layouts.grad_operand(contiguous, h, True)
-    assert mode == layouts.GRAD_DENSE and passed.stride() == h.stride() and torch.equal(passed, contiguous)
+    assert mode == step_code.GRAD_DENSE and passed.stride() == h.stride() and torch.equal(passed, contiguous)
     step = torch.randn(h.shape[1:])
     mode, passed = layouts.grad_operand(step, h, False)
-    assert mode == layouts.GRAD_DENSE and passed.stride() == h.stride()[1:] and torch.equal(passed, step)
-    assert layouts.grad_operand(None, h, True) == (layouts.GRAD_ABSENT, None)
+    assert mode == step_code.GRAD_DENSE and passed.stride() == h.stride()[1:] and torch.equal(passed, step)
+    assert layouts.grad_operand(None, h, True) == (step_code.GRAD_ABSENT, None)
     mode, passed = layouts.grad_operand(same.double(), h, True)
     assert passed.dtype == h.dtype
     time_broadcast = torch.randn(h.shape[1:]).expand(h.shape)  # .mean(0)'s gradient: not a scalar
     mode, passed = layouts.grad_operand(time_broadcast, h, True)
-    assert mode == layouts.GRAD_DENSE and torch.equal(passed, time_broadcast)
+    assert mode == step_code.GRAD_DENSE and torch.equal(passed, time_broadcast)
 
 
 def test_every_launcher_can_sum_the_input_gradient_over_time():

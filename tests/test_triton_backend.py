@@ -16,7 +16,7 @@ import torch
 
 import bptt
 from flashspike import backends, neuron, surrogate
-from flashspike.backends import layouts, triton_backend, triton_source
+from flashspike.backends import layouts, step_code, triton_backend, triton_source
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import TRITON
 
@@ -187,7 +187,7 @@ def test_kernel_flags_against_unrolled_bptt(case, opts, monkeypatch):
     v_init = (torch.randn(shape[1], generator=gen) * 0.3).to(DEVICE) if has_v_init else None
     grad_s, gs_dev = _gradient(gs_kind, shape, gen)
     grad_v, gv_dev = _gradient(gv_kind, shape if store_v_seq else shape[1:], gen)
-    expected_mode = {None: layouts.GRAD_ABSENT, "scalar": layouts.GRAD_SCALAR}.get(gs_kind, layouts.GRAD_DENSE)
+    expected_mode = {None: step_code.GRAD_ABSENT, "scalar": step_code.GRAD_SCALAR}.get(gs_kind, step_code.GRAD_DENSE)
     assert layouts.grad_operand(gs_dev, x, True)[0] == expected_mode
 
     kernels = triton_backend.kernel_set(p)

@@ -2,8 +2,8 @@
 
 - 'auto' takes, per (device type, dtype), the first backend of :func:`~flashspike.backends.auto_candidates`
   whose ``check_input`` passes there;
-- a named backend is checked once per (device type, dtype): its own clear error (wrong device,
-  package missing) is raised as it is;
+- a named backend is checked at every choice: its own clear error (wrong device, package missing)
+  is raised as it is;
 - a kernel backend given a dtype it has no kernels for (float64: they compute in float32) runs
   backend 'torch' instead, after a notice shown once per backend and dtype;
 - a surrogate that is no :class:`~flashspike.surrogate.SurrogateFunction` has no formulas to generate
@@ -14,7 +14,7 @@ eager calls: :func:`kernel_set_for` answers None for it. Compiled code (``traced
 a differentiable loop inside one operator and gets the same equations as a kernel set
 (:mod:`.torch_kernels`), which is tested against the reference.
 
-Every answer is kept in one dictionary, so a later call costs one lookup.
+The choice of 'auto' and every kernel set are kept in one dictionary, so a later call costs a lookup.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .kernel_set import KERNEL_DTYPES
 
 __all__ = ["resolve", "kernel_set_for", "check_surrogate", "surrogate_state"]
 
-# ("backend", name, device type, dtype) -> backend object;
+# ("auto", device type, dtype) -> backend object;
 # (name, device type, dtype, params key, traced) -> (kernel set or None, backend that gives the notice or None)
 _chosen: dict = {}
 
@@ -44,16 +44,16 @@ def _usable(name: str, x_seq: torch.Tensor) -> bool:
 
 
 def resolve(name: str, x_seq: torch.Tensor):
-    """The backend that runs ``x_seq`` for the requested name, after checking it can."""
-    key = ("backend", name, x_seq.device.type, x_seq.dtype)
+    """The backend that runs ``x_seq`` for the requested name, after checking it can (a named one at
+    every call, as what it needs may change: a package, Triton's interpreter switched off)."""
+    if name != "auto":
+        backend = get(name)
+        backend.check_input(x_seq)
+        return backend
+    key = ("auto", x_seq.device.type, x_seq.dtype)
     backend = _chosen.get(key)
     if backend is None:
-        if name == "auto":
-            backend = get(next(n for n in auto_candidates(*key[2:]) if _usable(n, x_seq)))
-        else:
-            backend = get(name)
-            backend.check_input(x_seq)
-        _chosen[key] = backend
+        backend = _chosen[key] = get(next(n for n in auto_candidates(*key[1:]) if _usable(n, x_seq)))
     return backend
 
 
@@ -85,6 +85,8 @@ def kernel_set_for(name: str, x_seq: torch.Tensor, p: NeuronParams, traced: bool
         if backend.name != "torch":
             check_surrogate(name, p)
         return None
+    if name != "auto":
+        get(name).check_input(x_seq)
     key = (name, x_seq.device.type, x_seq.dtype, p.key, traced)
     found = _chosen.get(key)
     if found is None:

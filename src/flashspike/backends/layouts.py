@@ -22,9 +22,9 @@ import torch
 from ..params import NeuronParams
 from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR
 
-__all__ = ["POISON_OUTPUTS", "sequence_layout", "sequence_strides", "step_strides", "repeated_step",
-           "call_operands", "multi_step_outputs", "initial_state", "decay_operand", "forward_outputs", "backward_outputs", "grad_operand",
-           "grad_w_partials", "sum_grad_w", "new_output", "GRAD_ABSENT", "GRAD_DENSE", "GRAD_SCALAR"]
+__all__ = ["POISON_OUTPUTS", "sequence_layout", "sequence_strides", "repeated_step", "call_operands",
+           "multi_step_outputs", "initial_state", "step_operand", "decay_operand", "forward_outputs",
+           "backward_outputs", "grad_operand", "grad_w_partials", "sum_grad_w", "new_output"]
 
 # Tests set this to True: outputs then start as NaN instead of whatever memory held.
 POISON_OUTPUTS = False
@@ -74,15 +74,14 @@ def sequence_strides(x: torch.Tensor) -> tuple:
     :func:`sequence_layout`'s result, with a repeated step's first stride 0 made a block of its own."""
     if not (x.is_contiguous() or _readable_in_place(x)):
         return _contiguous_strides(x.shape)
-    strides = x.stride()
-    if strides[0] == 0 and x.shape[0] > 1:  # one step repeated: each output step gets its own block
-        return (x.numel() // x.shape[0], *strides[1:])
-    return strides
+    if x.stride(0) == 0 and x.shape[0] > 1:  # one step repeated: each output step gets its own block
+        return _separate_blocks(x)
+    return x.stride()
 
 
-def step_strides(x: torch.Tensor) -> tuple:
-    """The strides of a one-step ``[*]`` output (the last V, an initial-state gradient) of a call on ``x``."""
-    return sequence_strides(x)[1:]
+def _separate_blocks(x: torch.Tensor) -> tuple:
+    """The strides of ``x``'s steps laid one after another."""
+    return (x.numel() // x.shape[0], *x.stride()[1:])
 
 
 def repeated_step(x: torch.Tensor, traced: bool = False) -> torch.Tensor | None:
@@ -136,13 +135,18 @@ def initial_state(v_init, x: torch.Tensor, p: NeuronParams):
     """``v_init`` as the launchers take it for ``x`` (in sequence layout): None for "at rest", else a
     tensor laid out like one step of ``x`` (copied into that layout when it is not)."""
     if isinstance(v_init, torch.Tensor):
-        strides = x.stride()[1:]
-        if v_init.stride() == strides:
-            return v_init
-        return _empty_strided(x.shape[1:], strides, dtype=x.dtype, device=x.device).copy_(v_init)
+        return step_operand(v_init, x)
     if v_init == p.v_rest:
         return None
     return _empty_strided(x.shape[1:], x.stride()[1:], dtype=x.dtype, device=x.device).fill_(v_init)
+
+
+def step_operand(v: torch.Tensor | None, like: torch.Tensor):
+    """``v`` (one step's values, or None) laid out like one step of ``like``, as the kernels read it:
+    itself when it is, else a copy."""
+    if v is None or v.stride() == like.stride()[1:]:
+        return v
+    return _empty_strided(like.shape[1:], like.stride()[1:], dtype=like.dtype, device=like.device).copy_(v)
 
 
 def decay_operand(w: torch.Tensor | None, p: NeuronParams, x: torch.Tensor):
@@ -167,8 +171,7 @@ def new_output(shape, like: torch.Tensor) -> torch.Tensor:
 
 def _sequence_output(like: torch.Tensor, repeated: bool) -> torch.Tensor:
     if repeated:  # one step repeated (first stride 0): give each step its own block
-        strides = (like.numel() // like.shape[0], *like.stride()[1:])
-        return _poisoned(_empty_strided(like.shape, strides, dtype=like.dtype, device=like.device))
+        return _poisoned(_empty_strided(like.shape, _separate_blocks(like), dtype=like.dtype, device=like.device))
     # empty_like keeps the strides of a dense, non-overlapping tensor, which every other sequence in
     # sequence layout is (and it costs a third of empty_strided's host time).
     return _poisoned(_empty_like(like))

@@ -35,7 +35,8 @@ from ..params import NeuronParams
 from . import reference
 from .choice import kernel_set_for
 from .fused import refuse_create_graph
-from .layouts import call_operands, decay_operand, multi_step_outputs, sequence_layout, sequence_strides
+from .layouts import (call_operands, decay_operand, multi_step_outputs, sequence_layout, sequence_strides,
+                      step_operand)
 
 __all__ = ["multi_step", "option_string", "params_from", "surrogate_text", "surrogate_from", "surrogate_class",
            "kernels_for"]
@@ -160,13 +161,6 @@ def _sequence_input(x: torch.Tensor, v_init, repeat: int) -> torch.Tensor:
     return x.expand(repeat, *x.shape) if repeat else x
 
 
-def _step_operand(v_init, like: torch.Tensor):
-    """``v_init`` laid out like one step of ``like`` (as the kernels read it), or None."""
-    if v_init is None or v_init.stride() == like.stride()[1:]:
-        return v_init
-    return torch.empty_strided(like.shape[1:], like.stride()[1:], dtype=like.dtype, device=like.device).copy_(v_init)
-
-
 def _absent(like: torch.Tensor) -> torch.Tensor:
     """An operator's stand-in for a launcher's None output."""
     return like.new_empty((0,))
@@ -188,7 +182,7 @@ torch.library.define(
 def _forward(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0):
     x = sequence_layout(_sequence_input(x, v_init, repeat))
     kernels, p = kernels_for(backend, x, options)
-    spike, v_out, h = kernels.forward(x, _step_operand(v_init, x), p, save_h, store_v_seq, decay_operand(w, p, x))
+    spike, v_out, h = kernels.forward(x, step_operand(v_init, x), p, save_h, store_v_seq, decay_operand(w, p, x))
     return spike, v_out, _absent(x) if h is None else h
 
 
@@ -209,7 +203,7 @@ def _backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_ini
               sum_grad_x=False):
     kernels, p = kernels_for(backend, h, options)
     grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init,
-                                                   sum_grad_x, _step_operand(v_init, h), decay_operand(w, p, h))
+                                                   sum_grad_x, step_operand(v_init, h), decay_operand(w, p, h))
     grad_w = _absent(h) if grad_w is None else grad_w.to(w.dtype).reshape(w.shape)
     return grad_x, _absent(h) if grad_v_init is None else grad_v_init, grad_w
 
