@@ -2,7 +2,8 @@
 
 - ``torch.library.opcheck`` of both operators (fake implementation against the real one, strides
   included, and the autograd registration) on contiguous, channels_last and expanded-step inputs,
-  with backend 'torch' and, through Triton's interpreter on a machine without CUDA, 'triton';
+  with backend 'torch' and every kernel backend that runs here: 'triton' through its interpreter on a
+  machine without CUDA, 'cupy' and 'triton' on a GPU;
 - the strides the real kernels produce are those :func:`layouts.sequence_strides` states;
 - a compiled node gives the eager node's outputs and gradients, with identical strides, for the
   same three layouts (the expanded step's gradient summed over T in the kernel).
@@ -26,12 +27,15 @@ def _cl(t):
 
 
 def _backends():
+    """'torch', and the kernel backends that run here ('triton' through its interpreter on a CPU;
+    'cupy' and 'triton' on a GPU)."""
     names = ["torch"]
-    try:
-        backends.resolve("triton", torch.zeros(1, 1, device="cuda" if torch.cuda.is_available() else "cpu"))
-        names.append("triton")
-    except (ImportError, backends.BackendError):
-        pass
+    for name in ("cupy", "triton"):
+        try:
+            backends.resolve(name, torch.zeros(1, 1, device=_device()))
+            names.append(name)
+        except (ImportError, backends.BackendError):
+            pass
     return names
 
 

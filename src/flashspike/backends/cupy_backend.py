@@ -16,6 +16,7 @@ import torch
 
 from . import BackendError, fused, layouts
 from . import cuda_source as src
+from .choice import surrogate_state
 from .kernel_set import KernelSet
 
 __all__ = ["BACKEND", "CupyBackend", "CupyKernels", "PIP_HINT"]
@@ -98,6 +99,7 @@ class CupyKernels(KernelSet):
         self._functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
         self._sources: dict = {}  # params.key -> CUDA source of the neuron's kernels
         self._streams: dict = {}  # (raw cudaStream_t, device) -> cupy ExternalStream (what a launch takes)
+        self._params_keys: dict = {}  # id(params) -> (params, surrogate state, params.key)
         self._current_raw_stream = _raw_stream_getter()
 
     # ---- compilation ----
@@ -110,8 +112,17 @@ class CupyKernels(KernelSet):
         with cupy.cuda.Device(device_index):
             return module.get_function(name).kernel  # compiles (or reads the disk cache) and loads
 
+    def _params_key(self, p):
+        """``p.key``, kept per options object while its surrogate's state stays the same: building the
+        key costs microseconds, and it is needed at every launch."""
+        state = surrogate_state(p.surrogate)
+        kept = self._params_keys.get(id(p))
+        if kept is None or kept[0] is not p or kept[1] != state:
+            kept = self._params_keys[id(p)] = (p, state, p.key)  # p is held, so its id is not reused
+        return kept[2]
+
     def _function(self, p, dtype, switches: tuple, device_index: int, name_of):
-        key = (p.key, dtype, switches, device_index)
+        key = (self._params_key(p), dtype, switches, device_index)
         function = self._functions.get(key)
         if function is None:
             function = self._functions[key] = self._compile(p, name_of(dtype, *switches), device_index)
