@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from . import backends, dynamics, surrogate
-from .backends import ops, reference
+from .backends import operators, reference
+from .backends.autograd import fused_multi_step
 from .backends.choice import kernel_set_for, surrogate_state
-from .backends.fused import fused_multi_step
 from .base import MemoryModule
 from .params import NeuronParams
 
@@ -318,7 +318,7 @@ class _MultiStep(BaseNode):
             return self._step_loop(x_seq)
         if _is_compiling():
             # One custom operator that the compiler sees through; it chooses the kernel set as it runs.
-            spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq,
+            spike_seq, self.v, v_seq = operators.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq,
                                                       self._decay_w())
             if self.store_v_seq:
                 self.v_seq = v_seq

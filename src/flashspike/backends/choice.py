@@ -110,10 +110,10 @@ def _choose(name: str, x_seq: torch.Tensor, p: NeuronParams, traced: bool):
 
 
 def _backend_kernel_set(backend, p: NeuronParams):
-    """The kernel set a kernel backend (a :class:`.fused.KernelBackend`) runs ``p`` with."""
+    """The kernel set a kernel backend (a :class:`.autograd.KernelBackend`) runs ``p`` with."""
     kernel_set = getattr(backend, "kernel_set", None)
     if kernel_set is None:
-        raise NotImplementedError(f"backend {backend.name!r} is no fused.KernelBackend and has no kernel set")
+        raise NotImplementedError(f"backend {backend.name!r} is no autograd.KernelBackend and has no kernel set")
     return kernel_set(p)
 
 

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from . import BackendError, fused, layouts
+from . import BackendError, autograd, layouts
 from . import cuda_source as src
 from .choice import surrogate_state
 from .kernel_set import KernelSet
@@ -184,7 +184,7 @@ class CupyKernels(KernelSet):
         return None if partials is None else layouts.sum_grad_w(partials)
 
 
-class CupyBackend(fused.KernelBackend):
+class CupyBackend(autograd.KernelBackend):
     name = "cupy"
 
     def __init__(self):

@@ -1,5 +1,5 @@
-"""The kernel-set contract: what the eager autograd Function (:mod:`.fused`) and the compiled operators
-(:mod:`.ops`) call, and what a backend's launchers implement.
+"""The kernel-set contract: what the eager autograd Function (:mod:`.autograd`) and the compiled operators
+(:mod:`.operators`) call, and what a backend's launchers implement.
 
 A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and outputs with
 :mod:`.layouts` and hand them, ready, to the backend's two launchers, which only launch:

@@ -1,6 +1,6 @@
 """A kernel set (the contract in :mod:`.kernel_set`) written in plain PyTorch: vectorized over N, a loop over T.
 
-This is what the custom operators of :mod:`.ops` run for backend 'torch' (under ``torch.compile``),
+This is what the custom operators of :mod:`.operators` run for backend 'torch' (under ``torch.compile``),
 where a differentiable loop of small autograd steps cannot live inside one opaque operator. Eager
 calls with backend 'torch' keep using :mod:`.reference`, which stays the autograd reference that
 this file is tested against.

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from . import BackendError, fused, layouts
+from . import BackendError, autograd, layouts
 from .kernel_set import KernelSet
 from .triton_source import BACKWARD_NAME, FORWARD_NAME, backward_source, forward_source
 
@@ -142,7 +142,7 @@ def kernel_set(p) -> TritonKernels:
     return kernels
 
 
-class TritonBackend(fused.KernelBackend):
+class TritonBackend(autograd.KernelBackend):
     name = "triton"
 
     def check_input(self, x_seq: torch.Tensor) -> None:

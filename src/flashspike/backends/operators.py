@@ -21,7 +21,7 @@ because an operator's outputs are always tensors.
 
 Only compiled code comes here (:meth:`flashspike.neuron._MultiStep.forward` checks
 ``torch.compiler.is_compiling()``): eager calls keep the shorter host path of
-:class:`.fused.FusedMultiStep`, or the reference.
+:class:`.autograd.FusedMultiStep`, or the reference.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import torch
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
 from . import reference
+from .autograd import refuse_create_graph
 from .choice import kernel_set_for
-from .fused import refuse_create_graph
 from .layouts import (call_operands, decay_operand, multi_step_outputs, sequence_layout, sequence_strides,
                       step_operand)
 
@@ -121,7 +121,7 @@ def params_from(options: str) -> NeuronParams:
         values = {name: _FIELDS[name](text) for name, text in pairs.items()}
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         raise ValueError(
-            f"bad neuron options {options!r}: expected what flashspike.backends.ops.option_string writes, "
+            f"bad neuron options {options!r}: expected what flashspike.backends.operators.option_string writes, "
             f"e.g. {option_string(_EXAMPLE)!r} ({type(err).__name__}: {err})"
         ) from err
     return NeuronParams(**values)

@@ -4,7 +4,7 @@
 the input out (:mod:`.layouts`), runs the launcher alone when nothing is differentiated, and
 otherwise :class:`FusedMultiStep`, whose backward is the kernel set's backward. A step repeated over
 T by ``expand`` reaches the Function as that one step, so its gradient is summed over T in the kernel.
-Compiled code takes :mod:`.ops` instead, whose operators call the same kernel sets.
+Compiled code takes :mod:`.operators` instead, whose operators call the same kernel sets.
 """
 
 from __future__ import annotations
