@@ -155,7 +155,7 @@ class CupyKernels(KernelSet):
         n = x.numel() // steps
         pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
         vec = _vector_width(x.dtype, n, *pointers)
-        device_index = x.device.index
+        device_index = x.get_device()  # an int without building a torch.device
         switches = (v_init is not None, h is not None, v_out.dim() == x.dim(), vec)
         function = self._function(p, x.dtype, switches, device_index, src.forward_name)
         self._launch(function, device_index, n, vec, (*pointers, _ptr(decay), steps, n, x.stride(0)))
@@ -176,7 +176,7 @@ class CupyKernels(KernelSet):
         vec = _vector_width(h.dtype, n, *dense, vec=src.backward_vector_width(h.dtype, p))
         # PLIF's ∂L/∂w: one partial sum per thread of this launch, whose count only the launch knows.
         partials = layouts.grad_w_partials(n // vec, h) if p.parametric else None
-        device_index = h.device.index
+        device_index = h.get_device()
         switches = (gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < h.dim(), vec)
         function = self._function(p, h.dtype, switches, device_index, src.backward_name)
         extra = (_ptr(v_init), _ptr(decay), _ptr(partials))
