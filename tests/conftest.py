@@ -3,7 +3,7 @@
 - On a machine without CUDA, Triton kernels run through Triton's CPU interpreter, which must be
   switched on before triton is first imported: that is done here, at collection start.
 - Tests marked ``gpu`` are skipped when no CUDA device is present.
-- Kernel outputs start as NaN (``fused.POISON_OUTPUTS``), so an element a kernel forgets to write fails.
+- Kernel outputs start as NaN (``layouts.POISON_OUTPUTS``), so an element a kernel forgets to write fails.
 """
 
 import os
@@ -27,6 +27,6 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _poison_kernel_outputs(monkeypatch):
-    from flashspike.backends import fused
+    from flashspike.backends import layouts
 
-    monkeypatch.setattr(fused, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(layouts, "POISON_OUTPUTS", True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flashspike import neuron, surrogate
-from flashspike.backends import fused, reference
+from flashspike.backends import autograd, layouts, reference
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import CUDA, TORCH, TRITON, Emitter, var
 
@@ -108,12 +108,12 @@ class _TL:
 
 
 class PythonKernels:
-    """A kernel set (fused.py's contract) whose step is the generated Triton text run as Python."""
+    """A kernel set (kernel_set.py's contract) whose step is the generated Triton text run as Python."""
 
     def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
         fwd = compile("\n".join(forward_step(p, TRITON)), "<forward>", "exec")
         v = torch.full_like(x[0], p.v_rest) if v_init is None else v_init
-        spikes, hs, vs = fused.new_output(x.shape, x), fused.new_output(x.shape, x), fused.new_output(x.shape, x)
+        spikes, hs, vs = layouts.new_output(x.shape, x), layouts.new_output(x.shape, x), layouts.new_output(x.shape, x)
         for t in range(x.shape[0]):
             scope = {"tl": _TL, "x": x[t], "v": v}
             exec(fwd, scope)
@@ -124,7 +124,7 @@ class PythonKernels:
     def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None,
                  decay=None):
         bwd = compile("\n".join(backward_step(p, TRITON)), "<backward>", "exec")
-        grad_x = fused.new_output(h.shape, h)
+        grad_x = layouts.new_output(h.shape, h)
         grad_v = torch.zeros_like(h[0])
         if grad_v_out is not None and not store_v_seq:
             grad_v = grad_v + grad_v_out
@@ -167,7 +167,7 @@ def test_generated_step_through_fused_function_matches_reference(opts, store_v_s
 
     p = node.params()
     ref = loss_and_grads(lambda xr, vr: reference.BACKEND.multi_step(xr, vr, p, store_v_seq))
-    got = loss_and_grads(lambda xr, vr: fused.fused_multi_step(PythonKernels(), xr, vr, p, store_v_seq))
+    got = loss_and_grads(lambda xr, vr: autograd.fused_multi_step(PythonKernels(), xr, vr, p, store_v_seq))
     # Triton composes arctangent (a polynomial) and erfc (1 − erf) to float32's accuracy, not float64's.
     composed = not sg.spiking and type(sg).__name__ in ("ATan", "Erf", "Gaussian")
     for a, b in zip(got, ref):
@@ -186,7 +186,7 @@ def test_fused_function_starts_from_rest_without_materializing_v():
 
     spy = Spy()
     with torch.no_grad():
-        spike, v_last, _ = fused.fused_multi_step(spy, x, -0.25, p, False)
+        spike, v_last, _ = autograd.fused_multi_step(spy, x, -0.25, p, False)
     assert spy.v_init is None and spy.save_h is False  # inference stores nothing for backward
     ref = bptt.run(x, -0.25, leaky=True, vr=-0.25)
     assert torch.equal(spike, ref["s"])

@@ -1,4 +1,4 @@
-"""torch.compile and CUDA graphs: the custom operators of flashspike.backends.ops and their kernels.
+"""torch.compile and CUDA graphs: the custom operators of flashspike.backends.operators and their kernels.
 
 CPU (CI):
 - the plain-PyTorch kernel set (backends/torch_kernels.py) against hand-computed steps and against
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from flashspike import backends, functional, layer, neuron, surrogate
-from flashspike.backends import fused, ops, reference, torch_kernels
+from flashspike.backends import autograd, choice, operators, reference, torch_kernels
 from flashspike.dynamics import charge
 from flashspike.params import NeuronParams
 
@@ -39,13 +39,13 @@ def _params(leaky=True, v_threshold=1.0, v_reset=0.0, detach_reset=False, sg=Non
 
 
 def _forward_op(x, v_init, p, *, save_h=True, store_v_seq=False, backend="torch", w=None):
-    return torch.ops.flashspike.multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, ops.option_string(p))
+    return torch.ops.flashspike.multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, operators.option_string(p))
 
 
 def _backward_op(h, grad_spike, grad_v_out, p, *, store_v_seq=False, need_grad_v_init=True, backend="torch",
                  v_init=None, w=None):
     return torch.ops.flashspike.multi_step_backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq,
-                                                    need_grad_v_init, backend, ops.option_string(p))
+                                                    need_grad_v_init, backend, operators.option_string(p))
 
 
 # --- the kernel set in plain PyTorch -------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_torch_kernels_match_the_reference(options, dtype, v_init, store_v_seq, 
         return xi, vi
 
     def kernels_run(*args):
-        return fused.fused_multi_step(torch_kernels.KERNELS, *args)
+        return autograd.fused_multi_step(torch_kernels.KERNELS, *args)
 
     xk, vk = inputs(dtype)
     spike, v_last = _run_multi_step(kernels_run, xk, vk, p, store_v_seq, loss_on, [w.to(dtype) for w in weights])
@@ -174,7 +174,7 @@ def test_multi_step_through_the_operators_matches_the_reference(v_init, store_v_
     weights = [torch.randn(5, 3, 4, generator=g, dtype=torch.float64) for _ in range(3)]
     v0 = {"rest": p.v_rest, "tensor": torch.randn(3, 4, generator=g, dtype=torch.float64)}.get(v_init, v_init)
     results = []
-    for run in (lambda *args: ops.multi_step("torch", *args), reference.BACKEND.multi_step):
+    for run in (lambda *args: operators.multi_step("torch", *args), reference.BACKEND.multi_step):
         xi = x.clone().requires_grad_()
         vi = v0.clone().requires_grad_() if isinstance(v0, torch.Tensor) else v0
         spike, v_last = _run_multi_step(run, xi, vi, p, store_v_seq, ("spike", "v"), weights)
@@ -197,7 +197,7 @@ def test_opcheck(option_set, dtype, store_v_seq):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 11, generator=g, dtype=dtype) + 0.5
     v0 = torch.randn(11, generator=g, dtype=dtype)
-    options = ops.option_string(p)
+    options = operators.option_string(p)
     forward = torch.ops.flashspike.multi_step_forward.default
     backward = torch.ops.flashspike.multi_step_backward.default
     for v_init, save_h in [(v0.clone().requires_grad_(), True), (None, True), (None, False)]:
@@ -218,7 +218,7 @@ def test_surrogates_are_rebuilt_from_name_and_alpha():
     for sg in [surrogate.ATan(3.0), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(0.5), surrogate.SoftSign(),
                Doubled(1.5)]:
         p = _params(sg=sg, v_reset=None, tau=1 / 3, v_threshold=0.1 + 0.2)  # floats that must read back exactly
-        rebuilt = ops.params_from(ops.option_string(p))
+        rebuilt = operators.params_from(operators.option_string(p))
         assert type(rebuilt.surrogate) is type(sg) and rebuilt.key == p.key and rebuilt == p
 
 
@@ -226,7 +226,7 @@ def test_kernel_sets_come_from_the_kernel_backend():
     p = _params()
     own = object()
 
-    class Kernels(fused.KernelBackend):
+    class Kernels(autograd.KernelBackend):
         name = "a"
 
         def kernel_set(self, params):
@@ -236,9 +236,9 @@ def test_kernel_sets_come_from_the_kernel_backend():
     class NotKernels:
         name = "c"
 
-    assert ops._backend_kernel_set(Kernels(), p) is own
-    with pytest.raises(NotImplementedError, match="backend 'c' is no fused.KernelBackend"):
-        ops._backend_kernel_set(NotKernels(), p)
+    assert choice._backend_kernel_set(Kernels(), p) is own
+    with pytest.raises(NotImplementedError, match="backend 'c' is no autograd.KernelBackend"):
+        choice._backend_kernel_set(NotKernels(), p)
 
 
 def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
@@ -247,12 +247,12 @@ def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
     if torch.cuda.is_available():  # real kernels there; the CPU interpreter only where there is no GPU
         x = x.cuda()
     # float64 has no kernels in the GPU backends: the operator runs the PyTorch kernel set instead.
-    assert ops.kernels_for("triton", x.double(), ops.option_string(p))[0] is torch_kernels.KERNELS
+    assert operators.kernels_for("triton", x.double(), operators.option_string(p))[0] is torch_kernels.KERNELS
     try:  # on a machine without CUDA, Triton's interpreter runs the kernels (conftest.py turns it on)
         backends.resolve("triton", x)
     except (ImportError, backends.BackendError) as err:
         pytest.skip(f"backend 'triton' unavailable here: {err}")
-    kernels, p_rebuilt = ops.kernels_for("triton", x, ops.option_string(p))
+    kernels, p_rebuilt = operators.kernels_for("triton", x, operators.option_string(p))
     assert kernels is not torch_kernels.KERNELS and p_rebuilt.key == p.key
     got = _forward_op(x, None, p, backend="triton", store_v_seq=True)
     expected = _forward_op(x, None, p, backend="torch", store_v_seq=True)
@@ -263,16 +263,16 @@ def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
 def test_operator_bad_inputs_name_what_was_expected():
     p = _params()
     x = torch.rand(3, 4)
-    options = ops.option_string(p)
+    options = operators.option_string(p)
     bad_surrogate = options.replace("flashspike.surrogate.ATan", "nowhere.Gaussian")
     with pytest.raises(ValueError, match="no flashspike surrogate class is called 'nowhere.Gaussian'"):
         torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad_surrogate)
     for bad in [options.replace("tau=2.0,", ""), options.replace("leaky=True", "leaky=yes"), "", options + ",x=1"]:
-        with pytest.raises(ValueError, match="bad neuron options .* expected what flashspike.backends.ops"):
+        with pytest.raises(ValueError, match="bad neuron options .* expected what flashspike.backends.operators"):
             torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad)
-    with pytest.raises(ValueError, match=r"x of shape \[T, N\], got shape \(12,\)"):
+    with pytest.raises(ValueError, match=r"x of shape \[T, N, \*\] .*got shape \(12,\)"):
         _forward_op(x.flatten(), None, p)
-    with pytest.raises(ValueError, match=r"v_init of shape \[N\] = \(4,\) and dtype torch.float32"):
+    with pytest.raises(ValueError, match=r"v_init of one step's shape \[N, \*\] = \(4,\) and dtype torch.float32"):
         _forward_op(x, torch.zeros(4, dtype=torch.float64), p)
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         _forward_op(x, None, p, backend="tpu")
@@ -422,7 +422,7 @@ def test_compile_with_kernel_backend_gpu(name, precision, fresh_dynamo):
 @pytest.mark.parametrize("name", GPU_BACKENDS)
 def test_opcheck_gpu(name):
     _require_backend(name)
-    options = ops.option_string(_params(v_reset=None, sg=surrogate.Sigmoid()))
+    options = operators.option_string(_params(v_reset=None, sg=surrogate.Sigmoid()))
     x = torch.randn(5, 4099, device="cuda") + 0.5  # N not a multiple of any vector width
     v0 = torch.randn(4099, device="cuda")
     forward = torch.ops.flashspike.multi_step_forward.default

@@ -325,7 +325,7 @@ EMULATED_CASES = [(0, dtype) for dtype in src.STORAGE_TYPES] + [
 @pytest.mark.parametrize(("option", "dtype"), EMULATED_CASES, ids=str)
 @pytest.mark.parametrize("n", [8, 37])  # a multiple of every vector width, and not
 def test_emulated_kernels_match_reference(emulated, option, dtype, n):
-    from flashspike.backends import fused, reference
+    from flashspike.backends import autograd, reference
 
     library, entries, option_sets = emulated
     kernels = EmulatedKernels(library, entries, option_sets)
@@ -339,7 +339,7 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
     tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
     for v_init, store_v_seq, loss_kind in itertools.product(
             [p.v_rest, v0, 0.3], [False, True], ["none", "weighted", "sum", "v_only"]):
-        got_out, got_grad = _run(lambda *a: fused.fused_multi_step(kernels, *a), x, v_init, p, store_v_seq,
+        got_out, got_grad = _run(lambda *a: autograd.fused_multi_step(kernels, *a), x, v_init, p, store_v_seq,
                                  loss_kind, weights)
         # The reference in float64 from the same rounded values: only float32 arithmetic differs.
         ref_out, ref_grad = _run(reference.BACKEND.multi_step, x.double(),
@@ -376,7 +376,7 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
 def test_emulated_kernels_sum_the_gradient_of_a_repeated_step(emulated, dtype, n):
     """One step expanded over T: the forward reads it in place (x_step 0) and the backward writes its
     gradient summed over T (SUM_GRAD_X), against the reference through autograd's own expand."""
-    from flashspike.backends import fused, reference
+    from flashspike.backends import autograd, reference
 
     library, entries, option_sets = emulated
     kernels = EmulatedKernels(library, entries, option_sets)
@@ -385,7 +385,7 @@ def test_emulated_kernels_sum_the_gradient_of_a_repeated_step(emulated, dtype, n
     step = (torch.randn(3, n, generator=g) * 0.7 + 0.45).to(dtype)
     weights = torch.randn(7, 3, n, generator=g).to(dtype)
     results = []
-    for multi_step, values, w in ((lambda *a: fused.fused_multi_step(kernels, *a), step, weights),
+    for multi_step, values, w in ((lambda *a: autograd.fused_multi_step(kernels, *a), step, weights),
                                   (reference.BACKEND.multi_step, step.double(), weights.double())):
         leaf = values.clone().requires_grad_()
         spike, v_last, _ = multi_step(leaf.unsqueeze(0).expand(7, 3, n), p.v_rest, p, False)

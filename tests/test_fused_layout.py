@@ -1,9 +1,9 @@
-"""The memory rules of the fused path (backends/fused.py): which layouts reach the kernels as they are."""
+"""The memory rules of the fused path (backends/layouts.py): which layouts reach the kernels as they are."""
 
 import pytest
 import torch
 
-from flashspike.backends import fused
+from flashspike.backends import layouts, step_code
 from flashspike.params import NeuronParams
 from flashspike.surrogate import ATan
 
@@ -13,7 +13,7 @@ def _cl(t):
 
 
 def _passes_uncopied(x):
-    return fused.sequence_layout(x) is x
+    return layouts.sequence_layout(x) is x
 
 
 def test_sequences_whose_steps_are_dense_blocks_pass_uncopied():
@@ -36,60 +36,60 @@ def test_sequences_whose_steps_are_dense_blocks_pass_uncopied():
 ], ids=["transposed", "broadcast-step", "sliced", "strided", "channels-last-transposed"])
 def test_other_layouts_are_copied_contiguous(make):
     x = make()
-    laid = fused.sequence_layout(x)
+    laid = layouts.sequence_layout(x)
     assert laid is not x and laid.is_contiguous() and torch.equal(laid, x)
 
 
 def test_outputs_follow_the_input_layout():
     x = _cl(torch.randn(3, 2, 4, 5, 6))
-    spike, v_out, h = fused.forward_outputs(x, True, False)
+    spike, v_out, h = layouts.forward_outputs(x, True, False)
     assert spike.stride() == x.stride() == h.stride() and v_out.stride() == x.stride()[1:]
-    spike, v_seq, h = fused.forward_outputs(x, False, True)
+    spike, v_seq, h = layouts.forward_outputs(x, False, True)
     assert v_seq.stride() == x.stride() and h is None
-    grad_x, grad_v = fused.backward_outputs(x, True)
+    grad_x, grad_v = layouts.backward_outputs(x, True)
     assert grad_x.stride() == x.stride() and grad_v.stride() == x.stride()[1:]
 
 
 def test_a_step_repeated_over_time_gets_separate_output_blocks():
     x = _cl(torch.randn(2, 4, 5, 6)).expand(3, 2, 4, 5, 6)
-    spike, v_seq, h = fused.forward_outputs(x, True, True)
+    spike, v_seq, h = layouts.forward_outputs(x, True, True)
     for out in (spike, v_seq, h):
         assert out.stride() == (2 * 4 * 5 * 6, *x.stride()[1:])
-    assert fused.backward_outputs(h, False)[0].stride() == h.stride()
+    assert layouts.backward_outputs(h, False)[0].stride() == h.stride()
 
 
 def test_initial_state_is_laid_out_like_a_step():
     p = NeuronParams(leaky=False, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate=ATan())
     x = _cl(torch.randn(3, 2, 4, 5, 6))
     v = _cl(torch.randn(2, 4, 5, 6))
-    assert fused.initial_state(v, x, p) is v
+    assert layouts.initial_state(v, x, p) is v
     contiguous = v.contiguous()
-    moved = fused.initial_state(contiguous, x, p)
+    moved = layouts.initial_state(contiguous, x, p)
     assert moved.stride() == x.stride()[1:] and torch.equal(moved, contiguous)
-    assert fused.initial_state(0.0, x, p) is None  # at rest: the kernel fills it in
-    filled = fused.initial_state(0.25, x, p)
+    assert layouts.initial_state(0.0, x, p) is None  # at rest: the kernel fills it in
+    filled = layouts.initial_state(0.25, x, p)
     assert filled.stride() == x.stride()[1:] and bool((filled == 0.25).all())
 
 
 def test_gradient_operands():
     h = _cl(torch.randn(3, 2, 4, 5, 6))
     ones = torch.ones(()).expand(h.shape)  # what y.sum().backward() hands over
-    mode, passed = fused.grad_operand(ones, h, True)
-    assert mode == fused.GRAD_SCALAR and passed.data_ptr() == ones.data_ptr()  # one element, not copied
+    mode, passed = layouts.grad_operand(ones, h, True)
+    assert mode == step_code.GRAD_SCALAR and passed.data_ptr() == ones.data_ptr()  # one element, not copied
     same = torch.randn_like(h)
-    assert same.stride() == h.stride() and fused.grad_operand(same, h, True) == (fused.GRAD_DENSE, same)
+    assert same.stride() == h.stride() and layouts.grad_operand(same, h, True) == (step_code.GRAD_DENSE, same)
     contiguous = torch.randn(h.shape)
-    mode, passed = fused.grad_operand(contiguous, h, True)
-    assert mode == fused.GRAD_DENSE and passed.stride() == h.stride() and torch.equal(passed, contiguous)
+    mode, passed = layouts.grad_operand(contiguous, h, True)
+    assert mode == step_code.GRAD_DENSE and passed.stride() == h.stride() and torch.equal(passed, contiguous)
     step = torch.randn(h.shape[1:])
-    mode, passed = fused.grad_operand(step, h, False)
-    assert mode == fused.GRAD_DENSE and passed.stride() == h.stride()[1:] and torch.equal(passed, step)
-    assert fused.grad_operand(None, h, True) == (fused.GRAD_ABSENT, None)
-    mode, passed = fused.grad_operand(same.double(), h, True)
+    mode, passed = layouts.grad_operand(step, h, False)
+    assert mode == step_code.GRAD_DENSE and passed.stride() == h.stride()[1:] and torch.equal(passed, step)
+    assert layouts.grad_operand(None, h, True) == (step_code.GRAD_ABSENT, None)
+    mode, passed = layouts.grad_operand(same.double(), h, True)
     assert passed.dtype == h.dtype
     time_broadcast = torch.randn(h.shape[1:]).expand(h.shape)  # .mean(0)'s gradient: not a scalar
-    mode, passed = fused.grad_operand(time_broadcast, h, True)
-    assert mode == fused.GRAD_DENSE and torch.equal(passed, time_broadcast)
+    mode, passed = layouts.grad_operand(time_broadcast, h, True)
+    assert mode == step_code.GRAD_DENSE and torch.equal(passed, time_broadcast)
 
 
 def test_every_launcher_can_sum_the_input_gradient_over_time():

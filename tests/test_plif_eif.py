@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flashspike import neuron, surrogate
-from flashspike.backends import ops
+from flashspike.backends import operators
 
 
 def _seq(values, requires_grad=False):
@@ -217,7 +217,7 @@ def test_operators_give_plif_the_reference_gradients():
         node = neuron.MultiStepParametricLIFNode(2.5, surrogate_function=surrogate.ATan(), backend="torch").double()
         xi, vi = x.clone().requires_grad_(), v0.clone().requires_grad_()
         if run == "ops":
-            spike, v_last, _ = ops.multi_step("torch", xi, vi, node.params(), False, node.w)
+            spike, v_last, _ = operators.multi_step("torch", xi, vi, node.params(), False, node.w)
         else:
             node.v = vi
             spike, v_last = node(xi), node.v
@@ -229,7 +229,7 @@ def test_operators_give_plif_the_reference_gradients():
 
 def test_opcheck_with_w():
     p = neuron.MultiStepParametricLIFNode(surrogate_function=surrogate.Sigmoid()).params()
-    options = ops.option_string(p)
+    options = operators.option_string(p)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(4, 7, generator=g) + 0.5
     v0 = torch.randn(7, generator=g)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flashspike import neuron, surrogate
-from flashspike.backends import fused, ops, reference, torch_kernels
+from flashspike.backends import autograd, operators, reference, torch_kernels
 from flashspike.params import NeuronParams
 
 from custom_surrogate import Gaussian, every_surrogate, surrogate_id
@@ -16,16 +16,16 @@ from test_parity import _device
 @pytest.mark.parametrize("sg", every_surrogate(True) + every_surrogate(False) + [surrogate.ATan(3)], ids=surrogate_id)
 def test_option_text_rebuilds_every_hyperparameter(sg):
     p = NeuronParams(leaky=True, v_threshold=0.3, v_reset=None, detach_reset=True, surrogate=sg, tau=1 / 3)
-    rebuilt = ops.params_from(ops.option_string(p))
+    rebuilt = operators.params_from(operators.option_string(p))
     assert type(rebuilt.surrogate) is type(sg) and rebuilt.key == p.key
     assert rebuilt.surrogate.values() == sg.values() and rebuilt.surrogate.spiking == sg.spiking
 
 
 def test_option_text_with_a_bad_hyperparameter_is_refused():
-    text = ops.option_string(NeuronParams(leaky=False, v_threshold=1.0, v_reset=0.0, detach_reset=False,
+    text = operators.option_string(NeuronParams(leaky=False, v_threshold=1.0, v_reset=0.0, detach_reset=False,
                                           surrogate=surrogate.S2NN()))
     with pytest.raises(ValueError, match="beta must be"):
-        ops.params_from(text.replace("beta=1.0", "beta=-1.0"))
+        operators.params_from(text.replace("beta=1.0", "beta=-1.0"))
 
 
 def _lif(backend, sg, **kw):
@@ -88,7 +88,7 @@ def test_double_backward_through_the_kernels_is_refused():
         _second_order(lambda xr: _lif("triton", sg, store_v_seq=True)(xr), x)
     p = _lif("triton", sg).params()
     with pytest.raises(RuntimeError, match="create_graph"):  # the compiled path's operators
-        _second_order(lambda xr: ops.multi_step("triton", xr, p.v_rest, p, False)[0], x)
+        _second_order(lambda xr: operators.multi_step("triton", xr, p.v_rest, p, False)[0], x)
     # an ordinary backward is untouched
     x_leaf = x.clone().requires_grad_()
     _lif("triton", sg)(x_leaf).sum().backward()
@@ -113,7 +113,7 @@ def test_compiled_torch_kernels_run_the_smooth_primitive(sg):
                 torch.randn(5, 3, 9, generator=g, dtype=torch.float64))
     p = _lif("torch", sg).params()
     results = []
-    for run in (lambda *a: fused.fused_multi_step(torch_kernels.KERNELS, *a), reference.BACKEND.multi_step):
+    for run in (lambda *a: autograd.fused_multi_step(torch_kernels.KERNELS, *a), reference.BACKEND.multi_step):
         xr, vr = x.clone().requires_grad_(), v0.clone().requires_grad_()
         spike, v_last, v_seq = run(xr, vr, p, True)
         ((spike * w).sum() + (v_seq * w).sum()).backward()

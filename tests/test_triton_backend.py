@@ -16,7 +16,7 @@ import torch
 
 import bptt
 from flashspike import backends, neuron, surrogate
-from flashspike.backends import fused, triton_backend, triton_source
+from flashspike.backends import layouts, step_code, triton_backend, triton_source
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import TRITON
 
@@ -187,8 +187,8 @@ def test_kernel_flags_against_unrolled_bptt(case, opts, monkeypatch):
     v_init = (torch.randn(shape[1], generator=gen) * 0.3).to(DEVICE) if has_v_init else None
     grad_s, gs_dev = _gradient(gs_kind, shape, gen)
     grad_v, gv_dev = _gradient(gv_kind, shape if store_v_seq else shape[1:], gen)
-    expected_mode = {None: fused.GRAD_ABSENT, "scalar": fused.GRAD_SCALAR}.get(gs_kind, fused.GRAD_DENSE)
-    assert fused.grad_operand(gs_dev, x, True)[0] == expected_mode
+    expected_mode = {None: step_code.GRAD_ABSENT, "scalar": step_code.GRAD_SCALAR}.get(gs_kind, step_code.GRAD_DENSE)
+    assert layouts.grad_operand(gs_dev, x, True)[0] == expected_mode
 
     kernels = triton_backend.kernel_set(p)
     spike, v_out, h = kernels.forward(x, v_init, p, True, store_v_seq)
@@ -222,7 +222,7 @@ def test_inference_writes_no_h_and_training_matches_it():
 
 def test_poisoned_outputs_are_all_overwritten():
     _triton_runs_here()
-    assert fused.POISON_OUTPUTS  # tests/conftest.py poisons kernel outputs
+    assert layouts.POISON_OUTPUTS  # tests/conftest.py poisons kernel outputs
     x = (torch.randn(3, 2, 45) + 0.5).to(DEVICE).requires_grad_()
     v0 = torch.zeros(2, 45, device=DEVICE, requires_grad=True)
     node = neuron.MultiStepLIFNode(backend="triton", store_v_seq=True)

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from . import backends, dynamics, surrogate
-from .backends import ops
+from .backends import operators, reference
+from .backends.autograd import fused_multi_step
+from .backends.choice import kernel_set_for, surrogate_state
 from .base import MemoryModule
 from .params import NeuronParams
 
@@ -251,6 +253,7 @@ class _SingleStep(BaseNode):
 
 
 _warned_step_loop: set = set()
+_is_compiling = torch.compiler.is_compiling
 
 _V_SEQ_MISSING = (
     "{cls} keeps v_seq only when it is built with store_v_seq=True (or after node.store_v_seq = True, "
@@ -276,6 +279,7 @@ class _MultiStep(BaseNode):
     @backend.setter
     def backend(self, name: str) -> None:
         self._backend = backends.validate_name(name)
+        self.__dict__.pop("_chosen", None)
 
     @property
     def v_seq(self) -> torch.Tensor | None:
@@ -296,31 +300,55 @@ class _MultiStep(BaseNode):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The whole sequence ``[T, N, *] -> [T, N, *]`` in one call, continuing from ``self.v``."""
-        _check_floating(x_seq, "x_seq")
+        # The hot path of every training step: each check costs host time, so each is made once.
+        if not (isinstance(x_seq, torch.Tensor) and x_seq.is_floating_point()):
+            _check_floating(x_seq, "x_seq")
         if x_seq.dim() < 2:
             raise ValueError(
                 f"{type(self).__name__} expects x_seq of shape [T, N, *] (at least 2 dimensions), "
                 f"got shape {tuple(x_seq.shape)}"
             )
-        v_init = self._initial_v(x_seq.shape[1:], x_seq)
-        if x_seq.numel() == 0:
+        state = self.__dict__  # plain attributes: skip nn.Module.__getattr__/__setattr__ on the hot path
+        v_init = state["v"]
+        if isinstance(v_init, torch.Tensor):
+            v_init = self._initial_v(x_seq.shape[1:], x_seq)
+        if not x_seq.numel():
             return self._empty_call(x_seq)
         if self._own_dynamics:
             return self._step_loop(x_seq)
-        if torch.compiler.is_compiling():
-            # One custom operator that the compiler sees through; it resolves the backend as it runs.
-            spike_seq, self.v, v_seq = ops.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq,
+        if _is_compiling():
+            # One custom operator that the compiler sees through; it chooses the kernel set as it runs.
+            spike_seq, self.v, v_seq = operators.multi_step(self._backend, x_seq, v_init, self.params(), self.store_v_seq,
                                                       self._decay_w())
             if self.store_v_seq:
                 self.v_seq = v_seq
             return spike_seq
-        backend = backends.resolve(self._backend, x_seq)
-        state = self.__dict__  # plain attributes: skip nn.Module.__setattr__ on the hot path
-        spike_seq, state["v"], v_seq = backend.multi_step(x_seq, v_init, self.params(), self.store_v_seq,
-                                                          self._decay_w())
-        if self.store_v_seq:
+        p = state.get("_cached_params") or self.params()
+        dtype, cuda = x_seq.dtype, x_seq.is_cuda
+        # (params, dtype, on CUDA, kernel set or None for the reference, the surrogate's state): chosen
+        # again when any of them changes (a surrogate's hyper-parameters may be assigned in place).
+        chosen = state.get("_chosen")
+        if (chosen is None or chosen[0] is not p or chosen[1] is not dtype or chosen[2] is not cuda
+                or chosen[4] != surrogate_state(p.surrogate)):
+            chosen = (p, dtype, cuda, kernel_set_for(self._backend, x_seq, p), surrogate_state(p.surrogate))
+            if cuda or x_seq.is_cpu:  # the choice depends on the device type: keep it for these two
+                state["_chosen"] = chosen
+        store_v_seq = state["store_v_seq"]
+        if chosen[3] is None:
+            spike_seq, state["v"], v_seq = reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq,
+                                                                        self._decay_w())
+        else:
+            spike_seq, state["v"], v_seq = fused_multi_step(chosen[3], x_seq, v_init, p, store_v_seq,
+                                                            self._decay_w())
+        if store_v_seq:
             state["v_seq"] = v_seq
         return spike_seq
+
+    def __getstate__(self):
+        # The chosen kernel set holds compiled kernels, which neither copy nor pickle: chosen again.
+        state = dict(super().__getstate__())
+        state.pop("_chosen", None)
+        return state
 
     def _decay_w(self):
         """The learnable tensor the charge reads at run time (PLIF's w), or None."""

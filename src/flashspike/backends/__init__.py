@@ -10,7 +10,8 @@ Every backend is an object with
   value".
 
 Backends are imported on first use, so a missing optional package costs nothing until it is asked for.
-'auto' is resolved per (device type, dtype) once, then answered from a dictionary.
+Which backend and which kernel set run a call is decided in :mod:`.choice` (``resolve`` is its answer
+for a backend name and an input).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import importlib
 
 import torch
 
-from .fused import KERNEL_DTYPES
+from .kernel_set import KERNEL_DTYPES
 
 __all__ = ["KNOWN_BACKENDS", "BackendError", "validate_name", "get", "resolve", "auto_candidates"]
 
@@ -60,14 +61,6 @@ def get(name: str):
     return backend
 
 
-def _usable(name: str, x_seq: torch.Tensor) -> bool:
-    try:
-        get(name).check_input(x_seq)
-    except (ImportError, BackendError):
-        return False
-    return True
-
-
 def auto_candidates(device_type: str, dtype: torch.dtype) -> tuple[str, ...]:
     """Backends 'auto' tries, in order, for a device type and dtype."""
     if device_type == "cuda" and dtype in KERNEL_DTYPES:
@@ -75,18 +68,5 @@ def auto_candidates(device_type: str, dtype: torch.dtype) -> tuple[str, ...]:
     return ("torch",)
 
 
-_auto_cache: dict = {}
-
-
-def resolve(name: str, x_seq: torch.Tensor):
-    """The backend that runs ``x_seq`` for the requested name, after checking it can."""
-    if name == "auto":
-        key = (x_seq.device.type, x_seq.dtype)
-        backend = _auto_cache.get(key)
-        if backend is None:
-            chosen = next(n for n in auto_candidates(*key) if _usable(n, x_seq))
-            backend = _auto_cache[key] = get(chosen)
-        return backend
-    backend = get(name)
-    backend.check_input(x_seq)
-    return backend
+# The choice needs the table above; it is part of this package's interface.
+from .choice import resolve  # noqa: E402

@@ -3,8 +3,8 @@ through CuPy and launched on PyTorch's tensors in place.
 
 The host path of one call is kept to dictionary look-ups and one launch: tensors go to the kernel as
 raw pointers (``data_ptr()``, no copy, no CuPy array), on the input's device and on PyTorch's current
-stream there (so CUDA graph capture and side streams work), outputs come from torch's allocator
-(:func:`fused.forward_outputs`), and nothing waits for the GPU. Compiled kernels are cached in memory by
+stream there (so CUDA graph capture and side streams work), outputs come ready from torch's allocator
+(:mod:`.layouts`), and nothing waits for the GPU. Compiled kernels are cached in memory by
 ``(params.key, dtype, switches, device)`` and on disk by CuPy (``~/.cupy/kernel_cache``).
 """
 
@@ -14,8 +14,10 @@ import warnings
 
 import torch
 
-from . import BackendError, fused
+from . import BackendError, autograd, layouts
 from . import cuda_source as src
+from .choice import surrogate_state
+from .kernel_set import KernelSet
 
 __all__ = ["BACKEND", "CupyBackend", "CupyKernels", "PIP_HINT"]
 
@@ -28,7 +30,6 @@ PIP_HINT = (
 # in the reference. (CuPy's compile adds -ftz=true: float32 denormals flush to zero, far below the
 # tolerances of the parity tests.)
 _NVRTC_OPTIONS = ("-std=c++14",)
-
 
 
 def _raw_stream_getter():
@@ -91,13 +92,14 @@ def _vector_width(dtype: torch.dtype, n: int, *pointers: int, vec: int | None = 
     return vec
 
 
-class CupyKernels:
-    """The kernel set of :mod:`flashspike.backends.fused` for CUDA tensors, through CuPy."""
+class CupyKernels(KernelSet):
+    """The launchers of the kernel set (:mod:`.kernel_set`) for CUDA tensors, through CuPy."""
 
     def __init__(self):
         self._functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
         self._sources: dict = {}  # params.key -> CUDA source of the neuron's kernels
         self._streams: dict = {}  # (raw cudaStream_t, device) -> cupy ExternalStream (what a launch takes)
+        self._params_keys: dict = {}  # id(params) -> (params, surrogate state, params.key)
         self._current_raw_stream = _raw_stream_getter()
 
     # ---- compilation ----
@@ -110,8 +112,17 @@ class CupyKernels:
         with cupy.cuda.Device(device_index):
             return module.get_function(name).kernel  # compiles (or reads the disk cache) and loads
 
+    def _params_key(self, p):
+        """``p.key``, kept per options object while its surrogate's state stays the same: building the
+        key costs microseconds, and it is needed at every launch."""
+        state = surrogate_state(p.surrogate)
+        kept = self._params_keys.get(id(p))
+        if kept is None or kept[0] is not p or kept[1] != state:
+            kept = self._params_keys[id(p)] = (p, state, p.key)  # p is held, so its id is not reused
+        return kept[2]
+
     def _function(self, p, dtype, switches: tuple, device_index: int, name_of):
-        key = (p.key, dtype, switches, device_index)
+        key = (self._params_key(p), dtype, switches, device_index)
         function = self._functions.get(key)
         if function is None:
             function = self._functions[key] = self._compile(p, name_of(dtype, *switches), device_index)
@@ -139,25 +150,20 @@ class CupyKernels:
             with cupy.cuda.Device(device_index):
                 function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
 
-    def forward(self, x, v_init, p, save_h: bool, store_v_seq: bool, decay=None):
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p) -> None:
         steps = x.shape[0]
         n = x.numel() // steps
-        spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
         vec = _vector_width(x.dtype, n, *pointers)
-        device_index = x.device.index
-        switches = (v_init is not None, save_h, store_v_seq, vec)
+        device_index = x.get_device()  # an int without building a torch.device
+        switches = (v_init is not None, h is not None, v_out.dim() == x.dim(), vec)
         function = self._function(p, x.dtype, switches, device_index, src.forward_name)
         self._launch(function, device_index, n, vec, (*pointers, _ptr(decay), steps, n, x.stride(0)))
-        return spike, v_out, h
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq: bool, need_grad_v_init: bool,
-                 sum_grad_x: bool = False, v_init=None, decay=None):
+    def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
+                        store_v_seq: bool):
         steps = h.shape[0]
         n = h.numel() // steps
-        gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
-        gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
-        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init, sum_grad_x)
         pointers = (h.data_ptr(), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
         # A SCALAR gradient is read as one element, so its alignment does not matter.
         dense = [pointers[0], pointers[3], pointers[4]]
@@ -165,20 +171,20 @@ class CupyKernels:
             dense.append(pointers[1])
         if gv_mode == src.GRAD_DENSE:
             dense.append(pointers[2])
-        v_init = v_init if p.backward_reads_v_prev else None
         if v_init is not None:
             dense.append(v_init.data_ptr())
         vec = _vector_width(h.dtype, n, *dense, vec=src.backward_vector_width(h.dtype, p))
-        partials = fused.grad_w_partials(n // vec, h) if p.parametric else None
-        device_index = h.device.index
-        switches = (gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x, vec)
+        # PLIF's ∂L/∂w: one partial sum per thread of this launch, whose count only the launch knows.
+        partials = layouts.grad_w_partials(n // vec, h) if p.parametric else None
+        device_index = h.get_device()
+        switches = (gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < h.dim(), vec)
         function = self._function(p, h.dtype, switches, device_index, src.backward_name)
         extra = (_ptr(v_init), _ptr(decay), _ptr(partials))
         self._launch(function, device_index, n, vec, (*pointers, *extra, steps, n))
-        return grad_x, grad_v_init, None if partials is None else fused.sum_grad_w(partials)
+        return None if partials is None else layouts.sum_grad_w(partials)
 
 
-class CupyBackend(fused.KernelBackend):
+class CupyBackend(autograd.KernelBackend):
     name = "cupy"
 
     def __init__(self):

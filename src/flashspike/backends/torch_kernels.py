@@ -1,6 +1,6 @@
-"""A kernel set (the contract in :mod:`.fused`) written in plain PyTorch: vectorized over N, a loop over T.
+"""A kernel set (the contract in :mod:`.kernel_set`) written in plain PyTorch: vectorized over N, a loop over T.
 
-This is what the custom operators of :mod:`.ops` run for backend 'torch' (under ``torch.compile``),
+This is what the custom operators of :mod:`.operators` run for backend 'torch' (under ``torch.compile``),
 where a differentiable loop of small autograd steps cannot live inside one opaque operator. Eager
 calls with backend 'torch' keep using :mod:`.reference`, which stays the autograd reference that
 this file is tested against.
@@ -17,40 +17,38 @@ import torch
 
 from ..codegen import TORCH
 from ..params import NeuronParams
-from . import fused
+from .kernel_set import KernelSet
 from .reference import compute_dtype
 from .step_code import backward_values, forward_values, previous_v
 
 __all__ = ["TorchKernels", "KERNELS", "kernel_set"]
 
 
-class TorchKernels:
-    """The launchers of :mod:`.fused`'s contract; stateless, so one instance serves every layer."""
+class TorchKernels(KernelSet):
+    """The launchers of :mod:`.kernel_set`'s contract; stateless, so one instance serves every layer."""
 
-    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None):
-        steps = x.shape[0]
-        spike, v_out, h_seq = fused.forward_outputs(x, save_h, store_v_seq)
+    def launch_forward(self, x, v_init, spike, v_out, h_seq, decay, p: NeuronParams) -> None:
+        store_v_seq = v_out.dim() == x.dim()
         wide = compute_dtype(x.dtype)
         decay = None if decay is None else decay.to(wide)
         # A Python float is a valid V[-1] for the step functions: no [N] tensor of v_rest is built.
         v = p.v_rest if v_init is None else v_init.to(wide)
         if v_init is None and p.exponential:  # EIF's charge takes exp(V): a tensor
             v = torch.full(x.shape[1:], p.v_rest, dtype=wide, device=x.device)
-        for t in range(steps):
+        for t in range(x.shape[0]):
             h, spike_t, v = forward_values(x[t].to(wide), v, p, TORCH, decay)
             spike[t] = spike_t
-            if save_h:
+            if h_seq is not None:
                 h_seq[t] = h
             if store_v_seq:
                 v_out[t] = v
         if not store_v_seq:
             v_out[:] = v
-        return spike, v_out, h_seq
 
-    def backward(self, h_seq, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool,
-                 sum_grad_x: bool = False, v_init=None, decay=None):
-        steps = h_seq.shape[0]
-        grad_x, grad_v_init = fused.backward_outputs(h_seq, need_grad_v_init, sum_grad_x)
+    def launch_backward(self, h_seq, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,
+                        p: NeuronParams, store_v_seq: bool):
+        # Indexing an expanded scalar gradient reads its one element: every mode is a tensor or None.
+        sum_grad_x = grad_x.dim() < h_seq.dim()
         grad_x_sum = 0.0
         wide = compute_dtype(h_seq.dtype)
         decay = None if decay is None else decay.to(wide)
@@ -60,7 +58,7 @@ class TorchKernels:
         grad_v = 0.0
         if grad_v_out is not None and not store_v_seq:
             grad_v = grad_v_out.to(wide)  # the last V is the only V output: it enters at t = T−1
-        for t in reversed(range(steps)):
+        for t in reversed(range(h_seq.shape[0])):
             if grad_v_out is not None and store_v_seq:
                 grad_v = grad_v + grad_v_out[t].to(wide)
             grad_spike_t = 0.0 if grad_spike is None else grad_spike[t].to(wide)
@@ -81,11 +79,11 @@ class TorchKernels:
                 grad_x[t] = grad_x_t
         if sum_grad_x:
             grad_x[:] = grad_x_sum
-        if need_grad_v_init:
+        if grad_v_init is not None:
             grad_v_init[:] = grad_v
         if not p.parametric:
-            return grad_x, grad_v_init, None
-        return grad_x, grad_v_init, torch.as_tensor(grad_w, dtype=sum_dtype, device=h_seq.device).reshape(())
+            return None
+        return torch.as_tensor(grad_w, dtype=sum_dtype, device=h_seq.device).reshape(())
 
 
 #: The one instance; :func:`kernel_set` is the lookup every kernel backend offers.

@@ -19,7 +19,8 @@ import sys
 
 import torch
 
-from . import BackendError, fused
+from . import BackendError, autograd, layouts
+from .kernel_set import KernelSet
 from .triton_source import BACKWARD_NAME, FORWARD_NAME, backward_source, forward_source
 
 # Neurons and warps per program on a GPU: four neurons per thread was the fastest on an H200
@@ -75,8 +76,8 @@ def _interpreter_block(n: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), INTERPRETER_MAX_BLOCK)
 
 
-class TritonKernels:
-    """The kernel set (see :mod:`.fused`) of one layer's options."""
+class TritonKernels(KernelSet):
+    """The launchers of the kernel set (see :mod:`.kernel_set`) of one layer's options."""
 
     def __init__(self, p, interpret: bool):
         self.forward_kernel = _jit(forward_source(p), FORWARD_NAME)
@@ -91,36 +92,32 @@ class TritonKernels:
         block = GPU_BLOCK
         return ((n + block - 1) // block,), block, {"num_warps": GPU_NUM_WARPS}
 
-    def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p) -> None:
         steps = x.shape[0]
         n = x.numel() // steps
-        spike, v_out, h = fused.forward_outputs(x, save_h, store_v_seq)
         grid, block, options = self._launch_shape(n)
         with _on_device(x):
             self.forward_kernel[grid](
                 x, v_init, spike, v_out, h, decay, steps, n, x.stride(0),
-                block, v_init is not None, save_h, store_v_seq,
+                block, v_init is not None, h is not None, v_out.dim() == x.dim(),
                 **options,
             )  # fmt: skip
-        return spike, v_out, h
 
-    def backward(self, h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None,
-                 decay=None):
+    def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
+                        store_v_seq):
         steps = h.shape[0]
         n = h.numel() // steps
-        grad_x, grad_v_init = fused.backward_outputs(h, need_grad_v_init, sum_grad_x)
-        gs_mode, grad_spike = fused.grad_operand(grad_spike, h, True)
-        gv_mode, grad_v_out = fused.grad_operand(grad_v_out, h, store_v_seq)
         grid, block, options = self._launch_shape(n)
-        v_init = v_init if p.backward_reads_v_prev else None
-        partials = fused.grad_w_partials(grid[0], h) if p.parametric else None
+        # PLIF's ∂L/∂w: one partial sum per program of this launch, whose count only the launch knows.
+        partials = layouts.grad_w_partials(grid[0], h) if p.parametric else None
         with _on_device(h):
             self.backward_kernel[grid](
                 h, grad_spike, grad_v_out, grad_x, grad_v_init, v_init, decay, partials, steps, n, (steps - 1) * n,
-                block, gs_mode, gv_mode, store_v_seq, need_grad_v_init, sum_grad_x, v_init is not None,
+                block, gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < h.dim(),
+                v_init is not None,
                 **options,
             )  # fmt: skip
-        return grad_x, grad_v_init, None if partials is None else fused.sum_grad_w(partials)
+        return None if partials is None else layouts.sum_grad_w(partials)
 
 
 _NO_SWITCH = contextlib.nullcontext()
@@ -145,7 +142,7 @@ def kernel_set(p) -> TritonKernels:
     return kernels
 
 
-class TritonBackend(fused.KernelBackend):
+class TritonBackend(autograd.KernelBackend):
     name = "triton"
 
     def check_input(self, x_seq: torch.Tensor) -> None:

@@ -18,7 +18,9 @@ forward also writes H for the backward, which reads dL/dS and H and writes dL/dX
 also shown as a share of a device-to-device copy measured in the same run. The floors are the same for
 every neuron: PLIF's ∂L/∂w is reduced from values the backward already holds, and EIF and PLIF rebuild
 V[t−1] from the H they read anyway. A last table measures the host-bound case T=4, N=4096, forward +
-backward, where the GPU work is microseconds.
+backward, where the GPU work is microseconds, next to PyTorch's own floor for such a call (a
+``torch.autograd.Function`` that only allocates its output and its gradient, plus the sum and the
+backward): its column "x floor" is each subject's time over that floor's.
 
 Results go to ``--out``: ``neuron_benchmark.json`` and the bar charts ``exe_time_f.png`` and
 ``exe_time_fb.png`` (matplotlib; skipped with a notice when it is missing).
@@ -164,6 +166,37 @@ def peer_subjects(args, device) -> tuple[list[Subject], dict]:
     return subjects, skipped
 
 
+class _AllocateOnly(torch.autograd.Function):
+    """The least an autograd node can do: allocate its output, and its input's gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.empty_like(grad)
+
+
+class PyTorchFloor(torch.nn.Module):
+    """PyTorch's host floor for one differentiable call: :class:`_AllocateOnly`."""
+
+    def forward(self, x):
+        return _AllocateOnly.apply(x)
+
+
+FLOOR = Subject("PyTorch floor (allocate only)", PyTorchFloor, lambda node: None)
+
+
+def add_floor_ratios(rows: list[dict]) -> None:
+    """Each row's time over the floor's in the same mode, dtype, T and N."""
+    floor = {(r["mode"], r["dtype"], r["T"], r["N"]): r["ms"] for r in rows if r["subject"] == FLOOR.label and "ms" in r}
+    for r in rows:
+        floor_ms = floor.get((r["mode"], r["dtype"], r["T"], r["N"]))
+        if "ms" in r and floor_ms:
+            r["floor_ratio"] = r["ms"] / floor_ms
+
+
 # ---- measuring ----
 
 def _sync(device):
@@ -266,7 +299,9 @@ def add_speedups(rows: list[dict]) -> None:
 # ---- reporting ----
 
 def format_table(rows: list[dict]) -> str:
+    floor = any("floor_ratio" in r for r in rows)  # the host-bound case: each time over PyTorch's floor
     header = f"{'mode':4} {'dtype':8} {'T':>4} {'subject':34} {'ms':>9} {'speedup':>8} {'GB/s':>8} {'copy%':>6} {'peak MiB':>9}"
+    header += f" {'x floor':>8}" if floor else ""
     lines = [header, "-" * len(header)]
     for r in rows:
         head = f"{r['mode']:4} {r['dtype']:8} {r['T']:>4} {r['subject']:34}"
@@ -275,7 +310,10 @@ def format_table(rows: list[dict]) -> str:
             continue
         speedup = f"{r['speedup']:.1f}x" if "speedup" in r else "-"
         peak = "-" if r["peak_MiB"] is None else f"{r['peak_MiB']:.0f}"
-        lines.append(f"{head} {r['ms']:9.4f} {speedup:>8} {r['GBps']:8.1f} {100 * r['copy_share']:5.0f}% {peak:>9}")
+        line = f"{head} {r['ms']:9.4f} {speedup:>8} {r['GBps']:8.1f} {100 * r['copy_share']:5.0f}% {peak:>9}"
+        if floor:
+            line += f" {r['floor_ratio']:7.2f}x" if "floor_ratio" in r else f" {'-':>8}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -381,11 +419,12 @@ def run(args) -> dict:
     host_rows = []
     if not args.no_host_case:
         steps, n = HOST_CASE
-        for subject in subjects:
+        for subject in [FLOOR, *subjects]:
             host_rows.append(measure(subject, "fb", steps, n, DTYPES[args.dtypes[0]], device, args.repeats,
                                      copy_bps))
     add_speedups(rows)
     add_speedups(host_rows)
+    add_floor_ratios(host_rows)
     return dict(
         neuron=NEURONS[args.neuron].title,
         surrogate=repr(make_surrogate(surrogate, args.surrogate)),

@@ -1,25 +1,27 @@
 """The multi-step neuron as two PyTorch custom operators, so that ``torch.compile`` sees through it.
 
-``flashspike::multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, options) -> (spike, v_out, h)``
+``flashspike::multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0) -> (spike, v_out, h)``
 ``flashspike::multi_step_backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init,
-backend, options) -> (grad_x, grad_v_init, grad_w)``
+backend, options, sum_grad_x=False) -> (grad_x, grad_v_init, grad_w)``
+
+They run the kernel sets of :mod:`.kernel_set` on the tensors of the eager path, read in place in the
+same layouts (:mod:`.layouts`: ``x`` of any rank ``[T, *]`` whose steps are dense blocks, channels_last
+included), and hand back outputs with the same strides; the fake implementations state exactly those
+strides. With ``repeat`` = T > 0, ``x`` is one step that every time step receives (a step expanded over
+T), and the backward with ``sum_grad_x`` writes its gradient summed over T, as the eager Function does.
 
 ``w`` is PLIF's learnable parameter (None for other neurons): a tensor argument, so a compiled graph
 reads its current value at every call; ``grad_w`` is its gradient.
 
-They wrap the kernel-set launchers of :mod:`.fused` (same flat ``[T, N]`` tensors, same meaning) and
-are one operator pair whatever the backend: the backend's name ('auto' included) and the neuron's
-options travel as two strings (see :func:`option_string`), and the operator resolves the backend and
-its kernel set when it runs, so nothing about the choice has to be traced. A ``None`` output of a
-launcher (no H saved, no initial-state gradient) leaves the operator as an empty tensor, because an
-operator's outputs are always tensors.
+The operator pair is one whatever the backend: the backend's name ('auto' included) and the neuron's
+options travel as two strings (see :func:`option_string`), and :func:`.choice.kernel_set_for` turns them
+into a kernel set when the operator runs, so nothing about the choice has to be traced. A ``None``
+output of a launcher (no H saved, no initial-state gradient) leaves the operator as an empty tensor,
+because an operator's outputs are always tensors.
 
 Only compiled code comes here (:meth:`flashspike.neuron._MultiStep.forward` checks
 ``torch.compiler.is_compiling()``): eager calls keep the shorter host path of
-:class:`.fused.FusedMultiStep`, or the reference. Backend 'torch' runs :mod:`.torch_kernels` here,
-and so does a kernel backend given a dtype it has no kernels for (float64).
-
-A kernel backend (a :class:`.fused.KernelBackend`) gives its kernel sets as ``BACKEND.kernel_set(params)``.
+:class:`.autograd.FusedMultiStep`, or the reference.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import torch
 
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
-from . import reference, resolve, torch_kernels
-from .fused import KERNEL_DTYPES, KernelBackend, check_surrogate, decay_operand, initial_state, refuse_create_graph
+from . import reference
+from .autograd import refuse_create_graph
+from .choice import kernel_set_for
+from .layouts import (call_operands, decay_operand, multi_step_outputs, sequence_layout, sequence_strides,
+                      step_operand)
 
 __all__ = ["multi_step", "option_string", "params_from", "surrogate_text", "surrogate_from", "surrogate_class",
            "kernels_for"]
@@ -116,7 +121,7 @@ def params_from(options: str) -> NeuronParams:
         values = {name: _FIELDS[name](text) for name, text in pairs.items()}
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         raise ValueError(
-            f"bad neuron options {options!r}: expected what flashspike.backends.ops.option_string writes, "
+            f"bad neuron options {options!r}: expected what flashspike.backends.operators.option_string writes, "
             f"e.g. {option_string(_EXAMPLE)!r} ({type(err).__name__}: {err})"
         ) from err
     return NeuronParams(**values)
@@ -127,44 +132,33 @@ _EXAMPLE = NeuronParams(
 )
 
 
-def _backend_kernel_set(backend, p: NeuronParams):
-    """The kernel set a kernel backend (a :class:`.fused.KernelBackend`) runs ``p`` with."""
-    if not isinstance(backend, KernelBackend):
-        raise NotImplementedError(
-            f"backend {backend.name!r} is no fused.KernelBackend and has no kernel set for the compiled path"
-        )
-    return backend.kernel_set(p)
-
-
-# (backend name, device type, dtype, options) -> (kernel set, NeuronParams). Filled at the first call
-# of each layer, so a later call costs one dictionary lookup.
-_resolved: dict = {}
+# options string -> NeuronParams, parsed at the first call of each layer.
+_parsed: dict = {}
 
 
 def kernels_for(backend: str, x: torch.Tensor, options: str):
     """(kernel set, NeuronParams) that run ``x`` for backend ``backend`` with these options."""
-    key = (backend, x.device.type, x.dtype, options)
-    found = _resolved.get(key)
-    if found is None:
-        p = params_from(options)
-        chosen = resolve(backend, x)  # raises the backend's own clear error (device, package)
-        if chosen.name == "torch" or x.dtype not in KERNEL_DTYPES:
-            kernels = torch_kernels.kernel_set(p)
-        else:
-            kernels = _backend_kernel_set(chosen, p)
-        found = _resolved[key] = (kernels, p)
-    return found
+    p = _parsed.get(options)
+    if p is None:
+        p = _parsed[options] = params_from(options)
+    return kernel_set_for(backend, x, p, traced=True), p
 
 
-def _check_flat(x: torch.Tensor, v_init) -> None:
-    """The operator's input rules (also checked while tracing, by the fake implementation)."""
-    if x.dim() != 2:
-        raise ValueError(f"{FORWARD} expects x of shape [T, N], got shape {tuple(x.shape)}")
-    if v_init is not None and (v_init.shape != x.shape[1:] or v_init.dtype != x.dtype):
+def _sequence_input(x: torch.Tensor, v_init, repeat: int) -> torch.Tensor:
+    """The operator's input rules (also checked while tracing, by the fake implementation); the sequence
+    ``[T, *]`` that ``x`` stands for."""
+    if repeat < 0 or x.dim() < (1 if repeat else 2):
         raise ValueError(
-            f"{FORWARD} expects v_init of shape [N] = {tuple(x.shape[1:])} and dtype {x.dtype} (or None for "
-            f"the resting potential), got shape {tuple(v_init.shape)} and dtype {v_init.dtype}"
+            f"{FORWARD} expects x of shape [T, N, *] (or, with repeat = T > 0, one step [N, *]), got shape "
+            f"{tuple(x.shape)} with repeat={repeat}"
         )
+    step_shape = x.shape if repeat else x.shape[1:]
+    if v_init is not None and (v_init.shape != step_shape or v_init.dtype != x.dtype):
+        raise ValueError(
+            f"{FORWARD} expects v_init of one step's shape [N, *] = {tuple(step_shape)} and dtype {x.dtype} (or "
+            f"None for the resting potential), got shape {tuple(v_init.shape)} and dtype {v_init.dtype}"
+        )
+    return x.expand(repeat, *x.shape) if repeat else x
 
 
 def _absent(like: torch.Tensor) -> torch.Tensor:
@@ -174,61 +168,71 @@ def _absent(like: torch.Tensor) -> torch.Tensor:
 
 torch.library.define(
     FORWARD,
-    "(Tensor x, Tensor? v_init, Tensor? w, bool save_h, bool store_v_seq, str backend, str options) "
+    "(Tensor x, Tensor? v_init, Tensor? w, bool save_h, bool store_v_seq, str backend, str options, int repeat=0) "
     "-> (Tensor, Tensor, Tensor)",
 )
 torch.library.define(
     BACKWARD,
     "(Tensor h, Tensor? grad_spike, Tensor? grad_v_out, Tensor? v_init, Tensor? w, bool store_v_seq, "
-    "bool need_grad_v_init, str backend, str options) -> (Tensor, Tensor, Tensor)",
+    "bool need_grad_v_init, str backend, str options, bool sum_grad_x=False) -> (Tensor, Tensor, Tensor)",
 )
 
 
 @torch.library.register_kernel(FORWARD, None)
-def _forward(x, v_init, w, save_h, store_v_seq, backend, options):
-    _check_flat(x, v_init)
+def _forward(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0):
+    x = sequence_layout(_sequence_input(x, v_init, repeat))
     kernels, p = kernels_for(backend, x, options)
-    spike, v_out, h = kernels.forward(x, v_init, p, save_h, store_v_seq, decay_operand(w, p, x))
+    spike, v_out, h = kernels.forward(x, step_operand(v_init, x), p, save_h, store_v_seq, decay_operand(w, p, x))
     return spike, v_out, _absent(x) if h is None else h
 
 
 @torch.library.register_fake(FORWARD)
-def _forward_fake(x, v_init, w, save_h, store_v_seq, backend, options):
-    _check_flat(x, v_init)
-    steps, n = x.shape
-    v_out = x.new_empty((steps, n) if store_v_seq else (n,))
-    return x.new_empty((steps, n)), v_out, x.new_empty((steps, n)) if save_h else _absent(x)
+def _forward_fake(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0):
+    x = _sequence_input(x, v_init, repeat)
+    strides = sequence_strides(x)  # the layout forward_outputs gives x in sequence layout
+
+    def sequence():
+        return x.new_empty_strided(x.shape, strides)
+
+    v_out = sequence() if store_v_seq else x.new_empty_strided(x.shape[1:], strides[1:])
+    return sequence(), v_out, sequence() if save_h else _absent(x)
 
 
 @torch.library.register_kernel(BACKWARD, None)
-def _backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options):
+def _backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options,
+              sum_grad_x=False):
     kernels, p = kernels_for(backend, h, options)
     grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init,
-                                                   False, v_init, decay_operand(w, p, h))
+                                                   sum_grad_x, step_operand(v_init, h), decay_operand(w, p, h))
     grad_w = _absent(h) if grad_w is None else grad_w.to(w.dtype).reshape(w.shape)
     return grad_x, _absent(h) if grad_v_init is None else grad_v_init, grad_w
 
 
 @torch.library.register_fake(BACKWARD)
-def _backward_fake(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options):
+def _backward_fake(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options,
+                   sum_grad_x=False):
+    strides = h.stride()  # the layout backward_outputs gives
+    step = h.new_empty_strided(h.shape[1:], strides[1:])
+    grad_x = step if sum_grad_x else h.new_empty_strided(h.shape, strides)
     grad_w = _absent(h) if w is None else w.new_empty(w.shape)
-    return h.new_empty(h.shape), h.new_empty((h.shape[1],)) if need_grad_v_init else _absent(h), grad_w
+    return grad_x, h.new_empty_strided(h.shape[1:], strides[1:]) if need_grad_v_init else _absent(h), grad_w
 
 
 def _setup_context(ctx, inputs, output):
-    _x, v_init, w, save_h, store_v_seq, backend, options = inputs
+    _x, v_init, w, save_h, store_v_seq, backend, options = inputs[:7]
     h = output[2]
     ctx.mark_non_differentiable(h)
     # Like FusedMultiStep: an output nobody used brings None, not a materialized zero tensor.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(h, v_init, w)
     ctx.save_h, ctx.store_v_seq, ctx.backend, ctx.options = save_h, store_v_seq, backend, options
+    ctx.sum_grad_x = len(inputs) > 7 and inputs[7] > 0
 
 
 def _backward_formula(ctx, grad_spike, grad_v_out, _grad_h):
     refuse_create_graph()
     if grad_spike is None and grad_v_out is None:
-        return (None,) * 7
+        return (None,) * 8
     if not ctx.save_h:
         raise RuntimeError(
             f"{FORWARD} ran with save_h=False, so it kept no H to differentiate through; pass save_h=True "
@@ -237,49 +241,27 @@ def _backward_formula(ctx, grad_spike, grad_v_out, _grad_h):
     h, v_init, w = ctx.saved_tensors
     need_grad_v_init = ctx.needs_input_grad[1]
     grad_x, grad_v_init, grad_w = torch.ops.flashspike.multi_step_backward(
-        h, grad_spike, grad_v_out, v_init, w, ctx.store_v_seq, need_grad_v_init, ctx.backend, ctx.options
+        h, grad_spike, grad_v_out, v_init, w, ctx.store_v_seq, need_grad_v_init, ctx.backend, ctx.options,
+        ctx.sum_grad_x,
     )
     grad_w = grad_w if w is not None and ctx.needs_input_grad[2] else None
-    return grad_x, grad_v_init if need_grad_v_init else None, grad_w, None, None, None, None
+    return grad_x, grad_v_init if need_grad_v_init else None, grad_w, None, None, None, None, None
 
 
 torch.library.register_autograd(FORWARD, _backward_formula, setup_context=_setup_context)
 
 
-def _flatten_inputs(x_seq: torch.Tensor, v_init, p: NeuronParams):
-    """``x_seq`` as a contiguous ``[T, N]`` tensor and ``v_init`` as ``[N]`` (None for "at rest"), the
-    operators' flat form (a compiled graph fuses the reshapes and copies away where it can).
-
-    Also returns whether ``x_seq`` was already 2-D, in which case no views were made and none need
-    undoing.
-    """
-    flat = x_seq.dim() == 2
-    x = (x_seq if flat else x_seq.reshape(x_seq.shape[0], -1)).contiguous()
-    if isinstance(v_init, torch.Tensor) and not flat:
-        v_init = v_init.reshape(-1)
-    return x, initial_state(v_init, x, p), flat
-
-
-def _unflatten_outputs(spike, v_out, shape: torch.Size, flat: bool, store_v_seq: bool):
-    """The operators' outputs back in the input's shape, as ``(spike_seq, v_last, v_seq or None)``."""
-    if not flat:
-        spike, v_out = spike.view(shape), v_out.view(shape if store_v_seq else shape[1:])
-    if store_v_seq:
-        return spike, v_out[-1], v_out
-    return spike, v_out, None
-
-
 def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
     """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
     if not isinstance(p.surrogate, surrogate_module.SurrogateFunction):
-        # A plain callable surrogate has no formulas for the operators' kernels; the reference traces.
-        if resolve(backend, x_seq).name != "torch":
-            check_surrogate(backend, p)
+        # A plain callable surrogate has no formulas for the operators' kernels; the reference traces
+        # (a kernel backend refuses it, with the reason).
+        kernel_set_for(backend, x_seq, p, traced=True)
         return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, w)
-    x, v, flat = _flatten_inputs(x_seq, v_init, p)
-    w = w if p.parametric else None
-    save_h = torch.is_grad_enabled() and (x.requires_grad or (v is not None and v.requires_grad)
-                                          or (w is not None and w.requires_grad))
-    spike, v_out, _ = torch.ops.flashspike.multi_step_forward(x, v, w, save_h, store_v_seq, backend,
-                                                              option_string(p))
-    return _unflatten_outputs(spike, v_out, x_seq.shape, flat, store_v_seq)
+    x, v, w, save_h, step = call_operands(x_seq, v_init, p, w, traced=True)
+    forward = torch.ops.flashspike.multi_step_forward
+    if step is None:
+        spike, v_out, _ = forward(x, v, w, save_h, store_v_seq, backend, option_string(p))
+    else:  # its gradient is summed over T in the kernel, as in eager calls
+        spike, v_out, _ = forward(step, v, w, save_h, store_v_seq, backend, option_string(p), x.shape[0])
+    return multi_step_outputs(spike, v_out, store_v_seq)

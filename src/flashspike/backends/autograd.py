@@ -1,0 +1,124 @@
+"""The eager path of a kernel backend: the autograd Function around a kernel set (:mod:`.kernel_set`).
+
+:func:`fused_multi_step` gives a kernel set the reference backend's ``multi_step`` contract: it lays
+the input out (:mod:`.layouts`), runs the launcher alone when nothing is differentiated, and
+otherwise :class:`FusedMultiStep`, whose backward is the kernel set's backward. A step repeated over
+T by ``expand`` reaches the Function as that one step, so its gradient is summed over T in the kernel.
+Compiled code takes :mod:`.operators` instead, whose operators call the same kernel sets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..params import NeuronParams
+from . import reference
+from .choice import kernel_set_for
+from .layouts import call_operands, decay_operand, multi_step_outputs
+
+
+def refuse_create_graph() -> None:
+    """A backward kernel's gradient is not itself differentiable: refuse to build a graph of it
+    (grad mode is on in a backward pass only under ``create_graph=True``) rather than drop the
+    second-order terms silently."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the fused kernel backends ('cupy', 'triton') compute the neuron's gradient in one kernel, which "
+            "cannot be differentiated again: backward with create_graph=True (torch.autograd.grad(..., "
+            "create_graph=True), double backward) needs backend='torch'"
+        )
+
+
+class FusedMultiStep(torch.autograd.Function):
+    """``x`` is the sequence, or (``repeat`` = T) one step that every time step receives; ``w`` is
+    PLIF's learnable parameter (None for other neurons); ``call`` is (kernel set, NeuronParams,
+    store_v_seq, repeat or None): one argument, because autograd's per-argument work is host time.
+    Applied only when an input requires grad, so H is always kept."""
+
+    @staticmethod
+    def forward(ctx, x, v_init, w, call):
+        kernels, p, store_v_seq, repeat = call
+        decay = decay_operand(w, p, x)
+        spike, v_out, h = kernels.forward(x if repeat is None else x.expand(repeat, *x.shape), v_init, p, True,
+                                          store_v_seq, decay)
+        ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
+        ctx.call, ctx.w = call, w
+        ctx.set_materialize_grads(False)
+        return spike, v_out
+
+    @staticmethod
+    def backward(ctx, grad_spike, grad_v_out):
+        refuse_create_graph()
+        if grad_spike is None and grad_v_out is None:
+            return None, None, None, None
+        h, v_init, decay = ctx.saved_tensors
+        kernels, p, store_v_seq, repeat = ctx.call
+        needs = ctx.needs_input_grad
+        grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, needs[1],
+                                                       repeat is not None, v_init, decay)
+        if grad_w is not None:
+            w = ctx.w
+            grad_w = grad_w.to(w.dtype).reshape(w.shape) if needs[2] else None
+        return grad_x, grad_v_init, grad_w, None
+
+
+def _plain_apply():
+    """``FusedMultiStep.apply`` without the Python wrapper that ``torch.autograd.Function.apply`` puts
+    around the C entry (binding default arguments, unwrapping functorch's tensors): microseconds of
+    host time per call that a Function without ``setup_context``, outside functorch's transforms, does
+    not need. Where torch lays its classes out otherwise, the public ``apply``."""
+    base_apply = getattr(getattr(torch._C, "_FunctionBase", None), "__dict__", {}).get("apply")
+    transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if base_apply is None or transforms_active is None:
+        return FusedMultiStep.apply
+    raw = base_apply.__get__(None, FusedMultiStep)
+    public = FusedMultiStep.apply
+
+    def apply(*args):
+        return public(*args) if transforms_active() else raw(*args)
+
+    return apply
+
+
+_apply = _plain_apply()
+
+
+def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
+    """The reference backend's ``multi_step`` contract, run by a kernel set.
+
+    The outputs keep the input's layout and shape: no view is made on the way in or out (each costs
+    microseconds of host time, and a node in the backward graph).
+    """
+    x, v, w, differentiated, step = call_operands(x_seq, v_init, p, w)
+    if not differentiated:  # the launcher alone, without the autograd Function's host work
+        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x))
+    elif step is None:
+        spike, v_out = _apply(x, v, w, (kernels, p, store_v_seq, None))
+    else:  # its gradient is summed over T in the kernel, never written T times and reduced
+        spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0]))
+    return multi_step_outputs(spike, v_out, store_v_seq)
+
+
+def multi_step(name: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
+    """The reference backend's ``multi_step`` contract for backend ``name`` ('auto' included), run by
+    what :func:`.choice.kernel_set_for` chooses: a kernel set, or the reference."""
+    kernels = kernel_set_for(name, x_seq, p)
+    if kernels is None:
+        return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, w)
+    return fused_multi_step(kernels, x_seq, v_init, p, store_v_seq, w)
+
+
+class KernelBackend:
+    """What the fused-kernel backends share. A subclass sets ``name``, implements ``check_input`` and
+    ``kernel_set(p)`` (the :class:`.kernel_set.KernelSet` that runs options ``p``)."""
+
+    name: str
+
+    def __init__(self):
+        self._warned_dtypes: set = set()  # dtypes it has no kernels for, once noticed (see .choice)
+
+    def kernel_set(self, p: NeuronParams):
+        raise NotImplementedError
+
+    def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
+        return multi_step(self.name, x_seq, v_init, p, store_v_seq, w)

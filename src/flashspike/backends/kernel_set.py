@@ -1,0 +1,73 @@
+"""The kernel-set contract: what the eager autograd Function (:mod:`.autograd`) and the compiled operators
+(:mod:`.operators`) call, and what a backend's launchers implement.
+
+A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and outputs with
+:mod:`.layouts` and hand them, ready, to the backend's two launchers, which only launch:
+
+``forward(x, v_init, p, save_h, store_v_seq, decay=None) -> (spike, v_out, h)``
+    ``x`` is a sequence ``[T, *]`` in sequence layout (:func:`.layouts.sequence_layout`). ``decay`` is
+    PLIF's k = sigmoid(w), a one-element float32 tensor on x's device that the kernel reads at run
+    time (so a captured CUDA graph replays with the current value); None otherwise. ``v_init`` is a
+    step-shaped tensor of x's dtype laid out like one block of ``x`` (x's strides without the first),
+    or None for "every neuron at ``p.v_rest``". ``spike`` has x's shape and strides; ``v_out`` is V
+    for all steps (like ``x``) when ``store_v_seq``, else the last V (like ``v_init``); ``h`` (H, the
+    pre-reset potential, what backward needs) is like ``x`` when ``save_h``, else None. All outputs
+    have x's dtype.
+
+``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None, decay=None) -> (grad_x, grad_v_init, grad_w)``
+    ``grad_spike`` and ``grad_v_out`` are shaped like ``spike`` and ``v_out``, or None where no
+    gradient flows (treated as zero: nothing is materialized). They may have any strides
+    (:func:`.layouts.grad_operand` keeps the expanded scalar of ``y.sum().backward()`` as one element
+    and brings anything else into h's layout). ``grad_x`` is like ``h``, or, with ``sum_grad_x`` (the
+    input was one step repeated over T), its sum over T, like one block of ``h``; ``grad_v_init`` is
+    like one block of ``h``, or None when not asked for. ``v_init`` and ``decay`` are what the
+    forward received: EIF and PLIF rebuild V[t−1] from H[t−1] and, at t = 0, from ``v_init`` (see
+    :mod:`.step_code`). ``grad_w`` is PLIF's ∂L/∂w, a float32 0-d tensor reduced on the device
+    (float64 for float64 sequences), else None.
+
+A backend subclasses :class:`KernelSet` and implements :meth:`~KernelSet.launch_forward` and
+:meth:`~KernelSet.launch_backward`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..params import NeuronParams
+from .layouts import backward_outputs, forward_outputs, grad_operand
+
+__all__ = ["KernelSet", "KERNEL_DTYPES"]
+
+# The kernels load and store these and compute in float32.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class KernelSet:
+    """Lays out one call's operands and outputs, then launches the backend's kernels on them."""
+
+    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None):
+        spike, v_out, h = forward_outputs(x, save_h, store_v_seq)
+        self.launch_forward(x, v_init, spike, v_out, h, decay, p)
+        return spike, v_out, h
+
+    def backward(self, h, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool,
+                 sum_grad_x: bool = False, v_init=None, decay=None):
+        gs_mode, grad_spike = grad_operand(grad_spike, h, True)
+        gv_mode, grad_v_out = grad_operand(grad_v_out, h, store_v_seq)
+        grad_x, grad_v_init = backward_outputs(h, need_grad_v_init, sum_grad_x)
+        grad_w = self.launch_backward(h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init,
+                                      v_init if p.backward_reads_v_prev else None, decay, p, store_v_seq)
+        return grad_x, grad_v_init, grad_w
+
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p: NeuronParams) -> None:
+        """Run the forward on ready operands: write ``spike``, ``v_out`` (every step's V when it is
+        shaped like ``x``, else the last V) and ``h`` (when not None)."""
+        raise NotImplementedError
+
+    def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,
+                        p: NeuronParams, store_v_seq: bool):
+        """Run the backward on ready operands (``gs_mode``/``gv_mode``: how each output gradient is
+        passed, see :mod:`.step_code`): write ``grad_x`` (the sum over T when it is one step),
+        ``grad_v_init`` (when not None); return PLIF's ∂L/∂w or None. ``v_init`` is None unless the
+        neuron rebuilds V[t−1] (:attr:`NeuronParams.backward_reads_v_prev`)."""
+        raise NotImplementedError
