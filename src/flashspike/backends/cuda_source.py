@@ -196,7 +196,7 @@ __device__ __forceinline__ float fs_load_one(const T* p) {
 _KERNELS = Template(r"""
 template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, int VEC, int UNROLL>
 __global__ void fs_forward(
-    const T* __restrict__ x_seq,   // [T, N] input X: T blocks of N (fused.sequence_layout)
+    const T* __restrict__ x_seq,   // [T, N] input X: T blocks of N (layouts.sequence_layout)
     const T* __restrict__ v_init,  // [N] V before step 0 (read only when HAS_V_INIT, else V = v_rest)
     T* __restrict__ spike_seq,     // [T, N] output S, 0 or 1
     T* __restrict__ v_out,         // [T, N] every V when STORE_V_SEQ, else [N] the last V
@@ -418,7 +418,7 @@ def forward_flag_sets(dtype: torch.dtype):
 
 def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):
     """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, vec) a launcher may ask for for
-    ``p``; at least one output gradient is present (fused.py calls no backward otherwise)."""
+    ``p``; at least one output gradient is present (autograd.py calls no backward otherwise)."""
     modes = (GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR)
     for gs, gv, store, gvi, summed, vec in itertools.product(
         modes, modes, (False, True), (False, True), (False, True), (1, backward_vector_width(dtype, p))

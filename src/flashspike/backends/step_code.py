@@ -34,7 +34,7 @@ from ..dynamics import charge, charge_slope_w, charge_slopes, reset
 from ..params import NeuronParams
 
 # How an output gradient reaches a backward kernel (its GRAD_SPIKE / GRAD_V switch), in both kernel
-# languages; :func:`flashspike.backends.fused.grad_operand` chooses it.
+# languages; :func:`flashspike.backends.layouts.grad_operand` chooses it.
 GRAD_ABSENT = 0  # no gradient flows into this output: read nothing, treat as zero
 GRAD_DENSE = 1  # a tensor laid out like the output
 GRAD_SCALAR = 2  # every element equals element 0 (the expanded ones of y.sum().backward())

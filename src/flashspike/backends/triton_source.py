@@ -32,7 +32,7 @@ FORWARD_NAME = "flashspike_forward"
 BACKWARD_NAME = "flashspike_backward"
 
 # How a gradient argument of the backward kernel arrives (the GRAD_SPIKE and GRAD_V flags): the modes
-# of fused.grad_operand, shared with the CUDA kernels.
+# of layouts.grad_operand, shared with the CUDA kernels.
 GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR = fused_modes.GRAD_ABSENT, fused_modes.GRAD_DENSE, fused_modes.GRAD_SCALAR
 
 
@@ -47,7 +47,7 @@ def forward_source(p: NeuronParams) -> str:
     load_decay = "decay = tl.load(decay_ptr).to(tl.float32)" if p.parametric else "pass"
     return f'''\
 def {FORWARD_NAME}(
-    x_ptr,  # X, [T, N]: T blocks of N elements (fused.sequence_layout)
+    x_ptr,  # X, [T, N]: T blocks of N elements (layouts.sequence_layout)
     v_init_ptr,  # V[-1], [N]; read only when HAS_V_INIT (else every neuron starts at {v_rest})
     spike_ptr,  # out S, [T, N]
     v_out_ptr,  # out V: [T, N] when STORE_V_SEQ, else [N] holding the last step
