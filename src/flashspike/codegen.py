@@ -27,7 +27,8 @@ Triton; CUDA's ``powf`` computes its logarithm in extended precision, several ti
 the kernel's whole step, for an accuracy the surrogate's slope does not need. CUDA's ``sin(z)`` and
 ``cos(z)`` are ``sinpif(z/π)`` and ``cospif(z/π)``: their range reduction is exact and branch-free,
 where ``sinf``/``cosf`` carry a slow path for large arguments (a call with a stack frame, and more
-registers around it); the rounding of z/π costs an absolute error of about |z|·10⁻⁷.
+registers around it); the rounding of z/π costs an absolute error of about |z|·10⁻⁷. Triton's
+``cos`` is composed for the same reason: a reduction by π and one even polynomial, without a branch.
 """
 
 from __future__ import annotations
@@ -217,15 +218,37 @@ def _atan_by_polynomial(e, x):
     return e.where(x < 0.0, -r, r)
 
 
+# cos(r) for |r| <= π/2 by its Taylor series to r¹² (truncation below 10⁻⁸ there). π is split into
+# three parts, the first two with few enough bits that k times them is exact in float32 for |k| < 2¹¹,
+# so the reduction z − k·π loses (almost) nothing for the arguments of a surrogate's slope.
+_COS_TAYLOR = tuple((-1) ** i / math.factorial(2 * i) for i in range(7))
+_PI_PARTS = (3.140625, 9.67502593994140625e-4, 1.509957990978376432e-7)
+
+
+def _cos_by_polynomial(e, z):
+    """cos(z) = (−1)^k cos(z − kπ), k the nearest whole number to z/π: no branch, one polynomial.
+    (Triton's tl.cos carries a slow path for huge arguments that costs the kernel time; the
+    Fourier-series surrogate's slope is a sum of cosines.)"""
+    k = e.let("cos_k", Expr("floor", z * (1.0 / math.pi) + 0.5))
+    head, middle, tail = _PI_PARTS
+    r = e.let("cos_r", ((z - k * head) - k * middle) - k * tail)
+    r2 = e.let("cos_r2", r * r)
+    poly = _lift(_COS_TAYLOR[-1])
+    for c in reversed(_COS_TAYLOR[:-1]):
+        poly = poly * r2 + c
+    poly = e.let("cos_poly", poly)
+    return e.where(k - 2.0 * Expr("floor", k * 0.5) > 0.5, -poly, poly)
+
+
 TRITON = Language(
     name="triton",
     const_suffix="",
     functions={"exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt", "abs": "tl.abs", "sin": "tl.sin",
-               "cos": "tl.cos", "erf": "tl.erf"},
+               "erf": "tl.erf", "floor": "tl.floor"},
     where_template="tl.where({c}, {a}, {b})",
     assign_template="{name} = {value}",
     compositions={"pow": lambda e, base, k: _pow_composed(e, base, k, "exp", "log"), "erfc": _erfc_by_erf,
-                  "atan": _atan_by_polynomial},
+                  "atan": _atan_by_polynomial, "cos": _cos_by_polynomial},
 )
 
 
