@@ -1,7 +1,6 @@
 """The expression language and the generated neuron step, run as Python through a Triton shim, and
 the shared fused autograd Function driven by that Python 'kernel'."""
 
-import itertools
 import math
 import re
 from types import SimpleNamespace
@@ -10,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from flashspike import neuron, surrogate
+from flashspike import neuron
 from flashspike.backends import autograd, layouts, reference
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import CUDA, TORCH, TRITON, Emitter, var
 
 import bptt
-from custom_surrogate import every_surrogate, surrogate_id
+from custom_surrogate import every_surrogate
+from grid import Cell, cell_id, option_grid
 
 
 def test_rendering_in_both_languages():
@@ -141,19 +141,16 @@ class PythonKernels:
 
 
 # Every option set with one surrogate; every surrogate, spiking and smooth, with two option sets.
-OPTIONS = list(itertools.product(
-    [("if", True), ("lif", True), ("lif", False)], [0.0, 0.2, None], [False, True], [surrogate.ATan()],
-)) + [(("lif", True), v_reset, detach, sg) for v_reset, detach in [(0.2, False), (None, True)]
-      for spiking in (True, False) for sg in every_surrogate(spiking)]
+OPTIONS = option_grid(kinds=("if", "lif"), v_resets=(0.0, 0.2, None)) + [
+    Cell(v_reset=v_reset, detach_reset=detach, surrogate=sg) for v_reset, detach in [(0.2, False), (None, True)]
+    for spiking in (True, False) for sg in every_surrogate(spiking)]
 
 
-@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"{o[0][0]}-{o[0][1]}-{o[1]}-{o[2]}-{surrogate_id(o[3])}")
+@pytest.mark.parametrize("cell", OPTIONS, ids=cell_id)
 @pytest.mark.parametrize("store_v_seq", [False, True])
-def test_generated_step_through_fused_function_matches_reference(opts, store_v_seq):
-    (charge, decay_input), v_reset, detach, sg = opts
-    kw = dict(v_threshold=0.9, v_reset=v_reset, surrogate_function=sg, detach_reset=detach, backend="torch",
-              store_v_seq=store_v_seq)
-    node = neuron.MultiStepIFNode(**kw) if charge == "if" else neuron.MultiStepLIFNode(1.5, decay_input, **kw)
+def test_generated_step_through_fused_function_matches_reference(cell, store_v_seq):
+    node = cell.node("torch", store_v_seq=store_v_seq)
+    sg = cell.surrogate
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 3, 7, generator=g, dtype=torch.float64) + 0.5
     v0 = torch.randn(3, 7, generator=g, dtype=torch.float64) * 0.3

@@ -11,7 +11,7 @@ GPU (marked ``gpu``), with backends 'cupy' and 'triton': the same compile check 
 autocast), opcheck on CUDA, and the example's training step (reset, forward, backward, fused SGD
 step; float32, or float16 autocast with a GradScaler) of a small conv SNN captured as one CUDA graph
 and replayed, against the same steps run eagerly. A backend whose module or package cannot be
-imported is skipped, unless FLASHSPIKE_REQUIRE_BACKENDS names it.
+imported is skipped, unless FLASHSPIKE_REQUIRE_BACKENDS names it (tests/conftest.py).
 
 Compiling is slow, so the compiled nets are few and tiny; most use the 'aot_eager' compiler, which
 runs everything the operators need (Dynamo, fake tensors, AOTAutograd) but generates no code.
@@ -19,7 +19,6 @@ runs everything the operators need (Dynamo, fake tensors, AOTAutograd) but gener
 
 import copy
 import math
-import os
 
 import pytest
 import torch
@@ -28,14 +27,10 @@ from torch import nn
 from flashspike import backends, functional, layer, neuron, surrogate
 from flashspike.backends import autograd, choice, operators, reference, torch_kernels
 from flashspike.dynamics import charge
-from flashspike.params import NeuronParams
+from conftest import require_backend
+from grid import Cell, cell_id, params
 
 GPU_BACKENDS = ["cupy", "triton"]
-
-
-def _params(leaky=True, v_threshold=1.0, v_reset=0.0, detach_reset=False, sg=None, tau=2.0, decay_input=True):
-    return NeuronParams(leaky=leaky, v_threshold=v_threshold, v_reset=v_reset, detach_reset=detach_reset,
-                        surrogate=sg or surrogate.ATan(), tau=tau, decay_input=decay_input)
 
 
 def _forward_op(x, v_init, p, *, save_h=True, store_v_seq=False, backend="torch", w=None):
@@ -53,7 +48,7 @@ def _backward_op(h, grad_spike, grad_v_out, p, *, store_v_seq=False, need_grad_v
 
 def test_forward_operator_follows_a_hand_computed_trajectory():
     # IF, V_th = 1, hard reset to 0: H = 0.6, 1.2 (spike, V -> 0), 0.6, 2.1 (spike, V -> 0).
-    p = _params(leaky=False)
+    p = params("if", v_threshold=1.0)
     x = torch.tensor([[0.6], [0.6], [0.6], [1.5]], dtype=torch.float64)
     spike, v_seq, h = _forward_op(x, None, p, store_v_seq=True)
     assert spike.flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
@@ -69,7 +64,7 @@ def test_backward_operator_follows_a_hand_computed_step():
     # H = 0.4 + (0.5 - 0.4) / 2 = 0.45, no spike. With u = H - 1 and σ = 1 / (1 + (π/2·2·u)²),
     # ∂L/∂H = 3σ + 2·(1 - σ) for ∂L/∂S = 3 and ∂L/∂V = 2 (∂V/∂H = 1, ∂V/∂S = -V_th);
     # ∂L/∂X = ∂L/∂H / 2 and ∂L/∂V[-1] = ∂L/∂H · (1 - 1/2).
-    p = _params(v_reset=None)
+    p = params(v_reset=None, v_threshold=1.0, tau=2.0)
     x = torch.tensor([[0.5]], dtype=torch.float64)
     spike, v_last, h = _forward_op(x, torch.tensor([0.4], dtype=torch.float64), p)
     assert spike.item() == 0.0 and h.item() == pytest.approx(0.45) and v_last.item() == pytest.approx(0.45)
@@ -83,10 +78,10 @@ def test_backward_operator_follows_a_hand_computed_step():
 
 
 KERNEL_OPTIONS = [
-    dict(leaky=False),
-    dict(v_reset=None, sg=surrogate.Sigmoid()),
-    dict(decay_input=False, v_reset=-0.3, detach_reset=True, sg=surrogate.PiecewiseQuadratic(alpha=1.5)),
-    dict(tau=1.7, v_threshold=0.9, sg=surrogate.SoftSign()),
+    Cell("if"),
+    Cell(v_reset=None, surrogate=surrogate.Sigmoid()),
+    Cell(decay_input=False, v_reset=-0.3, detach_reset=True, surrogate=surrogate.PiecewiseQuadratic(alpha=1.5)),
+    Cell(surrogate=surrogate.SoftSign()),
 ]
 
 
@@ -113,13 +108,13 @@ def _far_from_threshold(x, v0, p, tie):
     return ((charge(v_prev, x, p) - p.v_threshold).abs() > tie).all(0)
 
 
-@pytest.mark.parametrize("options", KERNEL_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize("cell", KERNEL_OPTIONS, ids=cell_id)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("v_init", ["rest", "tensor"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
 @pytest.mark.parametrize("loss_on", [("spike", "v"), ("spike",), ("v",)], ids="+".join)
-def test_torch_kernels_match_the_reference(options, dtype, v_init, store_v_seq, loss_on):
-    p = _params(**options)
+def test_torch_kernels_match_the_reference(cell, dtype, v_init, store_v_seq, loss_on):
+    p = cell.params()
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(6, 2, 37, generator=g, dtype=torch.float64) + 0.8).to(dtype)
     v0 = (torch.randn(2, 37, generator=g, dtype=torch.float64) * 0.3).to(dtype) if v_init == "tensor" else p.v_rest
@@ -168,7 +163,7 @@ def test_torch_kernels_match_the_reference(options, dtype, v_init, store_v_seq, 
 def test_multi_step_through_the_operators_matches_the_reference(v_init, store_v_seq):
     # What compiled code runs, called eagerly: flattening, the initial state (a float other than
     # v_rest included), the operators' autograd formula, and the reshaped outputs.
-    p = _params(v_reset=-0.2, sg=surrogate.Sigmoid())
+    p = params(v_reset=-0.2, surrogate=surrogate.Sigmoid())
     g = torch.Generator().manual_seed(7)
     x = torch.randn(5, 3, 4, generator=g, dtype=torch.float64) + 0.8
     weights = [torch.randn(5, 3, 4, generator=g, dtype=torch.float64) for _ in range(3)]
@@ -186,14 +181,14 @@ def test_multi_step_through_the_operators_matches_the_reference(v_init, store_v_
         torch.testing.assert_close(grad_v, ref_grad_v, rtol=1e-12, atol=1e-12)
 
 
-OPCHECK_OPTIONS = [dict(leaky=False), dict(v_reset=None, detach_reset=True, sg=surrogate.Sigmoid())]
+OPCHECK_OPTIONS = [Cell("if"), Cell(v_reset=None, detach_reset=True, surrogate=surrogate.Sigmoid())]
 
 
 @pytest.mark.parametrize("option_set", OPCHECK_OPTIONS, ids=["if-hard", "lif-soft-detach"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("store_v_seq", [False, True])
 def test_opcheck(option_set, dtype, store_v_seq):
-    p = _params(**option_set)
+    p = option_set.params()
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 11, generator=g, dtype=dtype) + 0.5
     v0 = torch.randn(11, generator=g, dtype=dtype)
@@ -217,13 +212,13 @@ def test_surrogates_are_rebuilt_from_name_and_alpha():
 
     for sg in [surrogate.ATan(3.0), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(0.5), surrogate.SoftSign(),
                Doubled(1.5)]:
-        p = _params(sg=sg, v_reset=None, tau=1 / 3, v_threshold=0.1 + 0.2)  # floats that must read back exactly
+        p = params(surrogate=sg, v_reset=None, tau=1 / 3, v_threshold=0.1 + 0.2)  # floats that must read back exactly
         rebuilt = operators.params_from(operators.option_string(p))
         assert type(rebuilt.surrogate) is type(sg) and rebuilt.key == p.key and rebuilt == p
 
 
 def test_kernel_sets_come_from_the_kernel_backend():
-    p = _params()
+    p = params()
     own = object()
 
     class Kernels(autograd.KernelBackend):
@@ -242,16 +237,13 @@ def test_kernel_sets_come_from_the_kernel_backend():
 
 
 def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
-    p = _params(v_reset=None)
+    p = params(v_reset=None)
     x = torch.rand(4, 300, generator=torch.Generator().manual_seed(8)) * 2.5
     if torch.cuda.is_available():  # real kernels there; the CPU interpreter only where there is no GPU
         x = x.cuda()
     # float64 has no kernels in the GPU backends: the operator runs the PyTorch kernel set instead.
     assert operators.kernels_for("triton", x.double(), operators.option_string(p))[0] is torch_kernels.KERNELS
-    try:  # on a machine without CUDA, Triton's interpreter runs the kernels (conftest.py turns it on)
-        backends.resolve("triton", x)
-    except (ImportError, backends.BackendError) as err:
-        pytest.skip(f"backend 'triton' unavailable here: {err}")
+    require_backend("triton", x.device)  # without CUDA, Triton's interpreter runs the kernels (conftest.py)
     kernels, p_rebuilt = operators.kernels_for("triton", x, operators.option_string(p))
     assert kernels is not torch_kernels.KERNELS and p_rebuilt.key == p.key
     got = _forward_op(x, None, p, backend="triton", store_v_seq=True)
@@ -261,13 +253,13 @@ def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
 
 
 def test_operator_bad_inputs_name_what_was_expected():
-    p = _params()
+    p = params()
     x = torch.rand(3, 4)
     options = operators.option_string(p)
     bad_surrogate = options.replace("flashspike.surrogate.ATan", "nowhere.Gaussian")
     with pytest.raises(ValueError, match="no flashspike surrogate class is called 'nowhere.Gaussian'"):
         torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad_surrogate)
-    for bad in [options.replace("tau=2.0,", ""), options.replace("leaky=True", "leaky=yes"), "", options + ",x=1"]:
+    for bad in [options.replace(f"tau={p.tau},", ""), options.replace("leaky=True", "leaky=yes"), "", options + ",x=1"]:
         with pytest.raises(ValueError, match="bad neuron options .* expected what flashspike.backends.operators"):
             torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad)
     with pytest.raises(ValueError, match=r"x of shape \[T, N, \*\] .*got shape \(12,\)"):
@@ -382,22 +374,11 @@ def test_fullgraph_inductor_compile_matches_eager(fresh_dynamo):
 # --- GPU: compile and CUDA graphs with the kernel backends -------------------------------------------------
 
 
-def _require_backend(name):
-    """Skip when the backend cannot run here, unless FLASHSPIKE_REQUIRE_BACKENDS names it (as in
-    tools/gpu_compile.sh): then the test fails with the reason."""
-    try:
-        backends.get(name).check_input(torch.zeros(1, 1, device="cuda"))
-    except (ImportError, backends.BackendError) as err:
-        if name in os.environ.get("FLASHSPIKE_REQUIRE_BACKENDS", "").split(","):
-            raise
-        pytest.skip(f"backend {name!r} unavailable here: {err}")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", GPU_BACKENDS)
 @pytest.mark.parametrize("precision", ["float32", "autocast-float16"])
 def test_compile_with_kernel_backend_gpu(name, precision, fresh_dynamo):
-    _require_backend(name)
+    require_backend(name)
     g = torch.Generator().manual_seed(5)
     xs = [_dyadic(4, 64, 6, generator=g, scale=2).float().cuda() for _ in range(2)]
     eager = _small_net(backend=name, dtype=torch.float32, device="cuda")
@@ -421,8 +402,8 @@ def test_compile_with_kernel_backend_gpu(name, precision, fresh_dynamo):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", GPU_BACKENDS)
 def test_opcheck_gpu(name):
-    _require_backend(name)
-    options = operators.option_string(_params(v_reset=None, sg=surrogate.Sigmoid()))
+    require_backend(name)
+    options = operators.option_string(params(v_reset=None, surrogate=surrogate.Sigmoid()))
     x = torch.randn(5, 4099, device="cuda") + 0.5  # N not a multiple of any vector width
     v0 = torch.randn(4099, device="cuda")
     forward = torch.ops.flashspike.multi_step_forward.default
@@ -483,7 +464,7 @@ def test_cuda_graph_training_step_gpu(name, precision, monkeypatch):
     """Capture reset + forward + backward + optimizer step as one CUDA graph, replay it on new batches,
     and get what the same steps give eagerly. Kernels are compiled in the warm-up, before capture; an
     allocation outside PyTorch's allocator or a host sync inside a neuron op makes capture fail."""
-    _require_backend(name)
+    require_backend(name)
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     amp = precision == "amp-float16"

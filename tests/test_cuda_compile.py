@@ -27,32 +27,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from flashspike import neuron, surrogate
+from flashspike import surrogate
 from flashspike.backends import cuda_source as src
 from flashspike.backends.cupy_backend import CupyKernels
-from flashspike.params import NeuronParams
 from custom_surrogate import every_surrogate
-from test_parity import _far_from_ties  # neurons whose H stays off the threshold
-
-# The charge of each neuron, as NeuronParams fields.
-NEURON_FIELDS = {
-    "if": dict(leaky=False),
-    "lif": dict(leaky=True),
-    "plif": dict(leaky=True, parametric=True),
-    "eif": dict(leaky=True, exponential=True, delta_T=0.5, theta_rh=0.6, resting_potential=0.1),
-}
+from grid import Cell, far_from_ties, option_grid
 
 
 def every_option_set():
     """One NeuronParams per distinct form of the generated step (constants do not change the form): every
     neuron and option set with one surrogate, and every surrogate (spiking and smooth, the user-defined one
     too) in a hard-reset and a soft-reset LIF step (its text is the same in any other option set)."""
-    for kind, decay_input, v_reset, detach in itertools.product(NEURON_FIELDS, (True, False), (0.0, None), (False, True)):
-        if kind in ("lif", "plif") or decay_input:  # decay_input only matters for LIF and PLIF
-            yield NeuronParams(v_threshold=1.0, v_reset=v_reset, detach_reset=detach, surrogate=surrogate.ATan(),
-                               tau=2.0, decay_input=decay_input, **NEURON_FIELDS[kind])
+    for cell in option_grid():
+        yield cell.params()
     for sg, v_reset in itertools.product(every_surrogate(True) + every_surrogate(False), (0.0, None)):
-        yield NeuronParams(leaky=True, v_threshold=1.0, v_reset=v_reset, detach_reset=False, surrogate=sg)
+        yield Cell(v_reset=v_reset, surrogate=sg).params()
 
 
 def _translation_unit(option_sets, instantiations_of) -> tuple[str, int]:
@@ -256,25 +245,15 @@ class EmulatedKernels(CupyKernels):
 
 
 EMULATED_OPTIONS = [
-    dict(kind="lif", decay_input=True, v_reset=0.0, detach=False, sg=surrogate.ATan()),
-    dict(kind="if", decay_input=True, v_reset=None, detach=True, sg=surrogate.Sigmoid(alpha=3.0)),
-    dict(kind="lif", decay_input=False, v_reset=-0.2, detach=False, sg=surrogate.PiecewiseQuadratic(alpha=1.5)),
-    dict(kind="lif", decay_input=True, v_reset=None, detach=False, sg=surrogate.SoftSign()),
-    dict(kind="plif", decay_input=True, v_reset=0.0, detach=False, sg=surrogate.ATan()),
-    dict(kind="plif", decay_input=False, v_reset=None, detach=True, sg=surrogate.Sigmoid()),
-    dict(kind="eif", decay_input=True, v_reset=-0.2, detach=False, sg=surrogate.ATan()),
-    dict(kind="lif", decay_input=True, v_reset=0.0, detach=False, sg=surrogate.QPseudoSpike(spiking=False)),
+    Cell("lif", True, 0.0, False, surrogate.ATan()),
+    Cell("if", True, None, True, surrogate.Sigmoid(alpha=3.0)),
+    Cell("lif", False, -0.2, False, surrogate.PiecewiseQuadratic(alpha=1.5)),
+    Cell("lif", True, None, False, surrogate.SoftSign()),
+    Cell("plif", True, 0.0, False, surrogate.ATan()),
+    Cell("plif", False, None, True, surrogate.Sigmoid()),
+    Cell("eif", True, -0.2, False, surrogate.ATan()),
+    Cell("lif", True, 0.0, False, surrogate.QPseudoSpike(spiking=False)),
 ]
-
-
-def _node(backend, kind, decay_input, v_reset, detach, sg, store_v_seq=False):
-    kw = dict(v_threshold=0.8, v_reset=v_reset, surrogate_function=sg, detach_reset=detach, backend=backend,
-              store_v_seq=store_v_seq)
-    if kind == "plif":
-        return neuron.MultiStepParametricLIFNode(1.6, decay_input, **kw)
-    if kind == "eif":
-        return neuron.MultiStepEIFNode(1.6, 0.5, 0.6, v_rest=0.1, **kw)
-    return neuron.MultiStepLIFNode(1.6, decay_input, **kw) if kind == "lif" else neuron.MultiStepIFNode(**kw)
 
 
 # PLIF's w in the emulated runs: sigmoid(w) = 0.6, tau = 1/0.6.
@@ -285,7 +264,7 @@ PLIF_W = math.log(1.5)
 def emulated(tmp_path_factory):
     if shutil.which("g++") is None:
         pytest.skip("g++ not found: the CPU run of the CUDA template needs a C++17 compiler")
-    option_sets = [_node("torch", **o).params() for o in EMULATED_OPTIONS]
+    option_sets = [cell.params() for cell in EMULATED_OPTIONS]
     folder = tmp_path_factory.mktemp("emulated")
     try:
         library, entries = _emulation_library(folder, option_sets, EMULATED_CASES)
@@ -348,7 +327,7 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
         case = f"v_init={'tensor' if isinstance(v_init, torch.Tensor) else v_init} store_v_seq={store_v_seq} loss={loss_kind}"
         # The backward reads H rounded to the dtype: a neuron whose H lies within that rounding of the
         # threshold may recompute another spike there, so its gradient is compared only in float32.
-        keep = _far_from_ties(SimpleNamespace(params=lambda: p, w=torch.tensor(PLIF_W)), x.double(),
+        keep = far_from_ties(SimpleNamespace(params=lambda: p, w=torch.tensor(PLIF_W)), x.double(),
                               v_init.double() if isinstance(v_init, torch.Tensor) else v_init,
                               0.0 if dtype == torch.float32 else 2 * tol)
         if p.parametric and got_grad:  # dL/dw: one float32 sum, over a scale of Σ|dL/dX|
@@ -396,7 +375,7 @@ def test_emulated_kernels_sum_the_gradient_of_a_repeated_step(emulated, dtype, n
     assert len(sums) == 1 and sums[0][sums[0].index("<") + 1:-1].split(", ")[5] == "true", sums  # SUM_GRAD_X
     tol = {torch.float32: 1e-5, torch.float16: 4e-3}[dtype]
     torch.testing.assert_close(spike.double(), ref_spike)
-    keep = _far_from_ties(SimpleNamespace(params=lambda: p), step.double().expand(7, 3, n), p.v_rest,
+    keep = far_from_ties(SimpleNamespace(params=lambda: p), step.double().expand(7, 3, n), p.v_rest,
                           0.0 if dtype == torch.float32 else 2 * tol)
     scale = max(ref_grad.abs().max().item(), 1.0)
     torch.testing.assert_close(grad.double()[keep], ref_grad[keep], rtol=tol, atol=tol * scale)

@@ -15,21 +15,18 @@ import warnings
 import pytest
 import torch
 
-from flashspike import backends, neuron, surrogate
+import grid
+from conftest import require_backend
+from flashspike import backends, surrogate
 from flashspike.backends import BackendError, cupy_backend
 from flashspike.backends import cuda_source as src
-
-
-def _lif(backend="cupy", **kw):
-    kw.setdefault("surrogate_function", surrogate.ATan())
-    return neuron.MultiStepLIFNode(backend=backend, **kw)
 
 
 # ---- errors (no GPU needed) ----
 
 def test_cpu_tensor_names_the_backends_that_run_there():
     with pytest.raises(BackendError, match=r"CUDA tensors.*'torch'.*'auto'"):
-        _lif()(torch.rand(3, 4))
+        grid.node("cupy")(torch.rand(3, 4))
 
 
 def test_missing_cupy_gives_the_pip_command_and_the_cause(monkeypatch):
@@ -70,17 +67,12 @@ gpu = pytest.mark.gpu
 
 @pytest.fixture
 def cuda():
-    try:
-        backends.get("cupy").check_input(torch.zeros(1, 1, device="cuda"))
-    except ImportError as error:
-        if "cupy" in os.environ.get("FLASHSPIKE_REQUIRE_BACKENDS", "").split(","):
-            raise
-        pytest.skip(f"backend 'cupy' unavailable: {error}")
+    require_backend("cupy")
     return torch.device("cuda", torch.cuda.current_device())
 
 
 def _reference_run(x, **kw):
-    node = _lif("torch", **kw)
+    node = grid.node("torch", **kw)
     return node(x.double().cpu()), node
 
 
@@ -94,10 +86,10 @@ def test_float64_falls_back_to_the_reference_with_one_notice(cuda, monkeypatch):
     monkeypatch.setattr(cupy_backend.BACKEND, "_warned_dtypes", set())
     x = torch.rand(4, 33, device=cuda, dtype=torch.float64) * 2
     with pytest.warns(UserWarning, match="float64.*'torch'"):
-        spike = _lif()(x)
+        spike = grid.node("cupy")(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        spike_again = _lif()(x)
+        spike_again = grid.node("cupy")(x)
     assert spike.dtype == torch.float64 and torch.equal(spike, spike_again)
     assert torch.equal(spike.cpu(), _reference_run(x)[0])
 
@@ -107,7 +99,7 @@ def test_float64_falls_back_to_the_reference_with_one_notice(cuda, monkeypatch):
 def test_autocast_runs_in_the_dtype_that_arrives(cuda, dtype):
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 96).to(cuda)
-    node = _lif()
+    node = grid.node("cupy")
     x = torch.randn(6, 8, 64, device=cuda)
     with torch.autocast("cuda", dtype=dtype):
         spike = node(linear(x))
@@ -125,7 +117,7 @@ def test_runs_on_the_current_side_stream(cuda):
     """The kernel must wait for work queued before it on the caller's stream: x is written there
     after a long sleep. A launch on another stream would read x too early."""
     base = torch.randn(32, 1 << 16, device=cuda) + 0.5
-    expected = _lif()(base).cpu()
+    expected = grid.node("cupy")(base).cpu()
     side = torch.cuda.Stream(cuda)
     side.wait_stream(torch.cuda.current_stream(cuda))
     with torch.cuda.stream(side):
@@ -133,7 +125,7 @@ def test_runs_on_the_current_side_stream(cuda):
         torch.cuda._sleep(50_000_000)  # tens of milliseconds of GPU time
         x.copy_(base)
         with torch.no_grad():
-            spike = _lif()(x)
+            spike = grid.node("cupy")(x)
     side.synchronize()
     assert torch.equal(spike.cpu(), expected)
 
@@ -145,7 +137,7 @@ def test_second_device(cuda):
     device = torch.device("cuda", 1)
     x = (torch.randn(5, 3, 257) + 0.5).to(device).requires_grad_()
     assert torch.cuda.current_device() == 0
-    node = _lif()
+    node = grid.node("cupy")
     spike = node(x)
     (spike * torch.arange(spike.numel(), device=device).view_as(spike).sin()).sum().backward()
     assert spike.device == device and node.v.device == device and x.grad.device == device
@@ -153,13 +145,13 @@ def test_second_device(cuda):
     assert torch.equal(spike.detach().cpu().double(), ref_spike)
     torch.testing.assert_close(node.v.detach().cpu().double(), ref_node.v, rtol=1e-5, atol=1e-5)
     # and again on device 0 with the same options: a kernel per device
-    spike0 = _lif()(x.detach().to(cuda))
+    spike0 = grid.node("cupy")(x.detach().to(cuda))
     assert torch.equal(spike0.cpu(), spike.detach().cpu())
 
 
 @gpu
 def test_cuda_graph_capture_and_replay(cuda):
-    node = _lif(store_v_seq=True)
+    node = grid.node("cupy", store_v_seq=True)
     static_x = (torch.randn(8, 4096, device=cuda) + 0.5).requires_grad_()
     weight = torch.randn(8, 4096, device=cuda)
     side = torch.cuda.Stream(cuda)
@@ -183,7 +175,7 @@ def test_cuda_graph_capture_and_replay(cuda):
         graph.replay()
         torch.cuda.synchronize(cuda)
         xr = static_x.detach().cpu().double().requires_grad_()
-        ref_spike = _lif("torch", store_v_seq=True)(xr)
+        ref_spike = grid.node("torch", store_v_seq=True)(xr)
         (ref_spike * weight.cpu().double()).sum().backward()
         assert torch.equal(static_spike.detach().cpu().double(), ref_spike.detach())
         torch.testing.assert_close(static_x.grad.cpu().double(), xr.grad, rtol=1e-4, atol=1e-4)
@@ -193,7 +185,7 @@ def test_cuda_graph_capture_and_replay(cuda):
 def test_kernels_are_cached_in_memory_and_on_disk(cuda):
     kernels = cupy_backend.BACKEND.kernels
     alpha = 1.0 + (time.time_ns() % 1_000_000) / 1e7  # a source no earlier run has compiled
-    node = _lif(surrogate_function=surrogate.Sigmoid(alpha=alpha))
+    node = grid.node("cupy", surrogate=surrogate.Sigmoid(alpha=alpha))
     x = torch.rand(4, 1000, device=cuda, requires_grad=True)
     cache_dir = os.environ.get("CUPY_CACHE_DIR", os.path.expanduser("~/.cupy/kernel_cache"))
     before = set(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else set()
@@ -206,13 +198,13 @@ def test_kernels_are_cached_in_memory_and_on_disk(cuda):
         node(x).sum().backward()
     assert kernels.compiled_count() == count + 2
     # same options, new objects: the same key, nothing compiled
-    _lif(surrogate_function=surrogate.Sigmoid(alpha=alpha))(x).sum().backward()
+    grid.node("cupy", surrogate=surrogate.Sigmoid(alpha=alpha))(x).sum().backward()
     assert kernels.compiled_count() == count + 2
 
 
 @gpu
 def test_no_host_sync_in_forward_and_backward(cuda):
-    node = _lif(store_v_seq=True)
+    node = grid.node("cupy", store_v_seq=True)
     x = torch.rand(8, 4096, device=cuda, requires_grad=True)
     v0 = torch.rand(4096, device=cuda, requires_grad=True)
     weight = torch.rand(8, 4096, device=cuda)
@@ -245,9 +237,9 @@ def test_training_saves_only_h_and_inference_saves_nothing(cuda):
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        _lif(store_v_seq=True)(x)
+        grid.node("cupy", store_v_seq=True)(x)
     assert [tuple(t.shape) for t in saved] == [(8, 4096)]  # H only
-    node = _lif()
+    node = grid.node("cupy")
     with torch.no_grad():
         node(x)  # warm-up
         torch.cuda.synchronize(cuda)
@@ -272,7 +264,7 @@ def test_vector_and_scalar_paths_agree(cuda, dtype):
     results = []
     for x in (aligned, misaligned):
         x = x.detach().requires_grad_()
-        node = _lif(store_v_seq=True)
+        node = grid.node("cupy", store_v_seq=True)
         spike = node(x)
         (spike * 0.5 + node.v_seq * 0.25).sum().backward()
         results.append((spike.detach(), node.v_seq.detach(), x.grad))
@@ -293,13 +285,13 @@ def test_more_than_2_31_elements(cuda, n):
         pytest.skip("needs about 30 GiB of free GPU memory")
     g = torch.Generator(device=cuda).manual_seed(0)
     x = (torch.rand(steps, n, device=cuda, generator=g, dtype=torch.float16) * 1.5).requires_grad_()
-    node = _lif(v_reset=None)
+    node = grid.node("cupy", v_reset=None)
     spike = node(x)
     spike.sum().backward()  # the gradient arrives as one broadcast value (GRAD_SCALAR)
     edges = [slice(0, 4096), slice(n - 4096, n), slice(n // 2 - 2048, n // 2 + 2048)]
     for part in edges:
         xs = x.detach()[:, part].cpu().double().requires_grad_()
-        ref = _lif("torch", v_reset=None)
+        ref = grid.node("torch", v_reset=None)
         ref_spike = ref(xs)
         ref_spike.sum().backward()
         got = spike.detach()[:, part].cpu().double()

@@ -20,6 +20,7 @@ from flashspike import functional
 from flashspike.examples import conv_fashion_mnist as cli
 from flashspike.examples import fashion_mnist as fm
 from flashspike.examples.checkpoint import load_checkpoint, write_atomic
+from conftest import kernel_device
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 LINE = re.compile(
@@ -262,9 +263,7 @@ def test_multi_step_and_single_step_nets_compute_the_same_rates():
 def test_channels_last_net_computes_the_same_rates_and_gradients(backend, monkeypatch):
     """The net in channels_last (what -memory_format auto picks on CUDA) against the contiguous one;
     'triton' runs the fused path (Triton's interpreter on the CPU), which reads that layout in place."""
-    if backend == "triton" and not os.environ.get("TRITON_INTERPRET") and not torch.cuda.is_available():
-        pytest.skip("triton needs a GPU or TRITON_INTERPRET=1")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = kernel_device(backend)
     # Full float32 convolutions on a GPU too (cuDNN may otherwise round them to TF32, 1e-3 apart).
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(4)

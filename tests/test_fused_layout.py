@@ -6,6 +6,7 @@ import torch
 from flashspike.backends import layouts, step_code
 from flashspike.params import NeuronParams
 from flashspike.surrogate import ATan
+from conftest import kernel_device
 
 
 def _cl(t):
@@ -92,23 +93,24 @@ def test_gradient_operands():
     assert mode == step_code.GRAD_DENSE and torch.equal(passed, time_broadcast)
 
 
-def test_every_launcher_can_sum_the_input_gradient_over_time():
+@pytest.mark.parametrize("launcher", ["torch_kernels", "triton"])
+def test_every_launcher_can_sum_the_input_gradient_over_time(launcher):
     """sum_grad_x (one input repeated over T) equals the per-step gradients summed afterwards."""
-    import os
-
-    from flashspike.backends import torch_kernels
-
-    kernel_sets = [("torch_kernels", torch_kernels.KERNELS)]
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    p = NeuronParams(leaky=True, v_threshold=0.9, v_reset=None, detach_reset=False, surrogate=ATan())
+    if launcher == "triton":
         from flashspike.backends import triton_backend
 
-        p = NeuronParams(leaky=True, v_threshold=0.9, v_reset=None, detach_reset=False, surrogate=ATan())
-        kernel_sets.append(("triton", triton_backend.kernel_set(p)))
-    p = NeuronParams(leaky=True, v_threshold=0.9, v_reset=None, detach_reset=False, surrogate=ATan())
+        device = kernel_device("triton")
+        kernel_sets = [(launcher, triton_backend.kernel_set(p))]
+    else:
+        from flashspike.backends import torch_kernels
+
+        device = "cpu"
+        kernel_sets = [(launcher, torch_kernels.KERNELS)]
     g = torch.Generator().manual_seed(5)
-    step = _cl(torch.randn(2, 3, 4, 5, generator=g) + 0.5)
+    step = _cl(torch.randn(2, 3, 4, 5, generator=g) + 0.5).to(device)
     x = step.expand(6, *step.shape)
-    grad_spike = torch.randn(x.shape, generator=g)
+    grad_spike = torch.randn(x.shape, generator=g).to(device)
     for name, kernels in kernel_sets:
         _, _, h = kernels.forward(x, None, p, True, False)
         per_step, _, _ = kernels.backward(h, grad_spike, None, p, False, False)

@@ -11,8 +11,9 @@ import copy
 import pytest
 import torch
 
-from flashspike import backends, functional, layer, neuron, surrogate
+from flashspike import functional, layer, neuron, surrogate
 from flashspike.model import sew_resnet, spiking_resnet, spiking_vgg
+from conftest import require_backend
 
 
 
@@ -75,13 +76,6 @@ def test_sew_resnet_compiles_without_graph_breaks_cpu():
 # --- GPU ---------------------------------------------------------------------------------------------
 
 
-def _require(name):
-    try:
-        backends.get(name).check_input(torch.zeros(1, 1, device="cuda"))
-    except (ImportError, backends.BackendError) as err:
-        pytest.skip(f"backend {name!r} unavailable here: {err}")
-
-
 def _step(model, x, precision):
     """Output, input gradient and all parameter gradients (flattened) of one training step."""
     functional.reset_net(model)
@@ -115,7 +109,7 @@ def _assert_agree(got, expected, precision):
 @pytest.mark.parametrize("name", ["cupy", "triton"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_zoo_on_kernel_backends_matches_torch_gpu(family, name, precision):
-    _require(name)
+    require_backend(name)
     reference, x = _build(family, "torch")
     reference, x = reference.cuda(), x.cuda()
     model = copy.deepcopy(reference)
@@ -136,7 +130,7 @@ def _without_dropout(model):
 @pytest.mark.parametrize("name", ["cupy", "triton"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_zoo_compiles_on_gpu(family, name):
-    _require(name)
+    require_backend(name)
     torch._dynamo.reset()
     eager, x = _build(family, name)
     eager, x = _without_dropout(eager).cuda(), x.cuda()

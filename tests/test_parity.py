@@ -25,18 +25,13 @@ Kernel backends run on CUDA when present; 'triton' also runs on the CPU through 
 is skipped, unless FLASHSPIKE_REQUIRE_BACKENDS (comma-separated) names it: then the test fails.
 """
 
-import itertools
-import os
-
 import pytest
 import torch
 
-from flashspike import backends, neuron, surrogate
-from flashspike.codegen import TORCH
-from flashspike.dynamics import charge, reset
-from flashspike.backends.reference import decay_of
-
+from flashspike import backends
+from conftest import kernel_device
 from custom_surrogate import every_surrogate, surrogate_id
+from grid import DTYPES, LAYOUTS, NEURONS, SURROGATES, V_INITS, Cell, cell_id, channels_last, far_from_ties, node, option_grid
 
 KERNEL_BACKENDS = ["cupy", "triton"]
 
@@ -50,67 +45,13 @@ TOLERANCE = {
 SPIKE_TIE = 1e-4
 
 
-def _device(name: str) -> str:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not (name == "triton" and os.environ.get("TRITON_INTERPRET") == "1"):
-        pytest.skip(f"backend {name!r} needs a CUDA GPU here")
-    try:
-        backends.get(name).check_input(torch.zeros(1, 1, device=device))
-    except ImportError as err:
-        required = os.environ.get("FLASHSPIKE_REQUIRE_BACKENDS", "").split(",")
-        if name in required:
-            raise
-        pytest.skip(f"backend {name!r} unavailable: {err}")
-    return device
-
-
-NEURONS = ("if", "lif", "plif", "eif")
-
-
-def _make(backend, charge="lif", decay_input=True, v_reset=0.0, detach=False, sg=None, store_v_seq=False):
-    """The grid's node: ``charge`` names the neuron (one of NEURONS)."""
-    kw = dict(v_threshold=0.9, v_reset=v_reset, surrogate_function=sg or surrogate.ATan(), detach_reset=detach,
-              backend=backend, store_v_seq=store_v_seq)
-    if charge == "if":
-        return neuron.MultiStepIFNode(**kw)
-    if charge == "plif":
-        return neuron.MultiStepParametricLIFNode(1.7, decay_input, **kw)
-    if charge == "eif":
-        return neuron.MultiStepEIFNode(tau=1.7, delta_T=1.0, theta_rh=0.8, v_rest=0.05, **kw)
-    return neuron.MultiStepLIFNode(1.7, decay_input, **kw)
-
-
-def _far_from_ties(node_ref, x64, v0, tie):
-    """Neurons whose float64 pre-reset potential never lies within ``tie`` of the threshold."""
-    p = node_ref.params()
-    decay = decay_of(getattr(node_ref, "w", None), p, torch.float64)
-    v = v0 if isinstance(v0, torch.Tensor) else torch.full_like(x64[0], v0)
-    ok = torch.ones_like(x64[0], dtype=torch.bool)
-    for x in x64:
-        h = charge(v, x, p, decay=decay)
-        ok &= (h - p.v_threshold).abs() > tie
-        v = reset(h, p.surrogate.output(h - p.v_threshold, TORCH), p)  # (Θ, or the smooth primitive)
-    return ok
-
-
-def channels_last(t: torch.Tensor) -> torch.Tensor:
-    """``t`` ``[T, B, C, H, W]`` (or one step ``[B, C, H, W]``) with C stored innermost, as a channels_last
-    convolution leaves its output: the steps stay consecutive dense blocks."""
-    return t.movedim(-3, -1).contiguous().movedim(-1, -3)
-
-
-def time_innermost(t: torch.Tensor) -> torch.Tensor:
-    """``t`` with T stored innermost: not blocks of steps, so the kernel backends need a copy."""
-    return t.movedim(0, -1).contiguous().movedim(-1, 0)
-
-
-def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=False, grad="random", seed=0,
-                            layout=None, v_layout=None, grad_layout=None, **options):
-    """``layout``, ``v_layout`` and ``grad_layout`` (functions of a contiguous tensor) lay out the kernel
+def check_against_reference(name, shape, dtype, cell=Cell(), *, v_init="tensor", store_v_seq=False, grad="random",
+                            seed=0, layout=None, v_layout=None, grad_layout=None):
+    """The node of grid ``cell`` on backend ``name`` against the reference's. ``layout``, ``v_layout`` and ``grad_layout`` (functions of a contiguous tensor) lay out the kernel
     node's input, initial state and output gradients in memory; the values stay the same."""
     same = lambda t: t  # noqa: E731
     layout, v_layout, grad_layout = layout or same, v_layout or same, grad_layout or same
-    device = _device(name)
+    device = kernel_device(name)
     tol = TOLERANCE[dtype]
     g = torch.Generator().manual_seed(seed)
     x64 = (torch.randn(shape, generator=g, dtype=torch.float64) * 0.7 + 0.45)
@@ -119,36 +60,36 @@ def check_against_reference(name, shape, dtype, *, v_init="tensor", store_v_seq=
     if v_init == "tensor":
         v0_64 = (torch.randn(shape[1:], generator=g, dtype=torch.float64) * 0.3).to(dtype).double()
     else:
-        v0_64 = 0.0 if options.get("v_reset", 0.0) is None else options.get("v_reset", 0.0)
+        v0_64 = 0.0 if cell.v_reset is None else cell.v_reset
     weights = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
 
-    def run(node, x_in, v0, w_dtype, w_device):
+    def run(layer, x_in, v0, w_dtype, w_device):
         if isinstance(v0, torch.Tensor):
-            node.v = v0
-        spike = node(x_in)
+            layer.v = v0
+        spike = layer(x_in)
         if grad == "sum":
             loss = spike.sum()
         else:
             relay = grad_layout if w_device == device else same
             w = [relay(wi.to(w_dtype)).to(w_device) for wi in weights]
-            loss = (spike * w[0]).sum() + (node.v * w[1][0]).sum()
+            loss = (spike * w[0]).sum() + (layer.v * w[1][0]).sum()
             if store_v_seq:
-                loss = loss + (node.v_seq * w[2]).sum()
+                loss = loss + (layer.v_seq * w[2]).sum()
         loss.backward()
-        return spike, node
+        return spike, layer
 
-    kernel_node = _make(name, store_v_seq=store_v_seq, **options).to(device)  # PLIF's w goes along
+    kernel_node = cell.node(name, store_v_seq=store_v_seq).to(device)  # PLIF's w goes along
     v0 = v_layout(v0_64.to(dtype)).to(device).requires_grad_() if isinstance(v0_64, torch.Tensor) else v0_64
     spike, kernel_node = run(kernel_node, x, v0, dtype, device)
 
-    ref_node = _make("torch", store_v_seq=store_v_seq, **options)
+    ref_node = cell.node("torch", store_v_seq=store_v_seq)
     xr = x64.clone().requires_grad_()
     v0r = v0_64.clone().requires_grad_() if isinstance(v0_64, torch.Tensor) else v0_64
     ref_spike, ref_node = run(ref_node, xr, v0r, torch.float64, "cpu")
 
     assert spike.dtype == dtype and kernel_node.v.dtype == dtype and spike.shape == x.shape
-    keep = _far_from_ties(ref_node, x64, v0_64, SPIKE_TIE)
-    grad_keep = keep & _far_from_ties(ref_node, x64, v0_64, tol["grad_tie"])
+    keep = far_from_ties(ref_node, x64, v0_64, SPIKE_TIE)
+    grad_keep = keep & far_from_ties(ref_node, x64, v0_64, tol["grad_tie"])
     assert grad_keep.double().mean() >= 0.7, "too many near-threshold neurons for a meaningful comparison"
     seq_keep = keep.expand_as(x64)
 
@@ -189,20 +130,10 @@ def check_grad_w(kernel_node, ref_node, xr, rel):
     torch.testing.assert_close(got, ref_node.w.grad.double(), rtol=0, atol=rel * scale)
 
 
-OPTIONS = list(itertools.product(
-    [("if", True), ("lif", True), ("lif", False), ("plif", True), ("plif", False), ("eif", True)],  # (neuron, decay_input)
-    [0.0, -0.3, None],  # v_reset (None: soft reset)
-    [False, True],  # detach_reset
-    [surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(alpha=1.5), surrogate.SoftSign()],
-))
-
-
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
-@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"{o[0][0]}-{o[0][1]}-{o[1]}-{o[2]}-{type(o[3]).__name__}")
-def test_every_option(name, opts):
-    (charge, decay_input), v_reset, detach, sg = opts
-    check_against_reference(name, (6, 1151), torch.float32, store_v_seq=detach, charge=charge,
-                            decay_input=decay_input, v_reset=v_reset, detach=detach, sg=sg)
+@pytest.mark.parametrize("cell", option_grid(v_resets=(0.0, -0.3, None), surrogates=SURROGATES), ids=cell_id)
+def test_every_option(name, cell):
+    check_against_reference(name, (6, 1151), torch.float32, cell, store_v_seq=cell.detach_reset)
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
@@ -210,48 +141,49 @@ def test_every_option(name, opts):
 def test_every_surrogate(name, sg):
     """Each surrogate (and a user-defined one), spiking and smooth (spiking=False: the kernels output
     and differentiate the primitive, as the reference does), hard and soft reset, in a small case."""
-    check_against_reference(name, (4, 67), torch.float32, store_v_seq=True, v_reset=-0.2, sg=sg)
-    check_against_reference(name, (3, 41), torch.float32, v_reset=None, detach=True, charge="if", sg=sg, seed=1)
+    check_against_reference(name, (4, 67), torch.float32, Cell(v_reset=-0.2, surrogate=sg), store_v_seq=True)
+    check_against_reference(name, (3, 41), torch.float32, Cell("if", v_reset=None, detach_reset=True, surrogate=sg),
+                            seed=1)
 
 
 SHAPES = [(1, 7), (5, 1151), (4, 2, 3, 5), (16, 2, 33)]
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("v_init", ["rest", "tensor"])
+@pytest.mark.parametrize("v_init", V_INITS)
 @pytest.mark.parametrize("store_v_seq", [False, True])
 @pytest.mark.parametrize("grad", ["random", "sum"])
 def test_dtypes_shapes_and_state(name, dtype, shape, v_init, store_v_seq, grad):
-    check_against_reference(name, shape, dtype, v_init=v_init, store_v_seq=store_v_seq, grad=grad,
-                            v_reset=None if store_v_seq else 0.0)
+    check_against_reference(name, shape, dtype, Cell(v_reset=None if store_v_seq else 0.0), v_init=v_init,
+                            store_v_seq=store_v_seq, grad=grad)
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
 @pytest.mark.parametrize("charge", ["plif", "eif"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("v_init", ["rest", "tensor"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("v_init", V_INITS)
 @pytest.mark.parametrize("store_v_seq", [False, True])
 def test_dtypes_and_state_of_plif_and_eif(name, charge, dtype, v_init, store_v_seq):
     """PLIF and EIF rebuild V[t−1] in the backward pass, from H[t−1] and at t = 0 from the initial state."""
-    check_against_reference(name, (5, 2, 33), dtype, v_init=v_init, store_v_seq=store_v_seq, charge=charge,
-                            v_reset=None if store_v_seq else 0.0)
+    check_against_reference(name, (5, 2, 33), dtype, Cell(charge, v_reset=None if store_v_seq else 0.0),
+                            v_init=v_init, store_v_seq=store_v_seq)
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
 @pytest.mark.parametrize("charge", ["plif", "eif"])
-@pytest.mark.parametrize("layout", [channels_last, time_innermost], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda f: f.__name__)
 def test_memory_layouts_of_plif_and_eif(name, charge, layout):
-    check_against_reference(name, (3, 2, 5, 4, 3), torch.float32, layout=layout, v_layout=channels_last,
-                            grad_layout=channels_last, store_v_seq=True, charge=charge)
+    check_against_reference(name, (3, 2, 5, 4, 3), torch.float32, Cell(charge), layout=layout,
+                            v_layout=channels_last, grad_layout=channels_last, store_v_seq=True)
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
 def test_state_carries_over_consecutive_calls(name):
-    device = _device(name)
+    device = kernel_device(name)
     x = torch.randn(12, 3, 50, dtype=torch.float64) + 0.5
-    kernel_node, ref_node = _make(name), _make("torch")
+    kernel_node, ref_node = node(name), node("torch")
     xk = x.float().to(device)
     got = torch.cat([kernel_node(xk[:5]), kernel_node(xk[5:])]).double().cpu()
     expected = ref_node(x.float().double())
@@ -263,17 +195,17 @@ def test_state_carries_over_consecutive_calls(name):
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
 def test_inference_matches_training_forward(name):
-    device = _device(name)
+    device = kernel_device(name)
     x = (torch.randn(8, 300) + 0.5).to(device)
     with torch.no_grad():
-        eval_spike = _make(name, store_v_seq=True)(x)
-    train_spike = _make(name, store_v_seq=True)(x.clone().requires_grad_())
+        eval_spike = node(name, store_v_seq=True)(x)
+    train_spike = node(name, store_v_seq=True)(x.clone().requires_grad_())
     assert torch.equal(eval_spike, train_spike.detach())
     assert not eval_spike.requires_grad
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
-@pytest.mark.parametrize("layout", [channels_last, time_innermost], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("v_layout", [None, channels_last], ids=["v-contiguous", "v-channels-last"])
 @pytest.mark.parametrize("grad_layout", [None, channels_last, "sum"], ids=["grad-contiguous", "grad-channels-last", "sum"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
@@ -285,27 +217,27 @@ def test_memory_layouts(name, layout, v_layout, grad_layout, store_v_seq):
     shape = (3, 2, 5, 4, 3)  # [T, B, C, H, W]
     check_against_reference(name, shape, torch.float32, layout=layout, v_layout=v_layout, grad_layout=grad_layout,
                             store_v_seq=store_v_seq, grad=grad)
-    device = _device(name)
+    device = kernel_device(name)
     x = layout(torch.randn(shape)).to(device)
-    node = _make(name, store_v_seq=store_v_seq)
-    node.v = v_layout(torch.randn(shape[1:])).to(device) if v_layout else node.v
-    spike = node(x)
+    layer = node(name, store_v_seq=store_v_seq)
+    layer.v = v_layout(torch.randn(shape[1:])).to(device) if v_layout else layer.v
+    spike = layer(x)
     if layout is channels_last:
-        assert spike.stride() == x.stride() and node.v.stride() == x.stride()[1:]
+        assert spike.stride() == x.stride() and layer.v.stride() == x.stride()[1:]
         if store_v_seq:
-            assert node.v_seq.stride() == x.stride()
+            assert layer.v_seq.stride() == x.stride()
 
 
 @pytest.mark.parametrize("name", KERNEL_BACKENDS)
 def test_channels_last_sequence_is_not_copied(name, monkeypatch):
     """The kernels receive the caller's channels_last memory itself."""
-    device = _device(name)
+    device = kernel_device(name)
     x = channels_last(torch.randn(2, 3, 4, 5, 6)).to(device)
     seen = []
-    kernels = backends.get(name).kernel_set(_make(name).params())
+    kernels = backends.get(name).kernel_set(node(name).params())
     original = type(kernels).forward
     monkeypatch.setattr(type(kernels), "forward", lambda self, x_in, *rest: seen.append(x_in) or original(self, x_in, *rest))
-    _make(name)(x)
+    node(name)(x)
     assert seen and seen[0].data_ptr() == x.data_ptr() and seen[0].stride() == x.stride()
 
 
@@ -316,7 +248,7 @@ def test_channels_last_sequence_is_not_copied(name, monkeypatch):
 def test_input_repeated_over_time(name, step_layout, spelling, charge):
     """A static input expanded over T: read in place by the kernels, and its gradient summed over T in
     the backward kernel, which autograd hands to the step itself (no [T, *] gradient, no reduction)."""
-    device = _device(name)
+    device = kernel_device(name)
     g = torch.Generator().manual_seed(3)
     step64 = (torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64) * 0.7 + 0.45).float().double()
     w_spike, w_v = (torch.randn(6, 2, 5, 4, 3, generator=g, dtype=torch.float64) for _ in range(2))
@@ -325,16 +257,16 @@ def test_input_repeated_over_time(name, step_layout, spelling, charge):
     ref_step = step64.clone().requires_grad_()
     results = []
     nodes = []
-    for node, x, dtype in ((_make(name, charge, store_v_seq=True).to(device), step, torch.float32),
-                           (_make("torch", charge, store_v_seq=True), ref_step, torch.float64)):
-        nodes.append(node)
-        spike = node(x.expand(6, *x.shape) if spelling == "expand" else x.unsqueeze(0).expand(6, *x.shape))
+    for layer, x, dtype in ((node(name, charge, store_v_seq=True).to(device), step, torch.float32),
+                            (node("torch", charge, store_v_seq=True), ref_step, torch.float64)):
+        nodes.append(layer)
+        spike = layer(x.expand(6, *x.shape) if spelling == "expand" else x.unsqueeze(0).expand(6, *x.shape))
         if x is step:
             assert spike.grad_fn.next_functions[0][0].variable is step  # straight to the step: no ExpandBackward
-        ((spike * w_spike.to(x.device, dtype)).sum() + (node.v_seq * w_v.to(x.device, dtype)).sum()).backward()
-        results.append((spike.detach().double().cpu(), node.v_seq.detach().double().cpu(), x.grad.double().cpu()))
+        ((spike * w_spike.to(x.device, dtype)).sum() + (layer.v_seq * w_v.to(x.device, dtype)).sum()).backward()
+        results.append((spike.detach().double().cpu(), layer.v_seq.detach().double().cpu(), x.grad.double().cpu()))
     (spike, v_seq, grad), (ref_spike, ref_v_seq, ref_grad) = results
-    keep = _far_from_ties(nodes[1], step64.expand(6, *step64.shape), _make("torch", charge).v, TOLERANCE[torch.float32]["grad_tie"])
+    keep = far_from_ties(nodes[1], step64.expand(6, *step64.shape), node("torch", charge).v, TOLERANCE[torch.float32]["grad_tie"])
     assert keep.double().mean() >= 0.7
     assert torch.equal(spike[keep.expand_as(spike)], ref_spike[keep.expand_as(spike)])
     torch.testing.assert_close(v_seq[keep.expand_as(v_seq)], ref_v_seq[keep.expand_as(v_seq)], rtol=1e-5, atol=1e-5)

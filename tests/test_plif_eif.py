@@ -13,6 +13,7 @@ import torch
 
 from flashspike import neuron, surrogate
 from flashspike.backends import operators
+from conftest import require_backend
 
 
 def _seq(values, requires_grad=False):
@@ -260,12 +261,7 @@ def test_torch_compile_trains_w():
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["cupy", "triton"])
 def test_cuda_graph_replays_with_the_current_w(name):
-    from flashspike import backends
-
-    try:
-        backends.get(name).check_input(torch.zeros(1, 1, device="cuda"))
-    except ImportError as err:
-        pytest.skip(f"backend {name!r} unavailable: {err}")
+    require_backend(name)
     node = neuron.MultiStepParametricLIFNode(surrogate_function=surrogate.ATan(), backend=name).cuda()
     static_x = torch.rand(8, 4096, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) + 0.3
     side = torch.cuda.Stream()

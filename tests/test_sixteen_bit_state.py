@@ -7,13 +7,12 @@ kernels' registers, and the reference since it computes 16-bit sequences in floa
 finite and equal the float32 run on the same rounded inputs, within float16 rounding.
 """
 
-import os
-
 import pytest
 import torch
 
 from flashspike import neuron, surrogate
 from flashspike.dynamics import charge
+from conftest import kernel_device
 
 STEPS, N = 1000, 8
 
@@ -44,10 +43,8 @@ def test_the_charge_overflows_in_float16_arithmetic():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_float16_sequence_stays_finite_and_matches_float32(backend):
-    if backend == "triton" and not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-        pytest.skip("backend 'triton' needs a GPU or its interpreter")
+    device = "cpu" if backend == "torch" else kernel_device(backend)
     x = _inputs()
-    device = "cuda" if torch.cuda.is_available() and backend != "torch" else "cpu"
     weights = torch.randn(STEPS, N, generator=torch.Generator().manual_seed(1)) * 1e-3
     spike, v_seq, grad = _run(backend, x.to(device), weights.to(device))
     ref_spike, ref_v_seq, ref_grad = _run("torch", x.float(), weights)

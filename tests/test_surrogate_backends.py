@@ -5,31 +5,31 @@ through the kernels."""
 import pytest
 import torch
 
-from flashspike import neuron, surrogate
+from flashspike import surrogate
 from flashspike.backends import autograd, operators, reference, torch_kernels
-from flashspike.params import NeuronParams
 
 from custom_surrogate import Gaussian, every_surrogate, surrogate_id
-from test_parity import _device
+from conftest import kernel_device
+from grid import node, params
 
 
 @pytest.mark.parametrize("sg", every_surrogate(True) + every_surrogate(False) + [surrogate.ATan(3)], ids=surrogate_id)
 def test_option_text_rebuilds_every_hyperparameter(sg):
-    p = NeuronParams(leaky=True, v_threshold=0.3, v_reset=None, detach_reset=True, surrogate=sg, tau=1 / 3)
+    p = params(v_threshold=0.3, v_reset=None, detach_reset=True, surrogate=sg, tau=1 / 3)
     rebuilt = operators.params_from(operators.option_string(p))
     assert type(rebuilt.surrogate) is type(sg) and rebuilt.key == p.key
     assert rebuilt.surrogate.values() == sg.values() and rebuilt.surrogate.spiking == sg.spiking
 
 
 def test_option_text_with_a_bad_hyperparameter_is_refused():
-    text = operators.option_string(NeuronParams(leaky=False, v_threshold=1.0, v_reset=0.0, detach_reset=False,
-                                          surrogate=surrogate.S2NN()))
+    text = operators.option_string(params("if", surrogate=surrogate.S2NN()))
     with pytest.raises(ValueError, match="beta must be"):
         operators.params_from(text.replace("beta=1.0", "beta=-1.0"))
 
 
 def _lif(backend, sg, **kw):
-    return neuron.MultiStepLIFNode(v_reset=None, surrogate_function=sg, backend=backend, **kw)
+    """A soft-reset LIF node with surrogate ``sg`` (any callable on 'torch')."""
+    return node(backend, v_reset=None, surrogate=sg, **kw)
 
 
 def _grad(node, x):
@@ -40,7 +40,7 @@ def _grad(node, x):
 
 
 def test_assigned_hyperparameters_reach_the_kernels():
-    device = _device("triton")
+    device = kernel_device("triton")
     x = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) + 0.6
     sg = surrogate.S2NN()
     node, ref = _lif("triton", sg), _lif("torch", sg)
@@ -65,7 +65,7 @@ def test_any_callable_runs_on_the_torch_backend():
 
 
 def test_kernel_backends_refuse_a_plain_callable():
-    device = _device("triton")
+    device = kernel_device("triton")
     node = _lif("triton", lambda u: (u >= 0).to(u))
     with pytest.raises(TypeError, match="backend='torch'"):
         node(torch.randn(3, 8, device=device))
@@ -81,7 +81,7 @@ def _second_order(run, x):
 
 
 def test_double_backward_through_the_kernels_is_refused():
-    device = _device("triton")
+    device = kernel_device("triton")
     x = (torch.randn(4, 20, generator=torch.Generator().manual_seed(2)) + 0.6).to(device)
     sg = surrogate.Sigmoid(spiking=False)  # smooth: a second-order term exists
     with pytest.raises(RuntimeError, match="create_graph"):

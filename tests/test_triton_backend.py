@@ -7,7 +7,6 @@ The float64 reference for gradients is tests/bptt.py, which shares no code with 
 
 import inspect
 import linecache
-import os
 import sys
 import warnings
 
@@ -19,24 +18,11 @@ from flashspike import backends, neuron, surrogate
 from flashspike.backends import layouts, step_code, triton_backend, triton_source
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import TRITON
+from conftest import kernel_device
+from grid import SURROGATES, Cell, node, params
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
-
-
-def _triton_runs_here():
-    if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU and Triton's interpreter is off")
-    try:
-        triton_backend.BACKEND.check_input(torch.zeros(1, 1, device=DEVICE))
-    except ImportError as err:
-        pytest.skip(f"triton unavailable: {err}")
-
-
-def _params(**kw):
-    leaky = kw.pop("leaky", True)
-    kw.setdefault("surrogate_function", surrogate.ATan())
-    return (neuron.MultiStepLIFNode(**kw) if leaky else neuron.MultiStepIFNode(**kw)).params()
 
 
 # ---------------------------------------------------------------- errors
@@ -69,10 +55,10 @@ def test_missing_triton_is_an_import_error_with_the_cause(monkeypatch):
 def test_float64_runs_the_reference_with_one_notice(monkeypatch):
     monkeypatch.setattr(triton_backend.BACKEND, "_warned_dtypes", set())
     x = torch.randn(4, 5, dtype=torch.float64) + 0.5
-    p = _params()
+    p = params()
     with pytest.warns(UserWarning, match="float64"):
         spike, v_last, _ = triton_backend.BACKEND.multi_step(x, 0.0, p, False)
-    ref = bptt.run(x, 0.0, leaky=True, surrogate=("ATan", 2.0))
+    ref = bptt.run(x, 0.0, leaky=True, tau=p.tau, vth=p.v_threshold, surrogate=("ATan", 2.0))
     assert torch.equal(spike, ref["s"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -82,14 +68,11 @@ def test_float64_runs_the_reference_with_one_notice(monkeypatch):
 # ---------------------------------------------------------------- generated source
 
 
-SURROGATES = [surrogate.ATan(), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(), surrogate.SoftSign()]
-
-
 @pytest.mark.parametrize("sg", SURROGATES, ids=lambda s: type(s).__name__)
 @pytest.mark.parametrize("v_reset", [0.0, None])
 @pytest.mark.parametrize("leaky", [False, True])
 def test_source_wraps_the_generated_step_and_is_python(sg, v_reset, leaky):
-    p = _params(leaky=leaky, v_reset=v_reset, surrogate_function=sg, v_threshold=0.75)
+    p = params("lif" if leaky else "if", v_reset=v_reset, surrogate=sg, v_threshold=0.75)
     fwd, bwd = triton_source.forward_source(p), triton_source.backward_source(p)
     compile(fwd, "<fwd>", "exec")
     compile(bwd, "<bwd>", "exec")
@@ -103,16 +86,16 @@ def test_source_wraps_the_generated_step_and_is_python(sg, v_reset, leaky):
 
 
 def test_kernel_set_is_cached_per_options():
-    _triton_runs_here()
-    a = triton_backend.kernel_set(_params(surrogate_function=surrogate.ATan(alpha=3.0)))
-    b = triton_backend.kernel_set(_params(surrogate_function=surrogate.ATan(alpha=3.0)))  # equal, not same
-    c = triton_backend.kernel_set(_params(surrogate_function=surrogate.ATan(alpha=3.5)))
-    d = triton_backend.kernel_set(_params(surrogate_function=surrogate.ATan(alpha=3.0), tau=4.0))
+    kernel_device("triton")
+    a = triton_backend.kernel_set(params(surrogate=surrogate.ATan(alpha=3.0)))
+    b = triton_backend.kernel_set(params(surrogate=surrogate.ATan(alpha=3.0)))  # equal, not same
+    c = triton_backend.kernel_set(params(surrogate=surrogate.ATan(alpha=3.5)))
+    d = triton_backend.kernel_set(params(surrogate=surrogate.ATan(alpha=3.0), tau=4.0))
     assert a is b
     assert c is not a and d is not a
     # Triton reads the kernel back through inspect, which finds the generated text in linecache.
     fn = a.forward_kernel.fn
-    assert inspect.getsource(fn) == triton_source.forward_source(_params(surrogate_function=surrogate.ATan(3.0)))
+    assert inspect.getsource(fn) == triton_source.forward_source(params(surrogate=surrogate.ATan(3.0)))
     assert fn.__code__.co_filename in linecache.cache
 
 
@@ -126,13 +109,13 @@ def test_interpreter_block():
 
 
 def test_hand_computed_if_trajectory():
-    _triton_runs_here()
+    kernel_device("triton")
     # IF, V_th = 1, hard reset to 0: H = V + X; S = H >= 1; V = 0 after a spike.
     x = torch.tensor([[0.5, -1.0], [0.6, 0.25], [0.2, 2.0], [1.5, 0.0]], device=DEVICE)
-    node = neuron.MultiStepIFNode(backend="triton", store_v_seq=True)
-    spike = node(x)
+    layer = node("triton", "if", store_v_seq=True, v_threshold=1.0)
+    spike = layer(x)
     assert spike.tolist() == [[0, 0], [1, 0], [0, 1], [1, 0]]
-    torch.testing.assert_close(node.v_seq.cpu(), torch.tensor([[0.5, -1.0], [0.0, -0.75], [0.2, 0.0], [0.0, 0.0]]))
+    torch.testing.assert_close(layer.v_seq.cpu(), torch.tensor([[0.5, -1.0], [0.0, -0.75], [0.2, 0.0], [0.0, 0.0]]))
 
 
 CASES = [
@@ -165,9 +148,9 @@ def _gradient(kind, shape, gen):
 
 
 OPTIONS = {
-    "if": dict(leaky=False, v_reset=0.0),
-    "lif-soft-detach": dict(leaky=True, v_reset=None, detach_reset=True, tau=1.7),
-    "lif-no-decay-input": dict(leaky=True, v_reset=-0.2, decay_input=False, tau=1.7),
+    "if": Cell("if"),
+    "lif-soft-detach": Cell(v_reset=None, detach_reset=True),
+    "lif-no-decay-input": Cell(decay_input=False, v_reset=-0.2),
 }
 
 
@@ -176,11 +159,10 @@ OPTIONS = {
 def test_kernel_flags_against_unrolled_bptt(case, opts, monkeypatch):
     """The kernel set called directly with each flag combination that autograd can produce, over several
     programs with a masked tail, against the hand-unrolled float64 BPTT."""
-    _triton_runs_here()
+    kernel_device("triton")
     monkeypatch.setattr(triton_backend, "INTERPRETER_MAX_BLOCK", 16)  # 37 neurons: 3 programs, last masked
     gs_kind, gv_kind, store_v_seq, has_v_init = case
-    opts = OPTIONS[opts]
-    p = _params(**opts)
+    p = OPTIONS[opts].params()
     shape = (6, 37)
     gen = torch.Generator().manual_seed(1)
     x = (torch.randn(shape, generator=gen) * 0.8 + 0.4).to(DEVICE)
@@ -195,7 +177,7 @@ def test_kernel_flags_against_unrolled_bptt(case, opts, monkeypatch):
     grad_x, grad_v_init, _ = kernels.backward(h, gs_dev, gv_dev, p, store_v_seq, has_v_init)
 
     ref = bptt.run(x.double().cpu(), p.v_rest if v_init is None else v_init.double().cpu(), leaky=p.leaky,
-                   tau=p.tau, decay_input=p.decay_input, vr=p.v_reset, detach=p.detach_reset,
+                   tau=p.tau, decay_input=p.decay_input, vth=p.v_threshold, vr=p.v_reset, detach=p.detach_reset,
                    surrogate=("ATan", 2.0), grad_s=grad_s, grad_v_seq=grad_v if store_v_seq else None,
                    grad_v_last=None if store_v_seq else grad_v)
     close = dict(rtol=1e-5, atol=1e-5)
@@ -210,8 +192,8 @@ def test_kernel_flags_against_unrolled_bptt(case, opts, monkeypatch):
 
 
 def test_inference_writes_no_h_and_training_matches_it():
-    _triton_runs_here()
-    p = _params()
+    kernel_device("triton")
+    p = params()
     kernels = triton_backend.kernel_set(p)
     x = (torch.randn(5, 300) + 0.5).to(DEVICE)
     spike, v_last, h = kernels.forward(x, None, p, False, False)
@@ -221,15 +203,15 @@ def test_inference_writes_no_h_and_training_matches_it():
 
 
 def test_poisoned_outputs_are_all_overwritten():
-    _triton_runs_here()
+    kernel_device("triton")
     assert layouts.POISON_OUTPUTS  # tests/conftest.py poisons kernel outputs
     x = (torch.randn(3, 2, 45) + 0.5).to(DEVICE).requires_grad_()
     v0 = torch.zeros(2, 45, device=DEVICE, requires_grad=True)
-    node = neuron.MultiStepLIFNode(backend="triton", store_v_seq=True)
-    node.v = v0
-    spike = node(x)
-    (spike.sum() + node.v_seq.sum()).backward()
-    for t in (spike, node.v_seq, x.grad, v0.grad):
+    layer = node("triton", store_v_seq=True)
+    layer.v = v0
+    spike = layer(x)
+    (spike.sum() + layer.v_seq.sum()).backward()
+    for t in (spike, layer.v_seq, x.grad, v0.grad):
         assert not torch.isnan(t).any()
 
 

@@ -24,7 +24,8 @@ from .kernel_set import KernelSet
 from .triton_source import BACKWARD_NAME, FORWARD_NAME, backward_source, forward_source
 
 # Neurons and warps per program on a GPU: four neurons per thread was the fastest on an H200
-# (tools/gpu_triton.sh sweeps it), for float32 and float16 alike. The interpreter: _interpreter_block.
+# (`python -m flashspike.benchmarks.neuron --backends triton --t 128`), for float32 and float16 alike.
+# The interpreter: _interpreter_block.
 GPU_BLOCK = 512
 GPU_NUM_WARPS = 4
 # The interpreter pays per program and per operation, not per element: few, wide programs.
