@@ -54,12 +54,12 @@ def test_missing_triton_is_an_import_error_with_the_cause(monkeypatch):
 
 def test_float64_runs_the_reference_with_one_notice(monkeypatch):
     monkeypatch.setattr(triton_backend.BACKEND, "_warned_dtypes", set())
-    x = torch.randn(4, 5, dtype=torch.float64) + 0.5
+    x = (torch.randn(4, 5, dtype=torch.float64) + 0.5).to(kernel_device("triton"))
     p = params()
     with pytest.warns(UserWarning, match="float64"):
         spike, v_last, _ = triton_backend.BACKEND.multi_step(x, 0.0, p, False)
-    ref = bptt.run(x, 0.0, leaky=True, tau=p.tau, vth=p.v_threshold, surrogate=("ATan", 2.0))
-    assert torch.equal(spike, ref["s"])
+    ref = bptt.run(x.cpu(), 0.0, leaky=True, tau=p.tau, vth=p.v_threshold, surrogate=("ATan", 2.0))
+    assert torch.equal(spike.cpu(), ref["s"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         triton_backend.BACKEND.multi_step(x, 0.0, p, False)  # once per dtype, not per call
