@@ -51,4 +51,6 @@ def uses_cuda_graphs(mode: str | None, options: dict | None = None) -> bool:
     with ``torch.compiler.cudagraph_mark_step_begin``)."""
     if options and "triton.cudagraphs" in options:
         return bool(options["triton.cudagraphs"])
-    return mode in ("reduce-overhead", "max-autotune")
+    from torch._inductor import list_mode_options
+
+    return bool(list_mode_options("default" if mode is None else mode).get("triton.cudagraphs", False))
