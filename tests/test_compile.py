@@ -206,6 +206,36 @@ def test_opcheck(option_set, dtype, store_v_seq):
         torch.library.opcheck(backward, (h, grad_spike, grad_v, None, None, store_v_seq, need_v, "auto", options))
 
 
+def test_forward_operator_skips_the_dispatcher_only_for_plain_tensors(monkeypatch):
+    # Plain tensors (under autocast too) go from the autograd kernel straight to the kernel; fake
+    # tensors must reach the fake implementation through the dispatcher, never the kernel itself.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    p = params()
+    options = operators.option_string(p)
+    forward = torch.ops.flashspike.multi_step_forward.default
+    calls = []
+    real_forward = operators._forward
+    monkeypatch.setattr(operators, "_forward", lambda *args: calls.append(args[0]) or real_forward(*args))
+    redispatched = []
+    real_op = operators._FORWARD_OP
+    monkeypatch.setattr(operators, "_FORWARD_OP", type("Op", (), {
+        "redispatch": staticmethod(lambda *args: redispatched.append(args[0]) or real_op.redispatch(*args))}))
+    monkeypatch.setattr(operators, "_reaches_kernel", {})
+    x = torch.rand(3, 4)
+    spike, _, _ = forward(x, None, None, True, False, "torch", options)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        forward(x, None, None, True, False, "torch", options)
+    assert len(calls) == 2 and not redispatched
+    torch.testing.assert_close(spike, reference.BACKEND.multi_step(x, p.v_rest, p, False)[0])
+    with FakeTensorMode() as mode:
+        fake_spike = forward(mode.from_tensor(x), None, None, True, False, "torch", options)[0]
+    assert len(calls) == 2 and len(redispatched) == 1 and fake_spike.shape == (3, 4)
+    x.requires_grad_()  # differentiated: recorded once, then the same decision below autograd
+    forward(x, None, None, True, False, "torch", options)[0].sum().backward()
+    assert len(calls) == 3 and x.grad is not None
+
+
 def test_surrogates_are_rebuilt_from_name_and_alpha():
     class Doubled(surrogate.ATan):  # a user's own surrogate, found without any registration
         pass

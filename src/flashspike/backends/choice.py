@@ -77,9 +77,10 @@ def surrogate_state(sg):
     return None
 
 
-def kernel_set_for(name: str, x_seq: torch.Tensor, p: NeuronParams, traced: bool = False):
+def kernel_set_for(name: str, x_seq: torch.Tensor, p: NeuronParams, traced: bool = False, params_key=None):
     """The kernel set (:mod:`.kernel_set`) that runs ``x_seq`` with options ``p`` for backend ``name``,
-    or None where the autograd reference runs it (see the module docstring)."""
+    or None where the autograd reference runs it (see the module docstring). ``params_key`` is
+    ``p.key`` when the caller keeps it already."""
     if not isinstance(p.surrogate, SurrogateFunction):
         backend = resolve(name, x_seq)
         if backend.name != "torch":
@@ -87,7 +88,7 @@ def kernel_set_for(name: str, x_seq: torch.Tensor, p: NeuronParams, traced: bool
         return None
     if name != "auto":
         get(name).check_input(x_seq)
-    key = (name, x_seq.device.type, x_seq.dtype, p.key, traced)
+    key = (name, x_seq.device.type, x_seq.dtype, p.key if params_key is None else params_key, traced)
     found = _chosen.get(key)
     if found is None:
         found = _chosen[key] = _choose(name, x_seq, p, traced)

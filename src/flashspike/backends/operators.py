@@ -132,16 +132,19 @@ _EXAMPLE = NeuronParams(
 )
 
 
-# options string -> NeuronParams, parsed at the first call of each layer.
+# options string -> (NeuronParams, its key), parsed at the first call of each layer. Nothing changes
+# these params in place, so their key (microseconds to build) is built once too.
 _parsed: dict = {}
 
 
 def kernels_for(backend: str, x: torch.Tensor, options: str):
     """(kernel set, NeuronParams) that run ``x`` for backend ``backend`` with these options."""
-    p = _parsed.get(options)
-    if p is None:
-        p = _parsed[options] = params_from(options)
-    return kernel_set_for(backend, x, p, traced=True), p
+    parsed = _parsed.get(options)
+    if parsed is None:
+        p = params_from(options)
+        parsed = _parsed[options] = (p, p.key)
+    p, key = parsed
+    return kernel_set_for(backend, x, p, traced=True, params_key=key), p
 
 
 def _sequence_input(x: torch.Tensor, v_init, repeat: int) -> torch.Tensor:
@@ -176,9 +179,13 @@ torch.library.define(
     "(Tensor h, Tensor? grad_spike, Tensor? grad_v_out, Tensor? v_init, Tensor? w, bool store_v_seq, "
     "bool need_grad_v_init, str backend, str options, bool sum_grad_x=False) -> (Tensor, Tensor, Tensor)",
 )
+# The kernels are registered through the plain Library API: torch.library.register_kernel and
+# register_autograd wrap them in Python layers (a Dynamo guard, an autograd kernel that dispatches
+# again) that cost tens of microseconds per call, and compiled graphs call these operators at every
+# step. See _forward_autograd for what stands in for register_autograd.
+_LIBRARY = torch.library.Library("flashspike", "FRAGMENT")
 
 
-@torch.library.register_kernel(FORWARD, None)
 def _forward(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0):
     x = sequence_layout(_sequence_input(x, v_init, repeat))
     kernels, p = kernels_for(backend, x, options)
@@ -198,7 +205,6 @@ def _forward_fake(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0)
     return sequence(), v_out, sequence() if save_h else _absent(x)
 
 
-@torch.library.register_kernel(BACKWARD, None)
 def _backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options,
               sum_grad_x=False):
     kernels, p = kernels_for(backend, h, options)
@@ -218,37 +224,86 @@ def _backward_fake(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_
     return grad_x, h.new_empty_strided(h.shape[1:], strides[1:]) if need_grad_v_init else _absent(h), grad_w
 
 
-def _setup_context(ctx, inputs, output):
-    _x, v_init, w, save_h, store_v_seq, backend, options = inputs[:7]
-    h = output[2]
-    ctx.mark_non_differentiable(h)
-    # Like FusedMultiStep: an output nobody used brings None, not a materialized zero tensor.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h, v_init, w)
-    ctx.save_h, ctx.store_v_seq, ctx.backend, ctx.options = save_h, store_v_seq, backend, options
-    ctx.sum_grad_x = len(inputs) > 7 and inputs[7] > 0
+# One kernel for every device: the kernel set is chosen inside, from the backend name and x's device.
+# The backward operator has no autograd kernel of its own (it is not differentiable: PyTorch's
+# fallback passes it on, and refuse_create_graph guards the one place that calls it under grad).
+_LIBRARY.impl("multi_step_forward", _forward, "CompositeExplicitAutograd")
+_LIBRARY.impl("multi_step_backward", _backward, "CompositeExplicitAutograd")
+
+_FORWARD_OP = torch.ops.flashspike.multi_step_forward.default
+_AFTER_AUTOGRAD = torch._C._after_autograd_keyset
+# Keys between autograd and a backend kernel that pass an operator without kernels of theirs through.
+_PASSING_KEYS = (torch._C.DispatchKey.ADInplaceOrView, torch._C.DispatchKey.AutocastCPU,
+                 torch._C.DispatchKey.AutocastCUDA)
+_BACKEND_KEYS = frozenset((torch._C.DispatchKey.CPU, torch._C.DispatchKey.CUDA))
+_reaches_kernel: dict = {}  # raw dispatch key set -> whether dispatching below autograd ends at _forward
 
 
-def _backward_formula(ctx, grad_spike, grad_v_out, _grad_h):
-    refuse_create_graph()
-    if grad_spike is None and grad_v_out is None:
-        return (None,) * 8
-    if not ctx.save_h:
-        raise RuntimeError(
-            f"{FORWARD} ran with save_h=False, so it kept no H to differentiate through; pass save_h=True "
-            "when an input requires grad"
+def _forward_below_autograd(keyset, *args):
+    """The forward operator as the dispatcher would run it below autograd. Plain CPU or CUDA tensors
+    outside any mode go to :func:`_forward` directly (a Python-to-C++-to-Python round trip saved);
+    fake, functional and other tensors, and active modes, go through the dispatcher."""
+    raw = keyset.raw_repr()
+    direct = _reaches_kernel.get(raw)
+    if direct is None:
+        rest = keyset & _AFTER_AUTOGRAD
+        for key in _PASSING_KEYS:
+            rest = rest.remove(key)
+        direct = _reaches_kernel[raw] = rest.highestPriorityTypeId() in _BACKEND_KEYS
+    if direct:
+        return _forward(*args)
+    return _FORWARD_OP.redispatch(keyset & _AFTER_AUTOGRAD, *args)
+
+
+class _DifferentiatedForward(torch.autograd.Function):
+    """The forward operator when an input requires grad: its backward is the backward operator."""
+
+    @staticmethod
+    def forward(ctx, keyset, x, v_init, w, save_h, store_v_seq, backend, options, repeat):
+        with torch._C._AutoDispatchBelowAutograd():
+            spike, v_out, h = _forward_below_autograd(keyset, x, v_init, w, save_h, store_v_seq, backend, options,
+                                                      repeat)
+        ctx.mark_non_differentiable(h)
+        # Like FusedMultiStep: an output nobody used brings None, not a materialized zero tensor.
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(h, v_init, w)
+        ctx.save_h, ctx.store_v_seq, ctx.backend, ctx.options = save_h, store_v_seq, backend, options
+        ctx.sum_grad_x = repeat > 0
+        return spike, v_out, h
+
+    @staticmethod
+    def backward(ctx, grad_spike, grad_v_out, _grad_h):
+        refuse_create_graph()
+        if grad_spike is None and grad_v_out is None:
+            return (None,) * 9
+        if not ctx.save_h:
+            raise RuntimeError(
+                f"{FORWARD} ran with save_h=False, so it kept no H to differentiate through; pass save_h=True "
+                "when an input requires grad"
+            )
+        h, v_init, w = ctx.saved_tensors
+        need_grad_v_init = ctx.needs_input_grad[2]
+        grad_x, grad_v_init, grad_w = torch.ops.flashspike.multi_step_backward(
+            h, grad_spike, grad_v_out, v_init, w, ctx.store_v_seq, need_grad_v_init, ctx.backend, ctx.options,
+            ctx.sum_grad_x,
         )
-    h, v_init, w = ctx.saved_tensors
-    need_grad_v_init = ctx.needs_input_grad[1]
-    grad_x, grad_v_init, grad_w = torch.ops.flashspike.multi_step_backward(
-        h, grad_spike, grad_v_out, v_init, w, ctx.store_v_seq, need_grad_v_init, ctx.backend, ctx.options,
-        ctx.sum_grad_x,
-    )
-    grad_w = grad_w if w is not None and ctx.needs_input_grad[2] else None
-    return grad_x, grad_v_init if need_grad_v_init else None, grad_w, None, None, None, None, None
+        grad_w = grad_w if w is not None and ctx.needs_input_grad[3] else None
+        return None, grad_x, grad_v_init if need_grad_v_init else None, grad_w, None, None, None, None, None
 
 
-torch.library.register_autograd(FORWARD, _backward_formula, setup_context=_setup_context)
+_grad_enabled = torch.is_grad_enabled
+_any_requires_grad = torch._C._any_requires_grad
+
+
+def _forward_autograd(keyset, x, v_init, w, save_h, store_v_seq, backend, options, repeat=0):
+    """The forward operator's autograd kernel: recorded for backward when an input requires grad,
+    else passed straight on (what compiled graphs, which run without grad, call at every step)."""
+    if _grad_enabled() and _any_requires_grad(x, v_init, w):
+        return _DifferentiatedForward.apply(keyset, x, v_init, w, save_h, store_v_seq, backend, options, repeat)
+    return _forward_below_autograd(keyset, x, v_init, w, save_h, store_v_seq, backend, options, repeat)
+
+
+_LIBRARY.impl("multi_step_forward", _forward_autograd, "Autograd", with_keyset=True)
 
 
 def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
