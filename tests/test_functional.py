@@ -193,3 +193,18 @@ def test_reset_net_reaches_layers():
     assert net[0].mask is not None and isinstance(net[1].out_i, torch.Tensor)
     functional.reset_net(net)
     assert net[0].mask is None and net[1].out_i == 0.0
+
+
+def test_reset_net_calls_class_methods_and_instance_callables_once_each():
+    calls = []
+
+    class Stateful(torch.nn.Module):
+        def reset(self):
+            calls.append(self)
+
+    inner, shared = Stateful(), Stateful()
+    assigned = torch.nn.Linear(2, 2)
+    assigned.reset = lambda: calls.append("assigned")  # an instance attribute, not a method
+    net = torch.nn.Sequential(inner, torch.nn.Sequential(shared, assigned), shared, torch.nn.ReLU())
+    functional.reset_net(net)
+    assert calls.count(inner) == 1 and calls.count(shared) == 1 and calls.count("assigned") == 1 and len(calls) == 3

@@ -26,9 +26,16 @@ __all__ = [
 
 
 def _call_on_every_module(net: nn.Module, method: str) -> None:
+    # Looked up on the class (a method) or the instance's own attributes: ``getattr(module, method)``
+    # on a module without it goes through nn.Module.__getattr__ and builds an AttributeError, which
+    # costs microseconds per module of every step's reset.
     for module in net.modules():
-        fn = getattr(module, method, None)
-        if callable(fn):
+        fn = module.__dict__.get(method)
+        if fn is None:
+            fn = getattr(type(module), method, None)
+            if callable(fn):
+                fn(module)
+        elif callable(fn):
             fn()
 
 
