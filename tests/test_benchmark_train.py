@@ -134,3 +134,14 @@ def test_cuda_graph_modes_run_for_sew_resnet18(mode, tmp_path):
     (row,) = report["rows"]
     assert "error" not in row, row
     assert row["ms"] > 0 and row["peak_MiB"] > 0
+
+
+def test_cudnn_autotuning_is_on_unless_turned_off(monkeypatch):
+    assert all(spec["cudnn_benchmark"] for spec in bench.row_specs(bench.parse_args([]))[0])
+    (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--no-cudnn-benchmark"]))[0]
+    assert spec["cudnn_benchmark"] is False
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    spec.update(model="fmnist", input="fmnist", T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu",
+                backend="torch", memory_format="contiguous")
+    train_worker.run_row(spec)  # the row runs with the setting it was given
+    assert torch.backends.cudnn.benchmark is False
