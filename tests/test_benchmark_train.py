@@ -145,3 +145,20 @@ def test_cudnn_autotuning_is_on_unless_turned_off(monkeypatch):
                 backend="torch", memory_format="contiguous")
     train_worker.run_row(spec)  # the row runs with the setting it was given
     assert torch.backends.cudnn.benchmark is False
+
+
+def test_rounds_interleave_the_rows_and_keep_each_rows_median(monkeypatch, tmp_path):
+    order, times = [], iter([5.0, 1.0, 3.0, 9.0, 4.0, 2.0])  # eager, compile, eager, compile, ...
+
+    def fake_run(spec, timeout):
+        order.append(spec["mode"])
+        return dict(model=spec["model"], input=spec["input"], T=spec["T"], B=spec["B"], mode=spec["mode"],
+                    subject="s", ms=next(times), images_per_s=1.0, peak_MiB=None)
+
+    monkeypatch.setattr(bench, "run_spec", fake_run)
+    report = bench.main(["--modes", "eager", "compile", "--rounds", "3", "--out", str(tmp_path)])
+    assert order == ["eager", "compile"] * 3
+    eager, compiled = report["rows"]
+    assert (eager["ms"], eager["ms_rounds"]) == (4.0, [5.0, 3.0, 4.0])
+    assert (compiled["ms"], compiled["ms_rounds"]) == (2.0, [1.0, 9.0, 2.0])
+    assert bench.median_row([{"error": "boom"}, {"error": "again"}]) == {"error": "boom"}

@@ -13,6 +13,9 @@ Every row runs in a fresh subprocess (``train_worker``): peak memory is ``max_me
 from process start, so a ``reduce-overhead`` graph pool, the warm-up and cuDNN's algorithm search
 are all counted; a failing or crashing row is recorded with its error and the run goes on. The time is
 the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps (CUDA events).
+cuDNN's autotuning (``torch.backends.cudnn.benchmark``) is on in every row unless
+``--no-cudnn-benchmark``. A host-bound step's time follows the host's speed, which can drift between
+processes: ``--rounds K`` runs all rows K times, round after round, and keeps each row's median.
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
 eager) and SpikingJelly 2.x (its activation_based zoo in multi-step mode, its own neuron kernels; eager
@@ -94,6 +97,9 @@ def parse_args(argv=None):
                         help="folder holding SpikingJelly 0.0.0.0.14's spikingjelly package (default: the installed one)")
     parser.add_argument("--sj2-path", type=Path,
                         help="folder holding SpikingJelly 2.x's spikingjelly package (default: the installed one)")
+    parser.add_argument("--rounds", type=positive, default=1,
+                        help="run every row this many times, one round of all rows after another, and keep each "
+                             "row's median: a host whose speed drifts then touches every mode alike (default 1)")
     parser.add_argument("--row-timeout", type=positive, default=900, help="seconds a row may take (default 900)")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="torch device (default cuda if present)")
     parser.add_argument("--out", type=Path, default=Path("bench_out"),
@@ -163,6 +169,18 @@ def run_spec(spec: dict, timeout: int) -> dict:
     return row
 
 
+def median_row(measured: list[dict]) -> dict:
+    """One row from its rounds: the round of median ms/step (all its figures), with every round's ms
+    under ``ms_rounds``; the first error when no round measured anything."""
+    timed = sorted((r for r in measured if "ms" in r), key=lambda r: r["ms"])
+    if not timed:
+        return measured[0]
+    row = dict(timed[(len(timed) - 1) // 2])
+    if len(measured) > 1:
+        row["ms_rounds"] = [r.get("ms") for r in measured]
+    return row
+
+
 # ---- reporting ----
 
 def format_table(rows: list[dict]) -> str:
@@ -217,13 +235,16 @@ def environment(device: str) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     specs, skipped = row_specs(args)
-    rows = []
-    for spec in specs:
-        rows.append(run_spec(spec, args.row_timeout))
-        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    rounds = [[] for _ in specs]  # each spec's rows, one per round
+    for _ in range(args.rounds):
+        for spec, measured in zip(specs, rounds):
+            measured.append(run_spec(spec, args.row_timeout))
+            print(format_table(measured[-1:]).splitlines()[-1], flush=True)
+    rows = [median_row(measured) for measured in rounds]
     report = dict(environment(args.device), skipped=skipped, rows=rows,
                   settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
-                                steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
+                                steps=args.steps, repeats=args.repeats, rounds=args.rounds,
+                                epoch_steps=args.epoch_steps,
                                 layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
