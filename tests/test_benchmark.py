@@ -52,7 +52,8 @@ def test_cpu_smoke_run_writes_json_and_charts(tmp_path, capsys):
         assert math.isclose(r["GBps"], expected, rel_tol=1e-9)
         assert math.isclose(r["copy_share"], r["GBps"] / saved["copy_GBps"], rel_tol=1e-9)
     assert [(r["subject"], r["T"], r["N"], r["mode"]) for r in saved["host_case"]] == [
-        (bench.FLOOR.label, 4, 4096, "fb"), ("flashspike torch", 4, 4096, "fb")]
+        (bench.FLOOR.label, 4, 4096, "fb"), ("flashspike torch", 4, 4096, "fb"),
+        ("flashspike torch operator pair", 4, 4096, "fb")]
     for skipped in ("cupy", "triton"):
         assert skipped in saved["skipped"]
     for chart in ("exe_time_f.png", "exe_time_fb.png"):

@@ -20,7 +20,9 @@ every neuron: PLIF's ∂L/∂w is reduced from values the backward already holds
 V[t−1] from the H they read anyway. A last table measures the host-bound case T=4, N=4096, forward +
 backward, where the GPU work is microseconds, next to PyTorch's own floor for such a call (a
 ``torch.autograd.Function`` that only allocates its output and its gradient, plus the sum and the
-backward): its column "x floor" is each subject's time over that floor's.
+backward): its column "x floor" is each subject's time over that floor's. There each backend also
+has an "operator pair" row: its two custom operators (what a graph compiled by ``torch.compile``
+calls, see :mod:`flashspike.backends.operators`) called forward then backward without autograd.
 
 Results go to ``--out``: ``neuron_benchmark.json`` and the bar charts ``exe_time_f.png`` and
 ``exe_time_fb.png`` (matplotlib; skipped with a notice when it is missing).
@@ -41,6 +43,7 @@ from typing import Callable
 import torch
 
 from .. import __version__, backends, neuron, surrogate
+from ..backends import operators
 from ..cuda_utils import median_seconds
 from .charts import pyplot
 
@@ -51,11 +54,14 @@ SECONDS_PER_REPEAT = 0.005  # a timed loop runs at least this long, so launch ji
 
 @dataclass
 class Subject:
-    """One thing measured: a label and a factory of fresh neurons ``node(x_seq) -> spike_seq``."""
+    """One thing measured: a label and a factory of fresh neurons ``node(x_seq) -> spike_seq``, or a
+    call of its own (``own_call(mode, T, N, dtype, device) -> call``) for what is no such neuron."""
 
     label: str
-    make: Callable[[], Callable]
-    reset: Callable[[object], None]
+    make: Callable[[], Callable] | None
+    reset: Callable[[object], None] | None
+    backend: str | None = None  # flashspike's backend, for its own subjects
+    own_call: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -111,8 +117,33 @@ def flashspike_subjects(args, device) -> tuple[list[Subject], dict]:
             lambda name=name: cls(surrogate_function=make_surrogate(surrogate, args.surrogate), backend=name,
                                   **choice.kwargs),
             lambda node: node.reset(),
+            backend=name,
         ))
     return subjects, skipped
+
+
+def operator_pair(subject: Subject) -> Subject:
+    """What a compiled graph runs for one of flashspike's nodes, forward + backward: its two custom
+    operators called one after the other, with no autograd around them (the compiler's wrappers
+    excluded), so that their host cost shows next to the eager node's."""
+    name = subject.backend
+
+    def own_call(mode, steps, n, dtype, device):
+        node = subject.make().to(device)
+        p, w = node.params(), node._decay_w()
+        options = operators.option_string(p)
+        x = (torch.rand(steps, n, device=device) * 1.5).to(dtype)
+        grad_spike = torch.ones_like(x)
+        forward = torch.ops.flashspike.multi_step_forward.default
+        backward = torch.ops.flashspike.multi_step_backward.default
+
+        def call():
+            with torch.no_grad():
+                h = forward(x, None, w, True, False, name, options)[2]
+                return backward(h, grad_spike, None, None, w, False, False, name, options)
+        return call
+
+    return Subject(f"flashspike {name} operator pair", None, None, backend=name, own_call=own_call)
 
 
 def peer_subjects(args, device) -> tuple[list[Subject], dict]:
@@ -246,6 +277,8 @@ def must_move_bytes(mode: str, steps: int, n: int, element_size: int) -> int:
 
 def make_call(subject: Subject, mode: str, steps: int, n: int, dtype, device):
     """A no-argument function running one call of ``subject`` in ``mode`` on fresh random input."""
+    if subject.own_call is not None:
+        return subject.own_call(mode, steps, n, dtype, device)
     node = subject.make().to(device)
     x = (torch.rand(steps, n, device=device) * 1.5).to(dtype)
     if mode == "f":
@@ -419,7 +452,8 @@ def run(args) -> dict:
     host_rows = []
     if not args.no_host_case:
         steps, n = HOST_CASE
-        for subject in [FLOOR, *subjects]:
+        pairs = [operator_pair(subject) for subject in subjects if subject.backend is not None]
+        for subject in [FLOOR, *subjects, *pairs]:
             host_rows.append(measure(subject, "fb", steps, n, DTYPES[args.dtypes[0]], device, args.repeats,
                                      copy_bps))
     add_speedups(rows)
