@@ -1,0 +1,185 @@
+"""Spike inputs kept in one bit for the backward pass.
+
+A convolution or linear layer saves its input for the weight gradient. When that input is a neuron's
+spike output, every element is 0 or 1, and the 2 or 4 bytes autograd keeps per element carry one bit
+of information. :func:`store_spike_inputs_in_bits` switches a network's ``nn.Conv2d`` and ``nn.Linear``
+layers to versions that, for such an input, save it packed eight elements to a byte and unpack it in
+the backward pass; the gradients are the ones PyTorch's own backward computes (the same operations on
+the same values), bit for bit.
+
+An input counts as spikes only when its autograd history proves it: it is the spike output of a
+flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate, reached
+through views, max-pooling or dtype casts only (each keeps 0/1 values exact). Anything else (a
+residual sum of spikes, dropout, the 'torch' reference's output, an input that needs no gradient)
+takes the layer's ordinary path, so nothing is ever stored lossily. Eager mode only: under
+``torch.compile`` the layers run their ordinary forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backends.autograd import FusedMultiStep
+
+__all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "BitSavingConv2d",
+           "BitSavingLinear"]
+
+_shifts_on: dict = {}  # device -> the bit positions 0..7 as uint8 there (made once: no copy per call)
+# Autograd nodes that leave 0/1 values 0/1: views and reshapes, max-pooling, dtype casts.
+_VALUE_KEEPING = frozenset((
+    "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0", "TransposeBackward0",
+    "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0",
+    "MaxPool2DWithIndicesBackward0", "MaxPool1DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
+))
+_SPIKE_NODE = FusedMultiStep._backward_cls
+
+
+def is_spike_input(x: torch.Tensor) -> bool:
+    """Whether ``x``'s autograd history makes it a neuron's spike output (see the module's text)."""
+    node, output = x.grad_fn, x.output_nr
+    while node is not None and type(node).__name__ in _VALUE_KEEPING:
+        node, output = node.next_functions[0]
+    if not isinstance(node, _SPIKE_NODE) or output != 0:  # output 1 is the potential
+        return False
+    p = node.call[1]
+    return bool(getattr(p.surrogate, "spiking", False))
+
+
+def _memory_order(x: torch.Tensor):
+    """The permutation that lays ``x`` out contiguously (its dimensions by falling stride), or None
+    when ``x`` is no dense tensor without overlaps (an expanded view, a slice)."""
+    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), -x.shape[d]))
+    permuted = x.permute(order)
+    return order if permuted.is_contiguous() else None
+
+
+def _shifts(device: torch.device) -> torch.Tensor:
+    shifts = _shifts_on.get(device)
+    if shifts is None:
+        shifts = _shifts_on[device] = torch.arange(8, dtype=torch.uint8, device=device)
+    return shifts
+
+
+def pack(x: torch.Tensor, order) -> torch.Tensor:
+    """The elements of ``x`` in memory order (``order``: :func:`_memory_order`), one bit each (set for
+    nonzero), eight to a uint8, the first element in the lowest bit."""
+    bits = x.permute(order).reshape(-1) != 0
+    padding = -bits.numel() % 8
+    if padding:
+        bits = torch.cat((bits, bits.new_zeros(padding)))
+    shifts = _shifts(x.device)
+    return (bits.view(-1, 8).to(torch.uint8) << shifts).sum(1, dtype=torch.uint8)
+
+
+def unpack(packed: torch.Tensor, shape, strides, order, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor :func:`pack` packed: ``shape`` and ``strides`` as it had, values 0 and 1 of ``dtype``."""
+    shifts = _shifts(packed.device)
+    count = 1
+    for size in shape:
+        count *= size
+    values = ((packed.unsqueeze(1) >> shifts) & 1).view(-1)[:count]
+    x = torch.empty_strided(shape, strides, dtype=dtype, device=packed.device)
+    x.permute(order).view(-1).copy_(values)
+    return x
+
+
+def _autocast_dtype(x: torch.Tensor):
+    """The dtype autocast would run a convolution or linear layer in, or None outside autocast."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _SavedInBits(torch.autograd.Function):
+    """``op`` ('conv2d' or 'linear') of a spike input ``x``, keeping ``x`` packed for the backward.
+
+    Autocast's casts happen here, as autocast does them (input, weight and bias to its dtype, each
+    gradient cast back), so the backward repeats PyTorch's own operations on the same values."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, op, conv_args):
+        dtype = _autocast_dtype(x)
+        cast = (lambda t: t if t is None else t.to(dtype)) if dtype is not None else (lambda t: t)
+        xc, wc, bc = cast(x), cast(weight), cast(bias)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.conv2d(xc, wc, bc, *conv_args) if op == "conv2d" else F.linear(xc, wc, bc)
+        order = _memory_order(xc)
+        ctx.save_for_backward(pack(xc, order), wc)
+        ctx.meta = (op, conv_args, xc.shape, xc.stride(), order, xc.dtype, x.dtype, weight.dtype,
+                    None if bias is None else (bias.dtype, bias.shape))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        packed, wc = ctx.saved_tensors
+        op, conv_args, shape, strides, order, dtype, x_dtype, w_dtype, bias_meta = ctx.meta
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        xc = unpack(packed, shape, strides, order, dtype)
+        if op == "conv2d":
+            stride, padding, dilation, groups = conv_args
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, xc, wc, None if bias_meta is None else list(bias_meta[1]), list(stride), list(padding),
+                list(dilation), False, [0, 0], groups, [need_x, need_w, need_b and bias_meta is not None])
+        else:  # the operations of linear's (addmm's) derivative for a 2-d input
+            grad_x = grad.mm(wc) if need_x else None
+            grad_w = grad.t().mm(xc) if need_w else None
+            grad_b = grad.sum(0) if need_b and bias_meta is not None else None
+        grad_x = None if grad_x is None else grad_x.to(x_dtype)
+        grad_w = None if grad_w is None else grad_w.to(w_dtype)
+        grad_b = None if grad_b is None else grad_b.to(bias_meta[0])
+        return grad_x, grad_w, grad_b, None, None
+
+
+def _saves_bits(x: torch.Tensor) -> bool:
+    return (torch.is_grad_enabled() and not torch.compiler.is_compiling() and is_spike_input(x)
+            and _memory_order(x) is not None)
+
+
+class BitSavingConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that keeps a spike input (:func:`is_spike_input`) in one bit per element for its
+    backward. Same parameters, state_dict keys and results as ``nn.Conv2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not _saves_bits(x):
+            return super().forward(x)
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        return _SavedInBits.apply(x, self.weight, self.bias, "conv2d", args)
+
+    def _get_name(self):
+        return "Conv2d"
+
+
+class BitSavingLinear(nn.Linear):
+    """``nn.Linear`` that keeps a 2-d spike input (:func:`is_spike_input`) in one bit per element for its
+    backward. Same parameters, state_dict keys and results as ``nn.Linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or not _saves_bits(x):
+            return super().forward(x)
+        return _SavedInBits.apply(x, self.weight, self.bias, "linear", None)
+
+    def _get_name(self):
+        return "Linear"
+
+
+_BIT_SAVING = {nn.Conv2d: BitSavingConv2d, nn.Linear: BitSavingLinear}
+_PLAIN = {bits: plain for plain, bits in _BIT_SAVING.items()}
+
+
+def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
+    """Switch every ``nn.Conv2d`` and ``nn.Linear`` of ``net`` (exactly those classes, not subclasses)
+    to its bit-saving version, or back with ``enabled=False``; returns how many layers were switched.
+
+    The switch changes the class only: parameters, hooks, ``state_dict`` keys and printed names stay.
+    """
+    table = _BIT_SAVING if enabled else _PLAIN
+    switched = 0
+    for module in net.modules():
+        target = table.get(type(module))
+        if target is not None:
+            module.__class__ = target
+            switched += 1
+    return switched

@@ -1,0 +1,151 @@
+"""Spike inputs kept in one bit: packing, which inputs count as spikes, and gradients bit for bit equal
+to PyTorch's own backward (CPU through Triton's interpreter, CUDA on both kernel backends)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from flashspike import functional, layer, neuron, spike_bits, surrogate
+from conftest import kernel_device
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "odd"])
+def test_pack_and_unpack_restore_values_and_strides(dtype, layout):
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 5, 7) if layout == "odd" else (4, 3, 5, 6)
+    x = (torch.rand(shape, generator=g) > 0.6).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    order = spike_bits._memory_order(x)
+    packed = spike_bits.pack(x, order)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-x.numel() // 8)
+    back = spike_bits.unpack(packed, x.shape, x.stride(), order, dtype)
+    assert back.stride() == x.stride() and back.dtype == dtype and torch.equal(back, x)
+    # the first element in memory is the lowest bit of the first byte
+    first = x.permute(order).reshape(-1)[:8]
+    assert int(packed[0]) == sum(int(v) << i for i, v in enumerate(first.tolist()))
+
+
+def test_views_with_gaps_or_repeats_are_not_packed():
+    x = torch.zeros(4, 6)
+    assert spike_bits._memory_order(x[:, :3]) is None
+    assert spike_bits._memory_order(torch.zeros(6).expand(4, 6)) is None
+
+
+def _spikes(backend, device, **kwargs):
+    node = neuron.MultiStepIFNode(backend=backend, **kwargs).to(device)
+    x = (torch.rand(3, 2, 4, 6, 6, device=device) * 2).requires_grad_()
+    return node, x, node(x)
+
+
+def test_spike_outputs_are_recognised_through_views_pools_and_casts():
+    device = kernel_device("triton")
+    _, x, spikes = _spikes("triton", device)
+    flat = spikes.flatten(0, 1)
+    assert spike_bits.is_spike_input(spikes) and spike_bits.is_spike_input(flat)
+    assert spike_bits.is_spike_input(nn.functional.max_pool2d(flat, 2))
+    assert spike_bits.is_spike_input(flat.to(torch.bfloat16))
+    # anything that may hold other values than 0 and 1, or has no history to prove it
+    assert not spike_bits.is_spike_input(spikes + spikes)  # SEW's ADD
+    assert not spike_bits.is_spike_input(nn.functional.dropout(flat, 0.5))
+    assert not spike_bits.is_spike_input(nn.functional.avg_pool2d(flat, 2))
+    assert not spike_bits.is_spike_input(spikes.detach())
+    assert not spike_bits.is_spike_input(x)
+
+
+def test_potentials_smooth_surrogates_and_the_reference_are_not_spikes():
+    device = kernel_device("triton")
+    node, _, _ = _spikes("triton", device, store_v_seq=True)
+    assert not spike_bits.is_spike_input(node.v_seq)
+    _, _, smooth = _spikes("triton", device, surrogate_function=surrogate.Sigmoid(spiking=False))
+    assert not spike_bits.is_spike_input(smooth)
+    _, _, reference = _spikes("torch", "cpu")
+    assert not spike_bits.is_spike_input(reference)
+
+
+def _net(backend):
+    torch.manual_seed(3)
+    return nn.Sequential(
+        layer.SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)),
+        neuron.MultiStepIFNode(backend=backend),
+        layer.SeqToANNContainer(nn.Conv2d(4, 6, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(6)),
+        neuron.MultiStepLIFNode(tau=2.0, backend=backend),
+        layer.SeqToANNContainer(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 2 * 2, 5)),
+        neuron.MultiStepIFNode(backend=backend),
+    )
+
+
+def _train_step(net, x, autocast_dtype):
+    device_type = x.device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        out = net(x)
+    (out.float().mean(0) * torch.arange(5.0, device=x.device)).sum().backward()
+    functional.reset_net(net)
+    return out, {name: p.grad.clone() for name, p in net.named_parameters()}
+
+
+def _compare_paths(backend, device, autocast_dtype, memory_format=torch.contiguous_format):
+    plain = _net(backend).to(device, memory_format=memory_format)
+    bits = copy.deepcopy(plain)
+    assert spike_bits.store_spike_inputs_in_bits(bits) == 3  # two convolutions and the linear layer
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(3, 4, 2, 8, 8, generator=g) * 3).to(device)
+    saved = []
+
+    def keep(tensor):
+        saved.append(tensor)
+        return tensor
+
+    out_plain, grads_plain = _train_step(plain, x, autocast_dtype)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out_bits, grads_bits = _train_step(bits, x, autocast_dtype)
+    assert torch.equal(out_plain, out_bits)
+    assert grads_plain.keys() == grads_bits.keys()
+    for name in grads_plain:
+        assert torch.equal(grads_plain[name], grads_bits[name]), name
+    # the second convolution's input [12, 4, 8, 8] and the linear layer's [12, 24] (max-pooled spikes)
+    # kept as bits; the first convolution's input is no spike train and is kept as it is
+    packed = sorted(t.numel() for t in saved if t.dtype == torch.uint8)
+    assert packed == [12 * 24 // 8, 12 * 4 * 8 * 8 // 8]
+    return plain, bits
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["float32", "autocast-bf16"])
+def test_gradients_equal_pytorchs_own_bit_for_bit(autocast_dtype):
+    _compare_paths("triton", kernel_device("triton"), autocast_dtype)
+
+
+def test_the_switch_keeps_parameters_names_and_state_dict_and_goes_back():
+    net = _net("torch")
+    keys, text = list(net.state_dict()), repr(net)
+
+    class MyConv(nn.Conv2d):
+        pass
+
+    net.append(MyConv(1, 1, 1))
+    assert spike_bits.store_spike_inputs_in_bits(net) == 3  # the subclass keeps its own forward
+    assert type(net[0][0]) is spike_bits.BitSavingConv2d and type(net[-1]) is MyConv
+    assert list(net.state_dict())[:len(keys)] == keys and repr(net).startswith(text[:-2])
+    assert spike_bits.store_spike_inputs_in_bits(net, enabled=False) == 3
+    assert type(net[0][0]) is nn.Conv2d and type(net[4][2]) is nn.Linear
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cupy", "triton"])
+def test_gradients_equal_pytorchs_own_bit_for_bit_gpu(backend):
+    device = kernel_device(backend)
+    for autocast_dtype in (None, torch.float16):
+        _compare_paths(backend, device, autocast_dtype, torch.channels_last)
+
+
+def test_compiled_layers_take_their_ordinary_path():
+    torch._dynamo.reset()
+    plain = _net("torch")
+    bits = copy.deepcopy(plain)
+    spike_bits.store_spike_inputs_in_bits(bits)
+    x = torch.rand(3, 4, 2, 8, 8) * 3
+    compiled = torch.compile(bits, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), plain(x))
