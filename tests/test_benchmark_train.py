@@ -162,3 +162,12 @@ def test_rounds_interleave_the_rows_and_keep_each_rows_median(monkeypatch, tmp_p
     assert (eager["ms"], eager["ms_rounds"]) == (4.0, [5.0, 3.0, 4.0])
     assert (compiled["ms"], compiled["ms_rounds"]) == (2.0, [1.0, 9.0, 2.0])
     assert bench.median_row([{"error": "boom"}, {"error": "again"}]) == {"error": "boom"}
+
+
+def test_spike_bits_rows_switch_the_layers_of_flashspike_models_only():
+    (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--spike-bits", "--models", "fmnist"]))[0]
+    assert spec["spike_bits"] is True
+    spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch", memory_format="contiguous")
+    row = train_worker.run_row(spec)
+    assert row["spike_bits_layers"] == 4 and row["subject"] == "flashspike torch, spike bits"  # 2 convs, 2 linears
+    assert bench.row_specs(bench.parse_args(["--modes", "eager"]))[0][0]["spike_bits"] is False

@@ -149,3 +149,19 @@ def test_compiled_layers_take_their_ordinary_path():
     x = torch.rand(3, 4, 2, 8, 8) * 3
     compiled = torch.compile(bits, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x), plain(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("count", [1, 13, 8 * 1024, 8 * 1024 + 5])
+def test_triton_kernels_pack_as_the_pytorch_operations_do(dtype, count):
+    device = kernel_device("triton")
+    from flashspike import spike_bits_triton
+
+    g = torch.Generator().manual_seed(count)
+    flat = (torch.rand(count, generator=g) > 0.5).to(dtype).to(device)
+    packed = spike_bits_triton.pack(flat)
+    expected = spike_bits.pack(flat.cpu(), [0])  # the PyTorch operations (on the CPU)
+    assert torch.equal(packed.cpu(), expected)
+    back = torch.full_like(flat, float("nan"))
+    spike_bits_triton.unpack_into(packed, back)
+    assert torch.equal(back, flat)

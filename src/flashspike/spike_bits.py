@@ -13,6 +13,9 @@ through views, max-pooling or dtype casts only (each keeps 0/1 values exact). An
 residual sum of spikes, dropout, the 'torch' reference's output, an input that needs no gradient)
 takes the layer's ordinary path, so nothing is ever stored lossily. Eager mode only: under
 ``torch.compile`` the layers run their ordinary forward.
+
+On CUDA, packing and unpacking are one Triton kernel each (:mod:`flashspike.spike_bits_triton`);
+elsewhere, or without Triton, a few PyTorch operations give the same bytes.
 """
 
 from __future__ import annotations
@@ -62,10 +65,31 @@ def _shifts(device: torch.device) -> torch.Tensor:
     return shifts
 
 
+_fused_kernels = []  # [the spike_bits_triton module, or None where Triton cannot be imported]
+
+
+def _fused(device: torch.device):
+    """The Triton kernels for tensors on ``device`` (CUDA), or None: then a few PyTorch operations do
+    the same packing."""
+    if device.type != "cuda":
+        return None
+    if not _fused_kernels:
+        try:
+            from . import spike_bits_triton
+        except Exception:  # no (working) Triton: the PyTorch operations give the same bits
+            spike_bits_triton = None
+        _fused_kernels.append(spike_bits_triton)
+    return _fused_kernels[0]
+
+
 def pack(x: torch.Tensor, order) -> torch.Tensor:
     """The elements of ``x`` in memory order (``order``: :func:`_memory_order`), one bit each (set for
     nonzero), eight to a uint8, the first element in the lowest bit."""
-    bits = x.permute(order).reshape(-1) != 0
+    flat = x.permute(order).reshape(-1)
+    fused = _fused(x.device)
+    if fused is not None:
+        return fused.pack(flat)
+    bits = flat != 0
     padding = -bits.numel() % 8
     if padding:
         bits = torch.cat((bits, bits.new_zeros(padding)))
@@ -75,13 +99,14 @@ def pack(x: torch.Tensor, order) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, shape, strides, order, dtype: torch.dtype) -> torch.Tensor:
     """The tensor :func:`pack` packed: ``shape`` and ``strides`` as it had, values 0 and 1 of ``dtype``."""
-    shifts = _shifts(packed.device)
-    count = 1
-    for size in shape:
-        count *= size
-    values = ((packed.unsqueeze(1) >> shifts) & 1).view(-1)[:count]
     x = torch.empty_strided(shape, strides, dtype=dtype, device=packed.device)
-    x.permute(order).view(-1).copy_(values)
+    flat = x.permute(order).view(-1)
+    fused = _fused(packed.device)
+    if fused is not None:
+        fused.unpack_into(packed, flat)
+        return x
+    values = ((packed.unsqueeze(1) >> _shifts(packed.device)) & 1).view(-1)[:flat.numel()]
+    flat.copy_(values)
     return x
 
 

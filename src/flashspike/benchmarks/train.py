@@ -85,6 +85,9 @@ def parse_args(argv=None):
     parser.add_argument("--epoch-steps", type=int, default=0, metavar="K",
                         help="also time an epoch of K steps on synthetic batches, to the last loss on the host "
                              "(default 0: not measured)")
+    parser.add_argument("--spike-bits", action="store_true",
+                        help="flashspike rows keep spike inputs of convolutions and linear layers in one bit for the "
+                             "backward (flashspike.spike_bits; eager and captured steps)")
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                         help="leave torch.backends.cudnn.benchmark off; by default every row turns it on (the shapes "
                              "are fixed, so cuDNN times its algorithms once and keeps the fastest, as the example does)")
@@ -130,7 +133,8 @@ def row_specs(args) -> tuple[list[dict], dict]:
                 subjects.append((subject, path))
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
-                device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark)
+                device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
+                spike_bits=args.spike_bits)
     specs = []
     for model in args.models:
         for steps in args.t:
@@ -245,7 +249,8 @@ def main(argv=None) -> dict:
                   settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
                                 epoch_steps=args.epoch_steps,
-                                layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark))
+                                layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
+                                spike_bits=args.spike_bits))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
     title = f"training step, {args.dtype}, {report['device']}, torch {report['torch']}, {report['date'][:10]}"

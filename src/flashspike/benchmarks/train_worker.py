@@ -149,6 +149,11 @@ def run_row(spec: dict) -> dict:
         model, reset_net, row["subject"] = (build_sj014 if spec["subject"] == "sj014" else build_sj2)(spec, num_classes)
     if spec["model"] != "fmnist":
         adapt_stem(model, channels)
+    if spec.get("spike_bits") and spec["subject"] == "flashspike":
+        from .. import spike_bits
+
+        row["spike_bits_layers"] = spike_bits.store_spike_inputs_in_bits(model)
+        row["subject"] += ", spike bits"
     model = model.to(device, memory_format=memory_format).train()
     net = model
     if spec["mode"] in ("compile", "reduce-overhead", "max-autotune-no-cudagraphs"):
