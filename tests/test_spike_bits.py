@@ -87,9 +87,23 @@ def _train_step(net, x, autocast_dtype):
     return out, {name: p.grad.clone() for name, p in net.named_parameters()}
 
 
+@pytest.fixture
+def reproducible():
+    """PyTorch's own backward repeats bit for bit only with deterministic algorithms (cuDNN's weight
+    gradients may add in any order otherwise); with them on, any difference is the packing's."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
 def _compare_paths(backend, device, autocast_dtype, memory_format=torch.contiguous_format):
     plain = _net(backend).to(device, memory_format=memory_format)
     bits = copy.deepcopy(plain)
+    again = copy.deepcopy(plain)
     assert spike_bits.store_spike_inputs_in_bits(bits) == 3  # two convolutions and the linear layer
     g = torch.Generator().manual_seed(5)
     x = (torch.rand(3, 4, 2, 8, 8, generator=g) * 3).to(device)
@@ -100,6 +114,8 @@ def _compare_paths(backend, device, autocast_dtype, memory_format=torch.contiguo
         return tensor
 
     out_plain, grads_plain = _train_step(plain, x, autocast_dtype)
+    # the control: PyTorch's own path, twice, agrees with itself
+    assert all(torch.equal(grads_plain[n], g) for n, g in _train_step(again, x, autocast_dtype)[1].items())
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         out_bits, grads_bits = _train_step(bits, x, autocast_dtype)
     assert torch.equal(out_plain, out_bits)
@@ -114,7 +130,7 @@ def _compare_paths(backend, device, autocast_dtype, memory_format=torch.contiguo
 
 
 @pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["float32", "autocast-bf16"])
-def test_gradients_equal_pytorchs_own_bit_for_bit(autocast_dtype):
+def test_gradients_equal_pytorchs_own_bit_for_bit(autocast_dtype, reproducible):
     _compare_paths("triton", kernel_device("triton"), autocast_dtype)
 
 
@@ -135,7 +151,7 @@ def test_the_switch_keeps_parameters_names_and_state_dict_and_goes_back():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
-def test_gradients_equal_pytorchs_own_bit_for_bit_gpu(backend):
+def test_gradients_equal_pytorchs_own_bit_for_bit_gpu(backend, reproducible):
     device = kernel_device(backend)
     for autocast_dtype in (None, torch.float16):
         _compare_paths(backend, device, autocast_dtype, torch.channels_last)
