@@ -171,3 +171,10 @@ def test_spike_bits_rows_switch_the_layers_of_flashspike_models_only():
     row = train_worker.run_row(spec)
     assert row["spike_bits_layers"] == 4 and row["subject"] == "flashspike torch, spike bits"  # 2 convs, 2 linears
     assert bench.row_specs(bench.parse_args(["--modes", "eager"]))[0][0]["spike_bits"] is False
+
+
+def test_pool_bytes_rows_switch_the_max_pools_of_flashspike_models():
+    (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--pool-bytes", "--models", "fmnist"]))[0]
+    spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch", memory_format="contiguous")
+    row = train_worker.run_row(spec)
+    assert row["pool_bytes_layers"] == 2 and row["subject"] == "flashspike torch, pool bytes"

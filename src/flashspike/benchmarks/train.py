@@ -88,6 +88,9 @@ def parse_args(argv=None):
     parser.add_argument("--spike-bits", action="store_true",
                         help="flashspike rows keep spike inputs of convolutions and linear layers in one bit for the "
                              "backward (flashspike.spike_bits; eager and captured steps)")
+    parser.add_argument("--pool-bytes", action="store_true",
+                        help="flashspike rows' max-pools keep one byte per output for the backward instead of an "
+                             "int64 index (flashspike.pooling; eager and captured steps on CUDA)")
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                         help="leave torch.backends.cudnn.benchmark off; by default every row turns it on (the shapes "
                              "are fixed, so cuDNN times its algorithms once and keeps the fastest, as the example does)")
@@ -134,7 +137,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                spike_bits=args.spike_bits)
+                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes)
     specs = []
     for model in args.models:
         for steps in args.t:
@@ -250,7 +253,7 @@ def main(argv=None) -> dict:
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
                                 epoch_steps=args.epoch_steps,
                                 layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                                spike_bits=args.spike_bits))
+                                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
     title = f"training step, {args.dtype}, {report['device']}, torch {report['torch']}, {report['date'][:10]}"

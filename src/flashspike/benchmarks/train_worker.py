@@ -154,6 +154,11 @@ def run_row(spec: dict) -> dict:
 
         row["spike_bits_layers"] = spike_bits.store_spike_inputs_in_bits(model)
         row["subject"] += ", spike bits"
+    if spec.get("pool_bytes") and spec["subject"] == "flashspike":
+        from .. import pooling
+
+        row["pool_bytes_layers"] = pooling.store_pool_indices_in_bytes(model)
+        row["subject"] += ", pool bytes"
     model = model.to(device, memory_format=memory_format).train()
     net = model
     if spec["mode"] in ("compile", "reduce-overhead", "max-autotune-no-cudagraphs"):
