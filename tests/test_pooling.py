@@ -163,3 +163,11 @@ def test_against_pytorchs_cuda_kernels_gpu(dtype, channels_last):
         (grad_x,) = torch.autograd.grad(y, x, grad)
         (expected_grad,) = torch.autograd.grad(expected, x, grad)
         torch.testing.assert_close(grad_x, expected_grad, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_second_derivative_is_refused_not_dropped(fused_on_this_device):
+    x = torch.randn(1, 2, 6, 6, device=fused_on_this_device, requires_grad=True)
+    y = pooling.BytePositionMaxPool2d(2)(x)
+    (grad,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiable"):
+        grad.sum().backward()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 __all__ = ["BytePositionMaxPool2d", "store_pool_indices_in_bytes"]
@@ -52,6 +53,7 @@ class _MaxPoolBytePositions(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a gradient of the gradient raises instead of silently missing
     def backward(ctx, grad):
         (positions,) = ctx.saved_tensors
         return _fused_kernels().backward(grad, positions, *ctx.geometry), None, None, None

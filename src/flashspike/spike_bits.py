@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .backends.autograd import FusedMultiStep
 
@@ -138,6 +139,7 @@ class _SavedInBits(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a gradient of the gradient raises instead of silently missing
     def backward(ctx, grad):
         packed, wc = ctx.saved_tensors
         op, conv_args, shape, strides, order, dtype, x_dtype, w_dtype, bias_meta = ctx.meta
