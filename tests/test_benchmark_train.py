@@ -178,3 +178,12 @@ def test_pool_bytes_rows_switch_the_max_pools_of_flashspike_models():
     spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch", memory_format="contiguous")
     row = train_worker.run_row(spec)
     assert row["pool_bytes_layers"] == 2 and row["subject"] == "flashspike torch, pool bytes"
+
+
+def test_rows_run_under_torchrun_as_one_ddp_model(tmp_path):
+    # Two Gloo processes on the CPU: one row, from the first, whose images/s counts both batches.
+    report = bench.main(["--models", "fmnist", "--modes", "eager", "--nproc", "2", "--out", str(tmp_path), *TINY,
+                         "--device", "cpu", "--backend", "torch"])
+    (row,) = report["rows"]
+    assert "error" not in row, row.get("error")
+    assert row["processes"] == 2 and row["images_per_s"] == pytest.approx(2 * row["B"] / (row["ms"] * 1e-3))

@@ -85,6 +85,10 @@ def parse_args(argv=None):
     parser.add_argument("--epoch-steps", type=int, default=0, metavar="K",
                         help="also time an epoch of K steps on synthetic batches, to the last loss on the host "
                              "(default 0: not measured)")
+    parser.add_argument("--nproc", type=positive, default=1,
+                        help="processes per row, launched by torchrun, training one DistributedDataParallel model "
+                             "(one GPU each on CUDA, Gloo on the CPU); --b is the batch of each process, images/s "
+                             "counts all (default 1)")
     parser.add_argument("--spike-bits", action="store_true",
                         help="flashspike rows keep spike inputs of convolutions and linear layers in one bit for the "
                              "backward (flashspike.spike_bits; eager and captured steps)")
@@ -137,7 +141,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes)
+                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes, nproc=args.nproc)
     specs = []
     for model in args.models:
         for steps in args.t:
@@ -161,7 +165,10 @@ def run_spec(spec: dict, timeout: int) -> dict:
         return row
     paths = [p for p in (spec["path"], SRC_ROOT, os.environ.get("PYTHONPATH")) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-    command = [sys.executable, "-m", "flashspike.benchmarks.train_worker", json.dumps(spec)]
+    launcher = [sys.executable]
+    if spec.get("nproc", 1) > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec['nproc']}"]
+    command = [*launcher, "-m", "flashspike.benchmarks.train_worker", json.dumps(spec)]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -253,7 +260,7 @@ def main(argv=None) -> dict:
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
                                 epoch_steps=args.epoch_steps,
                                 layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes))
+                                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes, nproc=args.nproc))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
     title = f"training step, {args.dtype}, {report['device']}, torch {report['torch']}, {report['date'][:10]}"

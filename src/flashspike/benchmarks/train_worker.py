@@ -11,6 +11,7 @@ compiler cache never leaks into the next row, and the two SpikingJelly versions 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -124,8 +125,20 @@ def make_batches(spec, device, memory_format):
     return batches, num_classes, channels
 
 
+def _join_processes(device: torch.device) -> tuple[torch.device, int]:
+    """(this process's device, world size). Under torchrun (WORLD_SIZE > 1): the process group is set
+    up (NCCL on CUDA, Gloo on the CPU) and each process takes cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, world
+
+
 def run_row(spec: dict) -> dict:
-    device = torch.device(spec["device"])
+    device, world = _join_processes(torch.device(spec["device"]))
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -161,6 +174,9 @@ def run_row(spec: dict) -> dict:
         row["subject"] += ", pool bytes"
     model = model.to(device, memory_format=memory_format).train()
     net = model
+    if world > 1:  # the neurons' state is plain attributes, so DDP broadcasts no buffer of theirs
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        row["processes"] = world
     if spec["mode"] in ("compile", "reduce-overhead", "max-autotune-no-cudagraphs"):
         mode = "default" if spec["mode"] == "compile" else spec["mode"]
         if spec["layout_optimization"]:  # Inductor's own default
@@ -205,7 +221,7 @@ def run_row(spec: dict) -> dict:
         torch.cuda.synchronize(device)
     row["warmup_s"] = time.perf_counter() - started  # compilation and capture included
     row["ms"] = median_seconds(call, device, spec["repeats"], spec["steps"]) * 1e3
-    row["images_per_s"] = spec["B"] / (row["ms"] * 1e-3)
+    row["images_per_s"] = spec["B"] * world / (row["ms"] * 1e-3)  # B per process
     if spec["epoch_steps"]:
         if cuda:
             torch.cuda.synchronize(device)
@@ -225,7 +241,11 @@ def main(argv=None) -> None:
         row = run_row(spec)
     except Exception as error:  # recorded in the row: a failing case never stops the run
         row = {"error": f"{type(error).__name__}: {error}"[:500]}
-    print(MARKER + json.dumps(row), flush=True)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:  # one row per run, from the first process
+        print(MARKER + json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
