@@ -171,3 +171,34 @@ def test_a_second_derivative_is_refused_not_dropped(fused_on_this_device):
     (grad,) = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|differentiable"):
         grad.sum().backward()
+
+
+def test_sew_resnet18_with_both_switches_trains_like_the_plain_model(fused_on_this_device):
+    # The zoo model end to end (its stem's overlapping 3x3 pool, spike inputs after views): outputs and
+    # every gradient equal to the unswitched model's, with bytes and bits kept for the backward.
+    import copy
+
+    from flashspike import functional, neuron, spike_bits, surrogate
+    from flashspike.model import sew_resnet
+
+    device = fused_on_this_device
+    torch.manual_seed(0)
+    plain = sew_resnet.multi_step_sew_resnet18(num_classes=10, cnf="ADD", multi_step_neuron=neuron.MultiStepIFNode,
+                                               surrogate_function=surrogate.ATan(), detach_reset=True,
+                                               backend="triton").to(device)
+    lean = copy.deepcopy(plain)
+    assert pooling.store_pool_indices_in_bytes(lean) == 1
+    assert spike_bits.store_spike_inputs_in_bits(lean) == 21  # 20 convolutions and the classifier
+    x = torch.rand(2, 2, 3, 32, 32, device=device) * 2
+    grads = []
+    for net in (plain, lean):
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            out = net(x)
+        out.mean(0).logsumexp(1).sum().backward()
+        functional.reset_net(net)
+        grads.append((out, [p.grad for p in net.parameters()], kept))
+    (out_a, grads_a, kept_a), (out_b, grads_b, kept_b) = grads
+    assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert any(t.dtype == torch.int64 for t in kept_a) and not any(t.dtype == torch.int64 for t in kept_b)
+    assert sum(t.dtype == torch.uint8 for t in kept_b) > 1  # the pool's positions and packed spikes
