@@ -125,20 +125,12 @@ def make_batches(spec, device, memory_format):
     return batches, num_classes, channels
 
 
-def _join_processes(device: torch.device) -> tuple[torch.device, int]:
-    """(this process's device, world size). Under torchrun (WORLD_SIZE > 1): the process group is set
-    up (NCCL on CUDA, Gloo on the CPU) and each process takes cuda:LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, world
-
-
 def run_row(spec: dict) -> dict:
-    device, world = _join_processes(torch.device(spec["device"]))
+    from ..examples.trainer import Cluster
+
+    # Under torchrun: the process group (NCCL on CUDA, Gloo on the CPU), cuda:LOCAL_RANK each.
+    cluster = Cluster(spec["device"])
+    device, world = cluster.device, cluster.world
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
