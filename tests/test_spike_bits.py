@@ -217,3 +217,21 @@ def test_a_captured_training_step_keeps_spikes_in_bits_gpu(backend, reproducible
     assert replayed.captured
     for (name, a), b in zip(eager.named_parameters(), captured.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_without_triton_the_pytorch_operations_pack(monkeypatch):
+    # A CUDA tensor finds no Triton: None, and pack/unpack take the PyTorch operations. An error inside
+    # flashspike's own kernel module, by contrast, is raised rather than taken for a missing Triton.
+    from flashspike.backends import triton_backend
+
+    monkeypatch.setattr(triton_backend, "_kernel_modules", {})
+
+    def no_triton():
+        raise ImportError("no triton here")
+
+    monkeypatch.setattr(triton_backend, "_import_triton", no_triton)
+    assert spike_bits._fused(torch.device("cuda", 0)) is None
+    assert triton_backend.optional_kernels("flashspike.pooling_triton") is None
+    monkeypatch.setattr(triton_backend, "_import_triton", lambda: None)
+    with pytest.raises(ModuleNotFoundError):
+        triton_backend.optional_kernels("flashspike.no_such_kernels")

@@ -16,7 +16,7 @@ __all__ = [
     "spike_cluster", "spike_similar_loss", "kernel_dot_product", "set_threshold_margin", "redundant_one_hot",
     "first_spike_index", "temporal_efficient_training_cross_entropy", "kaiming_normal_conv_linear_weight",
     "fused_conv2d_weight_of_convbn2d", "fused_conv2d_bias_of_convbn2d", "scale_fused_conv2d_weight_of_convbn2d",
-    "scale_fused_conv2d_bias_of_convbn2d", "fuse_convbn2d",
+    "scale_fused_conv2d_bias_of_convbn2d", "fuse_convbn2d", "switch_module_classes",
 ]
 
 
@@ -37,6 +37,20 @@ def _call_on_every_module(net: nn.Module, method: str) -> None:
                 fn(module)
         elif callable(fn):
             fn()
+
+
+def switch_module_classes(net: nn.Module, classes: dict) -> int:
+    """Give every module of ``net`` whose class is exactly a key of ``classes`` (not a subclass) the
+    class it maps to; returns how many were switched. Only the class changes: parameters, buffers,
+    hooks, ``state_dict`` keys stay (the layer versions of :mod:`flashspike.spike_bits` and
+    :mod:`flashspike.pooling` are switched on this way)."""
+    switched = 0
+    for module in net.modules():
+        target = classes.get(type(module))
+        if target is not None:
+            module.__class__ = target
+            switched += 1
+    return switched
 
 
 def reset_net(net: nn.Module) -> None:

@@ -22,19 +22,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-__all__ = ["BytePositionMaxPool2d", "store_pool_indices_in_bytes"]
+from .backends.triton_backend import optional_kernels
+from .functional import switch_module_classes
 
-_kernels = []  # [the pooling_triton module, or None where Triton cannot be imported]
+__all__ = ["BytePositionMaxPool2d", "store_pool_indices_in_bytes"]
 
 
 def _fused_kernels():
-    if not _kernels:
-        try:
-            from . import pooling_triton
-        except Exception:  # no (working) Triton: nn.MaxPool2d's path, which computes the same
-            pooling_triton = None
-        _kernels.append(pooling_triton)
-    return _kernels[0]
+    """The byte kernels, or None without Triton (then nn.MaxPool2d's path, which computes the same)."""
+    return optional_kernels("flashspike.pooling_triton")
 
 
 def _runs_fused(x: torch.Tensor) -> bool:
@@ -80,10 +76,5 @@ class BytePositionMaxPool2d(nn.MaxPool2d):
 def store_pool_indices_in_bytes(net: nn.Module, enabled: bool = True) -> int:
     """Switch every ``nn.MaxPool2d`` of ``net`` (that class exactly, not subclasses) to
     :class:`BytePositionMaxPool2d`, or back with ``enabled=False``; returns how many were switched."""
-    source, target = (nn.MaxPool2d, BytePositionMaxPool2d) if enabled else (BytePositionMaxPool2d, nn.MaxPool2d)
-    switched = 0
-    for module in net.modules():
-        if type(module) is source:
-            module.__class__ = target
-            switched += 1
-    return switched
+    classes = {nn.MaxPool2d: BytePositionMaxPool2d} if enabled else {BytePositionMaxPool2d: nn.MaxPool2d}
+    return switch_module_classes(net, classes)

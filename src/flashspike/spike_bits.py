@@ -26,6 +26,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .backends.autograd import FusedMultiStep
+from .functional import switch_module_classes
+from .backends.triton_backend import optional_kernels
 
 __all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "BitSavingConv2d",
            "BitSavingLinear"]
@@ -66,21 +68,12 @@ def _shifts(device: torch.device) -> torch.Tensor:
     return shifts
 
 
-_fused_kernels = []  # [the spike_bits_triton module, or None where Triton cannot be imported]
-
-
 def _fused(device: torch.device):
     """The Triton kernels for tensors on ``device`` (CUDA), or None: then a few PyTorch operations do
     the same packing."""
     if device.type != "cuda":
         return None
-    if not _fused_kernels:
-        try:
-            from . import spike_bits_triton
-        except Exception:  # no (working) Triton: the PyTorch operations give the same bits
-            spike_bits_triton = None
-        _fused_kernels.append(spike_bits_triton)
-    return _fused_kernels[0]
+    return optional_kernels("flashspike.spike_bits_triton")
 
 
 def pack(x: torch.Tensor, order) -> torch.Tensor:
@@ -126,14 +119,13 @@ class _SavedInBits(torch.autograd.Function):
     gradient cast back), so the backward repeats PyTorch's own operations on the same values."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, op, conv_args):
+    def forward(ctx, x, weight, bias, op, conv_args, order):
         dtype = _autocast_dtype(x)
         cast = (lambda t: t if t is None else t.to(dtype)) if dtype is not None else (lambda t: t)
         xc, wc, bc = cast(x), cast(weight), cast(bias)
         with torch.autocast(x.device.type, enabled=False):
             y = F.conv2d(xc, wc, bc, *conv_args) if op == "conv2d" else F.linear(xc, wc, bc)
-        order = _memory_order(xc)
-        ctx.save_for_backward(pack(xc, order), wc)
+        ctx.save_for_backward(pack(xc, order), wc)  # a cast keeps x's strides, so x's order
         ctx.meta = (op, conv_args, xc.shape, xc.stride(), order, xc.dtype, x.dtype, weight.dtype,
                     None if bias is None else (bias.dtype, bias.shape))
         return y
@@ -157,12 +149,14 @@ class _SavedInBits(torch.autograd.Function):
         grad_x = None if grad_x is None else grad_x.to(x_dtype)
         grad_w = None if grad_w is None else grad_w.to(w_dtype)
         grad_b = None if grad_b is None else grad_b.to(bias_meta[0])
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
-def _saves_bits(x: torch.Tensor) -> bool:
-    return (torch.is_grad_enabled() and not torch.compiler.is_compiling() and is_spike_input(x)
-            and _memory_order(x) is not None)
+def _spike_order(x: torch.Tensor):
+    """The memory order :func:`pack` takes ``x`` in, when ``x`` is to be kept in bits; else None."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and is_spike_input(x):
+        return _memory_order(x)
+    return None
 
 
 class BitSavingConv2d(nn.Conv2d):
@@ -170,10 +164,11 @@ class BitSavingConv2d(nn.Conv2d):
     backward. Same parameters, state_dict keys and results as ``nn.Conv2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode != "zeros" or isinstance(self.padding, str) or not _saves_bits(x):
+        order = None if self.padding_mode != "zeros" or isinstance(self.padding, str) else _spike_order(x)
+        if order is None:
             return super().forward(x)
         args = (self.stride, self.padding, self.dilation, self.groups)
-        return _SavedInBits.apply(x, self.weight, self.bias, "conv2d", args)
+        return _SavedInBits.apply(x, self.weight, self.bias, "conv2d", args, order)
 
     def _get_name(self):
         return "Conv2d"
@@ -184,9 +179,10 @@ class BitSavingLinear(nn.Linear):
     backward. Same parameters, state_dict keys and results as ``nn.Linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or not _saves_bits(x):
+        order = _spike_order(x) if x.dim() == 2 else None
+        if order is None:
             return super().forward(x)
-        return _SavedInBits.apply(x, self.weight, self.bias, "linear", None)
+        return _SavedInBits.apply(x, self.weight, self.bias, "linear", None, order)
 
     def _get_name(self):
         return "Linear"
@@ -202,11 +198,4 @@ def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
 
     The switch changes the class only: parameters, hooks, ``state_dict`` keys and printed names stay.
     """
-    table = _BIT_SAVING if enabled else _PLAIN
-    switched = 0
-    for module in net.modules():
-        target = table.get(type(module))
-        if target is not None:
-            module.__class__ = target
-            switched += 1
-    return switched
+    return switch_module_classes(net, _BIT_SAVING if enabled else _PLAIN)

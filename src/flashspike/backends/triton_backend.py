@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import linecache
 import os
 import sys
@@ -48,6 +49,23 @@ def _import_triton():
             ) from err
         _triton = triton
     return _triton
+
+
+_kernel_modules: dict = {}  # module name -> the module, or None where Triton cannot be imported
+
+
+def optional_kernels(name: str):
+    """The module ``name`` (flashspike's, written with ``triton.jit`` kernels at its top), imported once;
+    None where Triton cannot be imported, and the caller computes the same with PyTorch operations.
+    An error inside the module itself is raised, not taken for a missing Triton."""
+    if name not in _kernel_modules:
+        try:
+            _import_triton()
+        except ImportError:
+            _kernel_modules[name] = None
+        else:
+            _kernel_modules[name] = importlib.import_module(name)
+    return _kernel_modules[name]
 
 
 def interpreting() -> bool:
