@@ -6,6 +6,7 @@ class, on noise), so they are fast and a trained net must reach a high accuracy 
 """
 
 import copy
+import gc
 import json
 import os
 import re
@@ -401,3 +402,28 @@ def test_progress_bar_on_a_terminal_closes_when_the_pass_ends():
         assert not progress.bar.closed
         progress.update()
     assert (progress.bar.n, progress.bar.closed, progress.bar.desc, progress.bar.leave) == (3, True, "epoch 0 test", False)
+
+
+def test_leaving_the_process_group_frees_a_model_held_in_a_reference_cycle_first(monkeypatch):
+    # A DDP model whose last reference is a cycle must be gone before its process group is
+    # destroyed: freed at interpreter shutdown instead, Gloo's threads abort the process.
+    from flashspike.examples import trainer
+
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1, store=torch.distributed.HashStore())
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+    model.module.owner = model  # the cycle
+    del model
+    alive_at_destroy = []
+    destroy = torch.distributed.destroy_process_group
+
+    def counting_destroy(*args, **kwargs):
+        alive_at_destroy.append(sum(isinstance(o, torch.nn.parallel.DistributedDataParallel)
+                                    for o in gc.get_objects()))
+        destroy(*args, **kwargs)
+
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", counting_destroy)
+    trainer.leave_process_group()
+    assert alive_at_destroy == [0]
+    assert not torch.distributed.is_initialized()
+    trainer.leave_process_group()  # no group: nothing to do
+    assert alive_at_destroy == [0]

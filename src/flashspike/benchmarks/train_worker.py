@@ -228,14 +228,15 @@ def run_row(spec: dict) -> dict:
 
 
 def main(argv=None) -> None:
+    from ..examples.trainer import leave_process_group
+
     spec = json.loads((argv or sys.argv[1:])[0])
     try:
         row = run_row(spec)
     except Exception as error:  # recorded in the row: a failing case never stops the run
         row = {"error": f"{type(error).__name__}: {error}"[:500]}
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        leave_process_group()
     if int(os.environ.get("RANK", "0")) == 0:  # one row per run, from the first process
         print(MARKER + json.dumps(row), flush=True)
 

@@ -13,6 +13,7 @@ changing a number the step computes.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import warnings
@@ -76,8 +77,18 @@ class Cluster:
                 torch.distributed.broadcast(buffer, 0)
 
     def close(self) -> None:
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy torchrun's process group, if this process joined one, after freeing finished models.
+
+    A DDP model lingers in a reference cycle after its last use, and its reducer holds the process
+    group; freed only at interpreter shutdown, Gloo's threads are torn down after Python's and the
+    process aborts ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
+        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------- data on the device
