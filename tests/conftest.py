@@ -77,3 +77,16 @@ def _poison_kernel_outputs(monkeypatch):
     from flashspike.backends import layouts
 
     monkeypatch.setattr(layouts, "POISON_OUTPUTS", True)
+
+
+@pytest.fixture
+def reproducible():
+    """PyTorch's own backward repeats bit for bit only with deterministic algorithms (cuDNN's weight
+    gradients may add in any order otherwise); with them on, any difference is the path under test's."""
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])

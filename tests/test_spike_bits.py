@@ -56,6 +56,18 @@ def test_spike_outputs_are_recognised_through_views_pools_and_casts():
     assert not spike_bits.is_spike_input(x)
 
 
+def test_spikes_are_recognised_through_the_byte_position_max_pool(monkeypatch):
+    from flashspike import pooling
+
+    device = kernel_device("triton")
+    monkeypatch.setattr(pooling, "_runs_fused", lambda x: True)
+    _, _, spikes = _spikes("triton", device)
+    pooled = pooling.BytePositionMaxPool2d(3, 2, 1)(spikes.flatten(0, 1))
+    assert isinstance(pooled.grad_fn, pooling.MaxPoolBytePositions._backward_cls)
+    assert spike_bits.is_spike_input(pooled)
+    assert not spike_bits.is_spike_input(pooling.BytePositionMaxPool2d(2)((spikes + spikes).flatten(0, 1)))
+
+
 def test_potentials_smooth_surrogates_and_the_reference_are_not_spikes():
     device = kernel_device("triton")
     node, _, _ = _spikes("triton", device, store_v_seq=True)
@@ -85,19 +97,6 @@ def _train_step(net, x, autocast_dtype):
     (out.float().mean(0) * torch.arange(5.0, device=x.device)).sum().backward()
     functional.reset_net(net)
     return out, {name: p.grad.clone() for name, p in net.named_parameters()}
-
-
-@pytest.fixture
-def reproducible():
-    """PyTorch's own backward repeats bit for bit only with deterministic algorithms (cuDNN's weight
-    gradients may add in any order otherwise); with them on, any difference is the packing's."""
-    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    yield
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
-    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
 def _compare_paths(backend, device, autocast_dtype, memory_format=torch.contiguous_format):

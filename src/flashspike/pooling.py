@@ -39,7 +39,7 @@ def _runs_fused(x: torch.Tensor) -> bool:
     return x.is_cuda
 
 
-class _MaxPoolBytePositions(torch.autograd.Function):
+class MaxPoolBytePositions(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
         y, positions = _fused_kernels().forward(x, kernel, stride, padding)
@@ -67,7 +67,7 @@ class BytePositionMaxPool2d(nn.MaxPool2d):
                 or not torch.is_grad_enabled() or torch.compiler.is_compiling() or not _runs_fused(x)
                 or _fused_kernels() is None):
             return super().forward(x)
-        return _MaxPoolBytePositions.apply(x, kernel, stride, padding)
+        return MaxPoolBytePositions.apply(x, kernel, stride, padding)
 
     def _get_name(self):
         return "MaxPool2d"

@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 from .backends.autograd import FusedMultiStep
 from .functional import switch_module_classes
 from .backends.triton_backend import optional_kernels
+from .pooling import MaxPoolBytePositions
 
 __all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "BitSavingConv2d",
            "BitSavingLinear"]
@@ -38,6 +39,7 @@ _VALUE_KEEPING = frozenset((
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0", "TransposeBackward0",
     "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0",
     "MaxPool2DWithIndicesBackward0", "MaxPool1DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
+    MaxPoolBytePositions._backward_cls.__name__,  # flashspike.pooling's max-pool
 ))
 _SPIKE_NODE = FusedMultiStep._backward_cls
 

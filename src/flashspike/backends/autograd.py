@@ -14,7 +14,8 @@ import torch
 from ..params import NeuronParams
 from . import reference
 from .choice import kernel_set_for
-from .layouts import call_operands, decay_operand, multi_step_outputs
+from .layouts import call_operands, decay_operand, multi_step_outputs, sequence_layout
+from .recompute import recipe_for, recompute
 
 
 def refuse_create_graph() -> None:
@@ -32,16 +33,23 @@ def refuse_create_graph() -> None:
 class FusedMultiStep(torch.autograd.Function):
     """``x`` is the sequence, or (``repeat`` = T) one step that every time step receives; ``w`` is
     PLIF's learnable parameter (None for other neurons); ``call`` is (kernel set, NeuronParams,
-    store_v_seq, repeat or None): one argument, because autograd's per-argument work is host time.
-    Applied only when an input requires grad, so H is always kept."""
+    store_v_seq, repeat or None, source): one argument, because autograd's per-argument work is host
+    time. Applied only when an input requires grad, so H is always needed: kept, or, when ``source``
+    is the input's recipe (:func:`.recompute.recipe_for`), computed again in the backward."""
 
     @staticmethod
     def forward(ctx, x, v_init, w, call):
-        kernels, p, store_v_seq, repeat = call
+        kernels, p, store_v_seq, repeat, source = call
         decay = decay_operand(w, p, x)
-        spike, v_out, h = kernels.forward(x if repeat is None else x.expand(repeat, *x.shape), v_init, p, True,
-                                          store_v_seq, decay)
-        ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
+        if source is None:
+            spike, v_out, h = kernels.forward(x if repeat is None else x.expand(repeat, *x.shape), v_init, p, True,
+                                              store_v_seq, decay)
+            ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
+        else:  # H is computed again in the backward, from what the input's recipe reads
+            spike, v_out, _ = kernels.forward(x, v_init, p, False, store_v_seq, decay)
+            recipe, view = source
+            ctx.save_for_backward(None, v_init, decay, *recipe.inputs)
+            call = (kernels, p, store_v_seq, repeat, (recipe.how, view))  # the inputs only as saved tensors
         ctx.call, ctx.w = call, w
         ctx.set_materialize_grads(False)
         return spike, v_out
@@ -51,8 +59,13 @@ class FusedMultiStep(torch.autograd.Function):
         refuse_create_graph()
         if grad_spike is None and grad_v_out is None:
             return None, None, None, None
-        h, v_init, decay = ctx.saved_tensors
-        kernels, p, store_v_seq, repeat = ctx.call
+        h, v_init, decay, *recipe_inputs = ctx.saved_tensors
+        kernels, p, store_v_seq, repeat, source = ctx.call
+        if h is None:
+            h = kernels.forward(sequence_layout(recompute(*source, recipe_inputs)), v_init, p, True, False,
+                                decay)[2]
+            if not p.backward_reads_v_prev:
+                v_init = None
         needs = ctx.needs_input_grad
         grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, needs[1],
                                                        repeat is not None, v_init, decay)
@@ -93,9 +106,9 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     if not differentiated:  # the launcher alone, without the autograd Function's host work
         spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x))
     elif step is None:
-        spike, v_out = _apply(x, v, w, (kernels, p, store_v_seq, None))
+        spike, v_out = _apply(x, v, w, (kernels, p, store_v_seq, None, recipe_for(x_seq)))
     else:  # its gradient is summed over T in the kernel, never written T times and reduced
-        spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0]))
+        spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0], None))
     return multi_step_outputs(spike, v_out, store_v_seq)
 
 

@@ -1,0 +1,71 @@
+"""Neuron inputs that the backward computes again instead of the neuron keeping H.
+
+A kernel backend's backward reads H, the potential before each step's reset, which the forward
+writes and autograd keeps: a tensor the size of the input for every neuron layer. When that input
+is the output of a layer whose own backward keeps that layer's input anyway (BatchNorm does), the
+neuron need keep nothing of its size: its backward runs the layer again on what autograd keeps, then
+the neuron's forward again, and has H back, the same bits (both are deterministic).
+
+A layer offers this by marking its output with a :class:`Recipe` (:func:`mark`): a function and the
+tensors it reads. The eager neuron path (:mod:`.autograd`) takes the recipe of an input that is the
+marked output itself or a view of it (:func:`recipe_for`), unless the output was changed in place
+after it was marked. Compiled code never marks (its graphs keep what the compiler decides).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Recipe", "mark", "recipe_for", "recompute"]
+
+_ATTRIBUTE = "_flashspike_recipe"
+
+
+class Recipe:
+    """How to compute a marked output again: ``inputs`` are tensors (or None) that autograd keeps for
+    the layer anyway; ``how`` is (function, the output's shape, strides and dtype, the forward's
+    autocast state): ``function(*inputs)`` gives the output again. The neuron keeps ``inputs`` as
+    saved tensors and only ``how`` beside them."""
+
+    __slots__ = ("inputs", "how", "version")
+
+    def __init__(self, output: torch.Tensor, function, inputs: tuple):
+        device_type = output.device.type
+        enabled = torch.is_autocast_enabled(device_type)
+        autocast = (device_type, torch.get_autocast_dtype(device_type) if enabled else None, enabled)
+        self.inputs = inputs
+        self.how = (function, (output.shape, output.stride(), output.dtype), autocast)
+        self.version = output._version
+
+
+def mark(output: torch.Tensor, function, inputs: tuple) -> None:
+    """Mark ``output`` as ``function(*inputs)``, computable again from ``inputs`` (see the module's text)."""
+    setattr(output, _ATTRIBUTE, Recipe(output, function, inputs))
+
+
+def recipe_for(x: torch.Tensor):
+    """``(recipe, view)`` when ``x`` is a marked output, or a view of one, unchanged since it was
+    marked (``view``: x's shape, strides and offset in the output); else None."""
+    base = x._base
+    if base is None:
+        base = x
+    recipe = getattr(base, _ATTRIBUTE, None)
+    if recipe is None or x._version != recipe.version:
+        return None
+    return recipe, (x.shape, x.stride(), x.storage_offset() - base.storage_offset())
+
+
+def recompute(how, view, inputs) -> torch.Tensor:
+    """The input that :func:`recipe_for` found, computed again from ``inputs`` (its recipe's inputs,
+    as autograd gives them back); ``how`` is the recipe's."""
+    function, geometry, (device_type, dtype, enabled) = how
+    with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        output = function(*inputs)
+    if (output.shape, output.stride(), output.dtype) != geometry:
+        raise RuntimeError(
+            "recomputing a neuron's input for its backward gave shape, strides and dtype "
+            f"{(tuple(output.shape), output.stride(), output.dtype)}, not the forward's "
+            f"{(tuple(geometry[0]), geometry[1], geometry[2])}"
+        )
+    shape, strides, offset = view
+    return output.as_strided(shape, strides, output.storage_offset() + offset)
