@@ -51,7 +51,7 @@ def _step(net, x, autocast_dtype):
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
             torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         out = net(x)
-    (out.float().mean(0) * torch.arange(1.0, 6.0, device=x.device)).sum().backward()
+    (out.float() * torch.linspace(0.5, 1.5, out.numel(), device=x.device).view_as(out)).sum().backward()
     functional.reset_net(net)
     grads = {name: p.grad.clone() for name, p in net.named_parameters()}
     return out, grads, {name: b.clone() for name, b in net.named_buffers()}, sum(kept.values())
@@ -148,3 +148,21 @@ def test_neurons_keep_no_h_and_train_bit_for_bit_gpu(backend, reproducible):
     for autocast_dtype in (None, torch.float16):
         saved, h_sizes = _compare(backend, device, autocast_dtype, torch.channels_last)
         assert saved == sum(h_sizes)
+
+
+def test_a_static_input_repeated_over_t_is_computed_again_once(reproducible):
+    # The Fashion-MNIST net normalizes the image once and feeds it to its first neuron at every step
+    # (expand): that neuron's backward recomputes the one step and its H over all T.
+    from flashspike.examples.csnn import CSNN
+
+    device = kernel_device("triton")
+    torch.manual_seed(2)
+    plain = CSNN(3, channels=4, backend="triton").to(device)
+    lean = copy.deepcopy(plain)
+    assert batchnorm_recompute.recompute_h_after_batchnorm(lean) == 2
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(4)).to(device)
+    results = [_step(net, x, None) for net in (plain, lean)]
+    assert torch.equal(results[0][0], results[1][0])
+    for name in results[0][1]:
+        assert torch.equal(results[0][1][name], results[1][1][name]), name
+    assert results[0][3] - results[1][3] == 3 * 5 * 4 * (28 * 28 + 14 * 14) * 4  # both H, float32

@@ -7,6 +7,7 @@ import torch
 
 from flashspike.benchmarks import train as bench
 from flashspike.benchmarks import train_worker
+from conftest import kernel_device
 
 TINY = ["--b", "2", "--t", "2", "--warmup", "1", "--steps", "1", "--repeats", "1", "--backend", "torch",
         "--device", "cpu"]
@@ -178,6 +179,22 @@ def test_pool_bytes_rows_switch_the_max_pools_of_flashspike_models():
     spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch", memory_format="contiguous")
     row = train_worker.run_row(spec)
     assert row["pool_bytes_layers"] == 2 and row["subject"] == "flashspike torch, pool bytes"
+
+
+def test_recompute_h_rows_keep_less_for_the_backward_by_the_neurons_h(monkeypatch):
+    # The Fashion-MNIST net through Triton's interpreter on the CPU: its two conv -> BatchNorm -> neuron
+    # pairs keep their H ([T, B, 128, 28, 28] and [T, B, 128, 14, 14] float32) no more.
+    kept = {}
+    for recompute_h in (False, True):
+        args = ["--modes", "eager", "--models", "fmnist"] + (["--recompute-h"] if recompute_h else [])
+        (spec,) = bench.row_specs(bench.parse_args(args))[0]
+        assert spec["recompute_h"] is recompute_h
+        spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device=kernel_device("triton"), backend="triton",
+                    memory_format="contiguous", dtype="float32")
+        row = train_worker.run_row(spec)
+        kept[recompute_h] = row["kept_MiB"] * 2**20
+    assert row["recompute_h_layers"] == 2 and row["subject"] == "flashspike triton, H recomputed"
+    assert kept[False] - kept[True] == 2 * 2 * 128 * (28 * 28 + 14 * 14) * 4
 
 
 def test_rows_run_under_torchrun_as_one_ddp_model(tmp_path):

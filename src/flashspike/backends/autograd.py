@@ -41,12 +41,12 @@ class FusedMultiStep(torch.autograd.Function):
     def forward(ctx, x, v_init, w, call):
         kernels, p, store_v_seq, repeat, source = call
         decay = decay_operand(w, p, x)
+        x_seq = x if repeat is None else x.expand(repeat, *x.shape)
         if source is None:
-            spike, v_out, h = kernels.forward(x if repeat is None else x.expand(repeat, *x.shape), v_init, p, True,
-                                              store_v_seq, decay)
+            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
-            spike, v_out, _ = kernels.forward(x, v_init, p, False, store_v_seq, decay)
+            spike, v_out, _ = kernels.forward(x_seq, v_init, p, False, store_v_seq, decay)
             recipe, view = source
             ctx.save_for_backward(None, v_init, decay, *recipe.inputs)
             call = (kernels, p, store_v_seq, repeat, (recipe.how, view))  # the inputs only as saved tensors
@@ -62,8 +62,10 @@ class FusedMultiStep(torch.autograd.Function):
         h, v_init, decay, *recipe_inputs = ctx.saved_tensors
         kernels, p, store_v_seq, repeat, source = ctx.call
         if h is None:
-            h = kernels.forward(sequence_layout(recompute(*source, recipe_inputs)), v_init, p, True, False,
-                                decay)[2]
+            x = recompute(*source, recipe_inputs)
+            x_seq = sequence_layout(x) if repeat is None else x.expand(repeat, *x.shape)
+            h = kernels.forward(x_seq, v_init, p, True, False, decay)[2]
+            del x, x_seq
             if not p.backward_reads_v_prev:
                 v_init = None
         needs = ctx.needs_input_grad
@@ -108,7 +110,7 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     elif step is None:
         spike, v_out = _apply(x, v, w, (kernels, p, store_v_seq, None, recipe_for(x_seq)))
     else:  # its gradient is summed over T in the kernel, never written T times and reduced
-        spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0], None))
+        spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0], recipe_for(step)))
     return multi_step_outputs(spike, v_out, store_v_seq)
 
 

@@ -11,10 +11,13 @@ step in one CUDA graph, as the example's ``-cuda_graph``).
 
 Every row runs in a fresh subprocess (``train_worker``): peak memory is ``max_memory_allocated``
 from process start, so a ``reduce-overhead`` graph pool, the warm-up and cuDNN's algorithm search
-are all counted; a failing or crashing row is recorded with its error and the run goes on. The time is
+are all counted. Eager rows also report "kept MiB": what autograd keeps for the backward of one step
+(every storage a saved tensor lives in, once; parameters not), the same on every device, so a CPU run
+measures it too. A failing or crashing row is recorded with its error and the run goes on. The time is
 the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps (CUDA events).
 cuDNN's autotuning (``torch.backends.cudnn.benchmark``) is on in every row unless
-``--no-cudnn-benchmark``. A host-bound step's time follows the host's speed, which can drift between
+``--no-cudnn-benchmark``. ``--spike-bits``, ``--pool-bytes`` and ``--recompute-h`` switch flashspike
+rows' layers to the versions that keep less for the backward. A host-bound step's time follows the host's speed, which can drift between
 processes: ``--rounds K`` runs all rows K times, round after round, and keeps each row's median.
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
@@ -38,7 +41,7 @@ import torch
 from .. import __version__, backends
 from .charts import pyplot
 from .neuron import device_name
-from .train_worker import INPUTS, MARKER
+from .train_worker import INPUTS, MARKER, MEMORY_SWITCHES
 
 MODELS = ("sew_resnet18", "spiking_vgg11_bn", "fmnist")
 MODES = ("eager", "compile", "reduce-overhead", "max-autotune-no-cudagraphs", "captured")
@@ -95,6 +98,9 @@ def parse_args(argv=None):
     parser.add_argument("--pool-bytes", action="store_true",
                         help="flashspike rows' max-pools keep one byte per output for the backward instead of an "
                              "int64 index (flashspike.pooling; eager and captured steps on CUDA)")
+    parser.add_argument("--recompute-h", action="store_true",
+                        help="flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again "
+                             "from the BatchNorm's kept input (flashspike.batchnorm_recompute; eager and captured steps)")
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                         help="leave torch.backends.cudnn.benchmark off; by default every row turns it on (the shapes "
                              "are fixed, so cuDNN times its algorithms once and keeps the fastest, as the example does)")
@@ -128,6 +134,11 @@ def row_memory_format(requested: str, mode: str) -> str:
     return "contiguous" if mode in COMPILED_MODES else "channels_last"
 
 
+def memory_switches(args) -> dict:
+    """Which of flashspike's memory switches (:data:`.train_worker.MEMORY_SWITCHES`) the flags turn on."""
+    return {key: getattr(args, key) for key in MEMORY_SWITCHES}
+
+
 def row_specs(args) -> tuple[list[dict], dict]:
     """Every row to run, and the peers not run with the reason why."""
     subjects, skipped = [("flashspike", None)], {}
@@ -141,7 +152,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes, nproc=args.nproc)
+                nproc=args.nproc, **memory_switches(args))
     specs = []
     for model in args.models:
         for steps in args.t:
@@ -198,17 +209,18 @@ def median_row(measured: list[dict]) -> dict:
 # ---- reporting ----
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | input | T | B | mode | weights | subject | ms/step | images/s | epoch s | peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | T | B | mode | weights | subject | ms/step | images/s | epoch s | peak MiB | kept MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = (f"| {r['model']} | {r['input']} | {r['T']} | {r['B']} | {r['mode']} | {r.get('memory_format', '-')} "
                 f"| {r['subject']} |")
         if "error" in r:
-            lines.append(f"{head} failed: {r['error'][:120].replace('|', '/')} | | | |")
+            lines.append(f"{head} failed: {r['error'][:120].replace('|', '/')} | | | | |")
             continue
         epoch = f"{r['epoch_s']:.2f}" if "epoch_s" in r else "-"
         peak = "-" if r.get("peak_MiB") is None else f"{r['peak_MiB']:.0f}"
-        lines.append(f"{head} {r['ms']:.2f} | {r['images_per_s']:.0f} | {epoch} | {peak} |")
+        kept = f"{r['kept_MiB']:.0f}" if "kept_MiB" in r else "-"
+        lines.append(f"{head} {r['ms']:.2f} | {r['images_per_s']:.0f} | {epoch} | {peak} | {kept} |")
     return "\n".join(lines)
 
 
@@ -260,7 +272,7 @@ def main(argv=None) -> dict:
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
                                 epoch_steps=args.epoch_steps,
                                 layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                                spike_bits=args.spike_bits, pool_bytes=args.pool_bytes, nproc=args.nproc))
+                                nproc=args.nproc, **memory_switches(args)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
     title = f"training step, {args.dtype}, {report['device']}, torch {report['torch']}, {report['date'][:10]}"

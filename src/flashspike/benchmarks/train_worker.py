@@ -10,6 +10,7 @@ compiler cache never leaks into the next row, and the two SpikingJelly versions 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -125,6 +126,15 @@ def make_batches(spec, device, memory_format):
     return batches, num_classes, channels
 
 
+# Spec key -> (label in the subject, module, function switching a model's layers): flashspike's ways of
+# keeping less for the backward, each turned on by the benchmark flag of the key's name.
+MEMORY_SWITCHES = {
+    "spike_bits": ("spike bits", "flashspike.spike_bits", "store_spike_inputs_in_bits"),
+    "pool_bytes": ("pool bytes", "flashspike.pooling", "store_pool_indices_in_bytes"),
+    "recompute_h": ("H recomputed", "flashspike.batchnorm_recompute", "recompute_h_after_batchnorm"),
+}
+
+
 def run_row(spec: dict) -> dict:
     from ..examples.trainer import Cluster
 
@@ -154,16 +164,11 @@ def run_row(spec: dict) -> dict:
         model, reset_net, row["subject"] = (build_sj014 if spec["subject"] == "sj014" else build_sj2)(spec, num_classes)
     if spec["model"] != "fmnist":
         adapt_stem(model, channels)
-    if spec.get("spike_bits") and spec["subject"] == "flashspike":
-        from .. import spike_bits
-
-        row["spike_bits_layers"] = spike_bits.store_spike_inputs_in_bits(model)
-        row["subject"] += ", spike bits"
-    if spec.get("pool_bytes") and spec["subject"] == "flashspike":
-        from .. import pooling
-
-        row["pool_bytes_layers"] = pooling.store_pool_indices_in_bytes(model)
-        row["subject"] += ", pool bytes"
+    if spec["subject"] == "flashspike":
+        for key, (label, module, switch) in MEMORY_SWITCHES.items():
+            if spec.get(key):
+                row[f"{key}_layers"] = getattr(importlib.import_module(module), switch)(model)
+                row["subject"] += ", " + label
     model = model.to(device, memory_format=memory_format).train()
     net = model
     if world > 1:  # the neurons' state is plain attributes, so DDP broadcasts no buffer of theirs
@@ -224,7 +229,26 @@ def run_row(spec: dict) -> dict:
         total.item()  # the epoch ends when its last loss is on the host
         row["epoch_s"] = time.perf_counter() - started
     row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    if spec["mode"] == "eager":
+        row["kept_MiB"] = kept_for_backward(call, net.parameters()) / 2**20
     return row
+
+
+def kept_for_backward(call, parameters) -> int:
+    """Bytes that autograd keeps for the backward of one step ``call()``: every storage a saved
+    tensor lives in, counted once, parameters (which live anyway) not. The same on every device."""
+    skip = {p.untyped_storage().data_ptr() for p in parameters}
+    kept = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        call()
+    return sum(kept.values())
 
 
 def main(argv=None) -> None:
