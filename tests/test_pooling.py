@@ -173,12 +173,13 @@ def test_a_second_derivative_is_refused_not_dropped(fused_on_this_device):
         grad.sum().backward()
 
 
-def test_sew_resnet18_with_both_switches_trains_like_the_plain_model(fused_on_this_device):
-    # The zoo model end to end (its stem's overlapping 3x3 pool, spike inputs after views): outputs and
-    # every gradient equal to the unswitched model's, with bytes and bits kept for the backward.
+def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused_on_this_device):
+    # The zoo model end to end (its stem's overlapping 3x3 pool, spike inputs after views, ADD sums of
+    # spikes): outputs and every gradient equal to the unswitched model's, with bytes and bits kept for
+    # the backward and no H behind a BatchNorm.
     import copy
 
-    from flashspike import functional, neuron, spike_bits, surrogate
+    from flashspike import batchnorm_recompute, functional, neuron, spike_bits, surrogate
     from flashspike.model import sew_resnet
 
     device = fused_on_this_device
@@ -189,6 +190,7 @@ def test_sew_resnet18_with_both_switches_trains_like_the_plain_model(fused_on_th
     lean = copy.deepcopy(plain)
     assert pooling.store_pool_indices_in_bytes(lean) == 1
     assert spike_bits.store_spike_inputs_in_bits(lean) == 21  # 20 convolutions and the classifier
+    assert batchnorm_recompute.recompute_h_after_batchnorm(lean) == 20
     x = torch.rand(2, 2, 3, 32, 32, device=device) * 2
     grads = []
     for net in (plain, lean):
@@ -201,4 +203,9 @@ def test_sew_resnet18_with_both_switches_trains_like_the_plain_model(fused_on_th
     (out_a, grads_a, kept_a), (out_b, grads_b, kept_b) = grads
     assert torch.equal(out_a, out_b) and all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
     assert any(t.dtype == torch.int64 for t in kept_a) and not any(t.dtype == torch.int64 for t in kept_b)
-    assert sum(t.dtype == torch.uint8 for t in kept_b) > 1  # the pool's positions and packed spikes
+    # the pool's positions and the inputs of the 19 convolutions after the stem: spikes in one bit,
+    # ADD's sums (0..3) in two
+    packed = [t for t in kept_b if t.dtype == torch.uint8]
+    assert len(packed) == 20
+    neuron_inputs = {t.untyped_storage().data_ptr() for t in kept_a if t.dim() == 5}  # the 20 neurons' H
+    assert len(neuron_inputs) == 20 and not any(t.dim() == 5 for t in kept_b)

@@ -11,22 +11,28 @@ from flashspike import functional, layer, neuron, spike_bits, surrogate
 from conftest import kernel_device
 
 
+@pytest.mark.parametrize("width", spike_bits.WIDTHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "odd"])
-def test_pack_and_unpack_restore_values_and_strides(dtype, layout):
-    g = torch.Generator().manual_seed(0)
+def test_pack_and_unpack_restore_values_and_strides(dtype, layout, width):
+    g = torch.Generator().manual_seed(width)
     shape = (3, 5, 7) if layout == "odd" else (4, 3, 5, 6)
-    x = (torch.rand(shape, generator=g) > 0.6).to(dtype)
+    x = torch.randint(0, 1 << width, shape, generator=g).to(dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     order = spike_bits._memory_order(x)
-    packed = spike_bits.pack(x, order)
-    assert packed.dtype == torch.uint8 and packed.numel() == -(-x.numel() // 8)
-    back = spike_bits.unpack(packed, x.shape, x.stride(), order, dtype)
+    packed = spike_bits.pack(x, order, width)
+    per_byte = 8 // width
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-x.numel() // per_byte)
+    back = spike_bits.unpack(packed, x.shape, x.stride(), order, dtype, width)
     assert back.stride() == x.stride() and back.dtype == dtype and torch.equal(back, x)
-    # the first element in memory is the lowest bit of the first byte
-    first = x.permute(order).reshape(-1)[:8]
-    assert int(packed[0]) == sum(int(v) << i for i, v in enumerate(first.tolist()))
+    # the first element in memory is the lowest field of the first byte
+    first = x.permute(order).reshape(-1)[:per_byte]
+    assert int(packed[0]) == sum(int(v) << (i * width) for i, v in enumerate(first.tolist()))
+
+
+def test_widths_are_the_fewest_bits_for_a_bound():
+    assert [spike_bits.width_for(b) for b in (1, 2, 3, 4, 15, 16, 255)] == [1, 2, 2, 4, 4, 8, 8]
 
 
 def test_views_with_gaps_or_repeats_are_not_packed():
@@ -54,6 +60,24 @@ def test_spike_outputs_are_recognised_through_views_pools_and_casts():
     assert not spike_bits.is_spike_input(nn.functional.avg_pool2d(flat, 2))
     assert not spike_bits.is_spike_input(spikes.detach())
     assert not spike_bits.is_spike_input(x)
+
+
+def test_sums_of_spikes_are_bounded_integers_and_other_arithmetic_is_not():
+    device = kernel_device("triton")
+    _, x, spikes = _spikes("triton", device)
+    _, _, others = _spikes("triton", device, v_threshold=0.5)
+    bound = spike_bits.integer_bound
+    assert bound(spikes) == 1 and bound(spikes + others) == 2
+    chain = (spikes + others).flatten(0, 1)
+    assert bound(nn.functional.max_pool2d(chain, 2) + others.flatten(0, 1)[:, :, ::2, ::2].contiguous()) == 3
+    assert bound(chain.to(torch.float16) + chain.to(torch.float16)) == 4
+    assert bound(spikes * 2) is None and bound(spikes + 1) is None and bound(spikes - others) is None
+    assert bound(torch.add(spikes, others, alpha=2)) is None and bound(spikes + x) is None
+    assert bound(spikes + spikes.detach()) is None  # a part with no history proves nothing
+    deep = spikes
+    for _ in range(300):  # sums beyond 255 are kept as they are
+        deep = deep + spikes
+    assert bound(deep) is None
 
 
 def test_spikes_are_recognised_through_the_byte_position_max_pool(monkeypatch):
@@ -166,19 +190,20 @@ def test_compiled_layers_take_their_ordinary_path():
     assert torch.equal(compiled(x), plain(x))
 
 
+@pytest.mark.parametrize("width", spike_bits.WIDTHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("count", [1, 13, 8 * 1024, 8 * 1024 + 5])
-def test_triton_kernels_pack_as_the_pytorch_operations_do(dtype, count):
+def test_triton_kernels_pack_as_the_pytorch_operations_do(dtype, count, width):
     device = kernel_device("triton")
     from flashspike import spike_bits_triton
 
     g = torch.Generator().manual_seed(count)
-    flat = (torch.rand(count, generator=g) > 0.5).to(dtype).to(device)
-    packed = spike_bits_triton.pack(flat)
-    expected = spike_bits.pack(flat.cpu(), [0])  # the PyTorch operations (on the CPU)
+    flat = torch.randint(0, 1 << width, (count,), generator=g).to(dtype).to(device)
+    packed = spike_bits_triton.pack(flat, width)
+    expected = spike_bits.pack(flat.cpu(), [0], width)  # the PyTorch operations (on the CPU)
     assert torch.equal(packed.cpu(), expected)
     back = torch.full_like(flat, float("nan"))
-    spike_bits_triton.unpack_into(packed, back)
+    spike_bits_triton.unpack_into(packed, back, width)
     assert torch.equal(back, flat)
 
 

@@ -1,18 +1,19 @@
-"""Spike inputs kept in one bit for the backward pass.
+"""Spike inputs kept in one bit for the backward pass, sums of spikes in a few.
 
 A convolution or linear layer saves its input for the weight gradient. When that input is a neuron's
 spike output, every element is 0 or 1, and the 2 or 4 bytes autograd keeps per element carry one bit
 of information. :func:`store_spike_inputs_in_bits` switches a network's ``nn.Conv2d`` and ``nn.Linear``
 layers to versions that, for such an input, save it packed eight elements to a byte and unpack it in
 the backward pass; the gradients are the ones PyTorch's own backward computes (the same operations on
-the same values), bit for bit.
+the same values), bit for bit. A sum of spike trains (SEW-ResNet's ADD connection: 0, 1 or 2, and
+more down a chain of blocks) is kept the same way in 2, 4 or 8 bits per element.
 
-An input counts as spikes only when its autograd history proves it: it is the spike output of a
-flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate, reached
-through views, max-pooling or dtype casts only (each keeps 0/1 values exact). Anything else (a
-residual sum of spikes, dropout, the 'torch' reference's output, an input that needs no gradient)
-takes the layer's ordinary path, so nothing is ever stored lossily. Eager mode only: under
-``torch.compile`` the layers run their ordinary forward.
+An input counts only when its autograd history proves its values (:func:`integer_bound`): the spike
+output of a flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate,
+reached through views, max-pooling or dtype casts only (each keeps small integers exact), or a sum
+of such inputs. Anything else (dropout, a product, a scaled sum, the 'torch' reference's output, an
+input that needs no gradient) takes the layer's ordinary path, so nothing is ever stored lossily.
+Eager mode only: under ``torch.compile`` the layers run their ordinary forward.
 
 On CUDA, packing and unpacking are one Triton kernel each (:mod:`flashspike.spike_bits_triton`);
 elsewhere, or without Triton, a few PyTorch operations give the same bytes.
@@ -30,29 +31,60 @@ from .functional import switch_module_classes
 from .backends.triton_backend import optional_kernels
 from .pooling import MaxPoolBytePositions
 
-__all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "BitSavingConv2d",
-           "BitSavingLinear"]
+__all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "integer_bound", "width_for",
+           "BitSavingConv2d", "BitSavingLinear"]
 
-_shifts_on: dict = {}  # device -> the bit positions 0..7 as uint8 there (made once: no copy per call)
-# Autograd nodes that leave 0/1 values 0/1: views and reshapes, max-pooling, dtype casts.
+_fields_on: dict = {}  # (device, width) -> each field's shift in a byte, uint8 there (made once)
+# Autograd nodes whose output holds some of their input's values and no others: views, reshapes and
+# slices, max-pooling, dtype casts (the integers here are at most 255: exact in every floating dtype).
 _VALUE_KEEPING = frozenset((
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0", "TransposeBackward0",
     "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0",
+    "SliceBackward0", "SelectBackward0", "ExpandBackward0",
     "MaxPool2DWithIndicesBackward0", "MaxPool1DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
     MaxPoolBytePositions._backward_cls.__name__,  # flashspike.pooling's max-pool
 ))
 _SPIKE_NODE = FusedMultiStep._backward_cls
+_LARGEST = 255  # the largest integer kept in bits (8 of them); larger bounds take the ordinary path
+WIDTHS = (1, 2, 4, 8)  # bits per element: fields that tile a byte
+
+
+def _node_bound(node, output, bounds: dict):
+    """The largest value the ``output``-th output of autograd node ``node`` can hold, when its history
+    proves the output holds only integers 0 .. that bound; else None. ``bounds`` memoizes nodes."""
+    while node is not None and type(node).__name__ in _VALUE_KEEPING:
+        node, output = node.next_functions[0]
+    if node is None:
+        return None
+    key = (id(node), output)
+    if key in bounds:
+        return bounds[key]
+    bound = None
+    if isinstance(node, _SPIKE_NODE):  # output 1 is the potential
+        bound = 1 if output == 0 and getattr(node.call[1].surrogate, "spiking", False) else None
+    elif type(node).__name__ == "AddBackward0" and node._saved_alpha == 1:  # SEW's ADD: a sum of spikes
+        parts = [_node_bound(n, o, bounds) for n, o in node.next_functions]
+        if None not in parts and sum(parts) <= _LARGEST:
+            bound = sum(parts)
+    bounds[key] = bound
+    return bound
+
+
+def integer_bound(x: torch.Tensor):
+    """The largest value of ``x`` when its autograd history proves that it holds only integers from 0
+    to that bound (at most 255): a neuron's spike output (bound 1), through views, max-pooling and
+    casts, or a sum of such tensors (SEW's ADD); else None. See the module's text."""
+    return _node_bound(x.grad_fn, x.output_nr, {})
 
 
 def is_spike_input(x: torch.Tensor) -> bool:
     """Whether ``x``'s autograd history makes it a neuron's spike output (see the module's text)."""
-    node, output = x.grad_fn, x.output_nr
-    while node is not None and type(node).__name__ in _VALUE_KEEPING:
-        node, output = node.next_functions[0]
-    if not isinstance(node, _SPIKE_NODE) or output != 0:  # output 1 is the potential
-        return False
-    p = node.call[1]
-    return bool(getattr(p.surrogate, "spiking", False))
+    return integer_bound(x) == 1
+
+
+def width_for(bound: int) -> int:
+    """The fewest bits per element, of :data:`WIDTHS`, that hold the integers 0 .. ``bound``."""
+    return next(width for width in WIDTHS if bound < 1 << width)
 
 
 def _memory_order(x: torch.Tensor):
@@ -63,11 +95,11 @@ def _memory_order(x: torch.Tensor):
     return order if permuted.is_contiguous() else None
 
 
-def _shifts(device: torch.device) -> torch.Tensor:
-    shifts = _shifts_on.get(device)
-    if shifts is None:
-        shifts = _shifts_on[device] = torch.arange(8, dtype=torch.uint8, device=device)
-    return shifts
+def _fields(device: torch.device, width: int) -> torch.Tensor:
+    fields = _fields_on.get((device, width))
+    if fields is None:
+        fields = _fields_on[(device, width)] = torch.arange(0, 8, width, dtype=torch.uint8, device=device)
+    return fields
 
 
 def _fused(device: torch.device):
@@ -78,31 +110,33 @@ def _fused(device: torch.device):
     return optional_kernels("flashspike.spike_bits_triton")
 
 
-def pack(x: torch.Tensor, order) -> torch.Tensor:
-    """The elements of ``x`` in memory order (``order``: :func:`_memory_order`), one bit each (set for
-    nonzero), eight to a uint8, the first element in the lowest bit."""
+def pack(x: torch.Tensor, order, width: int = 1) -> torch.Tensor:
+    """The elements of ``x`` (integers 0 .. 2**width - 1) in memory order (``order``:
+    :func:`_memory_order`), ``width`` bits each, ``8 // width`` to a uint8, the first element in the
+    lowest bits."""
     flat = x.permute(order).reshape(-1)
     fused = _fused(x.device)
     if fused is not None:
-        return fused.pack(flat)
-    bits = flat != 0
-    padding = -bits.numel() % 8
+        return fused.pack(flat, width)
+    per_byte = 8 // width
+    codes = flat.to(torch.uint8) & ((1 << width) - 1)
+    padding = -codes.numel() % per_byte
     if padding:
-        bits = torch.cat((bits, bits.new_zeros(padding)))
-    shifts = _shifts(x.device)
-    return (bits.view(-1, 8).to(torch.uint8) << shifts).sum(1, dtype=torch.uint8)
+        codes = torch.cat((codes, codes.new_zeros(padding)))
+    # the fields of a byte do not overlap, so their sum is their bitwise or
+    return (codes.view(-1, per_byte) << _fields(x.device, width)).sum(1, dtype=torch.uint8)
 
 
-def unpack(packed: torch.Tensor, shape, strides, order, dtype: torch.dtype) -> torch.Tensor:
-    """The tensor :func:`pack` packed: ``shape`` and ``strides`` as it had, values 0 and 1 of ``dtype``."""
+def unpack(packed: torch.Tensor, shape, strides, order, dtype: torch.dtype, width: int = 1) -> torch.Tensor:
+    """The tensor :func:`pack` packed: ``shape`` and ``strides`` as it had, its integers in ``dtype``."""
     x = torch.empty_strided(shape, strides, dtype=dtype, device=packed.device)
     flat = x.permute(order).view(-1)
     fused = _fused(packed.device)
     if fused is not None:
-        fused.unpack_into(packed, flat)
+        fused.unpack_into(packed, flat, width)
         return x
-    values = ((packed.unsqueeze(1) >> _shifts(packed.device)) & 1).view(-1)[:flat.numel()]
-    flat.copy_(values)
+    values = ((packed.unsqueeze(1) >> _fields(packed.device, width)) & ((1 << width) - 1)).view(-1)
+    flat.copy_(values[:flat.numel()])
     return x
 
 
@@ -115,20 +149,22 @@ def _autocast_dtype(x: torch.Tensor):
 
 
 class _SavedInBits(torch.autograd.Function):
-    """``op`` ('conv2d' or 'linear') of a spike input ``x``, keeping ``x`` packed for the backward.
+    """``op`` ('conv2d' or 'linear') of an input ``x`` of small integers, keeping ``x`` packed for the
+    backward (``packing``: memory order and bits per element).
 
     Autocast's casts happen here, as autocast does them (input, weight and bias to its dtype, each
     gradient cast back), so the backward repeats PyTorch's own operations on the same values."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, op, conv_args, order):
+    def forward(ctx, x, weight, bias, op, conv_args, packing):
+        order, width = packing
         dtype = _autocast_dtype(x)
         cast = (lambda t: t if t is None else t.to(dtype)) if dtype is not None else (lambda t: t)
         xc, wc, bc = cast(x), cast(weight), cast(bias)
         with torch.autocast(x.device.type, enabled=False):
             y = F.conv2d(xc, wc, bc, *conv_args) if op == "conv2d" else F.linear(xc, wc, bc)
-        ctx.save_for_backward(pack(xc, order), wc)  # a cast keeps x's strides, so x's order
-        ctx.meta = (op, conv_args, xc.shape, xc.stride(), order, xc.dtype, x.dtype, weight.dtype,
+        ctx.save_for_backward(pack(xc, order, width), wc)  # a cast keeps x's strides, so x's order
+        ctx.meta = (op, conv_args, xc.shape, xc.stride(), order, width, xc.dtype, x.dtype, weight.dtype,
                     None if bias is None else (bias.dtype, bias.shape))
         return y
 
@@ -136,9 +172,9 @@ class _SavedInBits(torch.autograd.Function):
     @once_differentiable  # a gradient of the gradient raises instead of silently missing
     def backward(ctx, grad):
         packed, wc = ctx.saved_tensors
-        op, conv_args, shape, strides, order, dtype, x_dtype, w_dtype, bias_meta = ctx.meta
+        op, conv_args, shape, strides, order, width, dtype, x_dtype, w_dtype, bias_meta = ctx.meta
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        xc = unpack(packed, shape, strides, order, dtype)
+        xc = unpack(packed, shape, strides, order, dtype, width)
         if op == "conv2d":
             stride, padding, dilation, groups = conv_args
             grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
@@ -154,37 +190,42 @@ class _SavedInBits(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def _spike_order(x: torch.Tensor):
-    """The memory order :func:`pack` takes ``x`` in, when ``x`` is to be kept in bits; else None."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and is_spike_input(x):
-        return _memory_order(x)
-    return None
+def _packing(x: torch.Tensor):
+    """(memory order, bits per element) that :func:`pack` takes ``x`` in, when ``x`` is to be kept in
+    bits; else None."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    bound = integer_bound(x)
+    order = None if bound is None else _memory_order(x)
+    return None if order is None else (order, width_for(bound))
 
 
 class BitSavingConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that keeps a spike input (:func:`is_spike_input`) in one bit per element for its
-    backward. Same parameters, state_dict keys and results as ``nn.Conv2d``."""
+    """``nn.Conv2d`` that keeps an input of spikes, or of sums of spikes (:func:`integer_bound`), in as
+    few bits per element as they need for its backward. Same parameters, state_dict keys and results
+    as ``nn.Conv2d``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        order = None if self.padding_mode != "zeros" or isinstance(self.padding, str) else _spike_order(x)
-        if order is None:
+        packing = None if self.padding_mode != "zeros" or isinstance(self.padding, str) else _packing(x)
+        if packing is None:
             return super().forward(x)
         args = (self.stride, self.padding, self.dilation, self.groups)
-        return _SavedInBits.apply(x, self.weight, self.bias, "conv2d", args, order)
+        return _SavedInBits.apply(x, self.weight, self.bias, "conv2d", args, packing)
 
     def _get_name(self):
         return "Conv2d"
 
 
 class BitSavingLinear(nn.Linear):
-    """``nn.Linear`` that keeps a 2-d spike input (:func:`is_spike_input`) in one bit per element for its
-    backward. Same parameters, state_dict keys and results as ``nn.Linear``."""
+    """``nn.Linear`` that keeps a 2-d input of spikes, or of sums of spikes (:func:`integer_bound`), in
+    as few bits per element as they need for its backward. Same parameters, state_dict keys and
+    results as ``nn.Linear``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        order = _spike_order(x) if x.dim() == 2 else None
-        if order is None:
+        packing = _packing(x) if x.dim() == 2 else None
+        if packing is None:
             return super().forward(x)
-        return _SavedInBits.apply(x, self.weight, self.bias, "linear", None, order)
+        return _SavedInBits.apply(x, self.weight, self.bias, "linear", None, packing)
 
     def _get_name(self):
         return "Linear"
