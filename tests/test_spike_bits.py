@@ -209,15 +209,17 @@ def test_triton_kernels_pack_as_the_pytorch_operations_do(dtype, count, width):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
-def test_a_captured_training_step_keeps_spikes_in_bits_gpu(backend, reproducible):
-    # The packing kernels and their small buffers are captured with the step; replays train as the
-    # same steps run eagerly do.
+def test_a_captured_training_step_keeps_spikes_in_bits_and_recomputes_h_gpu(backend, reproducible):
+    # The packing kernels, the BatchNorm and neuron forwards run again in the backward, and their
+    # buffers are captured with the step; replays train as the same steps run eagerly do.
+    from flashspike import batchnorm_recompute
     from flashspike.examples.captured_step import CapturedStep
 
     device = kernel_device(backend)
     eager, captured = _net(backend).to(device), _net(backend).to(device)
-    spike_bits.store_spike_inputs_in_bits(eager)
-    spike_bits.store_spike_inputs_in_bits(captured)
+    for net in (eager, captured):
+        spike_bits.store_spike_inputs_in_bits(net)
+        assert batchnorm_recompute.recompute_h_after_batchnorm(net) == 2
     batches = [(torch.rand(3, 4, 2, 8, 8, device=device) * 3, torch.randint(0, 5, (4,), device=device))
                for _ in range(6)]
 
