@@ -12,13 +12,14 @@ step in one CUDA graph, as the example's ``-cuda_graph``).
 Every row runs in a fresh subprocess (``train_worker``): peak memory is ``max_memory_allocated``
 from process start, so a ``reduce-overhead`` graph pool, the warm-up and cuDNN's algorithm search
 are all counted. Eager rows also report "kept MiB": what autograd keeps for the backward of one step
-(every storage a saved tensor lives in, once; parameters not), the same on every device, so a CPU run
-measures it too. A failing or crashing row is recorded with its error and the run goes on. The time is
-the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps (CUDA events).
-cuDNN's autotuning (``torch.backends.cudnn.benchmark``) is on in every row unless
+(every storage a saved tensor lives in, once; parameters not), counted without the device allocator,
+so a CPU run measures it too. A failing or crashing row is recorded with its error and the run goes
+on. The time is the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps
+(CUDA events). cuDNN's autotuning (``torch.backends.cudnn.benchmark``) is on in every row unless
 ``--no-cudnn-benchmark``. ``--spike-bits``, ``--pool-bytes`` and ``--recompute-h`` switch flashspike
-rows' layers to the versions that keep less for the backward. A host-bound step's time follows the host's speed, which can drift between
-processes: ``--rounds K`` runs all rows K times, round after round, and keeps each row's median.
+rows' layers to the versions that keep less for the backward. A host-bound step's time follows the
+host's speed, which can drift between processes: ``--rounds K`` runs all rows K times, round after
+round, and keeps each row's median.
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
 eager) and SpikingJelly 2.x (its activation_based zoo in multi-step mode, its own neuron kernels; eager

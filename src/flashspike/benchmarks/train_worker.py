@@ -236,7 +236,9 @@ def run_row(spec: dict) -> dict:
 
 def kept_for_backward(call, parameters) -> int:
     """Bytes that autograd keeps for the backward of one step ``call()``: every storage a saved
-    tensor lives in, counted once, parameters (which live anyway) not. The same on every device."""
+    tensor lives in, counted once, parameters (which live anyway) not. It needs no device allocator's
+    statistics, so it is measured on the CPU too (where a layer's CUDA-only path, the byte max-pool
+    for one, takes its ordinary path and keeps what that keeps)."""
     skip = {p.untyped_storage().data_ptr() for p in parameters}
     kept = {}
 
