@@ -131,16 +131,6 @@ def test_the_switch_keeps_names_and_state_dict_and_goes_back():
     assert type(net[0][1]) is nn.BatchNorm2d and type(net[6][2]) is nn.BatchNorm1d
 
 
-def test_compiled_code_takes_the_ordinary_path():
-    torch._dynamo.reset()
-    plain = _net("torch")
-    lean = copy.deepcopy(plain)
-    batchnorm_recompute.recompute_h_after_batchnorm(lean)
-    x = torch.rand(3, 4, 2, 6, 6) * 3
-    compiled = torch.compile(lean, backend="aot_eager", fullgraph=True)
-    assert torch.equal(compiled(x), plain(x))
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
 def test_neurons_keep_no_h_and_train_bit_for_bit_gpu(backend, reproducible):
