@@ -5,7 +5,8 @@ Port SpikingJelly-style code by changing its import::
     from flashspike import neuron, surrogate, layer, functional, encoding, monitor, rnn, cuda_utils
 """
 
-from . import batchnorm_recompute, cuda_utils, encoding, functional, layer, monitor, neuron, pooling, rnn, spike_bits, surrogate
+from . import (batchnorm_recompute, cuda_utils, encoding, functional, layer, monitor, neuron, pooling, rnn,
+               spike_bits, surrogate)
 from .backends import KNOWN_BACKENDS, BackendError
 from .compiling import compile
 
