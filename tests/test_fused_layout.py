@@ -93,6 +93,63 @@ def test_gradient_operands():
     assert mode == step_code.GRAD_DENSE and torch.equal(passed, time_broadcast)
 
 
+def test_size_one_dimensions_of_any_stride_pass_uncopied():
+    # A [T, N, C, 1, 1] activation (a ResNet's last stage on small images): PyTorch hands over its
+    # gradient, and the next call's state, with other strides in the size-1 dimensions, which address
+    # nothing; they reach the kernels as they are.
+    p = NeuronParams(leaky=False, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate=ATan())
+    h = torch.randn(4, 2, 8, 1, 1).as_strided((4, 2, 8, 1, 1), (16, 8, 1, 8, 8))  # as channels_last makes it
+    grad = torch.randn(4, 2, 8, 1, 1)
+    assert grad.stride() != h.stride()
+    assert layouts.grad_operand(grad, h, True) == (step_code.GRAD_DENSE, grad)
+    v = torch.randn(2, 8, 1, 1)
+    assert v.stride() != h.stride()[1:] and layouts.initial_state(v, h, p) is v
+    # a stride that differs where the size is not 1 still means a copy
+    other = torch.randn(4, 8, 2, 1, 1).transpose(1, 2)
+    mode, passed = layouts.grad_operand(other, h, True)
+    assert passed is not other and passed.stride() == h.stride() and torch.equal(passed, other)
+
+
+def test_a_resnet_training_step_copies_no_activation(monkeypatch):
+    # channels_last end to end: in a SEW-ResNet-18 step (autocast, kernel-backend neurons, every
+    # memory switch on) the only activation-sized copy is autocast's cast of the input image.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from flashspike import batchnorm_recompute, functional, neuron, spike_bits, surrogate
+    from flashspike.backends.kernel_set import KernelSet
+    from flashspike.model import sew_resnet
+
+    device = kernel_device("triton")
+    net = sew_resnet.multi_step_sew_resnet18(num_classes=10, cnf="ADD", multi_step_neuron=neuron.MultiStepIFNode,
+                                             surrogate_function=surrogate.ATan(), detach_reset=True, backend="triton")
+    spike_bits.store_spike_inputs_in_bits(net)
+    batchnorm_recompute.recompute_h_after_batchnorm(net)
+    net = net.to(device, memory_format=torch.channels_last)
+    x = torch.rand(4, 2, 32, 32, 3, device=device).permute(0, 1, 4, 2, 3)  # channels_last steps
+    copies = []
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.copy_.default, torch.ops.aten._to_copy.default, torch.ops.aten.clone.default):
+                if out.dim() >= 4 and out.shape[0] in (4, 8):  # [T, B, ...] or [T·B, ...]: an activation
+                    copies.append(tuple(out.shape))
+            return out
+
+    # the kernels' own work is not what is counted (Triton's interpreter copies to run them)
+    monkeypatch.setattr(KernelSet, "launch_forward", lambda self, *args: None)
+    monkeypatch.setattr(KernelSet, "launch_backward", lambda self, *args: None)
+    for subclass in KernelSet.__subclasses__():
+        monkeypatch.setattr(subclass, "launch_forward", lambda self, *args: None)
+        monkeypatch.setattr(subclass, "launch_backward", lambda self, *args: None)
+    with Copies(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+        out = net(x)
+    with Copies():
+        out.float().mean(0).sum().backward()
+    functional.reset_net(net)
+    assert copies == [(8, 3, 32, 32)]
+
+
 @pytest.mark.parametrize("launcher", ["torch_kernels", "triton"])
 def test_every_launcher_can_sum_the_input_gradient_over_time(launcher):
     """sum_grad_x (one input repeated over T) equals the per-step gradients summed afterwards."""

@@ -22,7 +22,7 @@ import torch
 from ..params import NeuronParams
 from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR
 
-__all__ = ["POISON_OUTPUTS", "sequence_layout", "sequence_strides", "repeated_step", "call_operands",
+__all__ = ["POISON_OUTPUTS", "same_layout", "sequence_layout", "sequence_strides", "repeated_step", "call_operands",
            "multi_step_outputs", "initial_state", "step_operand", "decay_operand", "forward_outputs",
            "backward_outputs", "grad_operand", "grad_w_partials", "sum_grad_w", "new_output"]
 
@@ -59,6 +59,13 @@ def _readable_in_place(x: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+def same_layout(strides, wanted, shape) -> bool:
+    """Whether a tensor of ``shape`` with ``strides`` has its elements where ``wanted`` strides put
+    them: the strides are equal but where a dimension has size 1 (whose stride is never used; PyTorch
+    gives such dimensions any stride, a gradient of a ``[T, N, C, 1, 1]`` activation for one)."""
+    return strides == wanted or all(a == b or size == 1 for a, b, size in zip(strides, wanted, shape))
 
 
 def _contiguous_strides(shape) -> tuple:
@@ -144,7 +151,7 @@ def initial_state(v_init, x: torch.Tensor, p: NeuronParams):
 def step_operand(v: torch.Tensor | None, like: torch.Tensor):
     """``v`` (one step's values, or None) laid out like one step of ``like``, as the kernels read it:
     itself when it is, else a copy."""
-    if v is None or v.stride() == like.stride()[1:]:
+    if v is None or same_layout(v.stride(), like.stride()[1:], v.shape):
         return v
     return _empty_strided(like.shape[1:], like.stride()[1:], dtype=like.dtype, device=like.device).copy_(v)
 
@@ -210,7 +217,7 @@ def grad_operand(grad: torch.Tensor | None, h: torch.Tensor, whole: bool):
     if not any(strides):
         return GRAD_SCALAR, grad
     wanted = h.stride() if whole else h.stride()[1:]
-    if strides != wanted:
+    if not same_layout(strides, wanted, grad.shape):
         grad = _poisoned(_empty_strided(grad.shape, wanted, dtype=h.dtype, device=h.device)).copy_(grad)
     return GRAD_DENSE, grad
 
