@@ -115,22 +115,6 @@ def test_a_view_of_the_output_finds_the_recipe_and_other_tensors_do_not():
         assert recompute.recipe_for(bn.train()(x)) is None
 
 
-def test_the_switch_keeps_names_and_state_dict_and_goes_back():
-    net = _net("torch")
-    keys, text = list(net.state_dict()), repr(net)
-
-    class MyNorm(nn.BatchNorm2d):
-        pass
-
-    net.append(MyNorm(1))
-    assert batchnorm_recompute.recompute_h_after_batchnorm(net) == 4  # the subclass keeps its own forward
-    assert type(net[0][1]) is batchnorm_recompute.RecomputableBatchNorm2d and type(net[-1]) is MyNorm
-    assert type(net[6][2]) is batchnorm_recompute.RecomputableBatchNorm1d
-    assert list(net.state_dict())[:len(keys)] == keys and repr(net).startswith(text[:-2])
-    assert batchnorm_recompute.recompute_h_after_batchnorm(net, enabled=False) == 4
-    assert type(net[0][1]) is nn.BatchNorm2d and type(net[6][2]) is nn.BatchNorm1d
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
 def test_neurons_keep_no_h_and_train_bit_for_bit_gpu(backend, reproducible):

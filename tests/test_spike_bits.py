@@ -157,21 +157,6 @@ def test_gradients_equal_pytorchs_own_bit_for_bit(autocast_dtype, reproducible):
     _compare_paths("triton", kernel_device("triton"), autocast_dtype)
 
 
-def test_the_switch_keeps_parameters_names_and_state_dict_and_goes_back():
-    net = _net("torch")
-    keys, text = list(net.state_dict()), repr(net)
-
-    class MyConv(nn.Conv2d):
-        pass
-
-    net.append(MyConv(1, 1, 1))
-    assert spike_bits.store_spike_inputs_in_bits(net) == 3  # the subclass keeps its own forward
-    assert type(net[0][0]) is spike_bits.BitSavingConv2d and type(net[-1]) is MyConv
-    assert list(net.state_dict())[:len(keys)] == keys and repr(net).startswith(text[:-2])
-    assert spike_bits.store_spike_inputs_in_bits(net, enabled=False) == 3
-    assert type(net[0][0]) is nn.Conv2d and type(net[4][2]) is nn.Linear
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
 def test_gradients_equal_pytorchs_own_bit_for_bit_gpu(backend, reproducible):
