@@ -72,7 +72,6 @@ class RecomputableBatchNorm3d(_Recomputable, nn.BatchNorm3d):
 
 _RECOMPUTABLE = {nn.BatchNorm1d: RecomputableBatchNorm1d, nn.BatchNorm2d: RecomputableBatchNorm2d,
                  nn.BatchNorm3d: RecomputableBatchNorm3d}
-_PLAIN = {recomputable: plain for plain, recomputable in _RECOMPUTABLE.items()}
 
 
 def recompute_h_after_batchnorm(net: nn.Module, enabled: bool = True) -> int:
@@ -82,4 +81,4 @@ def recompute_h_after_batchnorm(net: nn.Module, enabled: bool = True) -> int:
     The switch changes the class only: parameters, buffers, hooks, ``state_dict`` keys and printed
     names stay, and every output and gradient is what the plain layers give.
     """
-    return switch_module_classes(net, _RECOMPUTABLE if enabled else _PLAIN)
+    return switch_module_classes(net, _RECOMPUTABLE, enabled)

@@ -39,11 +39,14 @@ def _call_on_every_module(net: nn.Module, method: str) -> None:
             fn()
 
 
-def switch_module_classes(net: nn.Module, classes: dict) -> int:
+def switch_module_classes(net: nn.Module, classes: dict, enabled: bool = True) -> int:
     """Give every module of ``net`` whose class is exactly a key of ``classes`` (not a subclass) the
-    class it maps to; returns how many were switched. Only the class changes: parameters, buffers,
-    hooks, ``state_dict`` keys stay (the layer versions of :mod:`flashspike.spike_bits` and
-    :mod:`flashspike.pooling` are switched on this way)."""
+    class it maps to, or with ``enabled=False`` every module of a class mapped to its key class back;
+    returns how many were switched. Only the class changes: parameters, buffers, hooks, ``state_dict``
+    keys stay (the layer versions of :mod:`flashspike.spike_bits`, :mod:`flashspike.pooling` and
+    :mod:`flashspike.batchnorm_recompute` are switched on this way)."""
+    if not enabled:
+        classes = {switched: plain for plain, switched in classes.items()}
     switched = 0
     for module in net.modules():
         target = classes.get(type(module))

@@ -40,11 +40,13 @@ def _runs_fused(x: torch.Tensor) -> bool:
 
 
 class MaxPoolBytePositions(torch.autograd.Function):
+    """Max-pooling of ``x`` that keeps, for the backward, the byte position of each output's maximum."""
+
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
-        y, positions = _fused_kernels().forward(x, kernel, stride, padding)
-        ctx.save_for_backward(positions)
         kernels = _fused_kernels()
+        y, positions = kernels.forward(x, kernel, stride, padding)
+        ctx.save_for_backward(positions)
         ctx.geometry = (x.shape, x.dtype, kernels.channels_last(x), kernel, stride, padding)
         return y
 
@@ -76,5 +78,4 @@ class BytePositionMaxPool2d(nn.MaxPool2d):
 def store_pool_indices_in_bytes(net: nn.Module, enabled: bool = True) -> int:
     """Switch every ``nn.MaxPool2d`` of ``net`` (that class exactly, not subclasses) to
     :class:`BytePositionMaxPool2d`, or back with ``enabled=False``; returns how many were switched."""
-    classes = {nn.MaxPool2d: BytePositionMaxPool2d} if enabled else {BytePositionMaxPool2d: nn.MaxPool2d}
-    return switch_module_classes(net, classes)
+    return switch_module_classes(net, {nn.MaxPool2d: BytePositionMaxPool2d}, enabled)

@@ -232,7 +232,6 @@ class BitSavingLinear(nn.Linear):
 
 
 _BIT_SAVING = {nn.Conv2d: BitSavingConv2d, nn.Linear: BitSavingLinear}
-_PLAIN = {bits: plain for plain, bits in _BIT_SAVING.items()}
 
 
 def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
@@ -241,4 +240,4 @@ def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
 
     The switch changes the class only: parameters, hooks, ``state_dict`` keys and printed names stay.
     """
-    return switch_module_classes(net, _BIT_SAVING if enabled else _PLAIN)
+    return switch_module_classes(net, _BIT_SAVING, enabled)
