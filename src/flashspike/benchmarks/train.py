@@ -93,15 +93,8 @@ def parse_args(argv=None):
                         help="processes per row, launched by torchrun, training one DistributedDataParallel model "
                              "(one GPU each on CUDA, Gloo on the CPU); --b is the batch of each process, images/s "
                              "counts all (default 1)")
-    parser.add_argument("--spike-bits", action="store_true",
-                        help="flashspike rows keep spike inputs of convolutions and linear layers in one bit for the "
-                             "backward (flashspike.spike_bits; eager and captured steps)")
-    parser.add_argument("--pool-bytes", action="store_true",
-                        help="flashspike rows' max-pools keep one byte per output for the backward instead of an "
-                             "int64 index (flashspike.pooling; eager and captured steps on CUDA)")
-    parser.add_argument("--recompute-h", action="store_true",
-                        help="flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again "
-                             "from the BatchNorm's kept input (flashspike.batchnorm_recompute; eager and captured steps)")
+    for key, (*_switch, help_text) in MEMORY_SWITCHES.items():
+        parser.add_argument("--" + key.replace("_", "-"), action="store_true", help=help_text)
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                         help="leave torch.backends.cudnn.benchmark off; by default every row turns it on (the shapes "
                              "are fixed, so cuDNN times its algorithms once and keeps the fastest, as the example does)")

@@ -126,12 +126,19 @@ def make_batches(spec, device, memory_format):
     return batches, num_classes, channels
 
 
-# Spec key -> (label in the subject, module, function switching a model's layers): flashspike's ways of
-# keeping less for the backward, each turned on by the benchmark flag of the key's name.
+# Spec key -> (label in the subject, module, function switching a model's layers, flag help):
+# flashspike's ways of keeping less for the backward, each turned on by the benchmark flag of the
+# key's name (``--spike-bits`` for "spike_bits").
 MEMORY_SWITCHES = {
-    "spike_bits": ("spike bits", "flashspike.spike_bits", "store_spike_inputs_in_bits"),
-    "pool_bytes": ("pool bytes", "flashspike.pooling", "store_pool_indices_in_bytes"),
-    "recompute_h": ("H recomputed", "flashspike.batchnorm_recompute", "recompute_h_after_batchnorm"),
+    "spike_bits": ("spike bits", "flashspike.spike_bits", "store_spike_inputs_in_bits",
+                   "flashspike rows keep spike inputs of convolutions and linear layers in one bit, and sums of "
+                   "spikes in a few, for the backward (flashspike.spike_bits; eager and captured steps)"),
+    "pool_bytes": ("pool bytes", "flashspike.pooling", "store_pool_indices_in_bytes",
+                   "flashspike rows' max-pools keep one byte per output for the backward instead of an int64 "
+                   "index (flashspike.pooling; eager and captured steps on CUDA)"),
+    "recompute_h": ("H recomputed", "flashspike.batchnorm_recompute", "recompute_h_after_batchnorm",
+                    "flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again from "
+                    "the BatchNorm's kept input (flashspike.batchnorm_recompute; eager and captured steps)"),
 }
 
 
@@ -165,7 +172,7 @@ def run_row(spec: dict) -> dict:
     if spec["model"] != "fmnist":
         adapt_stem(model, channels)
     if spec["subject"] == "flashspike":
-        for key, (label, module, switch) in MEMORY_SWITCHES.items():
+        for key, (label, module, switch, _help) in MEMORY_SWITCHES.items():
             if spec.get(key):
                 row[f"{key}_layers"] = getattr(importlib.import_module(module), switch)(model)
                 row["subject"] += ", " + label
