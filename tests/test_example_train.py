@@ -427,3 +427,10 @@ def test_leaving_the_process_group_frees_a_model_held_in_a_reference_cycle_first
     assert not torch.distributed.is_initialized()
     trainer.leave_process_group()  # no group: nothing to do
     assert alive_at_destroy == [0]
+
+
+@pytest.mark.gpu
+def test_a_plain_cuda_device_is_named_by_its_index():
+    # torch.cuda.set_device refuses a device without an index; "cuda" means the current device
+    cluster = cli.Cluster("cuda")
+    assert cluster.device == torch.device("cuda", torch.cuda.current_device())

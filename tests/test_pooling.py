@@ -173,7 +173,7 @@ def test_a_second_derivative_is_refused_not_dropped(fused_on_this_device):
         grad.sum().backward()
 
 
-def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused_on_this_device):
+def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused_on_this_device, reproducible):
     # The zoo model end to end (its stem's overlapping 3x3 pool, spike inputs after views, ADD sums of
     # spikes): outputs and every gradient equal to the unswitched model's, with bytes and bits kept for
     # the backward and no H behind a BatchNorm.
@@ -205,7 +205,7 @@ def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused
     assert any(t.dtype == torch.int64 for t in kept_a) and not any(t.dtype == torch.int64 for t in kept_b)
     # the pool's positions and the inputs of the 19 convolutions after the stem: spikes in one bit,
     # ADD's sums (0..3) in two
-    packed = [t for t in kept_b if t.dtype == torch.uint8]
+    packed = [t for t in kept_b if t.dtype == torch.uint8 and t.numel()]  # not cuDNN BatchNorm's empty reserve
     assert len(packed) == 20
     neuron_inputs = {t.untyped_storage().data_ptr() for t in kept_a if t.dim() == 5}  # the 20 neurons' H
     assert len(neuron_inputs) == 20 and not any(t.dim() == 5 for t in kept_b)

@@ -52,7 +52,9 @@ class Cluster:
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise UsageError(f"-device {requested_device}: CUDA is not available here; use -device cpu")
-            if (device.index or 0) >= torch.cuda.device_count():
+            if device.index is None:  # plain "cuda": the current device, named by its index from here on
+                device = torch.device("cuda", torch.cuda.current_device())
+            if device.index >= torch.cuda.device_count():
                 raise UsageError(f"-device {requested_device}: this machine has {torch.cuda.device_count()} "
                                  "CUDA device(s), numbered from 0")
             torch.cuda.set_device(device)
