@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from flashspike.examples import conv_fashion_mnist as cli
-from flashspike.examples.captured_step import CapturedStep
 from flashspike.examples.checkpoint import load_checkpoint
 from test_example_train import common, data_dir, epoch_lines, read_metrics, run_module  # noqa: F401 (fixture)
 
@@ -117,15 +116,6 @@ def test_cuda_graph_takes_only_its_three_values(capsys):
     assert "invalid choice: 'yes'" in capsys.readouterr().err
 
 
-def test_captured_step_refuses_a_cpu_device_and_no_warm_up():
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device, got cpu"):
-        CapturedStep(lambda images, targets: None, optimizer, torch.device("cpu"))
-    if torch.cuda.is_available():
-        with pytest.raises(ValueError, match="warmup_steps must be at least 1"):
-            CapturedStep(lambda images, targets: None, optimizer, torch.device("cuda"), warmup_steps=0)
-
-
 # ------------------------------------------------------------------ GPU: replays against eager steps
 
 def _trainer(*flags):
@@ -164,7 +154,7 @@ def test_cuda_graph_steps_match_eager_steps_gpu(monkeypatch):
     eager.net.train()
     graphed.net.train()
     losses = [both(*batch()) for _ in range(8)]
-    assert graphed.train_step.captured and graphed.train_step.warmed == 3
+    assert graphed.stepper.captured and graphed.stepper.graphs == 1
     assert len(set(map(float, losses))) > 1, "the losses should move as the net trains"
 
     both(*batch(16))  # a partial batch: eager in both, between replays

@@ -210,8 +210,7 @@ def test_triton_kernels_pack_as_the_pytorch_operations_do(dtype, count, width):
 def test_a_captured_training_step_keeps_spikes_in_bits_and_recomputes_h_gpu(backend, reproducible):
     # The packing kernels, the BatchNorm and neuron forwards run again in the backward, and their
     # buffers are captured with the step; replays train as the same steps run eagerly do.
-    from flashspike import batchnorm_recompute
-    from flashspike.examples.captured_step import CapturedStep
+    from flashspike import CapturedStep, batchnorm_recompute
 
     device = kernel_device(backend)
     eager, captured = _net(backend).to(device), _net(backend).to(device)
@@ -221,23 +220,14 @@ def test_a_captured_training_step_keeps_spikes_in_bits_and_recomputes_h_gpu(back
     batches = [(torch.rand(3, 4, 2, 8, 8, device=device) * 3, torch.randint(0, 5, (4,), device=device))
                for _ in range(6)]
 
-    def stepper(net):
+    def stepper(net, capture):
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, fused=True)
+        return CapturedStep(net, lambda out, y: nn.functional.cross_entropy(out.mean(0), y), optimizer,
+                            warmup_steps=2, capture=capture)
 
-        def step(x, y):
-            optimizer.zero_grad(set_to_none=False)
-            loss = nn.functional.cross_entropy(net(x).mean(0), y)
-            loss.backward()
-            optimizer.step()
-            functional.reset_net(net)
-            return loss.detach(), None
-        return step, optimizer
-
-    eager_step, _ = stepper(eager)
-    step, optimizer = stepper(captured)
-    replayed = CapturedStep(step, optimizer, torch.device(device), warmup_steps=2)
+    eager_step, replayed = stepper(eager, False), stepper(captured, True)
     for x, y in batches:
-        torch.testing.assert_close(replayed(x, y)[0], eager_step(x, y)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(replayed(x, y), eager_step(x, y), rtol=1e-5, atol=1e-6)
     assert replayed.captured
     for (name, a), b in zip(eager.named_parameters(), captured.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

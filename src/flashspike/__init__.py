@@ -8,8 +8,9 @@ Port SpikingJelly-style code by changing its import::
 from . import (batchnorm_recompute, cuda_utils, encoding, functional, layer, monitor, neuron, pooling, rnn,
                spike_bits, surrogate)
 from .backends import KNOWN_BACKENDS, BackendError
+from .captured import CapturedStep
 from .compiling import compile
 
 __version__ = "0.1.0"
 __all__ = ["neuron", "surrogate", "layer", "functional", "encoding", "monitor", "rnn", "cuda_utils", "spike_bits",
-           "pooling", "batchnorm_recompute", "KNOWN_BACKENDS", "BackendError", "compile"]
+           "pooling", "batchnorm_recompute", "KNOWN_BACKENDS", "BackendError", "compile", "CapturedStep"]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import compiling
+from ..captured import CapturedStep
 from ..cuda_utils import median_seconds
 
 INPUTS = {  # name -> (channels, height, width, num_classes)
@@ -190,32 +191,21 @@ def run_row(spec: dict) -> dict:
     captured = spec["mode"] == "captured"
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if cuda else {}))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    def step(x, labels):
-        """Forward, loss, backward, SGD step; capturable (gradients zeroed in place, no autocast cache)."""
-        if spec["mode"] == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()
-        optimizer.zero_grad(set_to_none=not captured)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
-                            cache_enabled=not captured):
-            out = model(x)
-        if spec["model"] == "fmnist":  # the example's loss: firing rates against one-hot targets
-            loss = F.mse_loss(out.float(), F.one_hot(labels, num_classes).float())
-        else:
-            loss = F.cross_entropy(out.float().mean(0), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        reset_net(net)
-        return loss.detach(), out.detach()
-
-    if captured:
-        from ..examples.captured_step import CapturedStep
-
-        step = CapturedStep(step, optimizer, device, warmup_steps=3)
+    if spec["model"] == "fmnist":  # the example's loss: firing rates against one-hot targets
+        def loss_fn(out, labels):
+            return F.mse_loss(out.float(), F.one_hot(labels, num_classes).float())
+    else:
+        def loss_fn(out, labels):
+            return F.cross_entropy(out.float().mean(0), labels)
+    # Forward, loss, backward, SGD step, reset_net: replayed from one CUDA graph in the captured mode.
+    step = CapturedStep(model, loss_fn, optimizer, scaler, autocast_dtype=amp_dtype, capture=captured,
+                        warmup_steps=3)
+    mark_step = spec["mode"] == "reduce-overhead"
     counter = iter(range(1 << 62))
 
     def call():
+        if mark_step:  # the compiler's CUDA graphs: the last step's outputs have been consumed
+            torch.compiler.cudagraph_mark_step_begin()
         return step(*batches[next(counter) % BATCH_POOL])
 
     started = time.perf_counter()
@@ -232,7 +222,7 @@ def run_row(spec: dict) -> dict:
         started = time.perf_counter()
         total = torch.zeros((), device=device)
         for _ in range(spec["epoch_steps"]):
-            total += call()[0]
+            total += call()
         total.item()  # the epoch ends when its last loss is on the host
         row["epoch_s"] = time.perf_counter() - started
     row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None

@@ -6,7 +6,7 @@ device as uint8 (47 MB), a batch is an index gather there, and the loss and accu
 device, so a training step never waits for the host (one synchronization ends the training part of an
 epoch, one more the test). Optimizers are fused on CUDA, which lets the AMP scaler skip its per-step
 inf check on the host. On one CUDA device the whole training step is then captured once as a CUDA
-graph and replayed (``-cuda_graph auto``, see captured_step.py): eager, the step's hundred-odd
+graph and replayed (``-cuda_graph auto``, see flashspike.CapturedStep): eager, the step's hundred-odd
 operations cost the host about twice the GPU's time, and replaying removes that host work without
 changing a number the step computes.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import backends, compiling, functional
-from .captured_step import CapturedStep
+from ..captured import CapturedStep
 from .csnn import CSNN
 from .fashion_mnist import NUM_CLASSES
 
@@ -119,6 +119,23 @@ def as_input(images_u8: torch.Tensor) -> torch.Tensor:
     return images_u8.unsqueeze(1).float().div_(255)
 
 
+class ByteImages(nn.Module):
+    """``net`` on the data set's uint8 images ``[B, 28, 28]``, converted by :func:`as_input` inside the
+    training step (so a captured step converts the batch on the device too)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        return self.net(as_input(images_u8))
+
+
+def rate_loss(rates: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The example's loss: mean squared error of the firing rates against one-hot targets, in float32."""
+    return F.mse_loss(rates.float(), targets)
+
+
 def batches(order: torch.Tensor, batch_size: int, drop_last: bool, max_batches: int | None):
     """Slices of ``order`` (indices on the device), one per batch."""
     count = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
@@ -184,13 +201,13 @@ class Trainer:
             # The neurons are custom operators the compiler sees through; their state stays a Python
             # attribute, which reset_net (outside the compiled region) puts back to rest.
             self.model = compiling.compile(self.model, mode=args.compile, fullgraph=True)
-        # -cuda_graph: the step must be capturable (see captured_step.py), and every full batch replays it.
+        # One training step (forward, loss, backward, optimizer and scaler steps, reset_net); with
+        # -cuda_graph captured once and replayed for every full batch (a partial one runs eagerly).
         self.capturable = bool(args.cuda_graph)
-        self.train_step = self.step
-        if self.capturable:
-            if self.device.type != "cuda":
-                raise UsageError(f"-cuda_graph needs a CUDA device, but the device is {self.device}")
-            self.train_step = CapturedStep(self.step, self.optimizer, self.device)
+        if self.capturable and self.device.type != "cuda":
+            raise UsageError(f"-cuda_graph needs a CUDA device, but the device is {self.device}")
+        self.stepper = CapturedStep(ByteImages(self.model), rate_loss, self.optimizer, self.scaler,
+                                    autocast_dtype=self.amp_dtype if args.amp else None, capture=self.capturable)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -213,29 +230,16 @@ class Trainer:
         except (backends.BackendError, ImportError) as error:
             raise UsageError(f"-backend {self.args.backend} cannot run on {self.device}: {error}") from None
 
-    def _autocast(self, cache_enabled: bool = True):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp,
-                              cache_enabled=cache_enabled)
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.args.amp)
 
-    def step(self, images_u8: torch.Tensor, targets: torch.Tensor):
-        """One training step on a batch; returns (loss, rates), both still on the device.
-
-        It starts and ends with the neurons at rest. Capturable when ``self.capturable``: gradients are
-        zeroed in place and autocast keeps no weight cache (its casts would live outside the graph).
-        """
+    def train_step(self, images_u8: torch.Tensor, targets: torch.Tensor):
+        """One training step on a batch; returns (loss, rates), both still on the device (a captured
+        step's are overwritten by the next step). It starts and ends with the neurons at rest."""
         if self.mark_compiled_step:
             torch.compiler.cudagraph_mark_step_begin()
-        self.optimizer.zero_grad(set_to_none=not self.capturable)
-        with self._autocast(cache_enabled=not self.capturable):
-            rates = self.model(as_input(images_u8))
-        loss = F.mse_loss(rates.float(), targets)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        functional.reset_net(self.net)  # the next batch starts from rest
-        # Detached: a caller holding them must not keep this step's autograd graph (and with it the
-        # parameters' AccumulateGrad nodes, bound to this step's stream) alive into the next step.
-        return loss.detach(), rates.detach()
+        loss = self.stepper(images_u8, targets)
+        return loss, self.stepper.outputs
 
     def train_epoch(self, split: DeviceSplit, batch_indices: list, progress=None) -> torch.Tensor:
         """[loss sum, correct, count] over the batches, on the device (no sync)."""

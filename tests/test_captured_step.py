@@ -1,0 +1,257 @@
+"""flashspike.CapturedStep: the whole training step replayed from a CUDA graph.
+
+CPU: the same steps run eagerly (with a notice), equal to a hand-written training loop; every bad
+argument named. GPU (marked ``gpu``): replays equal the same steps run eagerly (losses, outputs,
+weights) with AMP and a GradScaler, fused and capturable optimizers, an LR scheduler, batches of another
+shape (eager, or a graph of their own), a zoo model and a model written with flashspike neurons only.
+"""
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashspike import CapturedStep, functional, layer, neuron, surrogate
+from conftest import kernel_device
+
+
+def _net(backend="torch", seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        layer.SeqToANNContainer(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8)),
+        neuron.MultiStepLIFNode(tau=2.0, surrogate_function=surrogate.ATan(), backend=backend),
+        layer.SeqToANNContainer(nn.Flatten(), nn.Linear(8 * 6 * 6, 5)),
+        neuron.MultiStepIFNode(v_threshold=0.2, surrogate_function=surrogate.ATan(), backend=backend),
+    )
+
+
+def _rate_loss(out, labels):
+    return F.cross_entropy(out.float().mean(0), labels)
+
+
+def _batches(device, count=6, b=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [((torch.rand(3, b, 2, 6, 6, generator=g) * 3).to(device), torch.randint(0, 5, (b,), generator=g).to(device))
+            for _ in range(count)]
+
+
+# ------------------------------------------------------------------ CPU: eager steps, bad arguments
+
+def test_on_the_cpu_steps_run_eagerly_as_a_plain_training_loop():
+    plain, stepped = _net(), _net()
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.5, momentum=0.9)
+    opt_stepped = torch.optim.SGD(stepped.parameters(), lr=0.5, momentum=0.9)
+    sched_plain = torch.optim.lr_scheduler.StepLR(opt_plain, 2, 0.5)
+    sched_stepped = torch.optim.lr_scheduler.StepLR(opt_stepped, 2, 0.5)
+    with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device; the model is on cpu"):
+        step = CapturedStep(stepped, _rate_loss, opt_stepped)
+    losses = []
+    for x, y in _batches("cpu"):
+        opt_plain.zero_grad()
+        out = plain(x)
+        loss = _rate_loss(out, y)
+        loss.backward()
+        opt_plain.step()
+        functional.reset_net(plain)
+        sched_plain.step()
+        got = step(x, y)
+        sched_stepped.step()
+        assert torch.equal(got, loss.detach()) and not got.requires_grad
+        assert torch.equal(step.outputs, out.detach())
+        losses.append(float(got))
+    assert len(set(losses)) > 1, "the loss should move as the net trains"
+    assert not step.captured and step.steps == 6
+    for (name, a), b in zip(plain.named_parameters(), stepped.parameters()):
+        assert torch.equal(a, b), name
+    assert all(isinstance(m.v, float) for m in stepped if isinstance(m, neuron.MultiStepIFNode)), "reset after each step"
+
+
+def test_capture_false_says_nothing_and_reset_false_keeps_the_state():
+    net = _net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step = CapturedStep(net, _rate_loss, torch.optim.SGD(net.parameters(), lr=0.1), capture=False, reset=False)
+    x, y = _batches("cpu", 1)[0]
+    step(x, y)
+    assert isinstance(net[1].v, torch.Tensor) and net[1].v.shape == (4, 8, 6, 6)
+
+
+def test_inputs_and_targets_may_be_nested():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, pair):
+            return self.fc(pair["a"]) + pair["b"]
+
+    net = TwoInputs()
+    step = CapturedStep(net, lambda out, t: F.mse_loss(out, t[0]) * t[1], torch.optim.SGD(net.parameters(), lr=0.1),
+                        capture=False)
+    loss = step({"a": torch.ones(4, 3), "b": torch.zeros(4, 2)}, (torch.ones(4, 2), 2.0))
+    assert loss.shape == () and step.outputs.shape == (4, 2)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(model=lambda x: x), TypeError, "model must be a torch.nn.Module, got function"),
+    (dict(loss_fn=3), TypeError, "loss_fn must be callable"),
+    (dict(optimizer="sgd"), TypeError, "optimizer must be a torch.optim.Optimizer, got str"),
+    (dict(autocast_dtype=torch.float32), ValueError, "autocast_dtype must be None, torch.float16 or torch.bfloat16"),
+    (dict(warmup_steps=0), ValueError, "warmup_steps must be an integer of at least 1"),
+    (dict(warmup_steps=True), ValueError, "warmup_steps must be an integer of at least 1"),
+    (dict(warmup_steps=2.0), ValueError, "warmup_steps must be an integer of at least 1"),
+    (dict(other_shapes="graph"), ValueError, r"other_shapes must be one of \('eager', 'capture'\), got 'graph'"),
+])
+def test_bad_arguments_are_named(kwargs, error, match):
+    net = nn.Linear(2, 2)
+    arguments = dict(model=net, loss_fn=F.mse_loss, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), capture=False)
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        CapturedStep(**arguments)
+
+
+def test_a_model_without_parameters_or_on_two_devices_is_refused():
+    with pytest.raises(ValueError, match="parameters must be on one device, found none"):
+        CapturedStep(nn.ReLU(), F.mse_loss, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1))
+    split = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2, device="meta"))
+    with pytest.raises(ValueError, match=r"one device, found \['cpu', 'meta'\]"):
+        CapturedStep(split, F.mse_loss, torch.optim.SGD(split.parameters(), lr=0.1))
+
+
+# ------------------------------------------------------------------ GPU: replays against eager steps
+
+def _pair(make_net, make_optimizer, scaled, device, **kwargs):
+    """The same net and optimizer twice: stepped eagerly and captured."""
+    steps = []
+    for capture in (False, True):
+        net = make_net().to(device)
+        optimizer = make_optimizer(net.parameters())
+        scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 10) if scaled else None
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
+        steps.append((CapturedStep(net, _rate_loss, optimizer, scaler, capture=capture, **kwargs), net, scheduler))
+    return steps
+
+
+def _run_both(steps, batches):
+    losses = []
+    for x, y in batches:
+        results = []
+        for step, _, scheduler in steps:
+            results.append((step(x, y).clone(), step.outputs.clone()))
+            scheduler.step()
+        (loss_a, out_a), (loss_b, out_b) = results
+        torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out_b, out_a, rtol=0, atol=1e-6)
+        losses.append(float(loss_a))
+    return losses
+
+
+def _same_weights(steps):
+    (_, a, _), (_, b, _) = steps
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cupy", "triton"])
+@pytest.mark.parametrize("optimizer, scaled, dtype", [
+    (lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, fused=True), True, torch.float16),
+    (lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True), True, torch.float16),
+    (lambda p: torch.optim.Adam(p, lr=1e-2, capturable=True), False, torch.bfloat16),
+    (lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, fused=True), False, None),
+], ids=["sgd-fp16-scaled", "adamw-fp16-scaled", "adam-capturable-bf16", "sgd-fp32"])
+def test_replays_train_as_eager_steps_gpu(backend, optimizer, scaled, dtype, reproducible):
+    device = kernel_device(backend)
+    steps = _pair(lambda: _net(backend), optimizer, scaled, device, autocast_dtype=dtype)
+    losses = _run_both(steps, _batches(device, 8))
+    assert steps[1][0].captured and steps[1][0].graphs == 1 and not steps[0][0].captured
+    assert len(set(losses)) > 1
+    _same_weights(steps)
+    # the scheduler's learning rate reached the graph: a float in the group, the same as the eager one's
+    assert steps[1][0].optimizer.param_groups[0]["lr"] == steps[0][0].optimizer.param_groups[0]["lr"]
+    assert isinstance(steps[1][0].optimizer.param_groups[0]["lr"], float)
+
+
+@pytest.mark.gpu
+def test_a_batch_of_another_shape_runs_eagerly_or_gets_its_own_graph_gpu(reproducible):
+    device = kernel_device("cupy")
+    sgd = lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, fused=True)  # noqa: E731
+    full, partial = _batches(device, 6, b=4), _batches(device, 3, b=2, seed=2)
+    mixed = [full[0], full[1], full[2], full[3], partial[0], full[4], partial[1], partial[2], full[5], partial[0]]
+    for other_shapes, graphs in (("eager", 1), ("capture", 2)):
+        steps = _pair(_net, sgd, True, device, autocast_dtype=torch.float16, other_shapes=other_shapes)
+        _run_both(steps, mixed)
+        assert steps[1][0].graphs == graphs
+        _same_weights(steps)
+
+
+@pytest.mark.gpu
+def test_a_learning_rate_of_zero_freezes_the_replayed_weights_gpu():
+    device = kernel_device("cupy")
+    net = _net("cupy").to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.0, fused=True)
+    step = CapturedStep(net, _rate_loss, optimizer, warmup_steps=1)
+    batches = _batches(device, 4)
+    for x, y in batches[:2]:
+        step(x, y)
+    assert step.captured
+    optimizer.param_groups[0]["lr"] = 0.0
+    before = [p.detach().clone() for p in net.parameters()]
+    step(*batches[2])
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before)), "the replay ignored a learning rate of 0"
+    optimizer.param_groups[0]["lr"] = 0.1
+    step(*batches[3])
+    assert not all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+
+
+@pytest.mark.gpu
+def test_an_optimizer_that_reads_the_host_is_refused_gpu():
+    net = nn.Linear(2, 2).cuda()
+    with pytest.raises(ValueError, match="SGD must be created with fused=True"):
+        CapturedStep(net, F.mse_loss, torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="with a GradScaler, Adam must be created with fused=True"):
+        CapturedStep(net, F.mse_loss, torch.optim.Adam(net.parameters(), capturable=True), torch.amp.GradScaler("cuda"))
+    # a disabled scaler is no scaler
+    CapturedStep(net, F.mse_loss, torch.optim.Adam(net.parameters(), capturable=True),
+                 torch.amp.GradScaler("cuda", enabled=False))
+
+
+@pytest.mark.gpu
+def test_a_zoo_model_and_a_model_of_flashspike_neurons_only_gpu(reproducible):
+    from flashspike.model import sew_resnet
+
+    device = kernel_device("triton")
+
+    def sew():
+        torch.manual_seed(0)
+        return sew_resnet.multi_step_sew_resnet18(num_classes=5, cnf="ADD", multi_step_neuron=neuron.MultiStepIFNode,
+                                                  surrogate_function=surrogate.ATan(), detach_reset=True,
+                                                  backend="triton").to(memory_format=torch.channels_last)
+
+    class Attention(nn.Module):  # written as a Spikformer-style model file is: plain layers, flashspike neurons
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.q, self.k, self.v = (nn.Linear(16, 16) for _ in range(3))
+            self.q_lif, self.k_lif, self.v_lif = (neuron.MultiStepLIFNode(tau=2.0, detach_reset=True, backend="triton")
+                                                  for _ in range(3))
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):  # [T, B, N, 16]
+            q, k, v = self.q_lif(self.q(x)), self.k_lif(self.k(x)), self.v_lif(self.v(x))
+            return self.head((q @ k.transpose(-2, -1) @ v * 0.125).mean(2))
+
+    sgd = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, fused=True)  # noqa: E731
+    g = torch.Generator().manual_seed(3)
+    images = [((torch.rand(2, 4, 3, 32, 32, generator=g) * 2).to(device), torch.randint(0, 5, (4,), generator=g).to(device))
+              for _ in range(5)]
+    tokens = [(torch.randn(2, 4, 6, 16, generator=g).to(device), torch.randint(0, 5, (4,), generator=g).to(device))
+              for _ in range(5)]
+    for make, batches in ((sew, images), (Attention, tokens)):
+        steps = _pair(make, sgd, True, device, autocast_dtype=torch.float16)
+        _run_both(steps, batches)
+        assert steps[1][0].captured
+        _same_weights(steps)
