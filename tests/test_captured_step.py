@@ -159,7 +159,7 @@ def _same_weights(steps):
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
 @pytest.mark.parametrize("optimizer, scaled, dtype", [
     (lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, fused=True), True, torch.float16),
-    (lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True), True, torch.float16),
+    (lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True, capturable=True), True, torch.float16),
     (lambda p: torch.optim.Adam(p, lr=1e-2, capturable=True), False, torch.bfloat16),
     (lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, fused=True), False, None),
 ], ids=["sgd-fp16-scaled", "adamw-fp16-scaled", "adam-capturable-bf16", "sgd-fp32"])
@@ -212,6 +212,8 @@ def test_an_optimizer_that_reads_the_host_is_refused_gpu():
     net = nn.Linear(2, 2).cuda()
     with pytest.raises(ValueError, match="SGD must be created with fused=True"):
         CapturedStep(net, F.mse_loss, torch.optim.SGD(net.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="AdamW must be created with capturable=True"):
+        CapturedStep(net, F.mse_loss, torch.optim.AdamW(net.parameters(), fused=True))
     with pytest.raises(ValueError, match="with a GradScaler, Adam must be created with fused=True"):
         CapturedStep(net, F.mse_loss, torch.optim.Adam(net.parameters(), capturable=True), torch.amp.GradScaler("cuda"))
     # a disabled scaler is no scaler

@@ -168,24 +168,29 @@ def test_gradients_equal_pytorchs_own_bit_for_bit_gpu(backend, reproducible):
 
 def test_compiled_layers_take_their_ordinary_path(reproducible):
     # With every memory switch on, a compiled kernel-backend net is one graph (no switch breaks it) and
-    # trains as the plain net does.
+    # trains exactly as the same net compiled without the switches: in a graph, each switched layer
+    # is its ordinary self.
     from flashspike import batchnorm_recompute, pooling
 
     torch._dynamo.reset()
     device = kernel_device("triton")
     plain = _net("triton").to(device)
-    lean = copy.deepcopy(plain)
+    lean, compiled_plain = copy.deepcopy(plain), copy.deepcopy(plain)
     spike_bits.store_spike_inputs_in_bits(lean)
     pooling.store_pool_indices_in_bytes(lean)
     batchnorm_recompute.recompute_h_after_batchnorm(lean)
     x = (torch.rand(3, 4, 2, 8, 8) * 3).to(device)
-    compiled = torch.compile(lean, backend="aot_eager", fullgraph=True)
     out_plain, grads_plain = _train_step(plain, x, None)
-    out_lean, grads_lean = _train_step(compiled, x, None)
-    torch.testing.assert_close(out_lean, out_plain, rtol=0, atol=0)
-    assert list(grads_lean) == ["_orig_mod." + name for name in grads_plain]
+    out_lean, grads_lean = _train_step(torch.compile(lean, backend="aot_eager", fullgraph=True), x, None)
+    out_compiled, grads_compiled = _train_step(torch.compile(compiled_plain, backend="aot_eager", fullgraph=True), x,
+                                               None)
+    assert torch.equal(out_lean, out_compiled) and torch.equal(out_lean, out_plain)
+    assert list(grads_lean) == list(grads_compiled) == ["_orig_mod." + name for name in grads_plain]
     for name, grad in grads_plain.items():
-        torch.testing.assert_close(grads_lean["_orig_mod." + name], grad, rtol=1e-6, atol=1e-7, msg=name)
+        assert torch.equal(grads_lean["_orig_mod." + name], grads_compiled["_orig_mod." + name]), name
+        # against the eager net: the traced BatchNorm is not cuDNN's on a GPU, so its rounding differs there
+        tolerance = dict(rtol=1e-4, atol=1e-5) if device == "cuda" else dict(rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(grads_lean["_orig_mod." + name], grad, **tolerance, msg=name)
 
 
 @pytest.mark.parametrize("width", spike_bits.WIDTHS)

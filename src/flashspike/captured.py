@@ -19,9 +19,10 @@ What capture needs, and how this class provides it:
   steps run eagerly on a side stream (PyTorch's recipe for whole-network capture): they compile the
   neuron kernels, let cuDNN choose its algorithms, create the gradients, the optimizer's state and the
   scaler's. The next call records the step and replays it, training on its batch.
-- No host synchronization in the step. The optimizer must be fused (``fused=True``) or capturable
-  (``capturable=True``); with a GradScaler it must be fused, so the scaler hands it the inverse scale
-  and the inf flag on the device, and ``scaler.update()`` stays on the device too.
+- No host synchronization in the step. The optimizer must be capturable: ``capturable=True`` where it
+  has that option (Adam, AdamW), ``fused=True`` where it has not (SGD); with a GradScaler it must be
+  fused as well, so the scaler hands it the inverse scale and the inf flag on the device, and
+  ``scaler.update()`` stays on the device too.
 - The learning rate read from device memory. A fused or capturable optimizer given a one-element CUDA
   tensor as its learning rate reads it at every replay. Such tensors stand in the param groups only
   while warming up and capturing; otherwise the groups hold their floats, so LR schedulers and
@@ -99,7 +100,8 @@ class CapturedStep:
     Args:
         model: the network (an ``nn.Module`` whose parameters are on one device).
         loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
-        optimizer: on CUDA, created with ``fused=True`` or ``capturable=True``.
+        optimizer: on CUDA, created with ``capturable=True`` (Adam, AdamW) or ``fused=True`` (SGD), and
+            fused with a GradScaler.
         scaler: a ``torch.amp.GradScaler``, or None (no loss scaling).
         autocast_dtype: ``torch.float16`` or ``torch.bfloat16`` for mixed precision, or None.
         warmup_steps: eager steps before the capture (at least 1).
@@ -154,10 +156,15 @@ class CapturedStep:
         if any(isinstance(m, nn.parallel.DistributedDataParallel) for m in self.model.modules()):
             raise ValueError("CapturedStep does not capture DistributedDataParallel's gradient all-reduce; "
                              "train a DDP model with capture=False")
-        options = self.optimizer.defaults
-        if not (options.get("fused") or options.get("capturable")):
-            raise ValueError(f"{type(self.optimizer).__name__} must be created with fused=True (or capturable=True) "
-                             "for its step to be captured: otherwise it reads values on the host at every step")
+        options, name = self.optimizer.defaults, type(self.optimizer).__name__
+        # Optimizers with a `capturable` option (Adam, AdamW, ...) refuse capture without it, fused or
+        # not; those without one (SGD) capture only fused, which reads the learning rate on the device.
+        if "capturable" in options and not options["capturable"]:
+            raise ValueError(f"{name} must be created with capturable=True for its step to be captured "
+                             "(it keeps its step count on the host otherwise)")
+        if "capturable" not in options and not options.get("fused"):
+            raise ValueError(f"{name} must be created with fused=True for its step to be captured: otherwise "
+                             "it reads the learning rate on the host at every step")
         if self.scaler is not None and not getattr(self.optimizer, "_step_supports_amp_scaling", False):
             raise ValueError(f"with a GradScaler, {type(self.optimizer).__name__} must be created with fused=True: "
                              "the scaler then hands it the inf check on the device instead of reading it on the host")
