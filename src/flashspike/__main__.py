@@ -10,7 +10,8 @@ from . import __version__
 COMMANDS = """commands:
   python -m flashspike.examples.conv_fashion_mnist --help   train the Fashion-MNIST example
   python -m flashspike.examples.plot --help                 draw the curves of training runs
-  python -m flashspike.benchmarks.neuron --help             time the neuron backends"""
+  python -m flashspike.benchmarks.neuron --help             time the neuron backends
+  python -m flashspike.benchmarks.train --help              time training steps of deep SNNs"""
 
 
 def main(argv=None) -> int:

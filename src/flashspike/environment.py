@@ -51,6 +51,9 @@ def report() -> str:
         f"backends on {device.type}:",
     ]
     for name, problem in backend_status(device).items():
+        if problem is not None and not cuda and name in _PACKAGES:
+            # The backend's own error speaks of the probe tensor's device; the machine's fact is simpler.
+            problem = f"no CUDA device here (it runs on CUDA GPUs; {_installed(_PACKAGES[name])})"
         lines.append(f"  {name:7} {'runs here' if problem is None else 'does not run here: ' + problem}")
     chosen = backends.resolve("auto", torch.zeros(2, 1, device=device)).name
     lines.append(f"  auto    -> {chosen}")
