@@ -86,8 +86,11 @@ def test_one_run_goes_into_its_own_folder_with_markers(tmp_path, capsys, monkeyp
     drawn = []
     original = matplotlib.figure.Figure.savefig
 
+    limits = []
+
     def savefig(figure, *args, **kwargs):
         drawn.extend((line.get_marker(), len(line.get_xdata())) for axes in figure.axes for line in axes.lines)
+        limits.extend(axes.get_xlim() for axes in figure.axes)
         return original(figure, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
@@ -95,4 +98,6 @@ def test_one_run_goes_into_its_own_folder_with_markers(tmp_path, capsys, monkeyp
     assert plot.main([str(run)]) == 0
     assert capsys.readouterr().out.splitlines() == [f"wrote {run / 'accuracy.png'}", f"wrote {run / 'loss.png'}"]
     assert drawn and all(marker not in (None, "None", "", " ") and points == 1 for marker, points in drawn), drawn
+    assert drawn[0][0] != drawn[1][0], "train and test points must differ by more than their (invisible) lines"
+    assert limits == [(-1.0, 1.0)] * 2, "epoch 0 alone gets an axis of whole epochs around it"
     assert not (tmp_path / "accuracy.png").exists()

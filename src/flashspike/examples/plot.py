@@ -4,7 +4,7 @@
 
 Each LOGDIR is a run's log folder from :mod:`flashspike.examples.conv_fashion_mnist`. Its per-epoch
 numbers come from metrics.jsonl, or from the TensorBoard event files when that is absent. Writes
-accuracy.png and loss.png (train dashed, test solid, one colour per run, a marker per epoch) into
+accuracy.png and loss.png (train dashed with hollow circles, test solid with squares, one colour per run) into
 ``-o DIR``: by default the LOGDIR itself when there is one, else the current folder; it prints the
 paths it wrote.
 """
@@ -83,15 +83,21 @@ def plot_runs(runs: dict[str, dict], out_dir) -> list[Path]:
     written = []
     for quantity, ylabel in (("acc", "accuracy"), ("loss", "loss (MSE)")):
         figure, axes = plt.subplots(figsize=(7, 4.5))
+        drawn_epochs = set()
         for index, (label, curves) in enumerate(runs.items()):
             colour = f"C{index % 10}"
-            for split, style in (("train", "--"), ("test", "-")):
+            # markers: a run of one epoch is one point, which a line alone would not draw; train's are
+            # hollow circles and test's filled squares, so the two splits differ without their lines
+            for split, style, marker, face in (("train", "--", "o", "none"), ("test", "-", "s", colour)):
                 points = curves[f"{split}_{quantity}"]
                 if points:
                     epochs, values = zip(*points)
-                    # markers: a run of one epoch is one point, which a line alone would not draw
-                    axes.plot(epochs, values, style, marker="o", markersize=3, color=colour,
-                              label=f"{label} ({split})")
+                    drawn_epochs.update(epochs)
+                    axes.plot(epochs, values, style, marker=marker, markersize=4, color=colour,
+                              markerfacecolor=face, label=f"{label} ({split})")
+        if len(drawn_epochs) == 1:  # matplotlib would span a few hundredths of an epoch around it
+            (epoch,) = drawn_epochs
+            axes.set_xlim(epoch - 1, epoch + 1)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel(ylabel)
