@@ -308,7 +308,8 @@ def test_variants_run_and_name_their_folder(data_dir, tmp_path, capsys, extra, f
 def test_bench_steps_reports_a_step_time_without_data(capsys):
     assert cli.main(["-device", "cpu", "-channels", "4", "-b", "8", "-bench_steps", "2", "-data_dir", "/nonexistent"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^bench: device=cpu, T=4, b=8, .*step_time_ms=\d+\.\d+$", out, re.M), out
+    assert re.search(r"^bench: device=cpu, T=4, b=8, .*step_time_ms=\d+\.\d+, peak_rss_mib=(\d+\.\d)$", out, re.M), out
+    assert float(re.search(r"peak_rss_mib=(\S+)$", out, re.M).group(1)) > 50  # torch alone takes more
 
 
 # ------------------------------------------------------------------ flags

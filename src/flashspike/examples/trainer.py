@@ -15,8 +15,14 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 import warnings
+
+try:
+    import resource  # Unix only
+except ImportError:
+    resource = None
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,9 @@ from .. import backends, compiling, functional
 from ..captured import CapturedStep
 from .csnn import CSNN
 from .fashion_mnist import NUM_CLASSES
+
+
+RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss counts bytes on macOS, KiB on Linux
 
 
 class UsageError(Exception):
@@ -295,7 +304,11 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
         started = time.perf_counter()
         for _ in range(steps):
             trainer.train_step(images, targets)
-        seconds, memory = time.perf_counter() - started, ""
+        seconds = time.perf_counter() - started
+        # No allocator statistics on the CPU: the process's peak resident memory (the interpreter and
+        # PyTorch included), where the platform reports it.
+        memory = "" if resource is None else \
+            f", peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT / 2**20:.1f}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"bench: device={name}, T={args.T}, b={args.b}, amp={args.amp}, step_mode={args.step_mode}, "
           f"backend={trainer.check_backend()}, memory_format={str(trainer.net.memory_format).replace('torch.', '')}, "
