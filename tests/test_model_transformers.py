@@ -284,7 +284,8 @@ def test_triton_backend_trains_like_torch(case):
     device = kernel_device("triton")
     reference = _spread(_build(case, backend="torch")).to(device)
     model = copy.deepcopy(reference)
-    assert functional.set_backend(model, "triton") == sum(isinstance(m, neuron.MultiStepLIFNode) for m in model.modules())
+    neurons = sum(isinstance(m, neuron.MultiStepLIFNode) for m in model.modules())
+    assert functional.set_backend(model, "triton") == neurons
     x, _ = _inputs(case, dtype=torch.float32)
     expected, got = _training_step(reference, x.to(device)), _training_step(model, x.to(device))
     assert expected[0].abs().sum() > 0
