@@ -144,6 +144,9 @@ def test_transformer_rows_train_with_adamw(model, monkeypatch):
     assert sum(p.numel() for p in optimizer.param_groups[0]["params"]) > 2 * 32 * 64  # the whole model
     sgd = train_worker.make_optimizer("sew_resnet18", [torch.zeros(1, requires_grad=True)], False)
     assert type(sgd) is torch.optim.SGD
+    # on CUDA: what a captured step needs (AdamW's step() refuses a capture unless capturable)
+    on_cuda = train_worker.make_optimizer(model, [torch.zeros(1, requires_grad=True)], True)
+    assert on_cuda.defaults["fused"] and on_cuda.defaults["capturable"]
 
 
 def test_the_first_convolution_is_the_stem_also_when_a_parent_holds_a_later_one():

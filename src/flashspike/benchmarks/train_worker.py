@@ -165,12 +165,13 @@ MEMORY_SWITCHES = {
 
 
 def make_optimizer(model_name: str, parameters, cuda: bool) -> torch.optim.Optimizer:
-    """AdamW for the transformers, SGD with momentum for the others; fused on CUDA (which a captured step
-    needs: a fused optimizer keeps its step count on the device)."""
-    fused = {"fused": True} if cuda else {}
+    """AdamW for the transformers, SGD with momentum for the others; fused on CUDA. A captured step
+    needs its state on the device: fused SGD keeps it there; Adam and AdamW also need ``capturable``
+    (their ``step()`` refuses a CUDA graph capture without it)."""
     if model_name in TRANSFORMERS:
-        return torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.06, **fused)
-    return torch.optim.SGD(parameters, lr=0.01, momentum=0.9, **fused)
+        on_device = {"fused": True, "capturable": True} if cuda else {}
+        return torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.06, **on_device)
+    return torch.optim.SGD(parameters, lr=0.01, momentum=0.9, **({"fused": True} if cuda else {}))
 
 
 def class_scores(out: torch.Tensor) -> torch.Tensor:
