@@ -11,7 +11,9 @@
 - Kernel outputs start as NaN (``layouts.POISON_OUTPUTS``), so an element a kernel forgets to write fails.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +92,51 @@ def reproducible():
     yield
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
     torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+# ---- SpikingJelly as a peer in subprocesses ----
+
+SJ2_VARIABLE = "FLASHSPIKE_SJ2_PATH"
+# Modules that SpikingJelly's zoos import but the comparisons never use, as stand-ins for a machine
+# without them: 0.0.0.0.14's ResNets import torchvision's weight download, 2.x imports loguru and h5py.
+PEER_STUBS = {
+    "torchvision/__init__.py": "",
+    "torchvision/models/__init__.py": "",
+    "torchvision/models/utils.py": ("def load_state_dict_from_url(*args, **kwargs):\n"
+                                    "    raise RuntimeError('no weight downloads in tests')\n"),
+    "loguru/__init__.py": ("class _Silent:\n    def __getattr__(self, name):\n"
+                           "        return lambda *args, **kwargs: None\n\n\nlogger = _Silent()\n"),
+    "h5py/__init__.py": "",
+}
+
+
+def write_peer_stubs(folder: Path) -> Path:
+    """``folder`` with a stand-in for each module of :data:`PEER_STUBS` that is not installed."""
+    for relative, text in PEER_STUBS.items():
+        if importlib.util.find_spec(relative.split("/")[0]) is None:
+            path = folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    return folder
+
+
+@pytest.fixture
+def peer_stubs(tmp_path, monkeypatch):
+    """:func:`write_peer_stubs` in a fresh folder, which PYTHONPATH names for the test's subprocesses."""
+    folder = write_peer_stubs(tmp_path / "stubs")
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    return folder
+
+
+def spikingjelly2_path() -> Path:
+    """The folder holding SpikingJelly 2.x's ``spikingjelly`` package, named by FLASHSPIKE_SJ2_PATH (it
+    conflicts with an installed 0.0.0.0.14, so it is only ever imported in a subprocess). Unset: a skip;
+    naming a folder without it: a failure (a broken set-up must not pass for an absent one)."""
+    folder = os.environ.get(SJ2_VARIABLE)
+    if not folder:
+        pytest.skip(f"SpikingJelly 2.x not given: set {SJ2_VARIABLE} to the folder holding its spikingjelly package")
+    package = Path(folder) / "spikingjelly"
+    if not (package / "activation_based").is_dir() or (package / "clock_driven").is_dir():
+        pytest.fail(f"{SJ2_VARIABLE}={folder} holds no SpikingJelly 2.x (a spikingjelly package with "
+                    "activation_based and without 0.0.0.0.14's clock_driven)", pytrace=False)
+    return Path(folder)

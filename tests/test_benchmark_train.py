@@ -7,7 +7,7 @@ import torch
 
 from flashspike.benchmarks import train as bench
 from flashspike.benchmarks import train_worker
-from conftest import kernel_device
+from conftest import kernel_device, spikingjelly2_path
 
 TINY = ["--b", "2", "--t", "2", "--warmup", "1", "--steps", "1", "--repeats", "1", "--backend", "torch",
         "--device", "cpu"]
@@ -97,20 +97,7 @@ def test_a_missing_peer_path_is_skipped_with_the_reason(tmp_path):
     assert [s["subject"] for s in specs] == ["flashspike"]
 
 
-@pytest.fixture
-def torchvision_stub(tmp_path, monkeypatch):
-    """A ``torchvision.models.utils`` whose download raises: what SpikingJelly's zoo imports, nothing more."""
-    package = tmp_path / "stub" / "torchvision" / "models"
-    package.mkdir(parents=True)
-    (package.parent / "__init__.py").write_text("")
-    (package / "__init__.py").write_text("")
-    (package / "utils.py").write_text(
-        "def load_state_dict_from_url(*args, **kwargs):\n    raise RuntimeError('no downloads in tests')\n")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stub"))
-    return tmp_path / "stub"
-
-
-def test_spikingjelly_014_peer_runs_in_its_subprocess(tmp_path, torchvision_stub):
+def test_spikingjelly_014_peer_runs_in_its_subprocess(tmp_path, peer_stubs):
     spikingjelly = pytest.importorskip("spikingjelly")
     pytest.importorskip("spikingjelly.clock_driven")
     from pathlib import Path
@@ -123,6 +110,80 @@ def test_spikingjelly_014_peer_runs_in_its_subprocess(tmp_path, torchvision_stub
     peer = bench.run_spec(specs[1], timeout=300)  # the subprocess with the 0.0.0.0.14 path first
     assert "error" not in peer, peer
     assert peer["subject"] == "SpikingJelly 0.0.0.0.14 torch" and peer["ms"] > 0
+
+
+TINY_TRANSFORMERS = {  # the benchmark's transformers at a size a CPU trains in a moment
+    "spikformer": dict(img_size_h=32, img_size_w=32, patch_size=4, embed_dims=32, num_heads=2, mlp_ratio=2.0,
+                       depths=1),
+    "spike_driven_transformer": dict(embed_dims=32, num_heads=2, mlp_ratio=2.0, depths=1, pooling_stat="0011"),
+}
+
+
+def test_transformer_rows_build_the_papers_cifar10_configurations():
+    from flashspike.model import spike_driven_transformer, spikformer
+    from zoo_reference import key_shapes, on_meta
+
+    specs, _ = bench.row_specs(bench.parse_args(["--models", *train_worker.TRANSFORMERS, "--modes", "eager"]))
+    configs = {spec["model"]: spec["model_config"] for spec in specs}
+    assert key_shapes(on_meta(lambda: spikformer.Spikformer(num_classes=10, **configs["spikformer"]))) == \
+        key_shapes(on_meta(spikformer.spikformer_cifar10))
+    sdt = on_meta(lambda: spike_driven_transformer.SpikeDrivenTransformer(**configs["spike_driven_transformer"]))
+    assert (sdt.head.in_features, len(sdt.blocks), sdt.blocks[0].attn.num_heads) == (512, 2, 8)
+
+
+@pytest.mark.parametrize("model", train_worker.TRANSFORMERS)
+def test_transformer_rows_train_with_adamw(model, monkeypatch):
+    made = []
+    make_optimizer = train_worker.make_optimizer
+    monkeypatch.setattr(train_worker, "make_optimizer", lambda *args: made.append(make_optimizer(*args)) or made[-1])
+    (spec,) = bench.row_specs(bench.parse_args(["--models", model, "--modes", "eager", *TINY]))[0]
+    row = train_worker.run_row(dict(spec, model_config=TINY_TRANSFORMERS[model]))
+    assert row["ms"] > 0 and row["kept_MiB"] > 0 and row["subject"] == "flashspike torch"
+    (optimizer,) = made
+    assert type(optimizer) is torch.optim.AdamW
+    assert sum(p.numel() for p in optimizer.param_groups[0]["params"]) > 2 * 32 * 64  # the whole model
+    sgd = train_worker.make_optimizer("sew_resnet18", [torch.zeros(1, requires_grad=True)], False)
+    assert type(sgd) is torch.optim.SGD
+    # on CUDA: what a captured step needs (AdamW's step() refuses a capture unless capturable)
+    on_cuda = train_worker.make_optimizer(model, [torch.zeros(1, requires_grad=True)], True)
+    assert on_cuda.defaults["fused"] and on_cuda.defaults["capturable"]
+
+
+def test_the_first_convolution_is_the_stem_also_when_a_parent_holds_a_later_one():
+    from flashspike.model import spike_driven_transformer
+
+    model = spike_driven_transformer.SpikeDrivenTransformer(num_classes=3, embed_dims=16, num_heads=2, depths=1,
+                                                            pooling_stat="0011")
+    train_worker.adapt_stem(model, 2)
+    assert model.patch_embed.stages[0][0].in_channels == 2 and model.patch_embed.rpe_conv.in_channels == 16
+    assert model(torch.rand(1, 1, 2, 16, 16)).shape == (1, 3)
+
+
+def test_spikingjelly_014_has_no_transformers_and_says_so():
+    args = bench.parse_args(["--peers", "--models", "spikformer", "sew_resnet18", "--modes", "eager", *TINY])
+    specs, skipped = bench.row_specs(args)
+    assert skipped == {"SpikingJelly 0.0.0.0.14 spikformer": "SpikingJelly 0.0.0.0.14's model zoo has no spikformer"}
+    assert [(s["model"], s["subject"]) for s in specs] == [
+        ("spikformer", "flashspike"), ("spikformer", "sj2"),
+        ("sew_resnet18", "flashspike"), ("sew_resnet18", "sj014"), ("sew_resnet18", "sj2")]
+
+
+def test_spikingjelly_2_transformer_peers_run_in_their_subprocess(peer_stubs):
+    sj2 = spikingjelly2_path()
+    args = bench.parse_args(["--peers", "--sj2-path", str(sj2), "--models", *train_worker.TRANSFORMERS,
+                             "--modes", "eager", "reduce-overhead", "--dtype", "float32", *TINY])
+    specs, _ = bench.row_specs(args)
+    peers = [s for s in specs if s["subject"] == "sj2"]
+    assert [(s["model"], s["mode"]) for s in peers] == [(m, mode) for m in train_worker.TRANSFORMERS
+                                                        for mode in ("eager", "reduce-overhead")]
+    for spec in peers:
+        # 2.x's own classes, built in the subprocess with 2.x's path first
+        row = bench.run_spec(dict(spec, model_config=TINY_TRANSFORMERS[spec["model"]]), timeout=300)
+        if spec["mode"] == "reduce-overhead":
+            assert row["error"] == "needs CUDA"
+        else:
+            assert "error" not in row, row
+            assert row["subject"].startswith("SpikingJelly 2.") and row["ms"] > 0 and row["kept_MiB"] > 0
 
 
 @pytest.mark.gpu

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flashspike import functional, layer, neuron, surrogate
-from flashspike.model import sew_resnet, spiking_resnet, spiking_vgg
+from flashspike.model import sew_resnet, spike_driven_transformer, spikformer, spiking_resnet, spiking_vgg
 from conftest import require_backend
 
 
@@ -47,12 +47,18 @@ def _build(family, backend):
         options["v_threshold"] = 0.2
         model = parametric_lif_net.MultiStepCIFAR10DVSNet(16, neuron.MultiStepParametricLIFNode, **options)
         return model, torch.rand(4, 4, 2, 128, 128) * 3
+    elif family == "spikformer_cifar10":
+        model = spikformer.spikformer_cifar10(**options)
+    elif family == "sdt_cifar10":
+        model = spike_driven_transformer.SpikeDrivenTransformer(num_classes=10, embed_dims=64, num_heads=8, depths=2,
+                                                                pooling_stat="0011", **options)
     else:
         raise ValueError(family)
     return model, torch.rand(4, 4, 3, 32, 32) * 4
 
 
-FAMILIES = ["spiking_resnet18", "spiking_resnet18_static", "sew_resnet18_iand", "spiking_vgg11_bn", "plif_cifar10_dvs"]
+FAMILIES = ["spiking_resnet18", "spiking_resnet18_static", "sew_resnet18_iand", "spiking_vgg11_bn", "plif_cifar10_dvs",
+            "spikformer_cifar10", "sdt_cifar10"]
 
 
 def test_sew_resnet_compiles_without_graph_breaks_cpu():

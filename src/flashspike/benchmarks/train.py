@@ -2,10 +2,13 @@
 
     python -m flashspike.benchmarks.train [--models sew_resnet18] [--input cifar] [--t 4 16] [--b 64] [--peers]
 
-A step is forward, loss, backward and an SGD step (momentum 0.9; fp16 autocast with loss scaling by
-default). Models: ``sew_resnet18`` (multi-step SEW-ResNet-18, cnf ADD, MultiStepIFNode, ATan,
-detach_reset=True), ``spiking_vgg11_bn`` (multi-step, same neuron) and ``fmnist`` (the Fashion-MNIST
-example's CSNN, which takes the static image ``[B, 1, 28, 28]`` and repeats it over T inside). Modes:
+A step is forward, loss, backward and an optimizer step (fp16 autocast with loss scaling by default):
+SGD with momentum 0.9, AdamW for the transformers. Models: ``sew_resnet18`` (multi-step SEW-ResNet-18,
+cnf ADD, MultiStepIFNode, ATan, detach_reset=True), ``spiking_vgg11_bn`` (multi-step, same neuron),
+``fmnist`` (the Fashion-MNIST example's CSNN, which takes the static image ``[B, 1, 28, 28]`` and repeats
+it over T inside), and two transformers in their papers' CIFAR-10 configurations with their default LIF
+neurons: ``spikformer`` (384 wide, 4 blocks, 12 heads, 4x4 patches; ``[T, B, classes]`` out) and
+``spike_driven_transformer`` (512 wide, 2 blocks, 8 heads, stem pools 0011; ``[B, classes]`` out). Modes:
 ``eager``, ``compile`` (``torch.compile`` default), ``reduce-overhead`` and ``captured`` (the whole
 step in one CUDA graph, as the example's ``-cuda_graph``).
 
@@ -23,8 +26,9 @@ round, and keeps each row's median.
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
 eager) and SpikingJelly 2.x (its activation_based zoo in multi-step mode, its own neuron kernels; eager
-and reduce-overhead), each in a subprocess whose PYTHONPATH puts ``--sj014-path`` / ``--sj2-path``
-first. Results: a markdown table, ``train_benchmark.json`` and ``train_step.png`` in ``--out``.
+and reduce-overhead; its own ``spikformer`` and ``spike_driven_transformer`` models too, which
+0.0.0.0.14 lacks), each in a subprocess whose PYTHONPATH puts ``--sj014-path`` / ``--sj2-path`` first.
+Results: a markdown table, ``train_benchmark.json`` and ``train_step.png`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -42,14 +46,16 @@ import torch
 from .. import __version__, backends
 from .charts import pyplot
 from .neuron import device_name
-from .train_worker import INPUTS, MARKER, MEMORY_SWITCHES
+from .train_worker import INPUTS, MARKER, MEMORY_SWITCHES, TRANSFORMER_CONFIGS, TRANSFORMERS
 
-MODELS = ("sew_resnet18", "spiking_vgg11_bn", "fmnist")
+MODELS = ("sew_resnet18", "spiking_vgg11_bn", "fmnist", *TRANSFORMERS)
 MODES = ("eager", "compile", "reduce-overhead", "max-autotune-no-cudagraphs", "captured")
 CUDA_ONLY_MODES = ("reduce-overhead", "captured")
 COMPILED_MODES = ("compile", "reduce-overhead", "max-autotune-no-cudagraphs")
 PEER_MODES = {"sj014": ("eager",), "sj2": ("eager", "reduce-overhead")}
-PEER_MODELS = ("sew_resnet18", "spiking_vgg11_bn")
+PEER_MODELS = {"sj014": ("sew_resnet18", "spiking_vgg11_bn"),
+               "sj2": ("sew_resnet18", "spiking_vgg11_bn", *TRANSFORMERS)}
+PEER_NAMES = {"sj014": "SpikingJelly 0.0.0.0.14", "sj2": "SpikingJelly 2.x"}
 SRC_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the flashspike package
 
 
@@ -66,7 +72,8 @@ def parse_args(argv=None):
                                      description="Time a training step and a synthetic epoch of deep SNNs.")
     parser.add_argument("--version", action="version", version=f"flashspike {__version__}")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=["sew_resnet18"],
-                        help="models to train (default sew_resnet18); fmnist ignores --input")
+                        help="models to train (default sew_resnet18); fmnist ignores --input; spikformer and "
+                             "spike_driven_transformer are CIFAR-10 configurations (trained with AdamW)")
     parser.add_argument("--input", choices=list(INPUTS), default="cifar",
                         help="input shape: cifar [T,B,3,32,32] 10 classes, imagenet [T,B,3,224,224] 1000, "
                              "dvs [T,B,2,128,128] 11 (default cifar)")
@@ -102,7 +109,8 @@ def parse_args(argv=None):
                         help="compile with plain torch.compile (Inductor's layout optimization on) instead of "
                              "flashspike.compile")
     parser.add_argument("--peers", action="store_true",
-                        help="also measure SpikingJelly 0.0.0.0.14 and 2.x (sew_resnet18, spiking_vgg11_bn only)")
+                        help="also measure SpikingJelly 0.0.0.0.14 and 2.x (sew_resnet18, spiking_vgg11_bn; 2.x also "
+                             "spikformer and spike_driven_transformer)")
     parser.add_argument("--sj014-path", type=Path,
                         help="folder holding SpikingJelly 0.0.0.0.14's spikingjelly package (default: the installed one)")
     parser.add_argument("--sj2-path", type=Path,
@@ -137,12 +145,15 @@ def row_specs(args) -> tuple[list[dict], dict]:
     """Every row to run, and the peers not run with the reason why."""
     subjects, skipped = [("flashspike", None)], {}
     if args.peers:
-        for subject, path, name in (("sj014", args.sj014_path, "SpikingJelly 0.0.0.0.14"),
-                                    ("sj2", args.sj2_path, "SpikingJelly 2.x")):
+        for subject, path in (("sj014", args.sj014_path), ("sj2", args.sj2_path)):
+            name = PEER_NAMES[subject]
             if path is not None and not (path / "spikingjelly").is_dir():
                 skipped[name] = f"no spikingjelly package under {path}"
-            else:
-                subjects.append((subject, path))
+                continue
+            subjects.append((subject, path))
+            for model in (m for m in args.models if m not in PEER_MODELS[subject]):
+                skipped[f"{name} {model}"] = ("the Fashion-MNIST example's net is flashspike's own" if model == "fmnist"
+                                              else f"{name}'s model zoo has no {model}")
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
@@ -152,19 +163,22 @@ def row_specs(args) -> tuple[list[dict], dict]:
         for steps in args.t:
             for mode in args.modes:
                 for subject, path in subjects:
-                    if subject != "flashspike" and (model not in PEER_MODELS or mode not in PEER_MODES[subject]):
+                    if subject != "flashspike" and (model not in PEER_MODELS[subject]
+                                                    or mode not in PEER_MODES[subject]):
                         continue
                     specs.append(dict(base, subject=subject, path=None if path is None else str(path), model=model,
                                       input="fmnist" if model == "fmnist" else args.input, T=steps, mode=mode,
-                                      memory_format=row_memory_format(args.memory_format, mode)))
+                                      memory_format=row_memory_format(args.memory_format, mode),
+                                      model_config=TRANSFORMER_CONFIGS.get(model)))
     return specs, skipped
 
 
 def run_spec(spec: dict, timeout: int) -> dict:
     """One row in a fresh process; its error (or the end of its stderr) when it fails."""
     row = {k: spec[k] for k in ("model", "input", "T", "B", "mode", "dtype", "memory_format")}
-    row["subject"] = {"flashspike": f"flashspike {spec['backend']}", "sj014": "SpikingJelly 0.0.0.0.14",
-                      "sj2": "SpikingJelly 2.x"}[spec["subject"]]
+    row["subject"] = PEER_NAMES.get(spec["subject"], f"flashspike {spec['backend']}")
+    if spec.get("model_config"):
+        row["model_config"] = spec["model_config"]
     if spec["mode"] in CUDA_ONLY_MODES and not spec["device"].startswith("cuda"):
         row["error"] = "needs CUDA"
         return row

@@ -31,27 +31,43 @@ INPUTS = {  # name -> (channels, height, width, num_classes)
 }
 MARKER = "ROW "
 BATCH_POOL = 2  # distinct synthetic batches the steps cycle through
+# The transformer models' arguments (a row's spec carries them as "model_config"): the papers'
+# CIFAR-10 configurations, each with its default neurons (LIF, sigmoid surrogate), built by flashspike's
+# classes and by SpikingJelly 2.x's of the same name. They train with AdamW, as in their papers.
+TRANSFORMER_CONFIGS = {
+    "spikformer": dict(img_size_h=32, img_size_w=32, patch_size=4, embed_dims=384, num_heads=12, mlp_ratio=4.0,
+                       depths=4),  # spikformer_cifar10's
+    "spike_driven_transformer": dict(embed_dims=512, num_heads=8, mlp_ratio=4.0, depths=2, pooling_stat="0011"),
+}
+TRANSFORMERS = tuple(TRANSFORMER_CONFIGS)
 
 
 def adapt_stem(model: nn.Module, channels: int) -> None:
-    """Give the first convolution ``channels`` input channels (the zoo's stems take 3; DVS events 2)."""
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d):
-                if child.in_channels != channels:
-                    # the same class (SpikingJelly 2.x's own Conv2d keeps its step mode), fresh weights
-                    stem = type(child)(channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                       bias=child.bias is not None)
-                    if hasattr(child, "step_mode"):
-                        stem.step_mode = child.step_mode
-                    setattr(parent, name, stem)
-                return
+    """Give the first convolution ``channels`` input channels (the zoo's stems take 3; DVS events 2).
+
+    The first is the first registered, depth first: a stem nested in a stage comes before a later
+    convolution held by the stage's parent (the Spike-Driven Transformer's position encoding)."""
+    name, stem = next((name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    if stem.in_channels == channels:
+        return
+    # the same class (SpikingJelly 2.x's own Conv2d keeps its step mode), fresh weights
+    adapted = type(stem)(channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+                         bias=stem.bias is not None)
+    if hasattr(stem, "step_mode"):
+        adapted.step_mode = stem.step_mode
+    parent, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent), attribute, adapted)
 
 
 def build_flashspike(spec, num_classes):
     from .. import functional, neuron, surrogate
-    from ..model import sew_resnet, spiking_vgg
+    from ..model import sew_resnet, spike_driven_transformer, spikformer, spiking_vgg
 
+    if spec["model"] in TRANSFORMERS:
+        transformer = {"spikformer": spikformer.Spikformer,
+                       "spike_driven_transformer": spike_driven_transformer.SpikeDrivenTransformer}[spec["model"]]
+        model = transformer(T=spec["T"], num_classes=num_classes, **spec["model_config"], backend=spec["backend"])
+        return model, functional.reset_net
     node = dict(multi_step_neuron=neuron.MultiStepIFNode, surrogate_function=surrogate.ATan(), detach_reset=True,
                 backend=spec["backend"])
     if spec["model"] == "fmnist":
@@ -88,7 +104,13 @@ def build_sj2(spec, num_classes):
     from spikingjelly.activation_based.model import sew_resnet, spiking_vgg
 
     node = dict(spiking_neuron=neuron.IFNode, surrogate_function=surrogate.ATan(), detach_reset=True)
-    if spec["model"] == "sew_resnet18":
+    if spec["model"] in TRANSFORMERS:
+        from spikingjelly.activation_based.model import spike_driven_transformer, spikformer
+
+        transformer = {"spikformer": spikformer.Spikformer,
+                       "spike_driven_transformer": spike_driven_transformer.SpikeDrivenTransformer}[spec["model"]]
+        model = transformer(T=spec["T"], num_classes=num_classes, **spec["model_config"])
+    elif spec["model"] == "sew_resnet18":
         model = sew_resnet.sew_resnet18(num_classes=num_classes, cnf="ADD", **node)
     else:
         model = spiking_vgg.spiking_vgg11_bn(num_classes=num_classes, **node)
@@ -143,6 +165,22 @@ MEMORY_SWITCHES = {
 }
 
 
+def make_optimizer(model_name: str, parameters, cuda: bool) -> torch.optim.Optimizer:
+    """AdamW for the transformers, SGD with momentum for the others; fused on CUDA. A captured step
+    needs its state on the device: fused SGD keeps it there; Adam and AdamW also need ``capturable``
+    (their ``step()`` refuses a CUDA graph capture without it)."""
+    if model_name in TRANSFORMERS:
+        on_device = {"fused": True, "capturable": True} if cuda else {}
+        return torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.06, **on_device)
+    return torch.optim.SGD(parameters, lr=0.01, momentum=0.9, **({"fused": True} if cuda else {}))
+
+
+def class_scores(out: torch.Tensor) -> torch.Tensor:
+    """A model's output as ``[B, classes]`` scores: the mean over time of ``[T, B, classes]``; a model
+    that averages over time itself (the Spike-Driven Transformer) gives ``[B, classes]`` already."""
+    return out.float().mean(0) if out.dim() == 3 else out.float()
+
+
 def run_row(spec: dict) -> dict:
     from ..examples.trainer import Cluster
 
@@ -189,15 +227,15 @@ def run_row(spec: dict) -> dict:
         else:
             model = compiling.compile(model, mode=mode)
     captured = spec["mode"] == "captured"
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, **({"fused": True} if cuda else {}))
+    optimizer = make_optimizer(spec["model"], net.parameters(), cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if spec["model"] == "fmnist":  # the example's loss: firing rates against one-hot targets
         def loss_fn(out, labels):
             return F.mse_loss(out.float(), F.one_hot(labels, num_classes).float())
     else:
         def loss_fn(out, labels):
-            return F.cross_entropy(out.float().mean(0), labels)
-    # Forward, loss, backward, SGD step, reset_net: replayed from one CUDA graph in the captured mode.
+            return F.cross_entropy(class_scores(out), labels)
+    # Forward, loss, backward, optimizer step, reset_net: replayed from one CUDA graph in the captured mode.
     step = CapturedStep(model, loss_fn, optimizer, scaler, autocast_dtype=amp_dtype, capture=captured,
                         warmup_steps=3)
     mark_step = spec["mode"] == "reduce-overhead"

@@ -1,12 +1,14 @@
 """What every zoo model shares: running its stateless layers in one step mode or the other, turning
-the input into a sequence, checking the builder's arguments."""
+the input into a sequence, checking the builder's arguments, making the transformers' neurons."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
-from .. import functional
+from .. import functional, neuron
 
 
 def apply_in_order(x: torch.Tensor, modules) -> torch.Tensor:
@@ -69,6 +71,41 @@ def check_neuron(neuron, name: str):
             f"{name} must be a neuron class (or another callable that returns a neuron module), got {neuron!r}"
         )
     return neuron
+
+
+def make_multi_step_neuron(spiking_neuron, kwargs: dict, defaults: dict | None = None) -> nn.Module:
+    """One neuron of a transformer model (SpikingJelly 2.x's rule for its ``spiking_neuron`` argument).
+
+    With ``spiking_neuron`` None: ``neuron.MultiStepLIFNode`` with this position's paper ``defaults``
+    (e.g. ``tau=2.0, detach_reset=True``), each overridden by ``kwargs``. With a neuron class: that class
+    with ``kwargs`` alone, the defaults not applied. Every neuron gets its own copy of the keyword values
+    (its own surrogate module). ``step_mode`` is accepted for SpikingJelly 2.x's scripts and must be 'm'
+    (these models run whole sequences); it is not passed on.
+    """
+    options = dict(kwargs)
+    step_mode = options.pop("step_mode", "m")
+    if step_mode != "m":
+        raise ValueError(f"step_mode must be 'm' (the transformer models run whole sequences [T, N, *]), "
+                         f"got {step_mode!r}")
+    if spiking_neuron is None:
+        options = {**(defaults or {}), **options}
+        spiking_neuron = neuron.MultiStepLIFNode
+    else:
+        check_neuron(spiking_neuron, "spiking_neuron")
+    return spiking_neuron(**copy.deepcopy(options))
+
+
+def image_to_sequence(x: torch.Tensor, T: int, who: str) -> torch.Tensor:
+    """A sequence ``[T, N, C, H, W]`` as it is, or a static image ``[N, C, H, W]`` repeated ``T`` times."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who} expects a tensor, got {type(x).__name__}")
+    if x.dim() == 5:
+        return x
+    if x.dim() == 4:
+        # A copy, not an expanded view: the stem merges T and N into one batch, which a view can't.
+        return x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    raise ValueError(f"{who} expects x of shape [T, N, C, H, W] or a static image [N, C, H, W], "
+                     f"got {tuple(x.shape)}")
 
 
 def refuse_pretrained(pretrained: bool, arch: str) -> None:
