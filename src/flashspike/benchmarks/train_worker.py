@@ -60,29 +60,28 @@ def adapt_stem(model: nn.Module, channels: int) -> None:
 
 
 def build_flashspike(spec, num_classes):
-    from .. import functional, neuron, surrogate
+    from .. import neuron, surrogate
     from ..model import sew_resnet, spike_driven_transformer, spikformer, spiking_vgg
 
     if spec["model"] in TRANSFORMERS:
         transformer = {"spikformer": spikformer.Spikformer,
                        "spike_driven_transformer": spike_driven_transformer.SpikeDrivenTransformer}[spec["model"]]
-        model = transformer(T=spec["T"], num_classes=num_classes, **spec["model_config"], backend=spec["backend"])
-        return model, functional.reset_net
+        return transformer(T=spec["T"], num_classes=num_classes, **spec["model_config"], backend=spec["backend"])
     node = dict(multi_step_neuron=neuron.MultiStepIFNode, surrogate_function=surrogate.ATan(), detach_reset=True,
                 backend=spec["backend"])
     if spec["model"] == "fmnist":
         from ..examples.csnn import CSNN
 
         memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
-        return CSNN(spec["T"], backend=spec["backend"], memory_format=memory_format), functional.reset_net
+        return CSNN(spec["T"], backend=spec["backend"], memory_format=memory_format)
     if spec["model"] == "sew_resnet18":
-        return sew_resnet.multi_step_sew_resnet18(num_classes=num_classes, cnf="ADD", **node), functional.reset_net
-    return spiking_vgg.multi_step_spiking_vgg11_bn(num_classes=num_classes, **node), functional.reset_net
+        return sew_resnet.multi_step_sew_resnet18(num_classes=num_classes, cnf="ADD", **node)
+    return spiking_vgg.multi_step_spiking_vgg11_bn(num_classes=num_classes, **node)
 
 
 def build_sj014(spec, num_classes):
     import spikingjelly
-    from spikingjelly.clock_driven import functional, neuron, surrogate
+    from spikingjelly.clock_driven import neuron, surrogate
 
     version = getattr(spikingjelly, "__version__", "0.0.0.0.14")
     from spikingjelly.clock_driven.model import sew_resnet, spiking_vgg
@@ -94,7 +93,7 @@ def build_sj014(spec, num_classes):
         model = sew_resnet.multi_step_sew_resnet18(num_classes=num_classes, cnf="ADD", **node)
     else:
         model = spiking_vgg.multi_step_spiking_vgg11_bn(num_classes=num_classes, **node)
-    return model, functional.reset_net, f"SpikingJelly {version} {backend}"
+    return model, f"SpikingJelly {version} {backend}"
 
 
 def build_sj2(spec, num_classes):
@@ -115,7 +114,7 @@ def build_sj2(spec, num_classes):
     else:
         model = spiking_vgg.spiking_vgg11_bn(num_classes=num_classes, **node)
     functional.set_step_mode(model, "m")
-    return model, functional.reset_net, f"SpikingJelly {importlib.metadata.version('spikingjelly')}"
+    return model, f"SpikingJelly {importlib.metadata.version('spikingjelly')}"
 
 
 def check_peer_version(subject: str) -> None:
@@ -200,14 +199,14 @@ def run_row(spec: dict) -> dict:
     amp_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(spec["dtype"])
     row = {}
     if spec["subject"] == "flashspike":
-        model, reset_net = build_flashspike(spec, num_classes)
+        model = build_flashspike(spec, num_classes)
         from .. import backends
 
         probe = torch.zeros(spec["T"], 1, device=device, dtype=amp_dtype or torch.float32)
         row["subject"] = f"flashspike {backends.resolve(spec['backend'], probe).name}"  # 'auto' resolved
     else:
         check_peer_version(spec["subject"])
-        model, reset_net, row["subject"] = (build_sj014 if spec["subject"] == "sj014" else build_sj2)(spec, num_classes)
+        model, row["subject"] = (build_sj014 if spec["subject"] == "sj014" else build_sj2)(spec, num_classes)
     if spec["model"] != "fmnist":
         adapt_stem(model, channels)
     if spec["subject"] == "flashspike":
