@@ -265,3 +265,46 @@ def test_rows_run_under_torchrun_as_one_ddp_model(tmp_path):
     (row,) = report["rows"]
     assert "error" not in row, row.get("error")
     assert row["processes"] == 2 and row["images_per_s"] == pytest.approx(2 * row["B"] / (row["ms"] * 1e-3))
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("void fs_forward<__half, 1, 0>(const __half*, __half*)", "neuron"), ("flashspike_backward", "neuron"),
+    ("flashspike::multi_step_forward", "neuron"), ("_pack_bits", "spike bits"), ("_unpack_bits", "spike bits"),
+    ("_max_pool_positions_backward", "max-pool"), ("aten::max_pool2d_with_indices", "max-pool"),
+    ("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc", "convolution"),
+    ("aten::convolution_backward", "convolution"), ("aten::native_batch_norm", "batch norm"),
+    ("void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_64x64_16x6_tn_align4>", "matmul"), ("aten::addmm", "matmul"),
+    ("void at::native::(anonymous namespace)::fused_sgd_kernel", "optimizer"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::direct_copy_kernel_cuda>", "copy and cast"),
+    ("Memset (Device)", "copy and cast"), ("aten::sum", "reduction"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "elementwise"),
+    ("cudaGraphLaunch", "other"),
+])
+def test_profile_kinds(name, kind):
+    from flashspike.benchmarks import profile
+
+    assert profile.kind_of(name) == kind
+
+
+def test_profile_summary_adds_up_and_keeps_the_costliest_names():
+    from flashspike.benchmarks import profile
+
+    timed = [("aten::convolution", 300.0), ("aten::add", 50.0), ("aten::convolution", 100.0), ("mystery", 50.0)]
+    summary = profile.summarize(timed, steps=2)
+    assert summary["kinds"] == {"convolution": 0.2, "elementwise": 0.025, "other": 0.025}
+    assert list(summary["kinds"]) == ["convolution", "elementwise", "other"]  # by falling time
+    assert summary["ms_per_step"] == pytest.approx(0.25)
+    assert summary["top"]["convolution"] == [["aten::convolution", 0.2]]
+
+
+def test_a_profiled_row_says_where_its_time_goes(tmp_path, capsys):
+    report = bench.main(["--models", "fmnist", "--modes", "eager", "--profile", "2", "--out", str(tmp_path), *TINY])
+    (row,) = report["rows"]
+    profile = row["profile"]
+    assert profile["what"] == "operator self time (CPU)"
+    assert profile["kinds"]["convolution"] > 0 and profile["kinds"]["optimizer"] > 0
+    assert profile["ms_per_step"] == pytest.approx(sum(profile["kinds"].values()))
+    out = capsys.readouterr().out
+    assert "| kind | ms/step | share | costliest |" in out and "| convolution |" in out
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--profile", "-1"])

@@ -38,7 +38,7 @@ def _coordinates(index, C, H, W, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
-def _forward(x_ptr, y_ptr, pos_ptr, total, C, H, W, OH, OW,
+def _max_pool_positions_forward(x_ptr, y_ptr, pos_ptr, total, C, H, W, OH, OW,
              sxn, sxc, sxh, sxw, syn, syc, syh, syw,
              KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
              PH: tl.constexpr, PW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
@@ -68,7 +68,7 @@ def _forward(x_ptr, y_ptr, pos_ptr, total, C, H, W, OH, OW,
 
 
 @triton.jit
-def _backward(g_ptr, pos_ptr, dx_ptr, total, C, H, W, OH, OW,
+def _max_pool_positions_backward(g_ptr, pos_ptr, dx_ptr, total, C, H, W, OH, OW,
               sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
               KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
               PH: tl.constexpr, PW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
@@ -122,7 +122,7 @@ def forward(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple):
     positions = torch.empty_strided(y.shape, y.stride(), dtype=torch.uint8, device=x.device)
     total = y.numel()
     if total:
-        _forward[(triton.cdiv(total, BLOCK),)](
+        _max_pool_positions_forward[(triton.cdiv(total, BLOCK),)](
             x, y, positions, total, c, h, w, oh, ow, *x.stride(), *y.stride(),
             KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1],
             CHANNELS_LAST=channels_last(y), BLOCK=BLOCK)
@@ -140,7 +140,7 @@ def backward(grad: torch.Tensor, positions: torch.Tensor, input_shape, dtype: to
     grad_x = _new(input_shape, dtype, grad.device, input_channels_last)
     total = grad_x.numel()
     if total:
-        _backward[(triton.cdiv(total, BLOCK),)](
+        _max_pool_positions_backward[(triton.cdiv(total, BLOCK),)](
             grad, positions, grad_x, total, c, h, w, grad.shape[2], grad.shape[3], *grad.stride(),
             *grad_x.stride(), KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0],
             PW=padding[1], CHANNELS_LAST=channels_last(grad_x), BLOCK=BLOCK)

@@ -18,7 +18,7 @@ BYTES_PER_PROGRAM = 1024  # up to eight times as many elements: up to 8 KiB of f
 
 
 @triton.jit
-def _pack(values_ptr, packed_ptr, count, byte_count, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+def _pack_bits(values_ptr, packed_ptr, count, byte_count, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     PER_BYTE: tl.constexpr = 8 // WIDTH
     byte = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     field = tl.arange(0, PER_BYTE)
@@ -30,7 +30,7 @@ def _pack(values_ptr, packed_ptr, count, byte_count, WIDTH: tl.constexpr, BLOCK:
 
 
 @triton.jit
-def _unpack(packed_ptr, values_ptr, count, byte_count, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+def _unpack_bits(packed_ptr, values_ptr, count, byte_count, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     PER_BYTE: tl.constexpr = 8 // WIDTH
     byte = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     word = tl.load(packed_ptr + byte, mask=byte < byte_count, other=0).to(tl.int32)
@@ -53,7 +53,7 @@ def pack(flat: torch.Tensor, width: int = 1) -> torch.Tensor:
     byte_count = (count + per_byte - 1) // per_byte
     packed = torch.empty(byte_count, dtype=torch.uint8, device=flat.device)
     if byte_count:
-        _pack[_grid(byte_count)](flat, packed, count, byte_count, WIDTH=width, BLOCK=BYTES_PER_PROGRAM)
+        _pack_bits[_grid(byte_count)](flat, packed, count, byte_count, WIDTH=width, BLOCK=BYTES_PER_PROGRAM)
     return packed
 
 
@@ -61,4 +61,4 @@ def unpack_into(packed: torch.Tensor, flat: torch.Tensor, width: int = 1) -> Non
     """Write the ``width``-bit fields of ``packed`` into ``flat`` (a contiguous 1-d tensor) as values."""
     byte_count = packed.numel()
     if byte_count:
-        _unpack[_grid(byte_count)](packed, flat, flat.numel(), byte_count, WIDTH=width, BLOCK=BYTES_PER_PROGRAM)
+        _unpack_bits[_grid(byte_count)](packed, flat, flat.numel(), byte_count, WIDTH=width, BLOCK=BYTES_PER_PROGRAM)

@@ -22,7 +22,8 @@ on. The time is the median over ``--repeats`` loops of ``--steps`` steps after `
 ``--no-cudnn-benchmark``. ``--spike-bits``, ``--pool-bytes`` and ``--recompute-h`` switch flashspike
 rows' layers to the versions that keep less for the backward. A host-bound step's time follows the
 host's speed, which can drift between processes: ``--rounds K`` runs all rows K times, round after
-round, and keeps each row's median.
+round, and keeps each row's median. ``--profile K`` then runs K more steps of each row under
+``torch.profiler`` and prints where the time goes, by kind of work (:mod:`.profile`).
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
 eager) and SpikingJelly 2.x (its activation_based zoo in multi-step mode, its own neuron kernels; eager
@@ -46,6 +47,7 @@ import torch
 from .. import __version__, backends
 from .charts import pyplot
 from .neuron import device_name
+from .profile import format_profile
 from .train_worker import INPUTS, MARKER, MEMORY_SWITCHES, TRANSFORMER_CONFIGS, TRANSFORMERS
 
 MODELS = ("sew_resnet18", "spiking_vgg11_bn", "fmnist", *TRANSFORMERS)
@@ -96,6 +98,10 @@ def parse_args(argv=None):
     parser.add_argument("--epoch-steps", type=int, default=0, metavar="K",
                         help="also time an epoch of K steps on synthetic batches, to the last loss on the host "
                              "(default 0: not measured)")
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="after timing, run K more steps under torch.profiler and print where the time goes, by "
+                             "kind of work: kernel time on CUDA (captured graphs' kernels included), operator time "
+                             "on the CPU (default 0: not profiled)")
     parser.add_argument("--nproc", type=positive, default=1,
                         help="processes per row, launched by torchrun, training one DistributedDataParallel model "
                              "(one GPU each on CUDA, Gloo on the CPU); --b is the batch of each process, images/s "
@@ -125,6 +131,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.epoch_steps < 0:
         parser.error("--epoch-steps must be 0 or positive")
+    if args.profile < 0:
+        parser.error("--profile must be 0 or positive")
     return args
 
 
@@ -156,6 +164,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
                                               else f"{name}'s model zoo has no {model}")
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
+                profile=args.profile,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
                 nproc=args.nproc, **memory_switches(args))
     specs = []
@@ -278,7 +287,7 @@ def main(argv=None) -> dict:
     report = dict(environment(args.device), skipped=skipped, rows=rows,
                   settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
-                                epoch_steps=args.epoch_steps,
+                                epoch_steps=args.epoch_steps, profile=args.profile,
                                 layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
                                 nproc=args.nproc, **memory_switches(args)))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -288,6 +297,9 @@ def main(argv=None) -> dict:
     for name, reason in skipped.items():
         print(f"  not measured: {name}: {reason}")
     print(format_table(rows))
+    for row in rows:
+        if "profile" in row:
+            print("\n" + format_profile(row))
     charts = plot(rows, args.out, title)
     print(f"\nwrote {args.out / 'train_benchmark.json'}" + "".join(f", {args.out / c}" for c in charts))
     return report

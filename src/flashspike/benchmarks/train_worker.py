@@ -263,6 +263,10 @@ def run_row(spec: dict) -> dict:
         total.item()  # the epoch ends when its last loss is on the host
         row["epoch_s"] = time.perf_counter() - started
     row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    if spec.get("profile"):
+        from .profile import profile_steps
+
+        row["profile"] = profile_steps(call, device, spec["profile"])
     if spec["mode"] == "eager":
         row["kept_MiB"] = kept_for_backward(call, net.parameters()) / 2**20
     return row

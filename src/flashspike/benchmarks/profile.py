@@ -1,0 +1,93 @@
+"""Where a training step's time goes: ``torch.profiler`` over a few steps, summed by kind of work.
+
+On CUDA the device time of every kernel (and memory copy or set) is counted, captured graphs' kernels
+included; on the CPU the self time of every operator. Each name falls into the first kind whose
+pattern it matches (:data:`KINDS`), so the shares add up to the whole step. The training benchmark's
+``--profile K`` calls :func:`profile_steps` on each row after timing it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import torch
+from torch.autograd import DeviceType
+
+# (kind, pattern searched in the lower-cased kernel or operator name); the first match wins.
+KINDS = (
+    ("neuron", r"fs_forward|fs_backward|flashspike_forward|flashspike_backward|flashspike::"),
+    ("spike bits", r"_pack_bits|_unpack_bits"),
+    ("max-pool", r"max_pool"),
+    ("convolution", r"conv|cudnn|xmma|implicit_gemm|dgrad|wgrad|fprop|winograd"),
+    ("batch norm", r"batch_norm|batchnorm|bn_fw|bn_bw|welford"),
+    ("matmul", r"gemm|cutlass|addmm|\bmm\b|matmul|nvjet|bmm"),
+    ("optimizer", r"fused_sgd|fused_adam|multi_tensor|foreach|sgd|adam"),
+    ("copy and cast", r"copy|cast|convert|memcpy|memset|\bto\b|_to_copy"),
+    ("reduction", r"reduce|sum|mean|norm|softmax|log_softmax|nll|cross_entropy|mse"),
+    ("elementwise", r"elementwise|vectorized|add|mul|sub|div|fill|where|clamp|relu|exp|sigmoid|zero"),
+)
+_COMPILED = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
+TOP = 3  # the most costly names kept per kind
+
+
+def kind_of(name: str) -> str:
+    lowered = name.lower()
+    for kind, pattern in _COMPILED:
+        if pattern.search(lowered):
+            return kind
+    return "other"
+
+
+def _timed_names(profiler, device: torch.device) -> list[tuple[str, float]]:
+    """(name, microseconds) of every kernel on CUDA, of every operator's self time on the CPU."""
+    if device.type == "cuda":
+        return [(event.name, event.time_range.elapsed_us()) for event in profiler.events()
+                if event.device_type == DeviceType.CUDA]
+    return [(entry.key, entry.self_cpu_time_total) for entry in profiler.key_averages()
+            if entry.self_cpu_time_total > 0]
+
+
+def summarize(timed: list[tuple[str, float]], steps: int) -> dict:
+    """``{"ms_per_step", "kinds": {kind: ms per step}, "top": {kind: [[name, ms per step], ...]}}``,
+    kinds by falling time."""
+    by_kind: dict[str, float] = {}
+    by_name: dict[str, float] = {}
+    for name, microseconds in timed:
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + microseconds
+        by_name[name] = by_name.get(name, 0.0) + microseconds
+    per_step = 1e-3 / steps  # microseconds summed over the steps -> milliseconds per step
+    kinds = dict(sorted(((k, v * per_step) for k, v in by_kind.items()), key=lambda item: -item[1]))
+    top = {kind: [] for kind in kinds}
+    for name, microseconds in sorted(by_name.items(), key=lambda item: -item[1]):
+        if len(top[kind_of(name)]) < TOP:
+            top[kind_of(name)].append([name[:120], microseconds * per_step])
+    return {"ms_per_step": sum(kinds.values()), "kinds": kinds, "top": top}
+
+
+def profile_steps(call: Callable[[], object], device: torch.device, steps: int) -> dict:
+    """Run ``call()`` ``steps`` times under the profiler (after the caller's warm-up) and summarize."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    summary = summarize(_timed_names(profiler, device), steps)
+    summary["what"] = "kernel time" if device.type == "cuda" else "operator self time (CPU)"
+    return summary
+
+
+def format_profile(row: dict) -> str:
+    """One row's profile as a table: kind, ms per step, share, the costliest names."""
+    profile = row["profile"]
+    total = profile["ms_per_step"] or 1.0
+    lines = [f"{row['model']} {row['input']} T={row['T']} B={row['B']} {row['mode']} | {row['subject']}: "
+             f"{profile['what']}, {profile['ms_per_step']:.3f} ms per step",
+             "| kind | ms/step | share | costliest |", "|---|---|---|---|"]
+    for kind, ms in profile["kinds"].items():
+        names = "; ".join(f"{name} {value:.3f}" for name, value in profile["top"][kind])
+        lines.append(f"| {kind} | {ms:.3f} | {ms / total:.1%} | {names.replace('|', '/')} |")
+    return "\n".join(lines)
