@@ -64,7 +64,7 @@ class _PLIFNet(StepModule):
 
     def __init__(self, channels, neuron, **kwargs):
         super().__init__()
-        check_neuron(neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
+        check_neuron(neuron, self.neuron_argument)
         dropout = layer.MultiStepDropout if self.multi_step else layer.Dropout
         for i in range(1, self.convs + 1):
             conv_in = self.in_channels if i == 1 else channels

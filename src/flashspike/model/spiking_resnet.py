@@ -43,7 +43,7 @@ class BasicBlock(_AddThenFire):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  norm_layer=None, single_step_neuron=None, **kwargs):
-        convs = basic_convs(inplanes, planes, stride, groups, base_width, dilation)
+        convs = basic_convs(inplanes, planes, stride, groups, base_width, dilation, self.layers)
         super().__init__(convs, downsample, stride, norm_layer, single_step_neuron, kwargs)
 
 
@@ -65,7 +65,7 @@ class Bottleneck(_AddThenFire):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  norm_layer=None, single_step_neuron=None, **kwargs):
-        convs = bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, self.expansion)
+        convs = bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, self.expansion, self.layers)
         super().__init__(convs, downsample, stride, norm_layer, single_step_neuron, kwargs)
 
 

@@ -45,25 +45,26 @@ class SpikingVGG(StepModule):
     def __init__(self, cfg, batch_norm=False, norm_layer=None, num_classes=1000, init_weights=True,
                  single_step_neuron=None, **kwargs):
         super().__init__()
-        neuron = check_neuron(single_step_neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        neuron = check_neuron(single_step_neuron, self.neuron_argument)
+        kit = self.layers
+        norm_layer = kit.BatchNorm2d if norm_layer is None else norm_layer
         features, neuron_at, in_channels = [], [], 3
         for v in cfg:
             if v == "M":
-                features.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                features.append(kit.MaxPool2d(kernel_size=2, stride=2))
                 continue
-            features.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1))
+            features.append(kit.Conv2d(in_channels, v, kernel_size=3, padding=1))
             if batch_norm:
                 features.append(norm_layer(v))
             neuron_at.append(len(features))
             features.append(neuron(**kwargs))
             in_channels = v
         self.features = nn.Sequential(*features)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.avgpool = kit.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), neuron(**kwargs), nn.Dropout(),
-            nn.Linear(4096, 4096), neuron(**kwargs), nn.Dropout(),
-            nn.Linear(4096, num_classes),
+            kit.Linear(512 * 7 * 7, 4096), neuron(**kwargs), kit.Dropout(),
+            kit.Linear(4096, 4096), neuron(**kwargs), kit.Dropout(),
+            kit.Linear(4096, num_classes),
         )
         # Where the neurons sit: everything else runs as stateless layers, several in one call.
         self._neuron_at = {"features": frozenset(neuron_at), "classifier": frozenset({1, 4})}
