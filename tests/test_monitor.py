@@ -106,3 +106,12 @@ def test_record_v_keeps_the_potentials():
         monitor.Monitor(net).get_v("0")
     with pytest.raises(ValueError, match="Invalid module_name"):
         mon.get_v("9")
+
+
+def test_torch_backend_counts_in_the_outputs_dtype():
+    net = nn.Sequential(neuron.MultiStepIFNode())
+    mon = monitor.Monitor(net, backend="torch")
+    mon.enable()
+    net(torch.full((3, 2, 4), 0.4, dtype=torch.float64))  # fires at step 2 (0.4, 0.8, 1.2)
+    rate = mon.get_avg_firing_rate()
+    assert rate.dtype == torch.float64 and rate.item() == 1 / 3

@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 
 from .common import name_builder
-from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
+from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build, conv1x1, conv3x3
 
 __all__ = [
+    "conv3x3", "conv1x1",
     "SEWResNet", "sew_resnet18", "sew_resnet34", "sew_resnet50", "sew_resnet101", "sew_resnet152",
     "sew_resnext50_32x4d", "sew_resnext101_32x8d", "sew_wide_resnet50_2", "sew_wide_resnet101_2",
     "MultiStepSEWResNet", "multi_step_sew_resnet18", "multi_step_sew_resnet34", "multi_step_sew_resnet50",

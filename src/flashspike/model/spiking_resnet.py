@@ -16,9 +16,10 @@ e.g. ``surrogate_function=surrogate.ATan(), detach_reset=True, backend='cupy'``.
 from __future__ import annotations
 
 from .common import name_builder
-from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
+from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build, conv1x1, conv3x3
 
 __all__ = [
+    "conv3x3", "conv1x1",
     "SpikingResNet", "spiking_resnet18", "spiking_resnet34", "spiking_resnet50", "spiking_resnet101",
     "spiking_resnet152", "spiking_resnext50_32x4d", "spiking_resnext101_32x8d", "spiking_wide_resnet50_2",
     "spiking_wide_resnet101_2",

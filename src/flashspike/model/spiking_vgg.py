@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import functional
+from ..neuron import BaseNode
 from .common import StepModule, check_neuron, check_T, name_builder, refuse_pretrained
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "multi_step_spiking_vgg13", "multi_step_spiking_vgg13_bn", "spiking_vgg13", "spiking_vgg13_bn",
     "multi_step_spiking_vgg16", "multi_step_spiking_vgg16_bn", "spiking_vgg16", "spiking_vgg16_bn",
     "multi_step_spiking_vgg19", "multi_step_spiking_vgg19_bn", "spiking_vgg19", "spiking_vgg19_bn",
+    "sequential_forward",
 ]
 
 # Output channels of each 3x3 convolution, "M" a 2x2 max pool: configurations A, B, D, E of the paper.
@@ -37,6 +40,16 @@ cfgs = {
     "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 _DEPTH_TO_CFG = {11: "A", 13: "B", 16: "D", 19: "E"}
+
+
+def sequential_forward(sequential: nn.Sequential, x_seq: torch.Tensor) -> torch.Tensor:
+    """The modules of ``sequential`` on a sequence ``[T, N, *]``: each neuron as it is (a multi-step
+    node), every other module on the merged ``[T*N, *]`` batch."""
+    if not isinstance(sequential, nn.Sequential):
+        raise TypeError(f"sequential_forward expects an nn.Sequential, got {type(sequential).__name__}")
+    for module in sequential:
+        x_seq = module(x_seq) if isinstance(module, BaseNode) else functional.seq_to_ann_forward(x_seq, module)
+    return x_seq
 
 
 class SpikingVGG(StepModule):
