@@ -3,8 +3,9 @@
 Every stateless wrapper (:class:`Conv2d`, :class:`BatchNorm2d`, :class:`MaxPool2d`, :class:`Linear`,
 :class:`Flatten`, ...) *is* its ``torch.nn`` class (same parameters, same ``state_dict`` keys) with a
 step mode: ``'s'`` runs it on one step ``[N, *]``, ``'m'`` on a sequence ``[T, N, *]`` merged into one
-batch ``[T*N, *]`` (:func:`flashspike.functional.seq_to_ann_forward`). ``step_mode`` is taken by
-keyword after the ``torch.nn`` arguments.
+batch ``[T*N, *]`` (:func:`flashspike.functional.seq_to_ann_forward`). ``step_mode`` follows the
+``torch.nn`` arguments, as in SpikingJelly; torch's ``device`` and ``dtype`` (and BatchNorm's
+``bias``) are then taken by keyword.
 
 The containers and stateful layers are flashspike's (:mod:`flashspike.layer`) with a step mode;
 dropouts keep one mask for a whole sequence until ``reset()``.
@@ -39,13 +40,33 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------
 
 
+def _step_mode_signature(init) -> tuple[inspect.Signature, int]:
+    """``init``'s signature with ``step_mode`` after its own arguments (before torch's ``device`` and
+    ``dtype``, where SpikingJelly puts it), and the position of ``step_mode`` among the arguments."""
+    own = [p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    cut = next((i for i, p in enumerate(own) if p.name == "device" or p.kind is p.KEYWORD_ONLY), len(own))
+    step_mode = inspect.Parameter("step_mode", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="s")
+    rest = [p.replace(kind=p.KEYWORD_ONLY) for p in own[cut:]]
+    return inspect.Signature(own[:cut] + [step_mode] + rest), cut - 1  # minus self
+
+
+def _split_step_mode(args: tuple, position: int, step_mode: str) -> tuple:
+    """``step_mode`` given by position (SpikingJelly's order) or by keyword."""
+    if len(args) > position:
+        return args[:position] + args[position + 1:], args[position]
+    return args, step_mode
+
+
 def _with_step_mode(nn_class: type, layout: str | None, dims: tuple = ()) -> type:
-    """``nn_class`` with a keyword ``step_mode``. In step mode ``'m'`` the input (and any tensor
-    argument with the same leading ``[T, N]``, as MaxUnpool's indices) is merged to ``[T*N, *]``;
-    ``dims`` are the numbers of dimensions a sequence may have (``layout`` names them in errors)."""
+    """``nn_class`` with a ``step_mode`` (after the ``torch.nn`` arguments). In step mode ``'m'`` the
+    input (and any tensor argument with the same leading ``[T, N]``, as MaxUnpool's indices) is merged
+    to ``[T*N, *]``; ``dims`` are the numbers of dimensions a sequence may have (``layout`` names them
+    in errors)."""
     nn_init, nn_forward = nn_class.__init__, nn_class.forward
+    signature, position = _step_mode_signature(nn_init)
 
     def __init__(self, *args, step_mode: str = "s", **kwargs):
+        args, step_mode = _split_step_mode(args, position, step_mode)
         nn_init(self, *args, **kwargs)
         self.step_mode = step_mode
 
@@ -60,10 +81,7 @@ def _with_step_mode(nn_class: type, layout: str | None, dims: tuple = ()) -> typ
     def extra_repr(self) -> str:
         return nn_class.extra_repr(self) + f", step_mode={self.step_mode}"
 
-    nn_parameters = list(inspect.signature(nn_init).parameters.values())
-    __init__.__signature__ = inspect.Signature(
-        [p for p in nn_parameters if p.kind is not p.VAR_KEYWORD]
-        + [inspect.Parameter("step_mode", inspect.Parameter.KEYWORD_ONLY, default="s")])
+    __init__.__signature__ = signature
     name = nn_class.__name__
     return type(name, (nn_class, base.StepModule), {
         "__init__": __init__, "forward": forward, "extra_repr": extra_repr, "__module__": __name__,
@@ -228,14 +246,14 @@ class _StepLoop(base.MemoryModule):
 def _looped(core_class: type, doc: str) -> type:
     """``core_class`` (a single-step stateful layer of :mod:`flashspike.layer`) with a step mode."""
     core_init = core_class.__init__
+    signature, position = _step_mode_signature(core_init)
 
     def __init__(self, *args, step_mode: str = "s", **kwargs):
+        args, step_mode = _split_step_mode(args, position, step_mode)
         core_init(self, *args, **kwargs)
         _StepLoop.__init__(self, step_mode)
 
-    __init__.__signature__ = inspect.Signature(
-        list(inspect.signature(core_init).parameters.values())
-        + [inspect.Parameter("step_mode", inspect.Parameter.KEYWORD_ONLY, default="s")])
+    __init__.__signature__ = signature
     name = core_class.__name__
     return type(name, (_StepLoop, core_class), {"__init__": __init__, "_core_class": core_class,
                                                 "__module__": __name__, "__qualname__": name, "__doc__": doc})
