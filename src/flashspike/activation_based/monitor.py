@@ -14,7 +14,6 @@ import subprocess
 import threading
 from typing import Callable
 
-import torch
 from torch import nn
 
 __all__ = ["BaseMonitor", "OutputMonitor", "InputMonitor", "AttributeMonitor", "GradInputMonitor",
