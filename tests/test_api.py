@@ -100,7 +100,7 @@ def test_reset_net_resets_every_stateful_module():
                         Custom())
     net(torch.rand(3, 2, 4) * 3)
     functional.reset_net(net)
-    assert net[1].v == 0.0 and net[2][0].v == 0.0 and net[3].module.v == 0.0 and net[4].count == 0
+    assert net[1].v == 0.0 and net[2][0].v == 0.0 and net[3][0].v == 0.0 and net[4].count == 0
 
 
 def test_set_backend():
@@ -232,20 +232,20 @@ def test_single_step_nodes_match_multistep():
     multi = neuron.MultiStepLIFNode(tau=1.5, v_reset=None)
     single = layer.MultiStepContainer(neuron.LIFNode(tau=1.5, v_reset=None))
     assert torch.equal(multi(x), single(x))
-    torch.testing.assert_close(multi.v, single.module.v)
+    torch.testing.assert_close(multi.v, single[0].v)
 
 
 def test_seq_to_ann_container():
     one = layer.SeqToANNContainer(nn.Conv2d(2, 3, 3, padding=1))
-    assert isinstance(one.module, nn.Conv2d)
+    assert isinstance(one[0], nn.Conv2d)
     assert one(torch.rand(4, 5, 2, 6, 6)).shape == (4, 5, 3, 6, 6)
     several = layer.SeqToANNContainer(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 7))
-    assert isinstance(several.module, nn.Sequential) and len(several.module) == 3
+    assert len(several) == 3
     x = torch.rand(4, 5, 3, 6, 6)
     y = several(x)
     assert y.shape == (4, 5, 7)
     # Exactly the modules applied to each step on its own.
-    assert torch.allclose(y[2], several.module(x[2]), atol=1e-6)
+    assert torch.allclose(y[2], nn.Sequential(*several)(x[2]), atol=1e-6)
     with pytest.raises(ValueError, match=r"\[T, N, \*\]"):
         several(torch.rand(3))
     with pytest.raises(ValueError, match="at least one module"):

@@ -142,8 +142,8 @@ def test_deepcopy_after_a_forward_under_autograd_copies_the_state_detached():
     assert torch.equal(twin[1].v, net[1].v) and twin[1].v.grad_fn is None
     assert torch.equal(twin[1].v_seq, net[1].v_seq) and twin[1].v_seq.grad_fn is None
     assert twin[1].v is not net[1].v
-    assert twin[0].module.weight is not net[0].module.weight
-    assert torch.equal(twin[0].module.weight, net[0].module.weight)
+    assert twin[0][0].weight is not net[0][0].weight
+    assert torch.equal(twin[0][0].weight, net[0][0].weight)
     assert twin[1].surrogate_function is not net[1].surrogate_function
     assert twin[1].params().surrogate is twin[1].surrogate_function
     # The copy runs on its own.

@@ -287,8 +287,8 @@ def test_channels_last_net_computes_the_same_rates_and_gradients(backend, monkey
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * p.grad.abs().max().item())
     # The constructor lays the convolution weights out as asked, and moving the net keeps that layout.
     built = cli.CSNN(T=3, channels=4, memory_format=torch.channels_last).to(device)
-    assert built.conv[1].module[1].weight.is_contiguous(memory_format=torch.channels_last)
-    assert not built.conv[1].module[1].weight.is_contiguous()
+    assert built.conv[1][1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not built.conv[1][1].weight.is_contiguous()
 
 
 @pytest.mark.parametrize(

@@ -103,3 +103,21 @@ def test_bad_input_is_refused():
     static = _nets().MultiStepMNISTNet(4, neuron.MultiStepIFNode, backend="torch")
     with pytest.raises(ValueError, match="T is None"):
         static(torch.rand(2, 1, 28, 28), None)
+
+
+@pytest.mark.parametrize("prefix", ["", "MultiStep"])
+def test_nmnist_nets_make_their_parameters_in_spikingjelly_order(prefix):
+    """SpikingJelly builds the N-MNIST nets as MNIST nets and rebuilds conv1 and fc3: the same seed gives
+    the same weights, and parameters() lists them in the same order (an optimizer state carries over)."""
+    theirs_zoo = sj_zoo("parametric_lif_net")
+    node = prefix + "ParametricLIFNode"
+    sj_class, sj_options = sj_neuron(node)
+    torch.manual_seed(0)
+    ours = getattr(_nets(), prefix + "NMNISTNet")(4, getattr(neuron, node))
+    torch.manual_seed(0)
+    theirs = getattr(theirs_zoo, prefix + "NMNISTNet")(4, sj_class, **sj_options)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_parameters()][-3:] == ["conv1.weight", "fc3.weight", "fc3.bias"]
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(a, b), name
+    assert ours.conv1.in_channels == 2 and ours.fc3.in_features == 4 * 8 * 8

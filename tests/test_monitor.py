@@ -18,13 +18,13 @@ X = torch.tensor([[[1.0, 0.5, 0.0, 0.0]]]).repeat(4, 1, 1)  # [T=4, N=1, 4 neuro
 def test_rates_by_hand():
     net = _net()
     mon = monitor.Monitor(net)
-    assert list(mon.module_dict) == ["0", "1.module"]
+    assert list(mon.module_dict) == ["0", "1.0"]
     mon.enable()
     net(X)
     # First node: the input 1 fires 4 times, 0.5 twice: 6 spikes of 16 outputs.
     assert mon.get_avg_firing_rate(all=False, module_name="0") == 6 / 16
     # The second node gets 1,1,1,1 and 0,1,0,1 per step: fires 4 and 2 times as well.
-    assert mon.get_avg_firing_rate(all=False, module_name="1.module") == 6 / 16
+    assert mon.get_avg_firing_rate(all=False, module_name="1.0") == 6 / 16
     assert mon.get_avg_firing_rate() == 12 / 32
     assert mon.get_nonfire_ratio(all=False, module_name="0") == 0.5
     assert mon.get_nonfire_ratio() == 0.5
@@ -95,7 +95,7 @@ def test_record_v_keeps_the_potentials():
     net(X)
     first = mon.get_v("0")
     assert len(first) == 1 and first[0][:, 0, 1].tolist() == [0.5, 0.0, 0.5, 0.0]  # every step, from v_seq
-    single = mon.get_v("1.module")
+    single = mon.get_v("1.0")
     assert len(single) == 4 and all(v.shape == (1, 1, 4) for v in single)  # one per step of the loop
     assert single[0][0, 0].tolist() == [0.0, 0.0, 0.0, 0.0]  # step 0's input spikes 1, 0, 0, 0: fires, resets
     last = mon.get_v("2")
@@ -106,3 +106,12 @@ def test_record_v_keeps_the_potentials():
         monitor.Monitor(net).get_v("0")
     with pytest.raises(ValueError, match="Invalid module_name"):
         mon.get_v("9")
+
+
+def test_torch_backend_counts_in_the_outputs_dtype():
+    net = nn.Sequential(neuron.MultiStepIFNode())
+    mon = monitor.Monitor(net, backend="torch")
+    mon.enable()
+    net(torch.full((3, 2, 4), 0.4, dtype=torch.float64))  # fires at step 2 (0.4, 0.8, 1.2)
+    rate = mon.get_avg_firing_rate()
+    assert rate.dtype == torch.float64 and rate.item() == 1 / 3

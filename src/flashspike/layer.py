@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -43,102 +44,36 @@ def _check_sequence(x_seq: torch.Tensor, who: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-class _Container(nn.Module):
-    """Holds its modules in ``self.module`` (the module itself when there is one, else an nn.Sequential)
-    and reads and writes checkpoints in SpikingJelly's layout.
-
-    SpikingJelly's containers are nn.Sequential subclasses: their modules' keys are ``<i>.<name>``
-    (``conv.1.0.weight``), ours would be ``module.<name>`` or ``module.<i>.<name>``. ``state_dict()``
-    emits SpikingJelly's keys, so a checkpoint loads into either library; ``load_state_dict`` accepts
-    both layouts, strictly.
-    """
+class _Container(nn.Sequential):
+    """An ``nn.Sequential`` of the modules given, as SpikingJelly's containers are: parameters, buffers
+    and ``state_dict`` keys are named ``<i>.<name>`` (``conv.1.0.weight``), so names, checkpoints and
+    optimizer states keyed by name carry over between the two libraries, and load errors name the keys
+    that ``state_dict()`` shows."""
 
     def __init__(self, *modules: nn.Module):
-        super().__init__()
         if not modules:
             raise ValueError(f"{type(self).__name__} needs at least one module")
-        for m in modules:
+        # nn.Sequential's slicing builds the same class from an OrderedDict of named modules.
+        named = len(modules) == 1 and isinstance(modules[0], OrderedDict)
+        for m in modules[0].values() if named else modules:
             if not isinstance(m, nn.Module):
                 raise TypeError(f"{type(self).__name__} takes nn.Module arguments, got {type(m).__name__}")
-        self.__dict__["_several"] = len(modules) > 1
-        self.module = nn.Sequential(*modules) if self._several else modules[0]
-        self.register_state_dict_post_hook(_emit_sequential_keys)
-        self.register_load_state_dict_pre_hook(_accept_sequential_keys)
+        super().__init__(*modules)
 
-    # nn.Sequential's reading interface, with SpikingJelly's indices.
-    def _members(self) -> list[nn.Module]:
-        return list(self.module) if self._several else [self.module]
-
-    def __len__(self) -> int:
-        return len(self._members())
-
-    def __iter__(self):
-        return iter(self._members())
-
-    def __getitem__(self, idx):
-        members = self._members()
-        if isinstance(idx, slice):
-            return nn.Sequential(*members[idx])
-        return members[idx]
-
-    def _own_key(self, key: str) -> str | None:
-        """Our name for a key relative to this container in SpikingJelly's layout (``0.weight``)."""
-        head, _, rest = key.partition(".")
-        if not head.isdigit():
-            return None
-        if self._several:
-            return "module." + key
-        if head != "0":
-            return None  # index out of range for one module: left for strict loading to report
-        return "module." + rest if rest else "module"
-
-    def _sequential_key(self, key: str) -> str | None:
-        """SpikingJelly's name for one of our keys (relative); None for the nn.Sequential's own entry."""
-        if key == "module":
-            return None if self._several else "0"
-        if not key.startswith("module."):
-            return key
-        rest = key[len("module."):]
-        return rest if self._several else "0." + rest
-
-
-def _emit_sequential_keys(module: _Container, state_dict, prefix: str, local_metadata) -> None:
-    renamed = [(k, module._sequential_key(k[len(prefix):])) for k in list(state_dict) if k.startswith(prefix)]
-    for old, new in renamed:  # the container's keys are the last ones written: re-inserting keeps the order
-        value = state_dict.pop(old)
-        state_dict[prefix + new] = value
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:  # per-module versions, keyed by the module's name
-        for old in [k for k in list(metadata) if k.startswith(prefix) and k != prefix[:-1]]:
-            value = metadata.pop(old)
-            new = module._sequential_key(old[len(prefix):])
-            if new is not None:
-                metadata[prefix + new] = value
-
-
-def _accept_sequential_keys(module: _Container, state_dict, prefix: str, local_metadata, strict, missing_keys,
-                            unexpected_keys, error_msgs) -> None:
-    for key in [k for k in list(state_dict) if k.startswith(prefix)]:
-        own = module._own_key(key[len(prefix):])
-        if own is None:
-            continue
-        if prefix + own in state_dict:
-            error_msgs.append(f"the checkpoint holds both {key!r} (SpikingJelly's layout) and {prefix + own!r}")
-            continue
-        state_dict[prefix + own] = state_dict.pop(key)
+    def _run_modules(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Sequential.forward(self, x)
 
 
 class SeqToANNContainer(_Container):
     """Runs stateless modules on all time steps at once: ``[T, N, *] -> [T*N, *] -> modules -> [T, N, *]``.
 
     Merging T into the batch is a view for a contiguous input, so a convolution or linear layer sees
-    one large batch instead of T small ones. Indexing, ``len`` and iteration work as on SpikingJelly's
-    (nn.Sequential) container; the modules print under ``(module)``.
+    one large batch instead of T small ones.
     """
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         _check_sequence(x_seq, "SeqToANNContainer")
-        y = self.module(x_seq.flatten(0, 1))
+        y = self._run_modules(x_seq.flatten(0, 1))
         return y.view(x_seq.shape[0], x_seq.shape[1], *y.shape[1:])
 
 
@@ -153,9 +88,9 @@ class MultiStepContainer(_Container):
         _check_sequence(x_seq, "MultiStepContainer")
         if x_seq.shape[0] == 0:
             with torch.no_grad():
-                y = copy.deepcopy(self.module)(x_seq.new_zeros(x_seq.shape[1:]))
+                y = copy.deepcopy(self)._run_modules(x_seq.new_zeros(x_seq.shape[1:]))
             return y.new_empty((0, *y.shape))
-        return torch.stack([self.module(x) for x in x_seq])
+        return torch.stack([self._run_modules(x) for x in x_seq])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class Monitor:
         # spikes: [samples (T*N for multi-step nodes), *neuron shape]
         if self.device is not None:
             spikes = spikes.to(self.device)
-        spikes = spikes.float()
+        if spikes.dtype in (torch.float16, torch.bfloat16):
+            spikes = spikes.float()  # counts in 16 bits would stop at 2048 (float16) or 256 (bfloat16)
         if counts.neurons is None:
             counts.neurons = spikes[0].numel()
         counts.spikes = counts.spikes + spikes.sum()

@@ -17,6 +17,7 @@ next ``reset()``; ``node.set_reset_value("v_threshold", x)`` changes what ``rese
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 import warnings
@@ -672,3 +673,23 @@ class LIAFNode(LIFNode):
         y = self.act(self.v - self.v_threshold if self.threshold_related else self.v)
         self.neuronal_reset(self.neuronal_fire())
         return y
+
+
+_BACKEND_PACKAGES = {"cupy": "cupy", "triton": "triton"}
+
+
+def check_backend(backend: str) -> None:
+    """Raise unless ``backend`` is a known backend name whose package (CuPy, Triton) is installed."""
+    backends.validate_name(backend)
+    package = _BACKEND_PACKAGES.get(backend)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ImportError(f"backend {backend!r} needs the package {package!r}, which is not installed")
+
+
+def __getattr__(name: str):
+    # AdaptiveBaseNode (a neuron with an adaptation current w) lives with the step-mode neurons, which
+    # import this module: it is looked up on first use.
+    if name == "AdaptiveBaseNode":
+        from .activation_based.neuron import AdaptBaseNode
+        return AdaptBaseNode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

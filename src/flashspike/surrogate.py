@@ -68,11 +68,16 @@ __all__ = [
     "SurrogateFunction", "Rule", "POSITIVE", "NON_NEGATIVE", "ABOVE_ONE", "INTEGER_AT_LEAST_2", "heaviside",
     "PiecewiseQuadratic", "PiecewiseExp", "Sigmoid", "SoftSign", "ATan", "NonzeroSignLogAbs", "Erf",
     "PiecewiseLeakyReLU", "SquarewaveFourierSeries", "S2NN", "QPseudoSpike",
+    # SpikingJelly's hand-written style (flashspike.surrogate_functions)
+    "SurrogateFunctionBase", "MultiArgsSurrogateFunctionBase", "piecewise_quadratic", "piecewise_exp", "sigmoid",
+    "soft_sign", "atan", "nonzero_sign_log_abs", "erf", "piecewise_leaky_relu", "squarewave_fourier_series", "s2nn",
+    "q_pseudo_spike",
 ]
 
 
-def heaviside(x, m):
-    """Θ(x): 1 where x >= 0, else 0; NaN stays NaN so a diverging net is visible in its output."""
+def heaviside(x, m=TORCH):
+    """Θ(x): 1 where x >= 0, else 0; NaN stays NaN so a diverging net is visible in its output. ``m`` is
+    the math namespace of the formula (tensors by default)."""
     return m.where(x >= 0.0, 1.0, m.where(x < 0.0, 0.0, x))
 
 
@@ -442,3 +447,9 @@ class QPseudoSpike(SurrogateFunction):
     @staticmethod
     def derivative(x, alpha, m):
         return m.pow(1.0 + 2.0 / (alpha - 1.0) * m.abs(x), -alpha)
+
+
+# Last: that module builds its autograd Functions from the classes above.
+from .surrogate_functions import (MultiArgsSurrogateFunctionBase, SurrogateFunctionBase, atan, erf,  # noqa: E402
+                                  nonzero_sign_log_abs, piecewise_exp, piecewise_leaky_relu, piecewise_quadratic,
+                                  q_pseudo_spike, s2nn, sigmoid, soft_sign, squarewave_fourier_series)

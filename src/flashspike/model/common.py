@@ -25,6 +25,15 @@ class StepModule(nn.Module):
     """
 
     multi_step = False
+    # The namespace the layers are built from (Conv2d, BatchNorm2d, MaxPool2d, AdaptiveAvgPool2d, Linear,
+    # Dropout): torch.nn here; flashspike.activation_based.layer for the step-mode zoo, whose layers
+    # handle the sequence themselves (that zoo's models keep multi_step False).
+    layers = nn
+
+    @property
+    def neuron_argument(self) -> str:
+        """The builder argument that names the neuron class, for error messages."""
+        return "multi_step_neuron" if self.multi_step else "single_step_neuron"
 
     def stateless(self, x: torch.Tensor, modules) -> torch.Tensor:
         """Stateless modules (convolution, batch norm, pool, linear) on one step or on every step at once."""

@@ -61,10 +61,15 @@ class _PLIFNet(StepModule):
     side: int  # height and width left for the first linear layer
     hidden: int
     outputs: int
+    # (in_channels, side) of a net that SpikingJelly builds as another one and then rebuilds its first
+    # convolution and first linear layer for (the N-MNIST nets, built as MNIST nets): the same seed then
+    # gives the same weights, and those two layers come last in parameters() and state_dict(), so
+    # optimizer states carry over. None for the others.
+    rebuilt_for = None
 
     def __init__(self, channels, neuron, **kwargs):
         super().__init__()
-        check_neuron(neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
+        check_neuron(neuron, self.neuron_argument)
         dropout = layer.MultiStepDropout if self.multi_step else layer.Dropout
         for i in range(1, self.convs + 1):
             conv_in = self.in_channels if i == 1 else channels
@@ -79,6 +84,12 @@ class _PLIFNet(StepModule):
             setattr(self, f"fc{k}", nn.Linear(fc_in, fc_out))
             setattr(self, f"sn{k}", neuron(**kwargs))
         self.voting = VotingLayer(10)
+        if self.rebuilt_for is not None:
+            in_channels, side = self.rebuilt_for
+            fc = f"fc{self.convs + 1}"
+            del self.conv1, self._modules[fc]
+            self.conv1 = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1, bias=self.conv_bias)
+            setattr(self, fc, nn.Linear(channels * side * side, self.hidden))
 
     def _pool(self, i: int) -> list:
         return [getattr(self, f"pool{i}")] if i in self.pool_after else []
@@ -123,7 +134,7 @@ class _MNIST:
 
 
 class _NMNIST(_MNIST):
-    in_channels, side = 2, 8
+    rebuilt_for = (2, 8)
 
 
 class _CIFAR10:

@@ -13,29 +13,30 @@ from torch import nn
 from .common import StepModule, check_neuron, check_T, refuse_pretrained
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1, *,
+            layers=nn) -> nn.Conv2d:
+    return layers.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
                      bias=False, dilation=dilation)
 
 
-def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1, *, layers=nn) -> nn.Conv2d:
+    return layers.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def basic_convs(inplanes, planes, stride, groups, base_width, dilation) -> list:
+def basic_convs(inplanes, planes, stride, groups, base_width, dilation, layers=nn) -> list:
     """The two 3x3 convolutions of a basic block (ResNet-18/34)."""
     if groups != 1 or base_width != 64:
         raise ValueError(f"a basic block supports only groups=1 and base_width=64, got {groups} and {base_width}")
     if dilation > 1:
         raise NotImplementedError(f"a basic block does not support dilation > 1, got {dilation}")
-    return [conv3x3(inplanes, planes, stride), conv3x3(planes, planes)]
+    return [conv3x3(inplanes, planes, stride, layers=layers), conv3x3(planes, planes, layers=layers)]
 
 
-def bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, expansion) -> list:
+def bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, expansion, layers=nn) -> list:
     """1x1 down to ``width``, 3x3 (grouped, strided), 1x1 up to ``planes * expansion`` (ResNet-50 and up)."""
     width = int(planes * (base_width / 64.0)) * groups
-    return [conv1x1(inplanes, width), conv3x3(width, width, stride, groups, dilation),
-            conv1x1(width, planes * expansion)]
+    return [conv1x1(inplanes, width, layers=layers), conv3x3(width, width, stride, groups, dilation, layers=layers),
+            conv1x1(width, planes * expansion, layers=layers)]
 
 
 class ResidualBlock(StepModule):
@@ -47,8 +48,8 @@ class ResidualBlock(StepModule):
 
     def __init__(self, convs: list, downsample, stride: int, norm_layer, neuron, neuron_kwargs: dict):
         super().__init__()
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
-        check_neuron(neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
+        norm_layer = self.layers.BatchNorm2d if norm_layer is None else norm_layer
+        check_neuron(neuron, self.neuron_argument)
         for i, conv in enumerate(convs, 1):
             setattr(self, f"conv{i}", conv)
             setattr(self, f"bn{i}", norm_layer(conv.out_channels))
@@ -89,25 +90,26 @@ class ResNetBase(StepModule):
                 f"replace_stride_with_dilation must be None or hold 3 booleans, got {replace_stride_with_dilation!r}"
             )
         neuron_kwargs = neuron_kwargs or {}
-        check_neuron(neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
+        check_neuron(neuron, self.neuron_argument)
         self.T = check_T(T)
-        self._norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        layers_kit = self.layers
+        self._norm_layer = layers_kit.BatchNorm2d if norm_layer is None else norm_layer
         self.inplanes = 64
         self.dilation = 1
         self.groups = groups
         self.base_width = width_per_group
 
-        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = layers_kit.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = self._norm_layer(self.inplanes)
         self.sn1 = neuron(**neuron_kwargs)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = layers_kit.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stage = (block, neuron, block_args, neuron_kwargs)
         self.layer1 = self._make_layer(*stage, 64, layers[0])
         self.layer2 = self._make_layer(*stage, 128, layers[1], 2, replace_stride_with_dilation[0])
         self.layer3 = self._make_layer(*stage, 256, layers[2], 2, replace_stride_with_dilation[1])
         self.layer4 = self._make_layer(*stage, 512, layers[3], 2, replace_stride_with_dilation[2])
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.avgpool = layers_kit.AdaptiveAvgPool2d((1, 1))
+        self.fc = layers_kit.Linear(512 * block.expansion, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -129,7 +131,7 @@ class ResNetBase(StepModule):
             stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride, layers=self.layers),
                                        norm_layer(planes * block.expansion))
         layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, previous_dilation,
                         norm_layer, *block_args, neuron, **neuron_kwargs)]

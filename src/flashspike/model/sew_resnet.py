@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 
 from .common import name_builder
-from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
+from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build, conv1x1, conv3x3
 
 __all__ = [
+    "conv3x3", "conv1x1",
     "SEWResNet", "sew_resnet18", "sew_resnet34", "sew_resnet50", "sew_resnet101", "sew_resnet152",
     "sew_resnext50_32x4d", "sew_resnext101_32x8d", "sew_wide_resnet50_2", "sew_wide_resnet101_2",
     "MultiStepSEWResNet", "multi_step_sew_resnet18", "multi_step_sew_resnet34", "multi_step_sew_resnet50",
@@ -51,6 +52,9 @@ def _check_cnf(cnf) -> str:
 
 
 class _FireThenConnect(ResidualBlock):
+    # g(S, A), the paper's order; SpikingJelly 2.x's step-mode bottleneck joins g(A, S) (they differ for 'IAND').
+    shortcut_first = True
+
     def __init__(self, convs, downsample, stride, norm_layer, cnf, neuron, neuron_kwargs):
         super().__init__(convs, downsample, stride, norm_layer, neuron, neuron_kwargs)
         if downsample is not None:
@@ -60,7 +64,7 @@ class _FireThenConnect(ResidualBlock):
     def forward(self, x):
         out = self.branch(x, fire_last=True)
         shortcut = x if self.downsample is None else self.downsample_sn(self.stateless(x, self.downsample))
-        return sew_function(shortcut, out, self.cnf)
+        return sew_function(shortcut, out, self.cnf) if self.shortcut_first else sew_function(out, shortcut, self.cnf)
 
     def extra_repr(self) -> str:
         return f"cnf={self.cnf}"
@@ -73,7 +77,7 @@ class BasicBlock(_FireThenConnect):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  norm_layer=None, cnf=None, single_step_neuron=None, **kwargs):
-        convs = basic_convs(inplanes, planes, stride, groups, base_width, dilation)
+        convs = basic_convs(inplanes, planes, stride, groups, base_width, dilation, self.layers)
         super().__init__(convs, downsample, stride, norm_layer, cnf, single_step_neuron, kwargs)
 
 
@@ -95,7 +99,7 @@ class Bottleneck(_FireThenConnect):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  norm_layer=None, cnf=None, single_step_neuron=None, **kwargs):
-        convs = bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, self.expansion)
+        convs = bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, self.expansion, self.layers)
         super().__init__(convs, downsample, stride, norm_layer, cnf, single_step_neuron, kwargs)
 
 

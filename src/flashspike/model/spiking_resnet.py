@@ -16,9 +16,10 @@ e.g. ``surrogate_function=surrogate.ATan(), detach_reset=True, backend='cupy'``.
 from __future__ import annotations
 
 from .common import name_builder
-from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build
+from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build, conv1x1, conv3x3
 
 __all__ = [
+    "conv3x3", "conv1x1",
     "SpikingResNet", "spiking_resnet18", "spiking_resnet34", "spiking_resnet50", "spiking_resnet101",
     "spiking_resnet152", "spiking_resnext50_32x4d", "spiking_resnext101_32x8d", "spiking_wide_resnet50_2",
     "spiking_wide_resnet101_2",
@@ -43,7 +44,7 @@ class BasicBlock(_AddThenFire):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  norm_layer=None, single_step_neuron=None, **kwargs):
-        convs = basic_convs(inplanes, planes, stride, groups, base_width, dilation)
+        convs = basic_convs(inplanes, planes, stride, groups, base_width, dilation, self.layers)
         super().__init__(convs, downsample, stride, norm_layer, single_step_neuron, kwargs)
 
 
@@ -65,7 +66,7 @@ class Bottleneck(_AddThenFire):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  norm_layer=None, single_step_neuron=None, **kwargs):
-        convs = bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, self.expansion)
+        convs = bottleneck_convs(inplanes, planes, stride, groups, base_width, dilation, self.expansion, self.layers)
         super().__init__(convs, downsample, stride, norm_layer, single_step_neuron, kwargs)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import functional
+from ..neuron import BaseNode
 from .common import StepModule, check_neuron, check_T, name_builder, refuse_pretrained
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "multi_step_spiking_vgg13", "multi_step_spiking_vgg13_bn", "spiking_vgg13", "spiking_vgg13_bn",
     "multi_step_spiking_vgg16", "multi_step_spiking_vgg16_bn", "spiking_vgg16", "spiking_vgg16_bn",
     "multi_step_spiking_vgg19", "multi_step_spiking_vgg19_bn", "spiking_vgg19", "spiking_vgg19_bn",
+    "sequential_forward",
 ]
 
 # Output channels of each 3x3 convolution, "M" a 2x2 max pool: configurations A, B, D, E of the paper.
@@ -39,31 +42,42 @@ cfgs = {
 _DEPTH_TO_CFG = {11: "A", 13: "B", 16: "D", 19: "E"}
 
 
+def sequential_forward(sequential: nn.Sequential, x_seq: torch.Tensor) -> torch.Tensor:
+    """The modules of ``sequential`` on a sequence ``[T, N, *]``: each neuron as it is (a multi-step
+    node), every other module on the merged ``[T*N, *]`` batch."""
+    if not isinstance(sequential, nn.Sequential):
+        raise TypeError(f"sequential_forward expects an nn.Sequential, got {type(sequential).__name__}")
+    for module in sequential:
+        x_seq = module(x_seq) if isinstance(module, BaseNode) else functional.seq_to_ann_forward(x_seq, module)
+    return x_seq
+
+
 class SpikingVGG(StepModule):
     """Single-step spiking VGG: ``[N, 3, H, W] -> [N, num_classes]`` per call; ``kwargs`` go to the neuron."""
 
     def __init__(self, cfg, batch_norm=False, norm_layer=None, num_classes=1000, init_weights=True,
                  single_step_neuron=None, **kwargs):
         super().__init__()
-        neuron = check_neuron(single_step_neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
-        norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
+        neuron = check_neuron(single_step_neuron, self.neuron_argument)
+        kit = self.layers
+        norm_layer = kit.BatchNorm2d if norm_layer is None else norm_layer
         features, neuron_at, in_channels = [], [], 3
         for v in cfg:
             if v == "M":
-                features.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                features.append(kit.MaxPool2d(kernel_size=2, stride=2))
                 continue
-            features.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1))
+            features.append(kit.Conv2d(in_channels, v, kernel_size=3, padding=1))
             if batch_norm:
                 features.append(norm_layer(v))
             neuron_at.append(len(features))
             features.append(neuron(**kwargs))
             in_channels = v
         self.features = nn.Sequential(*features)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.avgpool = kit.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), neuron(**kwargs), nn.Dropout(),
-            nn.Linear(4096, 4096), neuron(**kwargs), nn.Dropout(),
-            nn.Linear(4096, num_classes),
+            kit.Linear(512 * 7 * 7, 4096), neuron(**kwargs), kit.Dropout(),
+            kit.Linear(4096, 4096), neuron(**kwargs), kit.Dropout(),
+            kit.Linear(4096, num_classes),
         )
         # Where the neurons sit: everything else runs as stateless layers, several in one call.
         self._neuron_at = {"features": frozenset(neuron_at), "classifier": frozenset({1, 4})}
