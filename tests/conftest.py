@@ -13,6 +13,7 @@
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,8 @@ def spikingjelly2_path() -> Path:
     """The folder holding SpikingJelly 2.x's ``spikingjelly`` package, named by FLASHSPIKE_SJ2_PATH (it
     conflicts with an installed 0.0.0.0.14, so it is only ever imported in a subprocess). Unset: a skip;
     naming a folder without it: a failure (a broken set-up must not pass for an absent one)."""
+    if sys.version_info < (3, 11):
+        pytest.skip("SpikingJelly 2.x needs Python 3.11 or later")
     folder = os.environ.get(SJ2_VARIABLE)
     if not folder:
         pytest.skip(f"SpikingJelly 2.x not given: set {SJ2_VARIABLE} to the folder holding its spikingjelly package")

@@ -106,3 +106,16 @@ def test_backend_keyword_and_set_backend():
     assert net[0].backend == "torch"
     assert functional.set_backend(net, "torch") == 2
     assert isinstance(surrogate.ATan(), surrogate.SurrogateFunction)
+
+
+def test_the_transformer_models_are_reached_under_spikingjellys_names():
+    # A 2.x program's `from spikingjelly.activation_based.model import spikformer` with the import changed
+    # gets the one implementation (flashspike.model), not a copy.
+    from flashspike import model as zoo
+    from flashspike.activation_based.model import spike_driven_transformer, spikformer
+
+    assert spikformer.Spikformer is zoo.spikformer.Spikformer and spikformer.__all__ == zoo.spikformer.__all__
+    assert spike_driven_transformer.sdt_8_384 is zoo.spike_driven_transformer.sdt_8_384
+    net = spikformer.Spikformer(T=2, img_size_h=8, img_size_w=8, patch_size=4, embed_dims=16, num_heads=2,
+                                mlp_ratio=2, depths=1, num_classes=3, backend="torch")
+    assert net(torch.rand(2, 1, 3, 8, 8)).shape == (2, 1, 3)
