@@ -135,3 +135,10 @@ def name_builder(builder, name: str, summary: str):
         "every other keyword goes to the neuron."
     )
     return builder
+
+
+def head_dim(dim: int, num_heads: int) -> int:
+    """The channels of each attention head: ``dim / num_heads``, which must divide evenly."""
+    if dim % num_heads:
+        raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+    return dim // num_heads

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import functional
-from .common import image_to_sequence, make_multi_step_neuron
+from .common import head_dim, image_to_sequence, make_multi_step_neuron
 
 __all__ = ["SpikeDrivenTransformer", "sdt_8_384", "SpikeDrivenSelfAttention"]
 
@@ -37,11 +37,7 @@ class SpikeDrivenSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, spiking_neuron=None, **kwargs):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim(dim, num_heads)
         self.shortcut_lif = make_multi_step_neuron(spiking_neuron, kwargs, ATTENTION_LIF_OPTIONS)
 
         def conv_bn_lif():

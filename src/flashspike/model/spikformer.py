@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import layer
-from .common import image_to_sequence, make_multi_step_neuron
+from .common import head_dim, image_to_sequence, make_multi_step_neuron
 
 __all__ = [
     "Spikformer", "spikformer_cifar10", "spikformer_s", "spikformer_ti", "SpikformerConv2dBN",
@@ -122,11 +122,7 @@ class SpikingSelfAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 8, spiking_neuron=None, **kwargs):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.dim = dim
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim(dim, num_heads)
         self.scale = 0.125
         self.qkv_conv_bn = layer.SeqToANNContainer(nn.Conv1d(dim, 3 * dim, kernel_size=1, bias=False),
                                                    nn.BatchNorm1d(3 * dim))
