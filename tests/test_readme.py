@@ -55,3 +55,17 @@ def test_the_folder_the_readme_names_is_the_one_its_command_writes():
     command = re.search(r"python -m flashspike\.examples\.conv_fashion_mnist (-device cpu [^\n`]*)", text).group(1)
     folder = cli.run_name(cli.parse_args(command.split()))
     assert f"`logs/{folder}`" in text and f"-resume logs/{folder}/checkpoint_latest.pth" in text
+
+
+def test_the_first_conv_snn_page_runs_and_learns(capsys):
+    """docs/first_conv_snn.md: its one program runs as written, starts silent and learns the toy task."""
+    page = README.parent / "docs" / "first_conv_snn.md"
+    (code,) = re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.M | re.S)
+    exec(compile(code, str(page), "exec"), {"__name__": "docs"})
+    out = capsys.readouterr().out
+    printed = re.findall(r"^step (\d+): loss ([\d.]+), accuracy ([\d.]+), silent outputs ([\d.]+)$", out, re.M)
+    assert [int(step) for step, *_ in printed] == [0, 20, 40]
+    (_, first_loss, _, first_silent), *_, (_, last_loss, last_accuracy, last_silent) = printed
+    assert float(last_loss) < float(first_loss) and float(last_accuracy) >= 0.75 and float(last_silent) == 0
+    assert re.search(r"^firing rate per layer: \{'2': [\d.]+, '4': [\d.]+\}$", out, re.M)
+    assert re.search(r"^\d+ ms per step on (cpu|cuda)$", out, re.M)
