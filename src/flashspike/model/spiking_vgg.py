@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import StepModule, check_neuron, check_T, name_builder, refuse_pretrained
+from .common import StepModule, check_neuron, check_num_classes, check_T, name_builder, refuse_pretrained
 
 __all__ = [
     "SpikingVGG", "MultiStepSpikingVGG",
@@ -46,6 +46,7 @@ class SpikingVGG(StepModule):
                  single_step_neuron=None, **kwargs):
         super().__init__()
         neuron = check_neuron(single_step_neuron, "multi_step_neuron" if self.multi_step else "single_step_neuron")
+        check_num_classes(num_classes)
         norm_layer = nn.BatchNorm2d if norm_layer is None else norm_layer
         features, neuron_at, in_channels = [], [], 3
         for v in cfg:
