@@ -27,7 +27,7 @@ from torch import nn
 from flashspike import backends, functional, layer, neuron, surrogate
 from flashspike.backends import autograd, choice, operators, reference, torch_kernels
 from flashspike.dynamics import charge
-from conftest import require_backend
+from conftest import kernel_device, require_backend
 from grid import Cell, cell_id, params
 
 GPU_BACKENDS = ["cupy", "triton"]
@@ -399,6 +399,51 @@ def test_fullgraph_inductor_compile_matches_eager(fresh_dynamo):
     for y in (eager_out[0], compiled_out[0]):
         y.sum().backward()
     _assert_same_as_eager(eager, net, eager_out, compiled_out, grad_tol=1e-5)
+
+
+# Options assigned between calls, one group a call: each call after a change compiles again (7 compiles,
+# within Dynamo's recompile limit of 8).
+CHANGES = [{}, {"tau": 3.0}, {"v_threshold": 0.5}, {"v_reset": None, "detach_reset": True},
+           {"v_reset": -0.25, "decay_input": False}, {"alpha": 5.0}, {"surrogate_function": surrogate.Sigmoid()}]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_compiled_node_follows_each_option_change(backend, fresh_dynamo):
+    """An option assigned between calls of a compiled node reaches its next call (it recompiles), as in
+    eager mode: an option that changed is traced as a symbolic number, which no options text can hold."""
+    device = kernel_device(backend)
+    node = neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan(), backend=backend)
+    eager = neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan(), backend="torch")
+    compiled = torch.compile(node, fullgraph=True, backend="aot_eager")
+    x = _dyadic(6, 5, generator=torch.Generator().manual_seed(7), scale=2).float().abs()
+
+    def run(module, on):
+        xr = x.to(on).requires_grad_()
+        spikes = module(xr)
+        (spikes * torch.arange(1.0, 7.0, device=on).view(6, 1)).sum().backward()
+        module_node = node if module is compiled else module
+        v = module_node.v
+        module_node.reset()
+        return spikes.cpu(), v.cpu(), xr.grad.cpu()
+
+    for changes in CHANGES:
+        for option, value in changes.items():
+            for target in (node, eager):
+                setattr(target.surrogate_function if option == "alpha" else target, option, value)
+        got, expected = run(compiled, device), run(eager, "cpu")
+        assert torch.equal(got[0], expected[0]), changes
+        torch.testing.assert_close(got[1:], expected[1:], rtol=1e-5, atol=1e-6, msg=str(changes))
+
+
+def test_a_compiled_single_step_node_follows_an_option_change(fresh_dynamo):
+    for cls in (neuron.LIFNode, neuron.EIFNode):  # the second class's first trace follows a change of the first's
+        node, eager = cls(), cls()
+        compiled = torch.compile(node, fullgraph=True, backend="aot_eager")
+        for v_threshold in (1.0, 0.5, 0.75):
+            node.v_threshold = eager.v_threshold = v_threshold
+            x = torch.linspace(0.0, 3.0, 9)
+            assert torch.equal(compiled(x), eager(x)) and torch.equal(node.v, eager.v)
+            node.reset(), eager.reset()
 
 
 # --- GPU: compile and CUDA graphs with the kernel backends -------------------------------------------------

@@ -112,3 +112,10 @@ def test_periodic_encoder_pattern_moves_with_the_module_and_stays_out_of_state_d
     assert enc().dtype == torch.float64 and enc.spike.dtype == torch.float64
     enc.encode(torch.zeros(4, 1))
     assert enc.T == 4 and enc().tolist() == [0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.uint8, torch.bool])
+def test_poisson_encoder_names_an_input_that_is_no_probability(dtype):
+    with pytest.raises(TypeError, match=r"PoissonEncoder's input \(firing probabilities\) must be a floating-point "
+                                        rf"tensor .*got {dtype}; convert it first"):
+        encoding.PoissonEncoder()(torch.ones(3, dtype=dtype))

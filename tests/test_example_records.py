@@ -6,7 +6,10 @@ Training runs here are tiny (4 channels, 2 batches of 32 synthetic images an epo
 """
 
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -261,6 +264,13 @@ def test_the_same_command_twice_is_refused_unless_overwriting(data_dir, tmp_path
         (["-momentum", "-1"], "-momentum must be a finite number from 0 to 1, got -1.0"),
         (["-device", "foo"], "-device foo: not a device this example trains on"),
         (["-b", "700"], "-b 700 is more than the 640 training images of each process"),
+        (["-seed", str(2**70)], f"-seed must be a whole number from -2**63 to 2**64 - 1 (what torch.manual_seed "
+                                f"takes), got {2**70}"),
+        (["-seed", str(-2**63 - 1)], "-seed must be a whole number from -2**63 to 2**64 - 1"),
+        (["-T", "10000000"], "-T 10000000, -b 32 and -channels 4 need at least 14.4 TiB for a training step, and "
+                             "cpu has "),
+        (["-channels", "100000"], "-channels 100000 needs about 86.5 TiB for the network's weights, gradients and "
+                                  "optimizer state alone, and cpu has "),
     ],
 )
 def test_bad_values_are_one_error_line(data_dir, tmp_path, capsys, extra, message):  # noqa: F811
@@ -324,3 +334,215 @@ def test_odd_data_files_are_one_error_line(tmp_path, capsys, case):
     }[case]
     assert (code, expected[1] in err) == (expected[0], True), err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ one run holds its folder
+
+HOLD = ("import sys\nfrom pathlib import Path\nfrom flashspike.examples import run_log\n"
+        "folder = Path(sys.argv[1]); folder.mkdir(parents=True, exist_ok=True)\n"
+        "run_log.hold_folder(folder); print('held', flush=True); sys.stdin.read()\n")
+
+
+def test_a_held_folder_is_refused_naming_the_holder_until_it_dies(reference, data_dir, tmp_path, capsys):  # noqa: F811
+    """Another process holds the run's folder (as a run that trains there does): a new run, -overwrite
+    and -resume on it are refused in one line naming that process, and touch nothing; once the holder
+    is killed (no cleanup), the folder is free again."""
+    folder = tmp_path / FOLDER
+    shutil.copytree(reference[0], folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for extra in (["-overwrite"], ["-epochs", "3", "-resume", str(folder / run_log.LATEST)], []):
+            assert cli.main(flags(data_dir, tmp_path, *extra)) == 2, extra
+            err = capsys.readouterr().err
+            assert err == f"error: {folder} is in use by another run (process {holder.pid}), which writes its " \
+                          "record there; wait for it to end, or give another -out_dir\n", extra
+        assert {path.name: path.read_bytes() for path in folder.iterdir() if path.name != run_log.HOLDER} == before
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with the process
+        holder.wait()
+    assert cli.main(flags(data_dir, tmp_path, "-epochs", "3", "-resume", str(folder / run_log.LATEST))) == 0
+    assert [r["epoch"] for r in read_metrics(folder)] == [0, 1, 2]
+    assert not (folder / run_log.HOLDER).exists()  # a run that ends leaves its folder free and clean
+
+
+def test_a_training_run_holds_its_folder(data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    second = []
+    original = run_log.RunLog._save
+
+    def save_and_try_a_second_run(self, name, data):
+        if not second:  # while the first run records its first epoch
+            second.append("started")
+            second[:] = [cli.main(flags(data_dir, tmp_path, "-overwrite")), capsys.readouterr().err]
+        original(self, name, data)
+
+    monkeypatch.setattr(run_log.RunLog, "_save", save_and_try_a_second_run)
+    assert cli.main(flags(data_dir, tmp_path)) == 0
+    assert second[0] == 2 and f"is in use by another run (process {os.getpid()})" in second[1]
+    assert [r["epoch"] for r in read_metrics(tmp_path / FOLDER)] == [0, 1]  # one run's record, unmixed
+
+
+# ------------------------------------------------------------------ resume on the run's own data
+
+def other_data(tmp_path, seed=7):
+    directory = tmp_path / f"other-data-{seed}"
+    directory.mkdir()
+    generator = torch.Generator().manual_seed(seed)
+    for split, n in (("train", 640), ("t10k", 160)):
+        images, labels = synthetic_split(n, generator)
+        fm.write_idx(directory / f"{split}-images-idx3-ubyte", images)
+        fm.write_idx(directory / f"{split}-labels-idx1-ubyte", labels)
+    return directory
+
+
+def test_a_checkpoint_records_its_data_and_resume_reads_it_by_default(reference, data_dir, tmp_path,  # noqa: F811
+                                                                      monkeypatch, capsys):
+    """The README's resume command carries no -data_dir: the run goes on with the data it was trained on
+    (the checkpoint's record), not with the data found by default elsewhere, and ends as the run that
+    never stopped."""
+    expected_folder, _ = reference
+    recorded = load_checkpoint(expected_folder / run_log.LATEST)["data"]
+    assert recorded == {"dir": str(data_dir.resolve()),
+                        "fingerprint": fm.fingerprint(fm.load_fashion_mnist(data_dir, allow_download=False))}
+    copy = copy_of(expected_folder, tmp_path)
+    cut = load_checkpoint(copy / run_log.BEST)  # epoch 0: resume from it as if the run had stopped there
+    (copy / run_log.LATEST).write_bytes((copy / run_log.BEST).read_bytes())
+    assert cut["epoch"] == 0
+    monkeypatch.setattr(fm, "DEBIAN_DIR", other_data(tmp_path))  # what the default would find
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["-device", "cpu", "-resume", str(copy / run_log.LATEST), "-epochs", "2"]) == 0
+    assert f"from {data_dir.resolve()}" in capsys.readouterr().out
+    assert without_times(read_metrics(copy)) == without_times(read_metrics(expected_folder))
+
+
+def test_resume_refuses_other_data_unless_allowed(reference, data_dir, tmp_path, capsys):  # noqa: F811
+    copy = copy_of(reference[0], tmp_path)
+    latest = str(copy / run_log.LATEST)
+    other = other_data(tmp_path)
+    assert cli.main(["-device", "cpu", "-resume", latest, "-epochs", "3", "-data_dir", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -resume {latest}: the run was trained on the data in {data_dir.resolve()} ")
+    assert f"and {other.resolve()} holds other data" in err and "-allow_other_data" in err and err.count("\n") == 1
+    assert [r["epoch"] for r in read_metrics(copy)] == [0, 1]  # untouched
+    # The same data elsewhere, uncompressed: the same fingerprint, taken.
+    same = tmp_path / "same-data"
+    same.mkdir()
+    for path in data_dir.iterdir():
+        fm.write_idx(same / path.name.removesuffix(".gz"), fm.read_idx(path)[1])
+    assert cli.main(["-device", "cpu", "-resume", latest, "-epochs", "3", "-data_dir", str(same)]) == 0
+    capsys.readouterr()
+    assert cli.main(["-device", "cpu", "-resume", latest, "-epochs", "4", "-data_dir", str(other),
+                     "-allow_other_data"]) == 0
+    assert load_checkpoint(copy / run_log.LATEST)["data"]["dir"] == str(other.resolve())  # recorded from now on
+
+
+# ------------------------------------------------------------------ checkpoints that are not ours, or damaged inside
+
+class _Code:
+    """A pickled object whose loading would run a command (creating a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _damaged(payload, case, tmp_path):
+    from flashspike.examples.checkpoint import checkpoint_bytes
+
+    if case == "epoch as text":
+        payload["epoch"] = "1"
+    elif case == "no shuffle state":
+        del payload["rng"]["shuffle"]
+    elif case == "short history":
+        payload["history"] = payload["history"][:1]
+    elif case == "another network":
+        payload["net"] = {**payload["net"], "static_conv.0.weight": torch.zeros(8, 1, 3, 3)}
+    elif case == "random bytes":
+        return bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).to(torch.uint8).tolist())
+    elif case == "code":
+        payload = {"net": _Code(tmp_path / "ran")}
+    return checkpoint_bytes(payload)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("epoch as text", "its epoch is '1', not a whole number >= 0"),
+    ("no shuffle state", "its random generators' states lack shuffle"),
+    ("short history", "its history holds 1 epochs' metrics, but it covers epochs 0 to 1"),
+    ("another network", "does not fit this network and optimizer: its network is another: 1 tensors of other "
+                        "shapes (e.g. static_conv.0.weight: [8, 1, 3, 3] saved, [4, 1, 3, 3] here)"),
+    ("random bytes", "not a readable checkpoint of this example (UnpicklingError: "),
+    ("code", "not a readable checkpoint of this example (UnpicklingError: Trying to load unsupported GLOBAL"),
+])
+def test_a_checkpoint_damaged_inside_or_not_ours_is_one_error_line(reference, data_dir, tmp_path, capsys,  # noqa: F811
+                                                                  case, message):
+    path = tmp_path / "checkpoint_latest.pth"
+    path.write_bytes(_damaged(load_checkpoint(reference[0] / run_log.LATEST), case, tmp_path))
+    assert cli.main(flags(data_dir, tmp_path, "-epochs", "3", "-resume", str(path))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -resume {path}: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "ran").exists()  # nothing in the file ran
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(reference, data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from flashspike.examples import trainer
+
+    original = trainer.Trainer.train_epoch
+    epochs = []
+
+    def interrupted_in_epoch_1(self, *args):
+        epochs.append(1)
+        if len(epochs) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", interrupted_in_epoch_1)
+    assert cli.main(flags(data_dir, tmp_path)) == 130
+    err = capsys.readouterr().err
+    latest = tmp_path / FOLDER / run_log.LATEST
+    assert err.count("\n") == 1 and err.startswith(f"interrupted: {latest} holds epochs 0 to 0"), err
+    command = shlex.split(err.split("continue with: ")[1])
+    assert command[:3] == ["python", "-m", "flashspike.examples.conv_fashion_mnist"]
+    monkeypatch.undo()
+    assert cli.main(command[3:]) == 0  # the printed command continues the run to the uninterrupted record
+    assert without_times(read_metrics(tmp_path / FOLDER)) == without_times(read_metrics(reference[0]))
+
+
+def test_ctrl_c_before_any_epoch_says_nothing_was_saved(data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from flashspike.examples import trainer
+
+    def interrupt(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, "train_epoch", interrupt)
+    assert cli.main(flags(data_dir, tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert err == f"interrupted: no epoch of this run was recorded in {tmp_path / FOLDER}; start it again (with " \
+                  "-overwrite if it says the folder holds a run)\n"
+
+
+def test_a_real_ctrl_c_prints_one_line(data_dir, tmp_path):  # noqa: F811
+    """SIGINT, as a terminal's Ctrl-C sends it, to a process training: one line, no traceback."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "flashspike.examples.conv_fashion_mnist",
+                                *flags(data_dir, tmp_path, "-epochs", "1000")], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        latest = tmp_path / FOLDER / run_log.LATEST
+        for line in process.stdout:
+            if line.startswith("epoch=") and latest.exists():
+                break
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert re.fullmatch(rf"interrupted: {re.escape(str(latest))} holds epochs 0 to \d+, recorded whole \(the epoch "
+                        r"under way is lost\); continue with: python -m flashspike\.examples\.conv_fashion_mnist "
+                        rf"-resume {re.escape(str(latest))} -epochs 1000 -device cpu\n", err), err

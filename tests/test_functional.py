@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from flashspike import functional, layer
+from flashspike import functional, layer, neuron
 
 
 def _sj():
@@ -208,3 +208,16 @@ def test_reset_net_calls_class_methods_and_instance_callables_once_each():
     net = torch.nn.Sequential(inner, torch.nn.Sequential(shared, assigned), shared, torch.nn.ReLU())
     functional.reset_net(net)
     assert calls.count(inner) == 1 and calls.count(shared) == 1 and calls.count("assigned") == 1 and len(calls) == 3
+
+
+def test_set_threshold_margin_refuses_a_flashspike_neuron_in_training_mode():
+    node = neuron.MultiStepIFNode()
+    label = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(TypeError, match="per-neuron thresholds are not supported"):
+        functional.set_threshold_margin(node, label)
+    assert node.v_threshold == 1.0
+    node.eval()
+    functional.set_threshold_margin(node, label, eval_threshold=0.8)  # one number: taken
+    assert node.v_threshold == 0.8 and node.params().v_threshold == 0.8
+    with pytest.raises(TypeError, match="got a tensor of shape \\(2, 2\\).*per-neuron values are not supported"):
+        node.v_threshold = label

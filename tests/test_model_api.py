@@ -33,3 +33,23 @@ def test_every_public_name_has_spikingjelly_parameters(module):
 def test_module_level_helpers_match():
     assert model.sew_resnet.sew_function.__name__ == "sew_function"
     assert model.spiking_vgg.cfgs == sj_zoo("spiking_vgg").cfgs
+
+
+def _builders():
+    for module in ("spiking_resnet", "sew_resnet", "spiking_vgg"):
+        for name in getattr(model, module).__all__:
+            builder = getattr(getattr(model, module), name)
+            if not inspect.isclass(builder) and name.startswith(("spiking_", "multi_step_", "sew_")):
+                yield pytest.param(builder, id=f"{module}.{name}")
+
+
+@pytest.mark.parametrize("builder", list(_builders()))
+@pytest.mark.parametrize("num_classes", [-1, 0, "10", 10.0, True])
+def test_every_builder_names_a_bad_num_classes(builder, num_classes):
+    from flashspike import neuron
+
+    step = "multi_step_neuron" if builder.__name__.startswith("multi_step") else "single_step_neuron"
+    neuron_class = neuron.MultiStepIFNode if step == "multi_step_neuron" else neuron.IFNode
+    extra = {"cnf": "ADD"} if "sew" in builder.__name__ else {}
+    with pytest.raises(ValueError, match=f"num_classes must be a positive int, got {num_classes!r}"):
+        builder(num_classes=num_classes, **{step: neuron_class}, **extra)

@@ -1,6 +1,7 @@
 """Neurons whose subclass overrides charge, fire or reset run those methods, single- and multi-step,
 and behave as SpikingJelly's neurons with the same overrides."""
 
+import types
 import warnings
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 from flashspike import neuron, surrogate
 from flashspike.backends import reference
+
+from conftest import kernel_device
 
 
 # Overrides written once and given to our classes and SpikingJelly's alike.
@@ -40,7 +43,7 @@ def _subclass(base, methods):
 def test_bias_in_the_charge_fires_every_other_step():
     # H = 0.5, 1.0 (fires, back to 0), 0.5, 1.0 with zero input.
     node = _subclass(neuron.MultiStepIFNode, OVERRIDES["charge"])(backend="torch", store_v_seq=True)
-    with pytest.warns(UserWarning, match="overrides neuronal_charge"):
+    with pytest.warns(UserWarning, match="has its own neuronal_charge"):
         spikes = node(torch.zeros(4, 1))
     assert spikes.view(-1).tolist() == [0.0, 1.0, 0.0, 1.0]
     assert node.v_seq.view(-1).tolist() == [0.5, 0.0, 0.5, 0.0]
@@ -176,6 +179,38 @@ def _assert_same_steps(ours, theirs):
         x = torch.randn(7, generator=g, dtype=torch.float64) * 0.6 + 0.2
         assert torch.equal(ours(x), theirs(x))
         torch.testing.assert_close(ours.v, theirs.v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("override", OVERRIDES)
+def test_overrides_assigned_to_a_multistep_node_match_spikingjelly(override):
+    """``node.neuronal_fire = ...`` on the node itself: SpikingJelly's step loop calls the node's
+    attribute, so an instance's own method counts as a subclass's does."""
+    sj_neuron = pytest.importorskip("spikingjelly.clock_driven.neuron")
+    sj_surrogate = pytest.importorskip("spikingjelly.clock_driven.surrogate")
+    ours = neuron.MultiStepLIFNode(surrogate_function=surrogate.ATan(), backend="torch", store_v_seq=True)
+    theirs = sj_neuron.MultiStepLIFNode(surrogate_function=sj_surrogate.ATan())
+    for node in (ours, theirs):
+        for name, method in OVERRIDES[override].items():
+            setattr(node, name, types.MethodType(method, node))
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.6 + 1.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(ours(x), theirs(x))
+    torch.testing.assert_close(ours.v_seq, theirs.v_seq, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_an_assigned_override_runs_on_any_backend_until_deleted(backend):
+    node = neuron.MultiStepIFNode(backend=backend)
+    x = torch.zeros(4, 3, device=kernel_device(backend))
+    node.neuronal_charge = types.MethodType(charge_with_bias, node)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert node(x)[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert not type(node)._own_dynamics  # the class itself is untouched
+    del node.neuronal_charge
+    node.reset()
+    assert node(x).sum().item() == 0.0  # the backend's own charge again
 
 
 def test_a_direct_base_node_subclass_runs_like_spikingjelly():

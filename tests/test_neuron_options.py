@@ -99,3 +99,63 @@ def test_assigning_the_same_value_keeps_the_cached_params():
     q = node.params()
     node.reset()  # back to 1.0, as SpikingJelly: the params follow
     assert node.params() is not q and node.params().v_threshold == 1.0
+
+
+ORDERED = [  # (class, option, value that puts v_reset above v_threshold or v_rest)
+    (neuron.MultiStepEIFNode, "v_reset", 5.0),
+    (neuron.MultiStepEIFNode, "v_threshold", -1.0),
+    (neuron.EIFNode, "v_rest", -1.0),
+    (neuron.QIFNode, "v_rest", -5.0),
+    (neuron.QIFNode, "v_reset", 2.0),
+]
+
+
+@pytest.mark.parametrize("cls,option,value", ORDERED, ids=lambda v: getattr(v, "__name__", repr(v)))
+def test_eif_and_qif_keep_reset_below_threshold_and_rest_on_assignment(cls, option, value):
+    words = "needs v_threshold > v_reset and v_rest >= v_reset"
+    with pytest.raises(ValueError, match=words):
+        cls(**{option: value})
+    node = cls()
+    before, params = getattr(node, option), node.params()
+    with pytest.raises(ValueError, match=words):
+        setattr(node, option, value)
+    assert getattr(node, option) == before and node.params() is params
+    if option != "v_rest":  # a memory: what reset() restores is held to the same rule
+        with pytest.raises(ValueError, match=words):
+            node.set_reset_value(option, value)
+        node.reset()
+        assert getattr(node, option) == before
+    if option != "v_reset":
+        node.v_reset = None  # soft reset: no order to keep
+        setattr(node, option, value)
+
+
+@pytest.mark.parametrize("value", [NAN, INF, "1", None])
+def test_a_reset_value_of_an_option_is_checked(value):
+    node = neuron.MultiStepLIFNode()
+    with pytest.raises((ValueError, TypeError), match="v_threshold must be a"):
+        node.set_reset_value("v_threshold", value)
+    node.v_threshold = 0.5
+    node.reset()
+    assert node.v_threshold == 1.0 and node.params().v_threshold == 1.0
+    node.set_reset_value("v_reset", None)  # None is a valid v_reset (soft reset)
+    node.reset()
+    assert node.v_reset is None
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_store_v_seq_must_be_a_bool(value):
+    with pytest.raises(TypeError, match="store_v_seq must be True or False"):
+        neuron.MultiStepLIFNode(store_v_seq=value)
+    node = neuron.MultiStepLIFNode(backend="torch")
+    with pytest.raises(TypeError, match="store_v_seq must be True or False"):
+        node.store_v_seq = value
+    node(torch.ones(2, 3))
+    assert node.store_v_seq is False and node.__dict__["v_seq"] is None
+
+
+@pytest.mark.parametrize("cls", [neuron.MultiStepEIFNode, neuron.QIFNode])
+@pytest.mark.parametrize("option", ["v_threshold", "v_reset", "v_rest"])
+def test_eif_and_qif_name_an_option_of_the_wrong_type(cls, option):
+    with pytest.raises(TypeError, match=f"{option} must be a number, got '1'"):
+        cls(**{option: "1"})

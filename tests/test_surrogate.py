@@ -254,7 +254,7 @@ class _TL:
     """Just enough of triton.language to run generated statements over float64 tensors."""
 
     exp, log, sqrt, abs = staticmethod(torch.exp), staticmethod(torch.log), staticmethod(torch.sqrt), staticmethod(torch.abs)
-    sin, erf, floor = staticmethod(torch.sin), staticmethod(torch.erf), staticmethod(torch.floor)
+    sin, cos, erf, floor = staticmethod(torch.sin), staticmethod(torch.cos), staticmethod(torch.erf), staticmethod(torch.floor)
     where = staticmethod(TORCH.where)
 
 

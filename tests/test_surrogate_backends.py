@@ -127,3 +127,74 @@ def test_set_spiking_mode():
     sg = surrogate.ATan()
     sg.set_spiking_mode(False)
     assert sg.spiking is False and repr(sg) == "ATan(alpha=2.0, spiking=False)"
+
+
+def _defined_as(scale: float) -> type:
+    """A user's surrogate class ``Slope`` whose slope is ``scale``·(Sigmoid's): called twice, it is the
+    same class defined again with another formula (a notebook cell edited and run again), of the same
+    module and qualified name."""
+
+    class Slope(surrogate.SurrogateFunction):
+        def __init__(self, alpha: float = 4.0, spiking: bool = True):
+            super().__init__(spiking, alpha=alpha)
+
+        @staticmethod
+        def primitive(x, alpha, m):
+            return m.sigmoid(alpha * x)
+
+        @staticmethod
+        def derivative(x, alpha, m):
+            s = m.let("sigmoid", m.sigmoid(alpha * x))
+            return scale * alpha * s * (1.0 - s)
+
+    return Slope
+
+
+def test_a_surrogate_class_defined_again_gets_kernels_of_its_own_formula():
+    device = kernel_device("triton")
+    first, second = _defined_as(1.0), _defined_as(3.0)
+    assert (first.__module__, first.__qualname__) == (second.__module__, second.__qualname__)
+    x = torch.randn(4, 50, generator=torch.Generator().manual_seed(5)) + 0.6
+    for cls in (first, second):
+        torch.testing.assert_close(_grad(_lif("triton", cls()), x.to(device)).cpu(), _grad(_lif("torch", cls()), x),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_code_rebuilds_the_surrogate_class_of_its_own_formula():
+    """Compiled code passes the surrogate to its operators as text (class name, values, formula digest):
+    of two classes of one name, the operators rebuild the one whose formulas the text names."""
+    first, second = _defined_as(1.0), _defined_as(3.0)
+    for cls, other in ((second, first), (first, second)):
+        sg = cls(alpha=2.5)
+        rebuilt = operators.surrogate_from(operators.surrogate_text(sg))
+        assert rebuilt.key == sg.key != other(alpha=2.5).key  # (the key holds the formulas' digest)
+    x = torch.randn(4, 50, generator=torch.Generator().manual_seed(6)) + 0.6
+    node = _lif("torch", second())
+    compiled = torch.compile(node, backend="eager", fullgraph=True)
+    torch.testing.assert_close(_grad(compiled, x), _grad(_lif("torch", second()), x))
+
+
+def _fourier_slopes(sg, potentials):
+    """The input gradient of a soft-reset IF step at each potential on 'triton' and on 'torch'."""
+    device = kernel_device("triton")
+    h = torch.tensor(potentials, dtype=torch.float32).view(1, -1)
+    grads = []
+    for backend, where in (("triton", device), ("torch", "cpu")):
+        x = h.to(where, copy=True).requires_grad_()
+        node(backend, "if", v_reset=None, surrogate=sg)(x).sum().backward()
+        grads.append(x.grad.cpu())
+    return grads
+
+
+def test_fourier_series_slope_on_triton_far_from_the_threshold():
+    """Its cosines reach arguments of any size: reduced exactly near the threshold, by tl.cos beyond."""
+    far = [1e8, 1e9, 1e30, -1e30, 3.0e4, -2.6e4, 2.5e4, 3000.0, 0.3, 1.2]
+    triton_grad, torch_grad = _fourier_slopes(surrogate.SquarewaveFourierSeries(), far)
+    assert torch_grad.abs().max() <= 0.5  # its bound, 4/T_period·(n − 1)
+    torch.testing.assert_close(triton_grad, torch_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fourier_series_of_many_terms_on_triton():
+    """200 terms: a sum whose generated text would nest 200 parentheses deep, cut into statements."""
+    triton_grad, torch_grad = _fourier_slopes(surrogate.SquarewaveFourierSeries(n=200), [-2.0, -0.31, 0.0, 0.07, 1.5])
+    torch.testing.assert_close(triton_grad, torch_grad, rtol=1e-4, atol=2e-5)

@@ -14,7 +14,18 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["MemoryModule"]
+__all__ = ["MemoryModule", "check_floating"]
+
+
+def check_floating(x, what: str) -> None:
+    """Refuse an input that is no floating-point tensor, naming it (``what``) and what it must be."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{what} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}; "
+            "convert it first, e.g. x.float()"
+        )
 
 
 class MemoryModule(nn.Module):

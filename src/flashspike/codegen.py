@@ -28,7 +28,12 @@ the kernel's whole step, for an accuracy the surrogate's slope does not need. CU
 ``cos(z)`` are ``sinpif(z/π)`` and ``cospif(z/π)``: their range reduction is exact and branch-free,
 where ``sinf``/``cosf`` carry a slow path for large arguments (a call with a stack frame, and more
 registers around it); the rounding of z/π costs an absolute error of about |z|·10⁻⁷. Triton's
-``cos`` is composed for the same reason: a reduction by π and one even polynomial, without a branch.
+``cos`` is composed for the same reason: a reduction by π and one even polynomial, without a branch,
+exact for |z| <= 2¹³·π; larger arguments (rare: a potential far from the threshold) go to ``tl.cos``.
+
+Generated statements nest at most :data:`MAX_NESTING` parentheses deep: a deeper expression (a sum
+of hundreds of terms) is cut into named intermediates, as Python's parser (Triton's kernels are
+Python) refuses about 200 levels.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from types import SimpleNamespace
 
 import torch
 
-__all__ = ["Expr", "Emitter", "TORCH", "CUDA", "TRITON", "Language"]
+__all__ = ["Expr", "Emitter", "TORCH", "CUDA", "TRITON", "FORMULA", "Language"]
 
 
 class Expr:
@@ -219,36 +224,54 @@ def _atan_by_polynomial(e, x):
 
 
 # cos(r) for |r| <= π/2 by its Taylor series to r¹² (truncation below 10⁻⁸ there). π is split into
-# three parts, the first two with few enough bits that k times them is exact in float32 for |k| < 2¹¹,
-# so the reduction z − k·π loses (almost) nothing for the arguments of a surrogate's slope.
+# three parts, the first two with few enough bits (8 and 11) that k times them is exact in float32 for
+# |k| <= 2¹³, so the reduction z − k·π loses (almost) nothing while |z| <= 2¹³·π (about 25,700).
 _COS_TAYLOR = tuple((-1) ** i / math.factorial(2 * i) for i in range(7))
 _PI_PARTS = (3.140625, 9.67502593994140625e-4, 1.509957990978376432e-7)
+_COS_EXACT_LIMIT = 2.0**13 * math.pi
 
 
 def _cos_by_polynomial(e, z):
-    """cos(z) = (−1)^k cos(z − kπ), k the nearest whole number to z/π: no branch, one polynomial.
-    (Triton's tl.cos carries a slow path for huge arguments that costs the kernel time; the
-    Fourier-series surrogate's slope is a sum of cosines.)"""
-    k = e.let("cos_k", Expr("floor", z * (1.0 / math.pi) + 0.5))
+    """cos(z) = (−1)^k cos(z − kπ), k the nearest whole number to z/π: no branch, one polynomial, for
+    |z| <= 2¹³·π. (Triton's tl.cos carries a slow path for huge arguments that costs the kernel time;
+    the Fourier-series surrogate's slope is a sum of cosines.) A larger |z| (a potential far from the
+    threshold) goes to tl.cos, which reduces every float exactly; the other lanes give it 0, so they
+    never take its slow path, and the polynomial is given 0 in the far lanes, so it never overflows."""
+    far = e.let("cos_far", Expr("abs", z) > _COS_EXACT_LIMIT)
+    near_z = e.let("cos_z", e.where(far, 0.0, z))
+    k = e.let("cos_k", Expr("floor", near_z * (1.0 / math.pi) + 0.5))
     head, middle, tail = _PI_PARTS
-    r = e.let("cos_r", ((z - k * head) - k * middle) - k * tail)
+    r = e.let("cos_r", ((near_z - k * head) - k * middle) - k * tail)
     r2 = e.let("cos_r2", r * r)
     poly = _lift(_COS_TAYLOR[-1])
     for c in reversed(_COS_TAYLOR[:-1]):
         poly = poly * r2 + c
     poly = e.let("cos_poly", poly)
-    return e.where(k - 2.0 * Expr("floor", k * 0.5) > 0.5, -poly, poly)
+    near = e.where(k - 2.0 * Expr("floor", k * 0.5) > 0.5, -poly, poly)
+    return e.where(far, Expr("cos", e.where(far, z, 0.0)), near)
 
 
 TRITON = Language(
     name="triton",
     const_suffix="",
     functions={"exp": "tl.exp", "log": "tl.log", "sqrt": "tl.sqrt", "abs": "tl.abs", "sin": "tl.sin",
-               "erf": "tl.erf", "floor": "tl.floor"},
+               "cos": "tl.cos", "erf": "tl.erf", "floor": "tl.floor"},
     where_template="tl.where({c}, {a}, {b})",
     assign_template="{name} = {value}",
     compositions={"pow": lambda e, base, k: _pow_composed(e, base, k, "exp", "log"), "erfc": _erfc_by_erf,
                   "atan": _atan_by_polynomial, "cos": _cos_by_polynomial},
+)
+
+
+#: Formulas spelled for telling them apart, not for compiling: each function under its own name, nothing
+#: composed. Two formulas with the same text compute the same thing (see SurrogateFunction.key).
+FORMULA = Language(
+    name="formula",
+    const_suffix="",
+    functions={name: name for name in ("exp", "log", "sqrt", "abs", "sin", "cos", "atan", "erf", "erfc", "floor",
+                                        "pow")},
+    where_template="where({c}, {a}, {b})",
+    assign_template="{name} = {value}",
 )
 
 
@@ -262,6 +285,11 @@ def _function(op: str):
     return call
 
 
+# How deep a generated statement may nest its parentheses: far below the about 200 levels Python's
+# parser takes (Triton reads its kernels as Python), and below what C compilers take without complaint.
+MAX_NESTING = 32
+
+
 class Emitter:
     """The math namespace for code generation: records ``let`` statements in order."""
 
@@ -271,21 +299,48 @@ class Emitter:
         self.lines: list[str] = []
 
     def let(self, name: str, value) -> Expr:
-        unique = f"{self.prefix}{len(self.lines)}_{name}"
-        self.lines.append(
-            self.language.assign_template.format(name=unique, value=self.language.render(_lift(value)))
-        )
-        return var(unique)
+        return self._assign(self._unique(name), self._shallow(_lift(value)))
 
     def define(self, name: str, value) -> Expr:
         """Like ``let`` but under exactly ``name``: the variables a kernel template reads back."""
-        self.lines.append(
-            self.language.assign_template.format(name=name, value=self.language.render(_lift(value)))
-        )
-        return var(name)
+        return self._assign(name, self._shallow(_lift(value)))
 
     def render(self, value) -> str:
-        return self.language.render(_lift(value))
+        return self.language.render(self._shallow(_lift(value)))
+
+    def _unique(self, name: str) -> str:
+        return f"{self.prefix}{len(self.lines)}_{name}"
+
+    def _assign(self, name: str, value: Expr) -> Expr:
+        self.lines.append(self.language.assign_template.format(name=name, value=self.language.render(value)))
+        return var(name)
+
+    def _shallow(self, root: Expr) -> Expr:
+        """``root`` with each subexpression that would nest deeper than :data:`MAX_NESTING` named by a
+        statement of its own (walked without recursion: a formula may be thousands of levels deep)."""
+        done: dict = {}  # id(node) -> (the node as rendered, its nesting depth)
+        stack = [root]
+        while stack:
+            node = stack[-1]
+            if id(node) in done:
+                stack.pop()
+                continue
+            children = [a for a in node.args if isinstance(a, Expr)]
+            pending = [c for c in children if id(c) not in done]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            if not children:
+                done[id(node)] = (node, 0)
+                continue
+            args = tuple(done[id(a)][0] if isinstance(a, Expr) else a for a in node.args)
+            shallow = node if all(a is b for a, b in zip(args, node.args)) else Expr(node.op, *args)
+            depth = 1 + max(done[id(c)][1] for c in children)
+            if depth > MAX_NESTING:
+                shallow, depth = self._assign(self._unique("part"), shallow), 0
+            done[id(node)] = (shallow, depth)
+        return done[id(root)][0]
 
     def _call(self, op: str, *args) -> Expr:
         """``op(*args)`` as the language spells it, or composed from what it has."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MemoryModule
+from .base import MemoryModule, check_floating
 
 __all__ = ["StatelessEncoder", "StatefulEncoder", "PeriodicEncoder", "LatencyEncoder", "PoissonEncoder",
            "WeightedPhaseEncoder"]
@@ -122,6 +122,7 @@ class PoissonEncoder(StatelessEncoder):
     """Each value x in [0, 1] spikes with probability x at each call, independently (rand ≤ x)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_floating(x, "PoissonEncoder's input (firing probabilities)")
         return torch.rand_like(x).le(x).to(x)
 
 

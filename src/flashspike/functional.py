@@ -87,8 +87,16 @@ def set_threshold_margin(output_layer: nn.Module, label_one_hot: torch.Tensor, e
                          threshold0: float = 0.9, threshold1: float = 1.1) -> None:
     """Train the output layer with a margin: in training mode its threshold becomes a tensor shaped like
     ``label_one_hot``, ``threshold1`` for the true class and ``threshold0`` for the others; in eval mode
-    it is ``eval_threshold``. The layer must accept a tensor ``v_threshold``."""
+    it is ``eval_threshold``. The layer must accept a tensor ``v_threshold``: flashspike's neurons do not
+    (their threshold is one number, compiled into their kernels), and are refused in training mode."""
     if output_layer.training:
+        if isinstance(output_layer, BaseNode):
+            raise TypeError(
+                f"set_threshold_margin gives the output layer a threshold per neuron and sample (a tensor), and "
+                f"flashspike's {type(output_layer).__name__} takes one number as v_threshold: per-neuron thresholds "
+                "are not supported. Train without the margin, or give the output layer a module of your own that "
+                "takes a tensor v_threshold."
+            )
         threshold = torch.ones_like(label_one_hot) * threshold0
         threshold[label_one_hot == 1] = threshold1
         output_layer.v_threshold = threshold

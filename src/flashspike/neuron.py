@@ -5,7 +5,8 @@ A neuron is charge, fire, reset: the methods ``neuronal_charge(x)``, ``neuronal_
 implement them with :mod:`flashspike.dynamics` and differ only in the charge, as do PLIF (LIF with a
 learnable decay 1/tau = sigmoid(w), the parameter ``w``) and EIF (an exponential charge). A single-step node
 always runs them; a multi-step node runs its backend's fused ``multi_step`` instead, unless its class
-overrides one of them: then it runs them step by step (the kernels cannot know the override).
+overrides one of them or one is assigned to the node itself (``node.neuronal_fire = ...``): then it
+runs them step by step (the kernels cannot know the override).
 
 Every node is a :class:`flashspike.base.MemoryModule`: ``v`` (and ``v_threshold``, ``v_reset``,
 ``v_seq``) are memories, plain attributes that ``state_dict()`` does not carry and DDP does not
@@ -29,7 +30,7 @@ from . import backends, dynamics, surrogate
 from .backends import operators, reference
 from .backends.autograd import fused_multi_step
 from .backends.choice import kernel_set_for, surrogate_state
-from .base import MemoryModule
+from .base import MemoryModule, check_floating
 from .params import NeuronParams
 
 __all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode", "ParametricLIFNode",
@@ -38,6 +39,10 @@ __all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode
 
 
 def _number(name: str, value, *, positive: bool = False) -> float:
+    if isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}: a neuron's options are "
+                        "one number for the whole layer (per-neuron values are not supported; .item() turns a "
+                        "one-element tensor into a number)")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
@@ -83,18 +88,9 @@ _OPTION_CHECKS = {
     "surrogate_function": _any,  # checked by __init__
     "tau": _positive,
     "decay_input": _flag,
+    "store_v_seq": _flag,  # a multi-step node's
 }
 _UNSET = object()
-
-
-def _check_floating(x, what: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{what} must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}; "
-            "convert it first, e.g. x.float()"
-        )
 
 
 class BaseNode(MemoryModule):
@@ -148,11 +144,55 @@ class BaseNode(MemoryModule):
 
     def __setattr__(self, name, value):
         check = self._option_checks.get(name)
+        if check is None:
+            super().__setattr__(name, value)
+            if name in _DYNAMICS_METHODS:  # an instance's own charge, fire or reset, as SpikingJelly honours it
+                self._dynamics_assigned()
+            return
+        value = check(name, value)
+        self._check_options({name: value})
+        changed = self.__dict__.get(name, _UNSET) != value
+        super().__setattr__(name, value)
+        if changed:
+            self._options_changed()
+
+    def __delattr__(self, name):
+        super().__delattr__(name)
+        if name in _DYNAMICS_METHODS:
+            self._dynamics_assigned()
+
+    def _dynamics_assigned(self) -> None:
+        """After a charge, fire or reset method is assigned to (or deleted from) this node: a multi-step
+        node runs its own methods step by step while the node has one of them, as for a subclass."""
+        if any(name in self.__dict__ or name in self._modules for name in _DYNAMICS_METHODS):
+            self.__dict__["_own_dynamics"] = True
+        else:
+            self.__dict__.pop("_own_dynamics", None)  # the class's answer again
+
+    def _check_options(self, changed: dict) -> None:
+        """Raise ValueError when the options, with ``changed`` in place of the current values, break a
+        rule that ties several options together (EIF and QIF have one). Options not yet set (the node
+        is being built) are not checked; the last one set is."""
+
+    def _options_changed(self) -> None:
+        """Build the kept NeuronParams again, now rather than at the next call: compiled code reads it
+        while tracing, where an option (of this node or of another of its class) that changed since the
+        last compile is a symbolic number, from which no kernel options text can be made."""
+        self.__dict__["_cached_params"] = None
+        try:
+            self.params()
+        except AttributeError:  # the node is being built: the last option its constructor sets builds it
+            pass
+
+    def set_reset_value(self, name: str, value) -> None:
+        """What ``reset()`` gives memory ``name`` from now on; an option (``v_threshold``, ``v_reset``) is
+        checked as when it is assigned."""
+        check = self._option_checks.get(name)
         if check is not None:
             value = check(name, value)
-            if self.__dict__.get(name, _UNSET) != value:
-                self.__dict__["_cached_params"] = None
-        super().__setattr__(name, value)
+            reset_values = {key: rv for key, rv in self._memories_rv.items() if key in self._option_checks}
+            self._check_options({**reset_values, name: value})
+        super().set_reset_value(name, value)
 
     def reset(self) -> None:
         """Forget the state: every memory returns to its value at construction (the potential to
@@ -160,7 +200,7 @@ class BaseNode(MemoryModule):
         super().reset()
         p = self.__dict__.get("_cached_params")
         if p is not None and (p.v_threshold != self.v_threshold or p.v_reset != self.v_reset):
-            self.__dict__["_cached_params"] = None
+            self._options_changed()
 
     def params(self) -> NeuronParams:
         """The current options as the frozen object that backends receive.
@@ -197,7 +237,7 @@ class BaseNode(MemoryModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One time step ``[N, *] -> [N, *]`` through charge, fire, reset; the state carries over to the
         next call."""
-        _check_floating(x, "x")
+        check_floating(x, "x")
         self._start_steps(x)
         return self._step(x)
 
@@ -245,6 +285,18 @@ class BaseNode(MemoryModule):
 _DYNAMICS_METHODS = ("neuronal_charge", "neuronal_fire", "neuronal_reset")
 
 
+def _check_resting_options(node: BaseNode, changed: dict) -> None:
+    """EIF's and QIF's rule, on ``node``'s options with ``changed`` in place (once all three are set): a
+    hard reset lies below the threshold and at or below the resting potential."""
+    v_threshold, v_rest, v_reset = (changed.get(name, node.__dict__.get(name, _UNSET))
+                                    for name in ("v_threshold", "v_rest", "v_reset"))
+    if _UNSET in (v_threshold, v_rest, v_reset) or v_reset is None:
+        return
+    if not (v_threshold > v_reset and v_rest >= v_reset):
+        raise ValueError(f"{type(node).__name__} needs v_threshold > v_reset and v_rest >= v_reset, got "
+                         f"v_threshold={v_threshold!r}, v_rest={v_rest!r}, v_reset={v_reset!r}")
+
+
 def _defining_class(cls: type, name: str) -> type:
     return next(klass for klass in cls.__mro__ if name in klass.__dict__)
 
@@ -269,7 +321,7 @@ class _MultiStep(BaseNode):
     def __init__(self, *args, backend: str = "auto", store_v_seq: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
-        self.store_v_seq = bool(store_v_seq)
+        self.store_v_seq = store_v_seq
         self.register_memory("v_seq", None)
 
     @property
@@ -303,7 +355,7 @@ class _MultiStep(BaseNode):
         """The whole sequence ``[T, N, *] -> [T, N, *]`` in one call, continuing from ``self.v``."""
         # The hot path of every training step: each check costs host time, so each is made once.
         if not (isinstance(x_seq, torch.Tensor) and x_seq.is_floating_point()):
-            _check_floating(x_seq, "x_seq")
+            check_floating(x_seq, "x_seq")
         if x_seq.dim() < 2:
             raise ValueError(
                 f"{type(self).__name__} expects x_seq of shape [T, N, *] (at least 2 dimensions), "
@@ -361,8 +413,9 @@ class _MultiStep(BaseNode):
         if cls._warn_step_loop and cls not in _warned_step_loop:
             _warned_step_loop.add(cls)
             warnings.warn(
-                f"{cls.__name__} overrides neuronal_charge, neuronal_fire or neuronal_reset, which the fused "
-                "kernels do not know: it runs those methods one step at a time instead of the backend "
+                f"{cls.__name__} has its own neuronal_charge, neuronal_fire or neuronal_reset (in its class or "
+                "assigned to the node), which the fused kernels do not know: it runs those methods one step at "
+                "a time instead of the backend "
                 f"{self._backend!r}. This notice is shown once per class.",
                 stacklevel=3,
             )
@@ -497,11 +550,12 @@ class _ExponentialIF:
                  surrogate_function=None, detach_reset=False, **multi_step):
         tau, delta_T = _greater_than_one("tau", tau), _number("delta_T", delta_T, positive=True)
         theta_rh, v_rest = _number("theta_rh", theta_rh), _number("v_rest", v_rest)
-        if v_reset is not None and not (v_threshold > v_reset and v_rest >= v_reset):
-            raise ValueError(f"EIF needs v_threshold > v_reset and v_rest >= v_reset, got v_threshold={v_threshold!r}, "
-                             f"v_rest={v_rest!r}, v_reset={v_reset!r}")
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, **multi_step)
+        # v_rest last: its assignment checks the order of v_reset, v_rest and v_threshold
         self.tau, self.delta_T, self.theta_rh, self.v_rest = tau, delta_T, theta_rh, v_rest
+
+    def _check_options(self, changed: dict) -> None:
+        _check_resting_options(self, changed)
 
     def params(self) -> NeuronParams:
         p = self.__dict__.get("_cached_params")
@@ -589,12 +643,10 @@ class QIFNode(_SingleStep):
         self.tau = tau
         self.v_c = v_c
         self.a0 = a0
-        self.v_rest = v_rest
-        if self.v_reset is not None and not (self.v_threshold > self.v_reset and self.v_rest >= self.v_reset):
-            raise ValueError(
-                f"QIFNode needs v_threshold > v_reset and v_rest >= v_reset, got v_threshold={self.v_threshold}, "
-                f"v_rest={self.v_rest}, v_reset={self.v_reset}"
-            )
+        self.v_rest = v_rest  # last: its assignment checks the order of v_reset, v_rest and v_threshold
+
+    def _check_options(self, changed: dict) -> None:
+        _check_resting_options(self, changed)
 
     def neuronal_charge(self, x: torch.Tensor) -> None:
         v = self.v
@@ -667,7 +719,7 @@ class LIAFNode(LIFNode):
         self.threshold_related = _flag("threshold_related", threshold_related)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_floating(x, "x")
+        check_floating(x, "x")
         self._start_steps(x)
         self.neuronal_charge(x)
         y = self.act(self.v - self.v_threshold if self.threshold_related else self.v)

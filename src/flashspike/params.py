@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .surrogate import SurrogateFunction
 
@@ -31,12 +31,18 @@ class NeuronParams:
     delta_T: float = 1.0
     theta_rh: float = 0.8
     resting_potential: float = 0.0
+    # Every option but the surrogate as ``name=value`` pairs joined by commas (floats by repr, which
+    # reads back exactly): made here, once, because compiled code reads it while it traces, where an
+    # option changed since the last compile may be a symbolic number that no text can hold.
+    text: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
         if (self.parametric or self.exponential) and not self.leaky:
             raise ValueError("a parametric (PLIF) or exponential (EIF) neuron is leaky: pass leaky=True")
         if self.parametric and self.exponential:
             raise ValueError("a neuron is either parametric (PLIF) or exponential (EIF), not both")
+        text = ",".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.init and f.name != "surrogate")
+        object.__setattr__(self, "text", text)
 
     @property
     def kind(self) -> str:

@@ -56,13 +56,14 @@ Any other callable (a lambda, an ``nn.Module``) may serve as a neuron's ``surrog
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
-from .codegen import TORCH
+from .codegen import FORMULA, TORCH, Emitter, var
 
 __all__ = [
     "SurrogateFunction", "Rule", "POSITIVE", "NON_NEGATIVE", "ABOVE_ONE", "INTEGER_AT_LEAST_2", "heaviside",
@@ -149,6 +150,22 @@ class SurrogateFunction(nn.Module):
             if not isinstance(value, bool):
                 raise TypeError(f"{type(self).__name__}: spiking must be True or False, got {value!r}")
         super().__setattr__(name, value)
+        if rule is not None or name == "spiking":
+            self._identify()
+
+    def _identify(self) -> None:
+        """Keep :attr:`key` and :attr:`text` in step with the mode and hyper-parameters, as plain values
+        made at each change rather than when read: compiled code reads them while it traces, and there a
+        number assigned since the last compile may be symbolic, which no text can hold."""
+        state = self.__dict__
+        if "spiking" not in state or any(name not in state for name in self.hyperparameters):
+            return  # still being built
+        cls = type(self)
+        name, values = f"{cls.__module__}.{cls.__qualname__}", self.values()
+        digest = _formula_digest(self)
+        state["_key"] = (name, self.spiking, tuple(zip(self.hyperparameters, map(float, values))), digest)
+        arguments = "".join(f";{hyper}={value!r}" for hyper, value in zip(self.hyperparameters, values))
+        state["_text"] = f"{name}(spiking={self.spiking!r}{arguments})#{digest}"
 
     def set_spiking_mode(self, spiking: bool) -> None:
         """Switch between the step (True) and the smooth primitive (False), as ``sg.spiking = ...``."""
@@ -198,9 +215,16 @@ class SurrogateFunction(nn.Module):
 
     @property
     def key(self) -> tuple:
-        """What identifies the generated code: the class, the mode and every hyper-parameter."""
-        return (f"{type(self).__module__}.{type(self).__qualname__}", self.spiking,
-                tuple(zip(self.hyperparameters, map(float, self.values()))))
+        """What identifies the generated code: the class's name, the mode, every hyper-parameter, and a
+        digest of the formulas the kernels are generated from. The digest tells apart two classes of one
+        name, or a class defined again with another formula (a notebook cell run twice)."""
+        return self.__dict__["_key"]
+
+    @property
+    def text(self) -> str:
+        """``module.qualname(spiking=...;name=value;...)#digest``: the surrogate as compiled code passes
+        it to the neuron operators (see :func:`flashspike.backends.operators.surrogate_from`)."""
+        return self.__dict__["_text"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.spiking:
@@ -216,6 +240,19 @@ class SurrogateFunction(nn.Module):
             return ""
         return ", ".join(f"{name}={value}" for name, value in zip(self.hyperparameters, self.values())) + (
             f", spiking={self.spiking}")
+
+
+def _formula_digest(sg: SurrogateFunction) -> str:
+    """A digest of the formulas the kernels are generated from: ``sg``'s output and slope in its mode,
+    with its values, spelled as generated text. A formula that cannot be generated (a subclass that
+    calls torch itself: backend 'torch' runs it, the kernel backends say why they cannot) has none."""
+    emitter, x = Emitter(FORMULA), var("x")
+    try:
+        emitter.define("output", sg.output(x, emitter))
+        emitter.define("slope", sg.output_slope(x, emitter))
+    except Exception:  # whatever a formula of tensors raises when given symbols; reported at kernel build
+        return "none"
+    return hashlib.sha256("\n".join(emitter.lines).encode()).hexdigest()[:16]
 
 
 class PiecewiseQuadratic(SurrogateFunction):

@@ -51,33 +51,41 @@ def option_string(p: NeuronParams) -> str:
     One string rather than eight arguments because the dispatcher's per-argument work (and, with
     grad, PyTorch's argument handling around ``setup_context``) grows with the argument count; it
     costs tens of microseconds per call. Floats are written with ``repr``, which reads back exactly.
+    Both parts are texts made when their values were set (:attr:`NeuronParams.text`,
+    :attr:`~flashspike.surrogate.SurrogateFunction.text`): compiled code joins them while it traces,
+    where a number changed since the last compile may be symbolic and could not be written.
     """
-    return (
-        f"leaky={p.leaky!r},v_threshold={p.v_threshold!r},v_reset={p.v_reset!r},detach_reset={p.detach_reset!r},"
-        f"surrogate={surrogate_text(p.surrogate)},tau={p.tau!r},decay_input={p.decay_input!r},"
-        f"parametric={p.parametric!r},exponential={p.exponential!r},delta_T={p.delta_T!r},theta_rh={p.theta_rh!r},"
-        f"resting_potential={p.resting_potential!r}"
-    )
+    return f"{p.text},surrogate={surrogate_text(p.surrogate)}"
 
 
 def surrogate_text(sg) -> str:
-    """``module.qualname(spiking=...;name=value;...)``: everything :func:`surrogate_from` needs."""
-    values = "".join(f";{name}={value!r}" for name, value in zip(sg.hyperparameters, sg.values()))
-    return f"{type(sg).__module__}.{type(sg).__qualname__}(spiking={sg.spiking!r}{values})"
+    """``module.qualname(spiking=...;name=value;...)#digest``: everything :func:`surrogate_from` needs."""
+    return sg.text
 
 
-def surrogate_class(name: str) -> type:
-    """The :class:`~flashspike.surrogate.SurrogateFunction` subclass called ``module.qualname``.
+def surrogate_class(name: str, digest: str | None = None, values: dict | None = None,
+                    spiking: bool = True) -> type:
+    """The :class:`~flashspike.surrogate.SurrogateFunction` subclass called ``module.qualname`` whose
+    formulas, with these ``values`` and mode, have ``digest`` (any class of that name without one).
 
     Searched among the subclasses defined so far (user-defined ones included), so a surrogate is
-    rebuilt from its name and hyper-parameters without any registry to keep up to date.
+    rebuilt from its name and hyper-parameters without any registry to keep up to date; the digest
+    tells apart two classes of one name (a class defined again with another formula).
     """
-    pending = [surrogate_module.SurrogateFunction]
+    pending, named = [surrogate_module.SurrogateFunction], []
     while pending:
         cls = pending.pop()
         if f"{cls.__module__}.{cls.__qualname__}" == name:
-            return cls
+            named.append(cls)
         pending.extend(cls.__subclasses__())
+    for cls in reversed(named):  # the latest definition first
+        if digest is None or cls.rebuilt(spiking, values or {}).key[-1] == digest:
+            return cls
+    if named:
+        raise ValueError(
+            f"no flashspike surrogate class called {name!r} has formulas of digest {digest!r}: the class was "
+            "defined again with other formulas since these options were written"
+        )
     raise ValueError(
         f"no flashspike surrogate class is called {name!r}; the operator rebuilds the surrogate from "
         "'<module>.<qualname>' of a SurrogateFunction subclass that has been imported"
@@ -86,12 +94,14 @@ def surrogate_class(name: str) -> type:
 
 def surrogate_from(text: str):
     """The surrogate that :func:`surrogate_text` wrote as ``text``."""
-    name, _, arguments = text.partition("(")
-    if not arguments.endswith(")"):
-        raise ValueError(f"surrogate {text!r} is not 'module.qualname(spiking=...;name=value;...)'")
+    described, _, digest = text.partition("#")
+    name, _, arguments = described.partition("(")
+    if not arguments.endswith(")") or not digest:
+        raise ValueError(f"surrogate {text!r} is not 'module.qualname(spiking=...;name=value;...)#digest'")
     pairs = dict(item.split("=", 1) for item in arguments[:-1].split(";"))
     spiking = _BOOLS[pairs.pop("spiking")]
-    return surrogate_class(name).rebuilt(spiking, {k: ast.literal_eval(v) for k, v in pairs.items()})
+    values = {k: ast.literal_eval(v) for k, v in pairs.items()}
+    return surrogate_class(name, digest, values, spiking).rebuilt(spiking, values)
 
 
 _BOOLS = {"True": True, "False": False}

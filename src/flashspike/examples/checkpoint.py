@@ -12,8 +12,10 @@ import ctypes
 import hashlib
 import io
 import os
+import math
 import random
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,17 +66,41 @@ def checkpoint_bytes(payload: dict) -> bytes:
                         "payload": torch.frombuffer(bytearray(inner), dtype=torch.uint8)})
 
 
+# The lines of torch.load's refusals that advise on torch.load itself rather than say what is wrong.
+_TORCH_LOAD_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _reason(error: Exception) -> str:
+    """What torch.load found wrong, in one line: its refusal without its advice (which is to load the
+    file with weights_only=False, that is, to run whatever code it holds)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(_TORCH_LOAD_ADVICE)]
+    text = (specific or lines or [""])[0]
+    if text.startswith("WeightsUnpickler error:"):
+        text = text[len("WeightsUnpickler error:"):].strip()
+    first_sentence = text.split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {first_sentence}" if first_sentence else type(error).__name__
+
+
+def _load(source):
+    """``torch.load`` of plain data only: a file holding code or other objects is refused unread."""
+    with warnings.catch_warnings():  # its notes on pickle protocols: the refusal below says what matters
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path, required: tuple[str, ...] = ()) -> dict:
     """The payload of a checkpoint file, after checking its checksum and that it has the ``required``
-    keys; raises :class:`CheckpointError` that names the file and what is wrong with it."""
+    keys; raises :class:`CheckpointError` that names the file and what is wrong with it, in one line."""
     try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
+        outer = _load(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: a folder, not a checkpoint file") from None
     except Exception as error:  # truncated or foreign: pickle, zip and weights_only errors differ
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint of this example ({_reason(error)}); it was "
+                              "refused unread") from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of this example (a file torch.save wrote, but without "
                               f"the {FORMAT!r} marker and checksum)")
@@ -89,13 +115,50 @@ def load_checkpoint(path, required: tuple[str, ...] = ()) -> dict:
         raise CheckpointError(f"{path}: corrupted: its contents hash to SHA-256 {digest[:16]}..., but the file "
                               f"records {recorded[:16]}...; use another checkpoint")
     try:
-        state = torch.load(io.BytesIO(inner), map_location="cpu", weights_only=True)
+        state = _load(io.BytesIO(inner))
     except Exception as error:  # an intact checksum over bytes that never were a checkpoint
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint of this example ({_reason(error)}); it was "
+                              "refused unread") from None
     missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(f"{path}: an incomplete checkpoint: it lacks {', '.join(missing)}")
     return state
+
+
+def check_training_state(path, state: dict) -> None:
+    """Refuse a checkpoint whose entries are not what this example writes (a file made by other code,
+    or damaged before its checksum was taken), naming the file and the entry; see CHECKPOINT_KEYS."""
+    def refuse(what: str):
+        raise CheckpointError(f"{path}: {what}; this example never writes that (another program's file, or "
+                              "damaged before it was saved)")
+
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        refuse(f"its epoch is {epoch!r}, not a whole number >= 0")
+    best = state["max_test_acc"]
+    if isinstance(best, bool) or not isinstance(best, (int, float)) or not (math.isfinite(best) and best <= 1):
+        refuse(f"its max_test_acc is {best!r}, not an accuracy")
+    history = state["history"]
+    if not isinstance(history, list) or len(history) != epoch + 1:
+        count = len(history) if isinstance(history, list) else type(history).__name__
+        refuse(f"its history holds {count} epochs' metrics, but it covers epochs 0 to {epoch}")
+    for index, record in enumerate(history):
+        if not isinstance(record, dict) or record.get("epoch") != index:
+            refuse(f"its history's entry {index} is not the metrics of epoch {index}")
+    rng = state["rng"]
+    missing = [name for name in ("torch", "python", "shuffle") if not isinstance(rng, dict) or name not in rng]
+    if missing:
+        refuse(f"its random generators' states lack {', '.join(missing)}")
+    for name in ("torch", "shuffle"):
+        if not isinstance(rng[name], torch.Tensor) or rng[name].dtype != torch.uint8:
+            refuse(f"its {name} generator state is not a byte tensor")
+    for name in ("net", "optimizer", "lr_scheduler", "scaler", "args"):
+        if not isinstance(state[name], dict):
+            refuse(f"its {name} is a {type(state[name]).__name__}, not a dict")
+    data = state.get("data")
+    if data is not None and not (isinstance(data, dict) and all(isinstance(data.get(k), str)
+                                                                for k in ("dir", "fingerprint"))):
+        refuse("its record of the training data is not a folder and a fingerprint")
 
 
 # ---------------------------------------------------------------- atomic files

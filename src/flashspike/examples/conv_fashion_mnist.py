@@ -8,26 +8,30 @@ with its flags, on flashspike's multi-step neurons.
 
 The script reads top to bottom: the flags (flags.py), the network and its training (trainer.py,
 csnn.py), the data (fashion_mnist.py), then one loop over epochs whose record the run log writes
-(run_log.py: no epoch is lost or half-written, and a resumed run continues exactly).
+(run_log.py: no epoch is lost or half-written, one run at a time holds a folder, and a resumed run
+continues exactly, on the data its checkpoint records by folder and fingerprint).
 """
 
 from __future__ import annotations
 
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, rng_states, set_rng_states
+from .checkpoint import CheckpointError, check_training_state, load_checkpoint, rng_states, set_rng_states
 from .csnn import CSNN  # noqa: F401 (the network, for `from ...conv_fashion_mnist import CSNN`)
-from .fashion_mnist import DataMissingError, IDXFormatError, load_fashion_mnist
+from .fashion_mnist import DataMissingError, IDXFormatError, default_data_dir, fingerprint, load_fashion_mnist
 from .flags import RUN_FLAGS, parse_args, run_name
-from .run_log import LATEST, RecordError, RunLog, prepare_folder
-from .trainer import Cluster, DeviceSplit, Trainer, UsageError, batches, benchmark_steps, epoch_order
+from .run_log import LATEST, RecordError, RunLog, prepare_folder, release_folders
+from .trainer import (Cluster, DeviceSplit, Trainer, UsageError, batches, benchmark_steps, check_memory,
+                      epoch_order)
 
-# What a checkpoint of this example holds (run_log.py adds the epochs' metrics as "history").
+# What a checkpoint of this example holds (run_log.py adds the epochs' metrics as "history"; "data", the
+# folder and fingerprint of the data trained on, is absent from checkpoints of earlier versions).
 CHECKPOINT_KEYS = ("net", "optimizer", "lr_scheduler", "scaler", "epoch", "max_test_acc", "args", "rng", "history")
 
 
@@ -35,6 +39,7 @@ def read_resumed(path: str) -> dict:
     """The checkpoint -resume names, checked whole and complete."""
     try:
         checkpoint = load_checkpoint(path, CHECKPOINT_KEYS)
+        check_training_state(path, checkpoint)
     except CheckpointError as error:
         raise UsageError(f"-resume {error}") from None
     saved = checkpoint["args"]
@@ -60,21 +65,36 @@ def refuse_discarding(folder: Path, resumed: Path, epoch: int) -> None:
                          "the checkpoint into a folder of its own first")
 
 
-def data_splits(args, cluster: Cluster) -> tuple[DeviceSplit, DeviceSplit]:
-    """The data set on the training device, checked to give every process at least one full batch."""
+def run_folder(args) -> Path:
+    """The run's log folder: a resumed run continues in its checkpoint's own."""
+    return Path(args.resume).parent if args.resume else Path(args.out_dir) / run_name(args)
+
+
+def data_splits(args, cluster: Cluster, recorded: dict | None) -> tuple[DeviceSplit, DeviceSplit, dict]:
+    """The data set on the training device, checked to give every process at least one full batch and,
+    resuming, to be the data the run was trained on (``recorded``); with the data's identity (folder and
+    fingerprint), which every checkpoint records."""
     report = print if cluster.is_main else None
-    data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download, report=report)
+    data_dir = Path(args.data_dir) if args.data_dir is not None else default_data_dir()
+    data = load_fashion_mnist(data_dir, allow_download=not args.no_download, report=report)
+    identity = {"dir": str(data_dir.resolve()), "fingerprint": fingerprint(data)}
+    if recorded is not None and recorded["fingerprint"] != identity["fingerprint"] and not args.allow_other_data:
+        raise UsageError(f"-resume {args.resume}: the run was trained on the data in {recorded['dir']} (fingerprint "
+                         f"{recorded['fingerprint'][:12]}), and {identity['dir']} holds other data (fingerprint "
+                         f"{identity['fingerprint'][:12]}); give -data_dir with the run's data, or -allow_other_data "
+                         "to continue on this data")
     train_split = DeviceSplit(data.train_images, data.train_labels, cluster.device)
     test_split = DeviceSplit(data.test_images, data.test_labels, cluster.device)
     per_process = len(train_split) // cluster.world
     if per_process < args.b:
         raise UsageError(f"-b {args.b} is more than the {per_process} training images of each process: an epoch "
                          f"would have no full batch; give -b {per_process} or less")
-    return train_split, test_split
+    return train_split, test_split, identity
 
 
 def train(args, cluster: Cluster, resumed: dict | None) -> None:
     main = cluster.is_main
+    check_memory(args, cluster.device)
     trainer = Trainer(args, cluster)
     backend = trainer.check_backend()
     if main:
@@ -93,14 +113,14 @@ def train(args, cluster: Cluster, resumed: dict | None) -> None:
 
     shuffle = torch.Generator().manual_seed(args.seed)  # the batch order's own generator
     start_epoch, max_test_acc, history = 0, -1.0, []
-    folder = Path(args.out_dir) / run_name(args)
+    folder = run_folder(args)
     if resumed is not None:
-        folder = Path(args.resume).parent  # a resumed run continues in its own folder
         refuse_discarding(folder, Path(args.resume), resumed["epoch"])
         try:
             trainer.load_state_dict(resumed)
         except (RuntimeError, KeyError, ValueError) as error:  # states of another network or optimizer
-            raise UsageError(f"-resume {args.resume}: does not fit this network and optimizer: {error}") from None
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(f"-resume {args.resume}: does not fit this network and optimizer: {reason}") from None
         start_epoch, max_test_acc, history = resumed["epoch"] + 1, resumed["max_test_acc"], resumed["history"]
         set_rng_states(resumed["rng"], shuffle, cluster.device)
         if main:
@@ -114,7 +134,7 @@ def train(args, cluster: Cluster, resumed: dict | None) -> None:
     # The folder is checked before the data loads: a bad -out_dir fails in a second, not after minutes.
     prepare_folder(folder, resuming=resumed is not None, overwrite=args.overwrite, owner=main)
 
-    train_split, test_split = data_splits(args, cluster)
+    train_split, test_split, data_identity = data_splits(args, cluster, resumed and resumed.get("data"))
     test_order = torch.arange(cluster.rank, len(test_split), cluster.world, device=cluster.device)
     test_batches = batches(test_order, args.b, False, args.max_batches)
     log = RunLog(folder, history) if main else None
@@ -145,10 +165,32 @@ def train(args, cluster: Cluster, resumed: dict | None) -> None:
             "train_speed": totals[2] / train_time, "lr": trainer.optimizer.param_groups[0]["lr"],
         }
         checkpoint = {**trainer.state_dict(), "epoch": epoch, "max_test_acc": max_test_acc,
-                      "args": vars(args), "rng": rng_states(shuffle, cluster.device)}
+                      "args": vars(args), "rng": rng_states(shuffle, cluster.device), "data": data_identity}
         log.epoch_done(metrics, checkpoint, is_best)
     if log:
         log.close()
+
+
+def interrupted(args) -> str:
+    """The line a run stopped by Ctrl-C prints: what its folder holds, and the command that continues it."""
+    latest = run_folder(args) / LATEST
+    try:
+        epoch = load_checkpoint(latest, ("epoch",))["epoch"]
+    except CheckpointError:
+        return (f"interrupted: no epoch of this run was recorded in {latest.parent}; start it again (with "
+                "-overwrite if it says the folder holds a run)")
+    command = ["python", "-m", "flashspike.examples.conv_fashion_mnist", "-resume", str(latest), "-epochs",
+               str(args.epochs), "-device", args.device]
+    for name, default in (("backend", "auto"), ("memory_format", "auto"), ("compile", False)):
+        if getattr(args, name) != default:
+            command += [f"-{name}", str(getattr(args, name))]
+    command += ["-no_download"] if args.no_download else []
+    return (f"interrupted: {latest} holds epochs 0 to {epoch}, recorded whole (the epoch under way is lost); "
+            f"continue with: {shlex.join(command)}")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def main(argv=None) -> int:
@@ -158,6 +200,9 @@ def main(argv=None) -> int:
         if args.resume:
             resumed = read_resumed(args.resume)
             args = parse_args(argv, resumed_flags=resumed["args"])
+            recorded = resumed.get("data")
+            if recorded is not None and args.data_dir is None:
+                args.data_dir = recorded["dir"]  # the run's own data, as recorded
         cluster = Cluster(args.device)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -174,7 +219,18 @@ def main(argv=None) -> int:
     except (DataMissingError, IDXFormatError, RecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if cluster.is_main:
+            print(interrupted(args), file=sys.stderr)
+        return 130  # (128 + SIGINT, as a shell reports it)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        first_line = str(error).strip().splitlines()[0]
+        print(f"error: out of memory on {cluster.device} ({first_line}); lower -T, -b or -channels", file=sys.stderr)
+        return 1
     finally:
+        release_folders()
         cluster.close()
     return 0
 

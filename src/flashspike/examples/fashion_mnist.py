@@ -27,7 +27,7 @@ from .checkpoint import write_atomic
 __all__ = [
     "FILES", "DEBIAN_DIR", "DEBIAN_PACKAGE", "MIRRORS", "IDXFormatError", "DataMissingError", "FashionMNIST",
     "read_idx", "read_images", "read_labels", "write_idx", "default_data_dir", "find_files", "download",
-    "load_fashion_mnist",
+    "load_fashion_mnist", "fingerprint",
 ]
 
 # Role -> file name without '.gz'. A file may be stored gzipped (name + '.gz') or not.
@@ -240,3 +240,16 @@ def load_fashion_mnist(data_dir=None, *, allow_download: bool = True, mirrors=MI
     report(f"data: {len(data.train_labels)} training and {len(data.test_labels)} test images from "
            f"{data_dir.resolve()}")
     return data
+
+
+def fingerprint(data: FashionMNIST) -> str:
+    """SHA-256 of the data set's contents (each split's images and labels, decompressed, with their
+    shapes): the same data gives the same fingerprint whether its files are gzipped or not and wherever
+    they lie, and other data another one."""
+    digest = hashlib.sha256()
+    for tensor in data:
+        tensor = tensor.contiguous()
+        digest.update(repr(tuple(tensor.shape)).encode())
+        if tensor.numel():
+            digest.update(ctypes.string_at(tensor.data_ptr(), tensor.numel()))  # uint8: one byte an element
+    return digest.hexdigest()

@@ -91,6 +91,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     flag("max_batches", type=int, default=None,
          help="train and test on at most this many batches per epoch and process (quick checks)")
     flag("no_download", action="store_true", help="never download the data set")
+    flag("allow_other_data", action="store_true",
+         help="with -resume: continue on data other than the run's (a checkpoint records the folder and a "
+         "fingerprint of the data it was trained on; a resumed run reads that folder unless -data_dir is given, "
+         "and refuses other data without this flag)")
     flag("bench_steps", type=int, default=0,
          help="time this many training steps on a random batch already on the device, report the step time and "
          "the peak memory of those steps (after a warm-up), and exit (no data set needed)")
@@ -129,6 +133,9 @@ def _check(args: argparse.Namespace, given: set[str]) -> None:
             raise UsageError(f"-{name} must be at least 1, got {getattr(args, name)}")
     if args.max_batches is not None and args.max_batches < 1:
         raise UsageError(f"-max_batches must be at least 1, got {args.max_batches}")
+    if not -(2**63) <= args.seed < 2**64:
+        raise UsageError(f"-seed must be a whole number from -2**63 to 2**64 - 1 (what torch.manual_seed takes), "
+                         f"got {args.seed}")
     if args.bench_steps < 0:
         raise UsageError(f"-bench_steps must be 0 (off) or more, got {args.bench_steps}")
     for name, low, high in (("lr", 0.0, math.inf), ("gamma", 0.0, math.inf), ("momentum", 0.0, 1.0)):

@@ -6,6 +6,11 @@ checkpoint_max.pth (when it is the best epoch), and last checkpoint_latest.pth. 
 is the commit: it holds the metrics of every epoch it covers (``history``), and a resumed run rewrites
 metrics.jsonl and the TensorBoard curves from that history. A process killed anywhere in between so
 leaves an epoch that the resumed run trains again, to the same numbers, and records once.
+
+One run at a time holds a folder: its process (torchrun's rank 0) takes an advisory lock on the folder
+before it writes or removes anything there, and another run started on that folder (the same command
+twice, ``-overwrite`` or ``-resume`` while it trains) is refused with the holder's process id. The
+system drops the lock when the process ends, however it ends, so a killed run leaves no lock behind.
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked there
+    fcntl = None
+
 from .checkpoint import checkpoint_bytes, remove_stale_temporaries, write_atomic
 from .trainer import UsageError
 
 METRICS, LATEST, BEST = "metrics.jsonl", "checkpoint_latest.pth", "checkpoint_max.pth"
+HOLDER = ".holder"  # the process id of the run that holds the folder (information for a refused run)
 SCALARS = ("train_loss", "train_acc", "test_loss", "test_acc", "train_time", "train_speed")
 TENSORBOARD_PREFIX = "events.out.tfevents."
 PROGRESS_SECONDS = 10.0  # between progress lines where there is no terminal for a bar
@@ -45,10 +56,46 @@ def _ours(folder: Path) -> list[Path]:
             if path.name in (METRICS, LATEST, BEST) or path.name.startswith(TENSORBOARD_PREFIX)]
 
 
+_held: dict = {}  # folder -> the open descriptor whose lock holds it, for this process's run
+
+
+def hold_folder(folder: Path) -> None:
+    """Lock ``folder`` for this process until :func:`release_folders`, or refuse it when another
+    running process holds it. The lock is ``flock`` on the folder itself: the system releases it when
+    the process ends, so nothing is left to clean up after a crash."""
+    if fcntl is None:
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by another process (BlockingIOError), or a file system without locks
+        os.close(descriptor)
+        try:
+            holder = (folder / HOLDER).read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise UsageError(f"{folder} is in use by another run (process {holder}), which writes its record "
+                         "there; wait for it to end, or give another -out_dir") from None
+    _held[folder] = descriptor
+    try:
+        (folder / HOLDER).write_text(f"{os.getpid()}\n")
+    except OSError:  # only information for a refused run; the lock holds without it
+        pass
+
+
+def release_folders() -> None:
+    """Release the folders this process holds (the end of a run, whatever ended it)."""
+    for folder, descriptor in list(_held.items()):
+        (folder / HOLDER).unlink(missing_ok=True)
+        os.close(descriptor)
+        del _held[folder]
+
+
 def prepare_folder(folder: Path, *, resuming: bool, overwrite: bool, owner: bool = True) -> None:
-    """Make the run folder and check that it can be written, remove the temporaries a killed run left
-    there, and refuse a folder that holds another run unless resuming it or told to overwrite it.
-    Only the ``owner`` (torchrun's rank 0, which writes the record) removes files; the others check."""
+    """Make the run folder and check that it can be written, hold it (see :func:`hold_folder`), remove
+    the temporaries a killed run left there, and refuse a folder that holds another run unless resuming
+    it or told to overwrite it. Only the ``owner`` (torchrun's rank 0, which writes the record) holds the
+    folder and removes files; the others check."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -56,6 +103,8 @@ def prepare_folder(folder: Path, *, resuming: bool, overwrite: bool, owner: bool
     except (OSError, ValueError) as error:  # ValueError: a path with a NUL byte
         fix = "make it writable to resume there" if resuming else "give a writable -out_dir"
         raise UsageError(f"cannot write the run's log folder {folder}: {error}; {fix}") from None
+    if owner:
+        hold_folder(folder)
     for path in remove_stale_temporaries(folder, (METRICS, LATEST, BEST)) if owner else ():
         print(f"removed {path.name}, a temporary file a stopped run left behind", flush=True)
     if resuming:

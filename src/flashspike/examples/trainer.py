@@ -223,6 +223,9 @@ class Trainer:
                 "lr_scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, checkpoint: dict) -> None:
+        misfit = state_misfit(self.net.state_dict(), checkpoint["net"])
+        if misfit is not None:
+            raise ValueError(f"its network is another: {misfit}")
         self.net.load_state_dict(checkpoint["net"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["lr_scheduler"])
@@ -275,6 +278,69 @@ class Trainer:
             if progress is not None:
                 progress.update()
         return totals.as_tensor()
+
+
+def state_misfit(expected: dict, saved: dict) -> str | None:
+    """What keeps ``saved`` (a state_dict) from loading into a module whose state_dict is ``expected``,
+    in one line (load_state_dict lists every tensor, a line each); None when it fits."""
+    def shape(value):
+        return list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+    resized = [k for k in expected if k in saved and shape(saved[k]) != shape(expected[k])]
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    parts = []
+    if resized:
+        parts.append(f"{len(resized)} tensors of other shapes (e.g. {resized[0]}: {shape(saved[resized[0]])} saved, "
+                     f"{shape(expected[resized[0]])} here)")
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors this network has not (e.g. {unexpected[0]})")
+    return "; ".join(parts) or None
+
+
+# The bytes a training step keeps for its backward, at least, per time step, image and channel: each
+# neuron layer's H and spikes (28x28 and 14x14), the max-pools' outputs and int64 indices, the second
+# convolution's and batch norm's outputs. (The rest, and what backward allocates, comes on top.)
+_KEPT_PER_STEP_IMAGE_CHANNEL = 784 * 2 + 196 * (3 + 2 + 2) + 49 * 3
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes free for this process on ``device`` (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**40:.1f} TiB" if n >= 2**40 else f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(args, device: torch.device) -> None:
+    """Refuse -T, -b and -channels whose training cannot fit ``device``'s free memory, before anything
+    is allocated: one line that says how much is needed and what to lower, where the allocator would
+    raise a traceback (or the system start swapping) later."""
+    available = _available_memory(device)
+    if available is None:
+        return
+    c = args.channels
+    weights = (c * 9 + c * c * 9 + c * 49 * c * 16 + c * 16 * NUM_CLASSES) * 4
+    weights *= 3 if args.opt == "SGD" else 4  # with their gradients and the optimizer's state
+    if weights > available:
+        raise UsageError(f"-channels {c} needs about {_size(weights)} for the network's weights, gradients and "
+                         f"optimizer state alone, and {device} has {_size(available)} free; lower -channels")
+    kept = args.T * args.b * c * _KEPT_PER_STEP_IMAGE_CHANNEL * (2 if args.amp else 4)
+    if weights + kept > available:
+        raise UsageError(f"-T {args.T}, -b {args.b} and -channels {c} need at least {_size(weights + kept)} for a "
+                         f"training step, and {device} has {_size(available)} free; lower -T, -b or -channels")
 
 
 def benchmark_steps(trainer: Trainer, steps: int) -> None:

@@ -73,6 +73,13 @@ def check_T(T) -> int | None:
     return T
 
 
+def check_num_classes(num_classes) -> int:
+    """The classifier's output size: a positive int (its Linear layer would fail with a less clear error)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return num_classes
+
+
 def check_neuron(neuron, name: str):
     """The neuron factory every spiking layer is built with: a class such as ``neuron.MultiStepIFNode``."""
     if not callable(neuron):

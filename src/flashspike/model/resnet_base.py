@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import StepModule, check_neuron, check_T, refuse_pretrained
+from .common import StepModule, check_neuron, check_num_classes, check_T, refuse_pretrained
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1, *,
@@ -91,6 +91,7 @@ class ResNetBase(StepModule):
             )
         neuron_kwargs = neuron_kwargs or {}
         check_neuron(neuron, self.neuron_argument)
+        check_num_classes(num_classes)
         self.T = check_T(T)
         layers_kit = self.layers
         self._norm_layer = layers_kit.BatchNorm2d if norm_layer is None else norm_layer

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import functional
 from ..neuron import BaseNode
-from .common import StepModule, check_neuron, check_T, name_builder, refuse_pretrained
+from .common import StepModule, check_neuron, check_num_classes, check_T, name_builder, refuse_pretrained
 
 __all__ = [
     "SpikingVGG", "MultiStepSpikingVGG",
@@ -59,6 +59,7 @@ class SpikingVGG(StepModule):
                  single_step_neuron=None, **kwargs):
         super().__init__()
         neuron = check_neuron(single_step_neuron, self.neuron_argument)
+        check_num_classes(num_classes)
         kit = self.layers
         norm_layer = kit.BatchNorm2d if norm_layer is None else norm_layer
         features, neuron_at, in_channels = [], [], 3
