@@ -88,7 +88,7 @@ _OPTION_CHECKS = {
     "surrogate_function": _any,  # checked by __init__
     "tau": _positive,
     "decay_input": _flag,
-    "store_v_seq": _flag,  # a multi-step node's
+    "store_v_seq": _flag,  # a multi-step node's; not one of the NeuronParams
 }
 _UNSET = object()
 
@@ -153,7 +153,7 @@ class BaseNode(MemoryModule):
         self._check_options({name: value})
         changed = self.__dict__.get(name, _UNSET) != value
         super().__setattr__(name, value)
-        if changed:
+        if changed and name != "store_v_seq":
             self._options_changed()
 
     def __delattr__(self, name):
@@ -282,7 +282,7 @@ class BaseNode(MemoryModule):
         return f", tau={self.tau}" if self.leaky else ""
 
 
-_DYNAMICS_METHODS = ("neuronal_charge", "neuronal_fire", "neuronal_reset")
+_DYNAMICS_METHODS = frozenset(("neuronal_charge", "neuronal_fire", "neuronal_reset"))
 
 
 def _check_resting_options(node: BaseNode, changed: dict) -> None:

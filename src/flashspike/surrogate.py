@@ -48,7 +48,9 @@ value)`` makes generated code compute a value once. Hyper-parameters are checked
 construction and on assignment (``sg.sigma = 0.2``), against their :class:`Rule` (``POSITIVE``,
 ``NON_NEGATIVE``, ``ABOVE_ONE``, ``INTEGER_AT_LEAST_2``, or ``Rule(test, "what it asks for")``); a
 kernel backend reads them at every call, so an assignment reaches the next call's kernels. Define
-``primitive_derivative`` too when the backward slope is not the primitive's own.
+``primitive_derivative`` too when the backward slope is not the primitive's own. Generated kernels are
+kept by what the formulas compute (a digest of their generated text), not by the class's name: a class
+defined again with another formula (a notebook cell edited and run again) gets kernels of its own.
 
 Any other callable (a lambda, an ``nn.Module``) may serve as a neuron's ``surrogate_function`` on the
 'torch' backend; the kernel backends need formulas they can compile and refuse it.
@@ -162,8 +164,17 @@ class SurrogateFunction(nn.Module):
             return  # still being built
         cls = type(self)
         name, values = f"{cls.__module__}.{cls.__qualname__}", self.values()
-        digest = _formula_digest(self)
-        state["_key"] = (name, self.spiking, tuple(zip(self.hyperparameters, map(float, values))), digest)
+        # The digest depends on the class, the mode and the values only: rendered once for each of them
+        # (a class defined again has a memo of its own).
+        memo = cls.__dict__.get("_digests")
+        if memo is None:
+            memo = {}
+            type.__setattr__(cls, "_digests", memo)
+        floats = tuple(map(float, values))
+        digest = memo.get((self.spiking, floats))
+        if digest is None:
+            digest = memo[(self.spiking, floats)] = _formula_digest(self)
+        state["_key"] = (name, self.spiking, tuple(zip(self.hyperparameters, floats)), digest)
         arguments = "".join(f";{hyper}={value!r}" for hyper, value in zip(self.hyperparameters, values))
         state["_text"] = f"{name}(spiking={self.spiking!r}{arguments})#{digest}"
 
