@@ -125,11 +125,14 @@ def test_multistep_container_runs_each_step():
 ])
 def test_empty_sequence_gives_empty_output_of_the_right_shape(make, step_in, step_out):
     c = make()
-    x = torch.rand(0, *step_in)
+    x = torch.rand(0, *step_in, requires_grad=True)
     y = c(x)
     assert y.shape == (0, *step_out)
-    # The shape is that of a real call.
+    # The shape is that of a real call, and the output stays in the input's graph.
     assert c(torch.rand(1, *step_in)).shape[1:] == y.shape[1:]
+    assert y.requires_grad and y.grad_fn is not None
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert grad.shape == x.shape
 
 
 def test_empty_sequence_leaves_single_step_state_alone():

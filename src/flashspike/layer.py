@@ -81,7 +81,8 @@ class MultiStepContainer(_Container):
     """Runs single-step modules (for example :class:`flashspike.neuron.IFNode`) once per time step.
 
     An empty sequence (T = 0) gives an empty output whose step shape is what the modules would
-    return: a copy of them is run once on a zero step, so the modules' own state is not touched.
+    return: a copy of them is run once on a zero step, so the modules' own state is not touched. The
+    output is a view of the input, so it stays in the input's autograd graph.
     """
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ class MultiStepContainer(_Container):
         if x_seq.shape[0] == 0:
             with torch.no_grad():
                 y = copy.deepcopy(self)._run_modules(x_seq.new_zeros(x_seq.shape[1:]))
-            return y.new_empty((0, *y.shape))
+            return x_seq.reshape(0, *y.shape).to(y.dtype)  # no elements: any shape is a view
         return torch.stack([self._run_modules(x) for x in x_seq])
 
 
