@@ -128,9 +128,16 @@ class _SurrogateSpike(torch.autograd.Function):
 class SurrogateFunction(nn.Module):
     """Base class: a subclass sets ``hyperparameters`` (name -> :class:`Rule`, in the formulas'
     argument order) and defines ``primitive`` and ``derivative`` (and ``primitive_derivative`` where
-    the slope of the primitive is not ``derivative``); its constructor passes the values by name."""
+    the slope of the primitive is not ``derivative``); its constructor passes the values by name.
+
+    ``spiking`` is the mode as last assigned; ``in_spiking_mode`` the one the module runs in (they
+    differ only for a class with ``mode_fixed_at_construction``)."""
 
     hyperparameters: dict = {"alpha": POSITIVE}
+    # Whether the mode (step or primitive) is the one given at construction for good, as SpikingJelly
+    # 0.0.0.0.14's surrogates of several hyper-parameters choose their forward function once: ``spiking``
+    # may still be assigned and read, but changes nothing. Otherwise the mode follows ``spiking``.
+    mode_fixed_at_construction = False
 
     def __init__(self, spiking: bool = True, **values):
         super().__init__()
@@ -148,10 +155,13 @@ class SurrogateFunction(nn.Module):
         elif name == "spiking":
             if not isinstance(value, bool):
                 raise TypeError(f"{type(self).__name__}: spiking must be True or False, got {value!r}")
+            if not (self.mode_fixed_at_construction and "in_spiking_mode" in self.__dict__):
+                super().__setattr__("in_spiking_mode", value)
         super().__setattr__(name, value)
 
     def set_spiking_mode(self, spiking: bool) -> None:
-        """Switch between the step (True) and the smooth primitive (False), as ``sg.spiking = ...``."""
+        """Switch between the step (True) and the smooth primitive (False), as ``sg.spiking = ...``
+        (which a class with ``mode_fixed_at_construction`` records without switching)."""
         self.spiking = spiking
 
     @classmethod
@@ -183,11 +193,11 @@ class SurrogateFunction(nn.Module):
 
     def output(self, x, m):
         """The module's output as a formula: Θ(x), or g(x) with ``spiking=False``."""
-        return heaviside(x, m) if self.spiking else self.primitive(x, *self.values(), m)
+        return heaviside(x, m) if self.in_spiking_mode else self.primitive(x, *self.values(), m)
 
     def output_slope(self, x, m):
         """The slope of :meth:`output` that the backward pass uses."""
-        if self.spiking:
+        if self.in_spiking_mode:
             return self.derivative(x, *self.values(), m)
         return self.primitive_derivative(x, *self.values(), m)
 
@@ -199,11 +209,11 @@ class SurrogateFunction(nn.Module):
     @property
     def key(self) -> tuple:
         """What identifies the generated code: the class, the mode and every hyper-parameter."""
-        return (f"{type(self).__module__}.{type(self).__qualname__}", self.spiking,
+        return (f"{type(self).__module__}.{type(self).__qualname__}", self.in_spiking_mode,
                 tuple(zip(self.hyperparameters, map(float, self.values()))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spiking:
+        if self.in_spiking_mode:
             return _SurrogateSpike.apply(x, self)
         return self.primitive(x, *self.values(), TORCH)
 
@@ -346,6 +356,7 @@ class PiecewiseLeakyReLU(SurrogateFunction):
     """
 
     _bare_repr = True
+    mode_fixed_at_construction = True
     hyperparameters = {"w": POSITIVE, "c": NON_NEGATIVE}
 
     def __init__(self, w: float = 1.0, c: float = 0.01, spiking: bool = True):
@@ -370,6 +381,7 @@ class SquarewaveFourierSeries(SurrogateFunction):
     It is periodic: it approximates the step only for |x| < T_period/2."""
 
     _bare_repr = True
+    mode_fixed_at_construction = True
     hyperparameters = {"n": INTEGER_AT_LEAST_2, "T_period": POSITIVE}
 
     def __init__(self, n: int = 2, T_period: float = 8, spiking: bool = True):
@@ -402,6 +414,7 @@ class S2NN(SurrogateFunction):
     β/(x + 1 + 10⁻⁵), which ``primitive_derivative`` states (each as SpikingJelly computes it)."""
 
     _bare_repr = True
+    mode_fixed_at_construction = True
     hyperparameters = {"alpha": POSITIVE, "beta": POSITIVE}
 
     def __init__(self, alpha: float = 4.0, beta: float = 1.0, spiking: bool = True):

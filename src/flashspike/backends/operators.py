@@ -63,7 +63,7 @@ def option_string(p: NeuronParams) -> str:
 def surrogate_text(sg) -> str:
     """``module.qualname(spiking=...;name=value;...)``: everything :func:`surrogate_from` needs."""
     values = "".join(f";{name}={value!r}" for name, value in zip(sg.hyperparameters, sg.values()))
-    return f"{type(sg).__module__}.{type(sg).__qualname__}(spiking={sg.spiking!r}{values})"
+    return f"{type(sg).__module__}.{type(sg).__qualname__}(spiking={sg.in_spiking_mode!r}{values})"
 
 
 def surrogate_class(name: str) -> type:
