@@ -255,6 +255,7 @@ class _SingleStep(BaseNode):
 
 _warned_step_loop: set = set()
 _is_compiling = torch.compiler.is_compiling
+_is_grad_enabled = torch.is_grad_enabled
 
 class _MultiStep(BaseNode):
     # A class without fused kernels of its own sets this to False: its step loop is no surprise.
@@ -347,14 +348,14 @@ class _MultiStep(BaseNode):
                 state["_chosen"] = chosen
         store_v_seq = state["store_v_seq"]
         if chosen[3] is None:
-            hs = None if store_v_seq else []
+            hs = [] if not store_v_seq and _is_grad_enabled() else None
             spike_seq, v, v_seq = reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, self._decay_w(), hs)
             if not store_v_seq:
                 state["_v_seq_kept"] = rebuilt_v_seq.after_reference_call(hs, v, p)
         else:
             spike_seq, v, v_seq = fused_multi_step(chosen[3], x_seq, v_init, p, store_v_seq, self._decay_w())
             if not store_v_seq:
-                state["_v_seq_kept"] = rebuilt_v_seq.after_kernel_call(spike_seq, v, p, chosen[4])
+                state["_v_seq_kept"] = rebuilt_v_seq.after_kernel_call(spike_seq, v, p, chosen[4], dtype)
         state["v"] = v
         if store_v_seq:
             state["v_seq"] = v_seq

@@ -66,32 +66,27 @@ def _missing(node_name: str, why: str) -> AttributeError:
     )
 
 
-class _Kept:
-    """What a differentiated call leaves to rebuild its v_seq from: weak references only."""
-
-    __slots__ = ("v_last", "hs", "spike", "spike_version", "p", "sg_state")
-
-    def __init__(self, v_last, hs, spike, p: NeuronParams, sg_state):
-        self.v_last = weakref.ref(v_last)
-        self.hs = hs  # the reference's H[t], weakly; None for a kernel call (its Function keeps H)
-        self.spike = None if spike is None else weakref.ref(spike)
-        self.spike_version = None if spike is None else spike._version
-        self.p, self.sg_state = p, sg_state
+# What a call leaves to rebuild its v_seq from (without autograd: NO_GRAPH), weak references only: (the call's last V, NeuronParams,
+# the surrogate's state at the call, the reference's H[t] or None, the spike output and its version
+# for a 16-bit kernel call or None). A plain tuple: it is made on every call.
+_ref = weakref.ref
 
 
-def after_kernel_call(spike: torch.Tensor, v_last: torch.Tensor, p: NeuronParams, sg_state):
-    """What to keep after a kernel backend's call (``store_v_seq=False``) that gave ``spike`` and
-    ``v_last`` (the node's new state); ``sg_state`` is :func:`.choice.surrogate_state` at the call."""
-    if v_last.grad_fn is None:
+def after_kernel_call(spike: torch.Tensor, v_last: torch.Tensor, p: NeuronParams, sg_state, dtype: torch.dtype):
+    """What to keep after a kernel backend's call (``store_v_seq=False``) on an input of ``dtype`` that
+    gave ``spike`` and ``v_last`` (the node's new state); ``sg_state`` is
+    :func:`.choice.surrogate_state` at the call. Whether the call kept H is asked on reading."""
+    if dtype is torch.float16 or dtype is torch.bfloat16:
+        return _ref(v_last), p, sg_state, None, _ref(spike), spike._version
+    return _ref(v_last), p, sg_state, None, None, None
+
+
+def after_reference_call(hs: list | None, v_last: torch.Tensor, p: NeuronParams):
+    """What to keep after the reference's call that gave ``v_last`` and filled ``hs`` with H[t] (None:
+    the call ran without autograd)."""
+    if hs is None:
         return NO_GRAPH
-    return _Kept(v_last, None, spike if spike.dtype in _SIXTEEN_BIT else None, p, sg_state)
-
-
-def after_reference_call(hs: list, v_last: torch.Tensor, p: NeuronParams):
-    """What to keep after the reference's call that gave ``v_last`` and filled ``hs`` with H[t]."""
-    if v_last.grad_fn is None:
-        return NO_GRAPH
-    return _Kept(v_last, tuple(weakref.ref(h) for h in hs), None, p, surrogate_state(p.surrogate))
+    return _ref(v_last), p, surrogate_state(p.surrogate), tuple(_ref(h) for h in hs), None, None
 
 
 class _NoGradientPath(torch.autograd.Function):
@@ -118,28 +113,31 @@ def read(kept, node_name: str) -> torch.Tensor:
         raise _missing(node_name, kept)
     if isinstance(kept, torch.Tensor):  # an empty call's, or one read before
         return kept
-    v_last = kept.v_last()
-    if v_last is None or v_last.grad_fn is None:
+    v_ref, p, sg_state, hs, spike, spike_version = kept
+    v_last = v_ref()
+    if v_last is None:
         raise _missing(node_name, _GONE)
-    p = kept.p
-    if surrogate_state(p.surrogate) != kept.sg_state:
+    if v_last.grad_fn is None:
+        raise _missing(node_name, NO_GRAPH)  # an output of the call, made outside autograd
+    if surrogate_state(p.surrogate) != sg_state:
         raise _missing(node_name, _SURROGATE_CHANGED)
     with torch.no_grad():
-        v_seq = _reference_v_seq(kept, v_last.dtype, node_name) if kept.hs is not None else \
-            _kernel_v_seq(kept, v_last, node_name)
+        if hs is not None:
+            v_seq = _reference_v_seq(hs, p, v_last.dtype, node_name)
+        else:
+            v_seq = _kernel_v_seq(v_last, p, spike, spike_version, node_name)
     return _NoGradientPath.apply(v_seq, v_last)
 
 
-def _reference_v_seq(kept: _Kept, dtype: torch.dtype, node_name: str) -> torch.Tensor:
-    hs = [h() for h in kept.hs]
+def _reference_v_seq(hs: tuple, p: NeuronParams, dtype: torch.dtype, node_name: str) -> torch.Tensor:
+    hs = [h() for h in hs]
     if any(h is None for h in hs):
         raise _missing(node_name, _REFERENCE)
     # Step by step, as the call computed them (the same operations on the same shapes).
-    return torch.stack([fire_and_reset(h, kept.p)[1] for h in hs]).to(dtype)
+    return torch.stack([fire_and_reset(h, p)[1] for h in hs]).to(dtype)
 
 
-def _kernel_v_seq(kept: _Kept, v_last: torch.Tensor, node_name: str) -> torch.Tensor:
-    p = kept.p
+def _kernel_v_seq(v_last: torch.Tensor, p: NeuronParams, spike, spike_version, node_name: str) -> torch.Tensor:
     try:
         h = v_last.grad_fn.saved_tensors[0]
     except RuntimeError:
@@ -152,8 +150,8 @@ def _kernel_v_seq(kept: _Kept, v_last: torch.Tensor, node_name: str) -> torch.Te
         return previous_v(h, p, TORCH)
     if p.v_reset is None:
         raise _missing(node_name, _SOFT_16_BIT.format(dtype=h.dtype))
-    spike = kept.spike()
-    if spike is None or spike._version != kept.spike_version:
+    spike = spike()
+    if spike is None or spike._version != spike_version:
         raise _missing(node_name, _SPIKE_GONE.format(dtype=h.dtype))
     # The reset rule on the float32 H with the kernel's own spikes, stored in the input's dtype.
     return reset(h.float(), spike.float(), p).to(h.dtype)
