@@ -147,8 +147,9 @@ def test_where_nothing_was_kept_reading_says_why(backend):
     assert not hasattr(node, "v_seq")
 
 
-def test_after_backward_kernel_h_is_freed():
-    node = neuron.MultiStepIFNode(backend=KERNEL)
+@pytest.mark.parametrize("backend", ["torch", KERNEL])
+def test_after_backward_h_is_freed(backend):
+    node = neuron.MultiStepIFNode(backend=backend)
     x = torch.rand(3, 2, requires_grad=True)
     node(x).sum().backward()
     _unavailable(node, "backward pass of its last call has freed")
@@ -285,3 +286,12 @@ def test_against_spikingjelly_on_a_small_net():
             torch.testing.assert_close(first.v_seq.detach(), theirs[1].v_seq, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(ours[3].v_seq.detach(), theirs[3].v_seq, rtol=1e-6, atol=1e-6)
         del out
+
+
+def test_a_compiled_call_says_why():
+    node = neuron.MultiStepIFNode(backend="torch")
+    torch.compile(node, backend="eager", fullgraph=True)(torch.rand(3, 2, requires_grad=True))
+    _unavailable(node, "torch.compile")
+    kept = neuron.MultiStepIFNode(backend="torch", store_v_seq=True)
+    torch.compile(kept, backend="eager", fullgraph=True)(torch.rand(3, 2, requires_grad=True))
+    assert kept.v_seq.shape == (3, 2)

@@ -132,7 +132,8 @@ def read(kept, node_name: str) -> torch.Tensor:
 def _reference_v_seq(hs: tuple, p: NeuronParams, dtype: torch.dtype, node_name: str) -> torch.Tensor:
     hs = [h() for h in hs]
     if any(h is None for h in hs):
-        raise _missing(node_name, _REFERENCE)
+        # Its graph keeps H only where the reset needs it; there, the backward frees it.
+        raise _missing(node_name, _REFERENCE if p.v_reset is None or p.detach_reset else _FREED)
     # Step by step, as the call computed them (the same operations on the same shapes).
     return torch.stack([fire_and_reset(h, p)[1] for h in hs]).to(dtype)
 
