@@ -257,6 +257,7 @@ _warned_step_loop: set = set()
 _is_compiling = torch.compiler.is_compiling
 _is_grad_enabled = torch.is_grad_enabled
 
+
 class _MultiStep(BaseNode):
     # A class without fused kernels of its own sets this to False: its step loop is no surprise.
     _warn_step_loop = True
@@ -301,7 +302,8 @@ class _MultiStep(BaseNode):
     def __getattr__(self, name: str):
         if name == "v_seq":
             state = self.__dict__
-            v_seq = state["_v_seq_kept"] = rebuilt_v_seq.read(state["_v_seq_kept"], type(self).__name__)
+            kept = state.get("_v_seq_kept", rebuilt_v_seq.NOT_CALLED)
+            v_seq = state["_v_seq_kept"] = rebuilt_v_seq.read(kept, type(self).__name__)  # computed once
             return v_seq
         return super().__getattr__(name)
 
