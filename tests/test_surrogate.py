@@ -339,3 +339,14 @@ def test_a_fixed_mode_holds_in_the_kernels():
     for backend in ("torch", "triton"):
         out = neuron.MultiStepIFNode(surrogate_function=sg, backend=backend)(x)
         assert torch.equal(out, torch.tensor([[0.0], [1.0], [0.0]])), backend
+
+
+def test_a_surrogate_pickled_before_in_spiking_mode_existed_loads():
+    import pickle
+    sg = surrogate.ATan(spiking=False)
+    state = dict(sg.__dict__)
+    del state["in_spiking_mode"]
+    old = surrogate.ATan.__new__(surrogate.ATan)
+    old.__setstate__(state)
+    assert old.in_spiking_mode is False and old.key == sg.key
+    assert pickle.loads(pickle.dumps(sg)).in_spiking_mode is False

@@ -159,6 +159,11 @@ class SurrogateFunction(nn.Module):
                 super().__setattr__("in_spiking_mode", value)
         super().__setattr__(name, value)
 
+    def __setstate__(self, state):
+        # A surrogate saved whole (torch.save of a model) before in_spiking_mode existed runs as it did.
+        state.setdefault("in_spiking_mode", state.get("spiking", True))
+        super().__setstate__(state)
+
     def set_spiking_mode(self, spiking: bool) -> None:
         """Switch between the step (True) and the smooth primitive (False), as ``sg.spiking = ...``
         (which a class with ``mode_fixed_at_construction`` records without switching)."""
