@@ -7,6 +7,8 @@ from torch import nn
 
 from flashspike import neuron as core_neuron
 from flashspike.activation_based import base, encoding, functional, layer, monitor, neuron, surrogate
+from flashspike import surrogate as flashspike_surrogate
+from flashspike.codegen import TORCH
 
 
 def test_a_node_is_the_core_neuron_with_a_step_mode():
@@ -119,3 +121,18 @@ def test_the_transformer_models_are_reached_under_spikingjellys_names():
     net = spikformer.Spikformer(T=2, img_size_h=8, img_size_w=8, patch_size=4, embed_dims=16, num_heads=2,
                                 mlp_ratio=2, depths=1, num_classes=3, backend="torch")
     assert net(torch.rand(2, 1, 3, 8, 8)).shape == (2, 1, 3)
+
+
+@pytest.mark.parametrize("name", ["PiecewiseLeakyReLU", "SquarewaveFourierSeries", "S2NN"])
+def test_every_surrogates_mode_follows_spiking_as_in_spikingjelly_2(name):
+    """SpikingJelly 2.x's surrogates read ``spiking`` at every call (0.0.0.0.14 fixed these three's mode at
+    construction, as flashspike.surrogate's do); the formulas are the same."""
+    x = torch.tensor([-0.4, 0.0, 0.3], dtype=torch.float64)
+    sg = getattr(surrogate, name)()
+    assert isinstance(sg, getattr(flashspike_surrogate, name)) and type(sg).__name__ == name
+    sg.spiking = False
+    assert sg.in_spiking_mode is False
+    assert torch.equal(sg(x), type(sg).primitive(x, *sg.values(), TORCH))
+    sg.set_spiking_mode(True)
+    assert torch.equal(sg(x), torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64))
+    assert getattr(flashspike_surrogate, name)().key != sg.key  # its own kernels, though the same formulas

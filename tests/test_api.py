@@ -73,7 +73,7 @@ def test_store_v_seq_keeps_every_step():
 def test_v_seq_without_store_v_seq_says_how_to_get_it():
     node = neuron.MultiStepLIFNode()
     node(torch.rand(3, 2))
-    with pytest.raises(AttributeError, match=r"MultiStepLIFNode keeps v_seq only when it is built with store_v_seq=True"):
+    with pytest.raises(AttributeError, match=r"MultiStepLIFNode.v_seq is not available: its last call ran without autograd.*store_v_seq=True"):
         node.v_seq
     node.store_v_seq = True
     assert node.v_seq is None  # from the next call on

@@ -101,6 +101,9 @@ def test_record_v_keeps_the_potentials():
     last = mon.get_v("2")
     assert len(last) == 1 and last[0].shape == (1, 1, 4)  # without v_seq: the potential after the call
     mon.reset()
+    net(X.clone().requires_grad_())  # v_seq could be computed now, but is not: only a kept one is recorded
+    assert mon.get_v("2")[0].shape == (1, 1, 4) and mon.get_v("0")[0].shape[0] == 4
+    mon.reset()
     assert mon.get_v("0") == []
     with pytest.raises(ValueError, match="record_v=True"):
         monitor.Monitor(net).get_v("0")

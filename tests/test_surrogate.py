@@ -289,3 +289,64 @@ def test_triton_arctangent_over_its_whole_range():
     got = _run_triton_text(lambda x, m: m.atan(x), type("Any", (), {"__init__": lambda self: None,
                                                                       "values": lambda self: ()}), {}, u)
     torch.testing.assert_close(got, torch.atan(u), rtol=2e-7, atol=1e-30)
+
+
+# SpikingJelly 0.0.0.0.14 chooses the forward of these three once, at construction; the others follow
+# ``spiking`` (and set_spiking_mode) at every call.
+FIXED_MODE = {"PiecewiseLeakyReLU", "SquarewaveFourierSeries", "S2NN"}
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("switch", ["assign", "set_spiking_mode"])
+@pytest.mark.parametrize("built_spiking", [True, False])
+def test_a_later_change_of_mode_as_spikingjelly(cls, switch, built_spiking):
+    x = torch.tensor([-0.7, -0.2, 0.0, 0.3, 1.4], dtype=torch.float64)
+    sg = cls(spiking=built_spiking)
+    if switch == "assign":
+        sg.spiking = not built_spiking
+    else:
+        sg.set_spiking_mode(not built_spiking)
+    assert sg.spiking is (not built_spiking)  # the attribute reads as assigned either way
+    fixed = cls.__name__ in FIXED_MODE
+    assert cls.mode_fixed_at_construction is fixed
+    runs_spiking = built_spiking if fixed else not built_spiking
+    assert sg.in_spiking_mode is runs_spiking
+    assert sg.key == cls(spiking=runs_spiking).key  # what the kernels are generated for
+    smooth = cls.primitive(x, *sg.values(), TORCH)
+    assert torch.equal(sg(x), surrogate.heaviside(x) if runs_spiking else smooth)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("built_spiking", [True, False])
+def test_a_later_change_of_mode_against_spikingjelly(cls, built_spiking):
+    sj = pytest.importorskip("spikingjelly.clock_driven.surrogate")
+    x = torch.tensor([-0.7, -0.2, 0.1, 0.3, 1.4], dtype=torch.float64)
+    ours, theirs = cls(spiking=built_spiking), getattr(sj, cls.__name__)(spiking=built_spiking)
+    for sg in (ours, theirs):
+        sg.set_spiking_mode(not built_spiking)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+    for sg in (ours, theirs):
+        sg.spiking = built_spiking
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_fixed_mode_holds_in_the_kernels():
+    """A neuron on a kernel backend runs PiecewiseLeakyReLU in its construction's mode, as the reference."""
+    from flashspike import neuron
+    x = torch.tensor([[0.4], [0.9], [-0.3]])
+    sg = surrogate.PiecewiseLeakyReLU()
+    sg.spiking = False
+    for backend in ("torch", "triton"):
+        out = neuron.MultiStepIFNode(surrogate_function=sg, backend=backend)(x)
+        assert torch.equal(out, torch.tensor([[0.0], [1.0], [0.0]])), backend
+
+
+def test_a_surrogate_pickled_before_in_spiking_mode_existed_loads():
+    import pickle
+    sg = surrogate.ATan(spiking=False)
+    state = dict(sg.__dict__)
+    del state["in_spiking_mode"]
+    old = surrogate.ATan.__new__(surrogate.ATan)
+    old.__setstate__(state)
+    assert old.in_spiking_mode is False and old.key == sg.key
+    assert pickle.loads(pickle.dumps(sg)).in_spiking_mode is False

@@ -50,8 +50,15 @@ def test_assigned_hyperparameters_reach_the_kernels():
     after = _grad(node, x.to(device))
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after.cpu(), _grad(ref, x), rtol=1e-5, atol=1e-6)
-    sg.spiking = False  # so does a change of mode
-    torch.testing.assert_close(node(x.to(device)).cpu(), ref(x), rtol=1e-5, atol=1e-6)
+    # So does a change of mode, of a surrogate whose mode follows ``spiking`` (S2NN's is fixed at construction).
+    follows = surrogate.QPseudoSpike()
+    node.surrogate_function = ref.surrogate_function = follows
+    node(x.to(device))  # chosen for the spiking mode
+    follows.spiking = False
+    node.reset(), ref.reset()
+    smooth = node(x.to(device)).cpu()
+    torch.testing.assert_close(smooth, ref(x), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(smooth, smooth.round())  # not 0/1
 
 
 def test_any_callable_runs_on_the_torch_backend():

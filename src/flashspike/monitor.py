@@ -89,7 +89,8 @@ class Monitor:
         return hook
 
     def _potential_of(self, module: nn.Module, multi_step: bool) -> torch.Tensor:
-        v_seq = getattr(module, "v_seq", None) if multi_step else None
+        # Only a kept v_seq: one computed on reading (without store_v_seq) would cost each call's hook.
+        v_seq = module.v_seq if multi_step and getattr(module, "store_v_seq", False) else None
         v = v_seq if isinstance(v_seq, torch.Tensor) else module.v.unsqueeze(0)
         v = v.detach().clone()
         return v if self.device is None else v.to(self.device)

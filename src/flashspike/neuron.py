@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import backends, dynamics, surrogate
-from .backends import operators, reference
+from .backends import operators, rebuilt_v_seq, reference
 from .backends.autograd import fused_multi_step
 from .backends.choice import kernel_set_for, surrogate_state
 from .base import MemoryModule, check_floating
@@ -307,11 +307,7 @@ class _SingleStep(BaseNode):
 
 _warned_step_loop: set = set()
 _is_compiling = torch.compiler.is_compiling
-
-_V_SEQ_MISSING = (
-    "{cls} keeps v_seq only when it is built with store_v_seq=True (or after node.store_v_seq = True, "
-    "from the next call on)"
-)
+_is_grad_enabled = torch.is_grad_enabled
 
 
 class _MultiStep(BaseNode):
@@ -323,6 +319,9 @@ class _MultiStep(BaseNode):
         self.backend = backend
         self.store_v_seq = store_v_seq
         self.register_memory("v_seq", None)
+        # Without store_v_seq: what the last call left to compute v_seq from on first read (see
+        # backends.rebuilt_v_seq), or why it left nothing.
+        self.__dict__["_v_seq_kept"] = rebuilt_v_seq.NOT_CALLED
 
     @property
     def backend(self) -> str:
@@ -336,11 +335,17 @@ class _MultiStep(BaseNode):
 
     @property
     def v_seq(self) -> torch.Tensor | None:
-        """The potential after every step of the last call, ``[T, N, *]`` (None before the first call);
-        kept only with ``store_v_seq=True``."""
+        """The potential after every step of the last call, ``[T, N, *]``.
+
+        With ``store_v_seq=True`` it is kept by every call (None before the first). Without, it is
+        computed on first read from the pre-reset potential H that a differentiated call keeps for
+        its backward pass (nothing is kept or computed for it otherwise), and has no gradient path: a
+        backward through it raises. Where the call kept nothing to compute it from (no autograd,
+        torch.compile, the recompute switch, after backward() or reset(), ...) reading it raises an
+        AttributeError that says why."""
         if self.store_v_seq:
             return self.__dict__["v_seq"]
-        raise AttributeError  # answered by __getattr__, which says how to get it
+        raise AttributeError  # answered by __getattr__
 
     @v_seq.setter
     def v_seq(self, value) -> None:
@@ -348,8 +353,15 @@ class _MultiStep(BaseNode):
 
     def __getattr__(self, name: str):
         if name == "v_seq":
-            raise AttributeError(_V_SEQ_MISSING.format(cls=type(self).__name__))
+            state = self.__dict__
+            kept = state.get("_v_seq_kept", rebuilt_v_seq.NOT_CALLED)
+            v_seq = state["_v_seq_kept"] = rebuilt_v_seq.read(kept, type(self).__name__)  # computed once
+            return v_seq
         return super().__getattr__(name)
+
+    def reset(self) -> None:
+        super().reset()
+        self.__dict__["_v_seq_kept"] = rebuilt_v_seq.NOT_CALLED
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The whole sequence ``[T, N, *] -> [T, N, *]`` in one call, continuing from ``self.v``."""
@@ -375,6 +387,8 @@ class _MultiStep(BaseNode):
                                                       self._decay_w())
             if self.store_v_seq:
                 self.v_seq = v_seq
+            else:
+                state["_v_seq_kept"] = rebuilt_v_seq.COMPILED
             return spike_seq
         p = state.get("_cached_params") or self.params()
         dtype, cuda = x_seq.dtype, x_seq.is_cuda
@@ -388,11 +402,15 @@ class _MultiStep(BaseNode):
                 state["_chosen"] = chosen
         store_v_seq = state["store_v_seq"]
         if chosen[3] is None:
-            spike_seq, state["v"], v_seq = reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq,
-                                                                        self._decay_w())
+            hs = [] if not store_v_seq and _is_grad_enabled() else None
+            spike_seq, v, v_seq = reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, self._decay_w(), hs)
+            if not store_v_seq:
+                state["_v_seq_kept"] = rebuilt_v_seq.after_reference_call(hs, v, p)
         else:
-            spike_seq, state["v"], v_seq = fused_multi_step(chosen[3], x_seq, v_init, p, store_v_seq,
-                                                            self._decay_w())
+            spike_seq, v, v_seq = fused_multi_step(chosen[3], x_seq, v_init, p, store_v_seq, self._decay_w())
+            if not store_v_seq:
+                state["_v_seq_kept"] = rebuilt_v_seq.after_kernel_call(spike_seq, v, p, chosen[4], dtype)
+        state["v"] = v
         if store_v_seq:
             state["v_seq"] = v_seq
         return spike_seq
@@ -401,6 +419,7 @@ class _MultiStep(BaseNode):
         # The chosen kernel set holds compiled kernels, which neither copy nor pickle: chosen again.
         state = dict(super().__getstate__())
         state.pop("_chosen", None)
+        state["_v_seq_kept"] = rebuilt_v_seq.NOT_CALLED  # weak references to this call's graph
         return state
 
     def _decay_w(self):
@@ -427,6 +446,8 @@ class _MultiStep(BaseNode):
                 vs.append(self.v)
         if self.store_v_seq:
             self.v_seq = torch.stack(vs)
+        else:
+            self.__dict__["_v_seq_kept"] = rebuilt_v_seq.OWN_DYNAMICS
         return torch.stack(spikes)
 
     def _empty_call(self, x_seq: torch.Tensor) -> torch.Tensor:
@@ -437,6 +458,8 @@ class _MultiStep(BaseNode):
             self.v = x_seq[-1].clone()
         if self.store_v_seq:
             self.v_seq = x_seq.clone()
+        else:
+            self.__dict__["_v_seq_kept"] = x_seq.detach()  # empty: holds no memory
         return x_seq.clone()
 
     def extra_repr(self) -> str:

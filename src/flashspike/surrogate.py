@@ -131,9 +131,16 @@ class _SurrogateSpike(torch.autograd.Function):
 class SurrogateFunction(nn.Module):
     """Base class: a subclass sets ``hyperparameters`` (name -> :class:`Rule`, in the formulas'
     argument order) and defines ``primitive`` and ``derivative`` (and ``primitive_derivative`` where
-    the slope of the primitive is not ``derivative``); its constructor passes the values by name."""
+    the slope of the primitive is not ``derivative``); its constructor passes the values by name.
+
+    ``spiking`` is the mode as last assigned; ``in_spiking_mode`` the one the module runs in (they
+    differ only for a class with ``mode_fixed_at_construction``)."""
 
     hyperparameters: dict = {"alpha": POSITIVE}
+    # Whether the mode (step or primitive) is the one given at construction for good, as SpikingJelly
+    # 0.0.0.0.14's surrogates of several hyper-parameters choose their forward function once: ``spiking``
+    # may still be assigned and read, but changes nothing. Otherwise the mode follows ``spiking``.
+    mode_fixed_at_construction = False
 
     def __init__(self, spiking: bool = True, **values):
         super().__init__()
@@ -151,6 +158,8 @@ class SurrogateFunction(nn.Module):
         elif name == "spiking":
             if not isinstance(value, bool):
                 raise TypeError(f"{type(self).__name__}: spiking must be True or False, got {value!r}")
+            if not (self.mode_fixed_at_construction and "in_spiking_mode" in self.__dict__):
+                super().__setattr__("in_spiking_mode", value)
         super().__setattr__(name, value)
         if rule is not None or name == "spiking":
             self._identify()
@@ -160,7 +169,7 @@ class SurrogateFunction(nn.Module):
         made at each change rather than when read: compiled code reads them while it traces, and there a
         number assigned since the last compile may be symbolic, which no text can hold."""
         state = self.__dict__
-        if "spiking" not in state or any(name not in state for name in self.hyperparameters):
+        if "in_spiking_mode" not in state or any(name not in state for name in self.hyperparameters):
             return  # still being built
         cls = type(self)
         name, values = f"{cls.__module__}.{cls.__qualname__}", self.values()
@@ -171,15 +180,22 @@ class SurrogateFunction(nn.Module):
             memo = {}
             type.__setattr__(cls, "_digests", memo)
         floats = tuple(map(float, values))
-        digest = memo.get((self.spiking, floats))
+        spiking = self.in_spiking_mode  # the mode the module runs in (a class may fix it at construction)
+        digest = memo.get((spiking, floats))
         if digest is None:
-            digest = memo[(self.spiking, floats)] = _formula_digest(self)
-        state["_key"] = (name, self.spiking, tuple(zip(self.hyperparameters, floats)), digest)
+            digest = memo[(spiking, floats)] = _formula_digest(self)
+        state["_key"] = (name, spiking, tuple(zip(self.hyperparameters, floats)), digest)
         arguments = "".join(f";{hyper}={value!r}" for hyper, value in zip(self.hyperparameters, values))
-        state["_text"] = f"{name}(spiking={self.spiking!r}{arguments})#{digest}"
+        state["_text"] = f"{name}(spiking={spiking!r}{arguments})#{digest}"
+
+    def __setstate__(self, state):
+        # A surrogate saved whole (torch.save of a model) before in_spiking_mode existed runs as it did.
+        state.setdefault("in_spiking_mode", state.get("spiking", True))
+        super().__setstate__(state)
 
     def set_spiking_mode(self, spiking: bool) -> None:
-        """Switch between the step (True) and the smooth primitive (False), as ``sg.spiking = ...``."""
+        """Switch between the step (True) and the smooth primitive (False), as ``sg.spiking = ...``
+        (which a class with ``mode_fixed_at_construction`` records without switching)."""
         self.spiking = spiking
 
     @classmethod
@@ -211,11 +227,11 @@ class SurrogateFunction(nn.Module):
 
     def output(self, x, m):
         """The module's output as a formula: Θ(x), or g(x) with ``spiking=False``."""
-        return heaviside(x, m) if self.spiking else self.primitive(x, *self.values(), m)
+        return heaviside(x, m) if self.in_spiking_mode else self.primitive(x, *self.values(), m)
 
     def output_slope(self, x, m):
         """The slope of :meth:`output` that the backward pass uses."""
-        if self.spiking:
+        if self.in_spiking_mode:
             return self.derivative(x, *self.values(), m)
         return self.primitive_derivative(x, *self.values(), m)
 
@@ -238,7 +254,7 @@ class SurrogateFunction(nn.Module):
         return self.__dict__["_text"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spiking:
+        if self.in_spiking_mode:
             return _SurrogateSpike.apply(x, self)
         return self.primitive(x, *self.values(), TORCH)
 
@@ -394,6 +410,7 @@ class PiecewiseLeakyReLU(SurrogateFunction):
     """
 
     _bare_repr = True
+    mode_fixed_at_construction = True
     hyperparameters = {"w": POSITIVE, "c": NON_NEGATIVE}
 
     def __init__(self, w: float = 1.0, c: float = 0.01, spiking: bool = True):
@@ -418,6 +435,7 @@ class SquarewaveFourierSeries(SurrogateFunction):
     It is periodic: it approximates the step only for |x| < T_period/2."""
 
     _bare_repr = True
+    mode_fixed_at_construction = True
     hyperparameters = {"n": INTEGER_AT_LEAST_2, "T_period": POSITIVE}
 
     def __init__(self, n: int = 2, T_period: float = 8, spiking: bool = True):
@@ -450,6 +468,7 @@ class S2NN(SurrogateFunction):
     β/(x + 1 + 10⁻⁵), which ``primitive_derivative`` states (each as SpikingJelly computes it)."""
 
     _bare_repr = True
+    mode_fixed_at_construction = True
     hyperparameters = {"alpha": POSITIVE, "beta": POSITIVE}
 
     def __init__(self, alpha: float = 4.0, beta: float = 1.0, spiking: bool = True):

@@ -73,7 +73,7 @@ def surrogate_state(sg):
     hyper-parameters, assigned at any time): a cheap stand-in for its ``key`` to tell a kept choice
     stale. None for a callable that is no SurrogateFunction."""
     if isinstance(sg, SurrogateFunction):
-        return sg.spiking, sg.values()
+        return sg.in_spiking_mode, sg.values()
     return None
 
 
