@@ -235,6 +235,11 @@ def test_resume_refuses_changed_run_flags_and_takes_left_out_ones(reference, dat
     out = capsys.readouterr().out
     assert f"resumed {latest}: epochs 0 to 1 done" in out and "continuing at epoch 2 of 3" in out
     assert "-channels 4" in out and "-max_batches 2" in out
+    # the flags as they would be typed: no "-amp False", no value that was never set
+    (resumed_line,) = [line for line in out.splitlines() if line.startswith("resumed ")]
+    flags_text = resumed_line.split("with the run's flags ")[1]
+    assert "False" not in flags_text and "None" not in flags_text and "True" not in flags_text
+    assert cli.parse_args(["-device", "cpu", *flags_text.split()]).channels == 4
     assert [line["epoch"] for line in epoch_lines(out)] == [2]
     assert [r["epoch"] for r in read_metrics(copy)] == [0, 1, 2]
 

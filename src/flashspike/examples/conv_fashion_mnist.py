@@ -25,7 +25,7 @@ import torch
 from .checkpoint import CheckpointError, check_training_state, load_checkpoint, rng_states, set_rng_states
 from .csnn import CSNN  # noqa: F401 (the network, for `from ...conv_fashion_mnist import CSNN`)
 from .fashion_mnist import DataMissingError, IDXFormatError, default_data_dir, fingerprint, load_fashion_mnist
-from .flags import RUN_FLAGS, parse_args, run_name
+from .flags import RUN_FLAGS, as_typed, parse_args, run_name
 from .run_log import LATEST, RecordError, RunLog, prepare_folder, release_folders
 from .trainer import (Cluster, DeviceSplit, Trainer, UsageError, batches, benchmark_steps, check_memory,
                       epoch_order)
@@ -126,7 +126,7 @@ def train(args, cluster: Cluster, resumed: dict | None) -> None:
         if main:
             print(f"resumed {args.resume}: epochs 0 to {resumed['epoch']} done (max_test_acc={max_test_acc:.4f}); "
                   f"continuing at epoch {start_epoch} of {args.epochs} with the run's flags "
-                  + " ".join(f"-{name} {getattr(args, name)}" for name in RUN_FLAGS), flush=True)
+                  f"{as_typed(args, RUN_FLAGS)}", flush=True)
         if start_epoch >= args.epochs:
             if main:
                 print(f"nothing to train: give -epochs above {start_epoch} to train more")

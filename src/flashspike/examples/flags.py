@@ -183,6 +183,18 @@ def parse_args(argv=None, resumed_flags: dict | None = None) -> argparse.Namespa
     return args
 
 
+def as_typed(args, names) -> str:
+    """The flags ``names`` as they would be typed: a switch only when on, nothing for a value never set
+    (``-amp -channels 4``, not ``-amp True -max_batches None``)."""
+    words = []
+    for name in names:
+        value = getattr(args, name)
+        if value is None or value is False:
+            continue
+        words.append(f"-{name}" if value is True else f"-{name} {value}")
+    return " ".join(words)
+
+
 def run_name(args) -> str:
     """The log folder's name: SpikingJelly's, plus what this example adds."""
     name = f"T_{args.T}_b_{args.b}_{args.opt}_lr_{args.lr}_"
