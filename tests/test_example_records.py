@@ -272,6 +272,7 @@ def test_the_same_command_twice_is_refused_unless_overwriting(data_dir, tmp_path
         (["-seed", str(2**70)], f"-seed must be a whole number from -2**63 to 2**64 - 1 (what torch.manual_seed "
                                 f"takes), got {2**70}"),
         (["-seed", str(-2**63 - 1)], "-seed must be a whole number from -2**63 to 2**64 - 1"),
+        (["-threads", "-2"], "-threads must be 0 (PyTorch's choice) or more, got -2"),
         (["-T", "10000000"], "-T 10000000, -b 32 and -channels 4 need at least 14.4 TiB for a training step, and "
                              "cpu has "),
         (["-channels", "100000"], "-channels 100000 needs about 86.5 TiB for the network's weights, gradients and "
@@ -551,3 +552,11 @@ def test_a_real_ctrl_c_prints_one_line(data_dir, tmp_path):  # noqa: F811
     assert re.fullmatch(rf"interrupted: {re.escape(str(latest))} holds epochs 0 to \d+, recorded whole \(the epoch "
                         r"under way is lost\); continue with: python -m flashspike\.examples\.conv_fashion_mnist "
                         rf"-resume {re.escape(str(latest))} -epochs 1000 -device cpu\n", err), err
+
+
+def test_threads_sets_pytorchs_cpu_threads(monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    argv = ["-device", "cpu", "-channels", "4", "-b", "8", "-bench_steps", "1", "-data_dir", "/nonexistent"]
+    assert cli.main(argv) == 0 and chosen == []  # by default PyTorch keeps its own choice
+    assert cli.main(argv + ["-threads", "1"]) == 0 and chosen == [1]

@@ -88,6 +88,9 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
          help="layout of the convolution activations: auto is channels_last on CUDA (cuDNN's and max-pool's "
          "NHWC kernels, no layout conversions; the neurons read it in place) and contiguous elsewhere")
     flag("seed", type=int, default=0, help="seed of the weights and of the batch order")
+    flag("threads", type=int, default=0,
+         help="CPU threads for PyTorch (default 0: PyTorch's own choice, one per core); on a machine whose cores "
+              "other work shares, 1 can be faster")
     flag("max_batches", type=int, default=None,
          help="train and test on at most this many batches per epoch and process (quick checks)")
     flag("no_download", action="store_true", help="never download the data set")
@@ -136,6 +139,8 @@ def _check(args: argparse.Namespace, given: set[str]) -> None:
     if not -(2**63) <= args.seed < 2**64:
         raise UsageError(f"-seed must be a whole number from -2**63 to 2**64 - 1 (what torch.manual_seed takes), "
                          f"got {args.seed}")
+    if args.threads < 0:
+        raise UsageError(f"-threads must be 0 (PyTorch's choice) or more, got {args.threads}")
     if args.bench_steps < 0:
         raise UsageError(f"-bench_steps must be 0 (off) or more, got {args.bench_steps}")
     for name, low, high in (("lr", 0.0, math.inf), ("gamma", 0.0, math.inf), ("momentum", 0.0, 1.0)):
