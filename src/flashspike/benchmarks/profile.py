@@ -54,14 +54,16 @@ def summarize(timed: list[tuple[str, float]], steps: int) -> dict:
     by_kind: dict[str, float] = {}
     by_name: dict[str, float] = {}
     for name, microseconds in timed:
-        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + microseconds
         by_name[name] = by_name.get(name, 0.0) + microseconds
+    kind_of_name = {name: kind_of(name) for name in by_name}  # each distinct name classified once
+    for name, microseconds in by_name.items():
+        by_kind[kind_of_name[name]] = by_kind.get(kind_of_name[name], 0.0) + microseconds
     per_step = 1e-3 / steps  # microseconds summed over the steps -> milliseconds per step
     kinds = dict(sorted(((k, v * per_step) for k, v in by_kind.items()), key=lambda item: -item[1]))
     top = {kind: [] for kind in kinds}
     for name, microseconds in sorted(by_name.items(), key=lambda item: -item[1]):
-        if len(top[kind_of(name)]) < TOP:
-            top[kind_of(name)].append([name[:120], microseconds * per_step])
+        if len(top[kind_of_name[name]]) < TOP:
+            top[kind_of_name[name]].append([name[:120], microseconds * per_step])
     return {"ms_per_step": sum(kinds.values()), "kinds": kinds, "top": top}
 
 
