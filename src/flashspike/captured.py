@@ -34,6 +34,14 @@ What capture needs, and how this class provides it:
   sharing one memory pool (which is why every call overwrites the outputs of the last).
 
 On the CPU (or with ``capture=False``) the same steps run eagerly; the CPU case says so once.
+
+Several processes (``torchrun``): DistributedDataParallel averages the gradients from hooks that run
+between the host and the device, which a graph cannot hold. Pass the model itself, not wrapped, with
+``distributed=True``: the step then averages the gradients itself, with one all-reduce per dtype after
+the backward, inside the graph, and (``broadcast_buffers=True``, as DDP does) gives every process rank
+0's buffers (BatchNorm statistics) before each forward. The parameters and buffers start equal on
+every process: they are broadcast from rank 0 when the step is built. The numbers are DDP's: each
+gradient is the mean over the processes of their own.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from . import functional
+from .distributed import GradientAverager
 
 OTHER_SHAPES = ("eager", "capture")
 
@@ -67,6 +76,10 @@ def _copy_into(static, new) -> None:
     for target, source in zip(pytree.tree_leaves(static), pytree.tree_leaves(new)):
         if isinstance(target, torch.Tensor):
             target.copy_(source)
+
+
+def _wraps_ddp(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.parallel.DistributedDataParallel) for m in model.modules())
 
 
 class _Graph:
@@ -108,12 +121,17 @@ class CapturedStep:
         other_shapes: ``"eager"`` or ``"capture"``: how a batch of a shape not yet captured trains.
         capture: False runs every step eagerly (the same computation; useful to compare).
         reset: put the neurons back to rest after every step (``functional.reset_net(model)``).
+        distributed: average the gradients over the processes of ``process_group`` inside the step
+            (the model must not be wrapped in DistributedDataParallel); see the module's docstring.
+        process_group: the processes to average over (None: the default group).
+        broadcast_buffers: with ``distributed``, give every process rank 0's buffers before each forward.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor],
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None, *,
                  autocast_dtype: torch.dtype | None = None, warmup_steps: int = 3, other_shapes: str = "eager",
-                 capture: bool = True, reset: bool = True):
+                 capture: bool = True, reset: bool = True, distributed: bool = False, process_group=None,
+                 broadcast_buffers: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -135,6 +153,15 @@ class CapturedStep:
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.autocast_dtype, self.warmup_steps, self.other_shapes = autocast_dtype, warmup_steps, other_shapes
         self.reset = reset
+        if not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be True or False, got {distributed!r}")
+        if distributed and _wraps_ddp(model):
+            raise ValueError("distributed=True averages the gradients itself: pass the model without its "
+                             "DistributedDataParallel wrapper")
+        if not distributed and process_group is not None:
+            raise ValueError("process_group is used with distributed=True only")
+        # Built before any step: it makes the processes' parameters and buffers equal.
+        self.averager = GradientAverager(model, process_group, broadcast_buffers) if distributed else None
         self.capture = bool(capture) and self.device.type == "cuda"
         if capture and self.device.type != "cuda":
             warnings.warn(f"CapturedStep: CUDA graphs need a CUDA device; the model is on {self.device}, so every "
@@ -153,9 +180,11 @@ class CapturedStep:
         self._lr_values: list[float | None] = [None] * len(self._lr_tensors)
 
     def _check_capturable(self) -> None:
-        if any(isinstance(m, nn.parallel.DistributedDataParallel) for m in self.model.modules()):
-            raise ValueError("CapturedStep does not capture DistributedDataParallel's gradient all-reduce; "
-                             "train a DDP model with capture=False")
+        if _wraps_ddp(self.model):
+            raise ValueError("CapturedStep cannot capture DistributedDataParallel's gradient all-reduce (its "
+                             "hooks run on the host): pass the model without the wrapper and distributed=True, "
+                             "which averages the gradients inside the graph, or train the DDP model with "
+                             "capture=False")
         options, name = self.optimizer.defaults, type(self.optimizer).__name__
         # Optimizers with a `capturable` option (Adam, AdamW, ...) refuse capture without it, fused or
         # not; those without one (SGD) capture only fused, which reads the learning rate on the device.
@@ -206,16 +235,19 @@ class CapturedStep:
 
     def _step(self, inputs, targets):
         self.optimizer.zero_grad(set_to_none=not self.capture)  # in place when captured
+        if self.averager is not None:
+            self.averager.share_buffers()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None, cache_enabled=False):
             outputs = self.model(inputs)
             loss = self.loss_fn(outputs, targets)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.averager is not None:
+            self.averager.average_gradients()  # the scaled gradients, as DDP's: an inf anywhere reaches all
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
         if self.reset:
             functional.reset_net(self.model)
