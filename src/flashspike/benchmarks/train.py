@@ -103,9 +103,10 @@ def parse_args(argv=None):
                              "kind of work: kernel time on CUDA (captured graphs' kernels included), operator time "
                              "on the CPU (default 0: not profiled)")
     parser.add_argument("--nproc", type=positive, default=1,
-                        help="processes per row, launched by torchrun, training one DistributedDataParallel model "
-                             "(one GPU each on CUDA, Gloo on the CPU); --b is the batch of each process, images/s "
-                             "counts all (default 1)")
+                        help="processes per row, launched by torchrun, training one model data-parallel (one GPU each "
+                             "on CUDA, Gloo on the CPU): DistributedDataParallel, or in the captured mode "
+                             "CapturedStep(distributed=True) with the all-reduce inside each graph; --b is the batch "
+                             "of each process, images/s counts all (default 1)")
     for key, (*_switch, help_text) in MEMORY_SWITCHES.items():
         parser.add_argument("--" + key.replace("_", "-"), action="store_true", help=help_text)
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",

@@ -216,16 +216,19 @@ def run_row(spec: dict) -> dict:
                 row["subject"] += ", " + label
     model = model.to(device, memory_format=memory_format).train()
     net = model
-    if world > 1:  # the neurons' state is plain attributes, so DDP broadcasts no buffer of theirs
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    captured = spec["mode"] == "captured"
+    if world > 1:
         row["processes"] = world
+        # A captured step averages the gradients itself, inside its graph (CapturedStep(distributed=True));
+        # the other modes use DDP. The neurons' state is plain attributes: no buffer of theirs is sent.
+        if not captured:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     if spec["mode"] in ("compile", "reduce-overhead", "max-autotune-no-cudagraphs"):
         mode = "default" if spec["mode"] == "compile" else spec["mode"]
         if spec["layout_optimization"]:  # Inductor's own default
             model = torch.compile(model, mode=mode)
         else:
             model = compiling.compile(model, mode=mode)
-    captured = spec["mode"] == "captured"
     optimizer = make_optimizer(spec["model"], net.parameters(), cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if spec["model"] == "fmnist":  # the example's loss: firing rates against one-hot targets
@@ -236,7 +239,7 @@ def run_row(spec: dict) -> dict:
             return F.cross_entropy(class_scores(out), labels)
     # Forward, loss, backward, optimizer step, reset_net: replayed from one CUDA graph in the captured mode.
     step = CapturedStep(model, loss_fn, optimizer, scaler, autocast_dtype=amp_dtype, capture=captured,
-                        warmup_steps=3)
+                        warmup_steps=3, distributed=captured and world > 1)
     mark_step = spec["mode"] == "reduce-overhead"
     counter = iter(range(1 << 62))
 

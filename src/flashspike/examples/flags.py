@@ -108,9 +108,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     flag("cuda_graph", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
          help="capture the whole training step (forward, backward, optimizer step, loss scaling) as a CUDA graph "
          "after 3 warm-up steps and replay it for every full batch: the same computation without the host's "
-         "per-operation work; epoch 0's times include warm-up and capture; evaluation runs eagerly. 'on' (the "
-         "bare flag) needs one CUDA device and one process; 'auto' is 'on' for multi-step training on one CUDA "
-         "device without -compile or torchrun, else 'off'")
+         "per-operation work; epoch 0's times include warm-up and capture; evaluation runs eagerly. Under torchrun "
+         "each process captures its step with the gradients' all-reduce inside it (instead of "
+         "DistributedDataParallel). 'on' (the bare flag) needs CUDA; 'auto' is 'on' for multi-step training on "
+         "CUDA without -compile, else 'off'")
     return parser
 
 
@@ -153,13 +154,10 @@ def _check(args: argparse.Namespace, given: set[str]) -> None:
         raise UsageError(f"-backend {args.backend} applies to multi-step neurons; -step_mode s has none")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if args.cuda_graph == "auto":
-        capturable = args.device.startswith("cuda") and processes == 1 and not args.compile and args.step_mode == "m"
+        capturable = args.device.startswith("cuda") and not args.compile and args.step_mode == "m"
         args.cuda_graph = "on" if capturable else "off"
     elif args.cuda_graph == "on" and args.compile:
         raise UsageError("-compile and -cuda_graph are alternatives: give one of them")
-    elif args.cuda_graph == "on" and processes > 1:
-        raise UsageError("-cuda_graph trains in one process: DistributedDataParallel's gradient "
-                         "all-reduce is not captured here; run without torchrun, or drop -cuda_graph")
     args.cuda_graph = args.cuda_graph == "on"  # from here on, whether the step is captured
     if args.compile == "auto":
         one_gpu = args.device.startswith("cuda") and processes == 1

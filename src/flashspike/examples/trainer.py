@@ -195,7 +195,10 @@ class Trainer:
             self.device.type, enabled=args.amp and self.amp_dtype == torch.float16
         )
         self.model = self.net
-        if cluster.world > 1:
+        # Several processes: a captured step averages the gradients itself, inside its graph; an eager
+        # one leaves that to DistributedDataParallel, which overlaps it with the backward.
+        self.capturable = bool(args.cuda_graph)
+        if cluster.world > 1 and not self.capturable:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
             if memory_format == torch.channels_last:
@@ -212,11 +215,11 @@ class Trainer:
             self.model = compiling.compile(self.model, mode=args.compile, fullgraph=True)
         # One training step (forward, loss, backward, optimizer and scaler steps, reset_net); with
         # -cuda_graph captured once and replayed for every full batch (a partial one runs eagerly).
-        self.capturable = bool(args.cuda_graph)
         if self.capturable and self.device.type != "cuda":
             raise UsageError(f"-cuda_graph needs a CUDA device, but the device is {self.device}")
         self.stepper = CapturedStep(ByteImages(self.model), rate_loss, self.optimizer, self.scaler,
-                                    autocast_dtype=self.amp_dtype if args.amp else None, capture=self.capturable)
+                                    autocast_dtype=self.amp_dtype if args.amp else None, capture=self.capturable,
+                                    distributed=cluster.world > 1 and self.capturable)
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
