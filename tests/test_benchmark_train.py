@@ -189,7 +189,7 @@ def test_spikingjelly_2_transformer_peers_run_in_their_subprocess(peer_stubs):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["captured", "reduce-overhead"])
 def test_cuda_graph_modes_run_for_sew_resnet18(mode, tmp_path):
-    # (compiled rows go through flashspike.compile with contiguous weights by default: see the README's
+    # (compiled rows go through flashspike.compile with contiguous weights by default: see docs/api.md's
     # torch.compile section)
     report = bench.main(["--models", "sew_resnet18", "--modes", mode, "--b", "4", "--t", "2", "--warmup", "6",
                          "--steps", "3", "--repeats", "2", "--out", str(tmp_path)])

@@ -250,8 +250,9 @@ def test_the_same_command_twice_is_refused_unless_overwriting(data_dir, tmp_path
     before = read_metrics(tmp_path / FOLDER)
     capsys.readouterr()
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "already holds a run" in err and "-resume" in err and "-overwrite" in err
+    assert out == ""  # refused before the start-up header, let alone the flags or the network
     assert read_metrics(tmp_path / FOLDER) == before  # untouched
     assert cli.main(argv + ["-overwrite"]) == 0
     assert len(read_metrics(tmp_path / FOLDER)) == 1

@@ -92,10 +92,19 @@ def short_run(data_dir, tmp_path_factory):
     return result, out_dir / "T_4_b_32_SGD_lr_0.1_CosALR_64_c4"
 
 
-def test_short_run_prints_the_arguments_the_net_and_one_line_per_epoch(short_run):
-    result, _ = short_run
-    assert result.stdout.startswith("Namespace(T=4, device='cpu', b=32, epochs=2,")
-    assert "CSNN(" in result.stdout and result.stdout.count("MultiStepIFNode(") == 4
+def test_short_run_starts_with_a_short_header_and_prints_one_line_per_epoch(short_run):
+    result, folder = short_run
+    # Everything before the first epoch: the header (run folder, device, network) and the data line;
+    # the full flags and the network are in the run folder, not on the screen.
+    start = result.stdout[:result.stdout.index("epoch=0,")].splitlines()
+    assert len(start) <= 5, start
+    assert start[0] == f"run folder: {folder} (full flags: flags.json, network: model.txt; -verbose prints them)"
+    assert re.search(r"^device: cpu \(1 process, \d+ threads?\); backend: auto -> torch; precision: float32; "
+                     r"memory format: contiguous$", result.stdout, re.M), start
+    parameters = sum(p.numel() for p in cli.CSNN(T=4, channels=4).parameters())
+    assert f"network: CSNN, T=4, 4 channels, {parameters:,} parameters; SGD lr=0.1, batch 32, 2 epochs" in start
+    assert any(line.startswith("data: 640 training and 160 test images from ") for line in start)
+    assert "Namespace(" not in result.stdout and "CSNN(" not in result.stdout
     lines = epoch_lines(result.stdout)
     assert [line["epoch"] for line in lines] == [0, 1]
     assert lines[1]["max_test_acc"] == max(line["test_acc"] for line in lines)
@@ -109,8 +118,14 @@ def test_short_run_prints_the_arguments_the_net_and_one_line_per_epoch(short_run
 def test_short_run_folder_holds_checkpoints_metrics_and_tensorboard(short_run):
     result, folder = short_run
     names = sorted(p.name for p in folder.iterdir())
-    assert len(names) == 4 and names[2].startswith("events.out.tfevents.")
-    assert names[:2] + names[3:] == ["checkpoint_latest.pth", "checkpoint_max.pth", "metrics.jsonl"]
+    assert len(names) == 6 and names[2].startswith("events.out.tfevents.")
+    assert names[:2] + names[3:] == ["checkpoint_latest.pth", "checkpoint_max.pth", "flags.json", "metrics.jsonl",
+                                     "model.txt"]
+    # What the start-up header leaves out: every flag of the run, and the network as printed.
+    args = cli.parse_args(common(json.loads((folder / "flags.json").read_text())["data_dir"], folder.parent,
+                                 "-epochs", "2", "-max_batches", "4"))
+    assert json.loads((folder / "flags.json").read_text()) == vars(args)
+    assert (folder / "model.txt").read_text() == str(cli.CSNN(T=4, channels=4, backend="auto")) + "\n"
     printed = epoch_lines(result.stdout)
     metrics = read_metrics(folder)
     assert [m["epoch"] for m in metrics] == [0, 1]
@@ -310,6 +325,15 @@ def test_bench_steps_reports_a_step_time_without_data(capsys):
     out = capsys.readouterr().out
     assert re.search(r"^bench: device=cpu, T=4, b=8, .*step_time_ms=\d+\.\d+, peak_rss_mib=(\d+\.\d)$", out, re.M), out
     assert float(re.search(r"peak_rss_mib=(\S+)$", out, re.M).group(1)) > 50  # torch alone takes more
+    assert out.startswith("run folder: none (-bench_steps records nothing; -verbose prints the flags and network)\n")
+    assert "Namespace(" not in out and "CSNN(" not in out
+
+
+def test_verbose_prints_the_full_flags_and_the_network(capsys):
+    assert cli.main(["-device", "cpu", "-channels", "4", "-b", "8", "-bench_steps", "1", "-verbose"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^Namespace\(T=4, device='cpu', b=8, .*verbose=True", out, re.M), out
+    assert "CSNN(" in out and out.count("MultiStepIFNode(") == 4
 
 
 # ------------------------------------------------------------------ flags
@@ -360,7 +384,7 @@ def test_torchrun_with_two_gloo_processes(data_dir, tmp_path):
     result = run_module(*common(data_dir, tmp_path, "-epochs", "2", "-max_batches", "10", "-channels", "8"),
                         launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("Namespace(") == 1 and "processes: 2" in result.stdout  # rank 0 alone prints
+    assert result.stdout.count("run folder: ") == 1 and "(2 processes, 1 thread each)" in result.stdout  # rank 0 alone
     lines = epoch_lines(result.stdout)
     assert [line["epoch"] for line in lines] == [0, 1]
     for line in lines:  # 2 processes x 10 batches x 32 images: all 640 were trained on

@@ -143,7 +143,7 @@ def test_zoo_compiles_on_gpu(family, name):
     model = copy.deepcopy(eager)
     # PyTorch 2.11's inductor, with its layout optimization on, mispredicts the strides of a
     # convolution's weight gradient on these nets (an assert_size_stride failure in the compiled
-    # backward, SpikingJelly's models too): the README's torch.compile section gives this switch.
+    # backward, SpikingJelly's models too): docs/api.md's torch.compile section gives this switch.
     compiled = torch.compile(model, fullgraph=True, options={"layout_optimization": False})
     expected = _step(eager, x, "float32")
     got = _step(compiled, x, "float32")

@@ -1,17 +1,21 @@
-"""The README's Python code runs as written (on the CPU here), and the Quickstart learns."""
+"""The README's and docs/api.md's Python code runs as written (on the CPU here), the Quickstart learns,
+and the links between the documents lead somewhere."""
 
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
+API = DOCS / "api.md"
 
 
-def python_blocks() -> dict[str, list[str]]:
-    """``{section heading: [python code block, ...]}`` of the README."""
+def python_blocks(page: Path = README) -> dict[str, list[str]]:
+    """``{section heading: [python code block, ...]}`` of a markdown page."""
     blocks, heading = {}, ""
-    for match in re.finditer(r"^(#+ [^\n]+)$|^```python\n(.*?)^```$", README.read_text(), re.M | re.S):
+    for match in re.finditer(r"^(#+ [^\n]+)$|^```python\n(.*?)^```$", page.read_text(), re.M | re.S):
         if match.group(1):
             heading = match.group(1).lstrip("# ").strip()
         else:
@@ -19,17 +23,42 @@ def python_blocks() -> dict[str, list[str]]:
     return blocks
 
 
-def test_the_readme_has_the_blocks_this_file_runs():
-    blocks = python_blocks()
-    assert "Quickstart" in blocks and len(blocks["Quickstart"]) == 1
-    assert sum(map(len, blocks.values())) >= 2
+def test_the_pages_have_the_blocks_this_file_runs():
+    readme = python_blocks()
+    assert "Quickstart" in readme and len(readme["Quickstart"]) == 1
+    assert len(readme["Moving from SpikingJelly"]) == 2
+    api = python_blocks(API)
+    for heading in ("Neurons", "The whole training step as one CUDA graph", "torch.compile", "Model zoo",
+                    "The activation_based face"):
+        assert len(api.get(heading, [])) == 1, heading
 
 
-def test_every_python_block_but_the_quickstart_runs(capsys):
-    for heading, codes in python_blocks().items():
+@pytest.mark.parametrize("page", [README, API], ids=["README", "api"])
+def test_every_python_block_but_the_quickstart_runs(page, capsys):
+    for heading, codes in python_blocks(page).items():
         if heading != "Quickstart":
             for code in codes:
-                exec(compile(code, f"README.md ({heading})", "exec"), {"__name__": "readme"})
+                exec(compile(code, f"{page.name} ({heading})", "exec"), {"__name__": "docs"})
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_documents_leads_somewhere():
+    pages = [README, *sorted(DOCS.glob("*.md"))]
+    assert API in pages and len(pages) >= 6
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name}: {target}"
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+                assert anchor in {_anchor(h) for h in headings}, f"{page.name}: {target}"
 
 
 def test_the_quickstart_runs_and_learns(capsys):
@@ -59,7 +88,7 @@ def test_the_folder_the_readme_names_is_the_one_its_command_writes():
 
 def test_the_first_conv_snn_page_runs_and_learns(capsys):
     """docs/first_conv_snn.md: its one program runs as written, starts silent and learns the toy task."""
-    page = README.parent / "docs" / "first_conv_snn.md"
+    page = DOCS / "first_conv_snn.md"
     (code,) = re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.M | re.S)
     exec(compile(code, str(page), "exec"), {"__name__": "docs"})
     out = capsys.readouterr().out

@@ -26,7 +26,7 @@ from .checkpoint import CheckpointError, check_training_state, load_checkpoint, 
 from .csnn import CSNN  # noqa: F401 (the network, for `from ...conv_fashion_mnist import CSNN`)
 from .fashion_mnist import DataMissingError, IDXFormatError, default_data_dir, fingerprint, load_fashion_mnist
 from .flags import RUN_FLAGS, as_typed, parse_args, run_name
-from .run_log import LATEST, RecordError, RunLog, prepare_folder, release_folders
+from .run_log import FLAGS, LATEST, MODEL, RecordError, RunLog, describe_run, prepare_folder, release_folders
 from .trainer import (Cluster, DeviceSplit, Trainer, UsageError, batches, benchmark_steps, check_memory,
                       epoch_order)
 
@@ -92,22 +92,52 @@ def data_splits(args, cluster: Cluster, recorded: dict | None) -> tuple[DeviceSp
     return train_split, test_split, identity
 
 
+def start_up_header(args, trainer: Trainer, backend: str, folder: Path | None) -> list[str]:
+    """The few lines a run starts with: where its record goes, what it runs on, and what it trains. The
+    full flags and the network are in the run folder (``describe_run``) and, with -verbose, on screen."""
+    device, world = trainer.device, trainer.cluster.world
+    processes = f"{world} process" + ("es" if world > 1 else "")
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)}, {processes})"
+    else:
+        threads = torch.get_num_threads()
+        where = f"{device} ({processes}, {threads} thread{'s' if threads > 1 else ''}{' each' if world > 1 else ''})"
+    precision = "float32"
+    if args.amp:
+        precision = f"{str(trainer.amp_dtype).replace('torch.', '')} autocast"
+        precision += " with loss scaling" if trainer.scaler.is_enabled() else ""
+    layout = "channels_last" if trainer.net.memory_format == torch.channels_last else "contiguous"  # as -memory_format
+    parameters = sum(p.numel() for p in trainer.net.parameters())
+    record = (f"run folder: {folder} (full flags: {FLAGS}, network: {MODEL}; -verbose prints them)"
+              if folder is not None else "run folder: none (-bench_steps records nothing; -verbose prints the flags "
+              "and network)")
+    return [
+        record,
+        f"device: {where}; backend: {args.backend} -> {backend}; precision: {precision}; memory format: {layout}",
+        f"network: {type(trainer.net).__name__}, T={args.T}, {args.channels} channels, {parameters:,} parameters; "
+        f"{args.opt} lr={args.lr}, batch {args.b}{' per process' if world > 1 else ''}, {args.epochs} epochs",
+    ]
+
+
+def announce(args, trainer: Trainer, backend: str, folder: Path | None) -> None:
+    """Print the start-up header (and with -verbose the full flags and network) on the main process."""
+    lines = start_up_header(args, trainer, backend, folder)
+    if args.verbose:
+        lines += [str(args), str(trainer.net)]
+    if args.compile or args.cuda_graph:
+        what = "compiling" if args.compile else "3 warm-up steps and the CUDA graph's capture"
+        lines.append(f"note: the first epoch trained in this run includes {what}; later epochs are steady")
+    print("\n".join(lines), flush=True)
+
+
 def train(args, cluster: Cluster, resumed: dict | None) -> None:
     main = cluster.is_main
     check_memory(args, cluster.device)
     trainer = Trainer(args, cluster)
     backend = trainer.check_backend()
-    if main:
-        print(args)
-        print(trainer.net)
-        layout = str(trainer.net.memory_format).replace("torch.", "")
-        print(f"backend: {args.backend} -> {backend}; device: {cluster.device}; processes: {cluster.world}; "
-              f"memory format: {layout}", flush=True)
-        if args.compile or args.cuda_graph:
-            what = "compiling" if args.compile else "3 warm-up steps and the CUDA graph's capture"
-            print(f"note: the first epoch trained in this run includes {what}; later epochs are steady", flush=True)
     if args.bench_steps:
         if main:
+            announce(args, trainer, backend, None)
             benchmark_steps(trainer, args.bench_steps)
         return
 
@@ -133,6 +163,9 @@ def train(args, cluster: Cluster, resumed: dict | None) -> None:
             return
     # The folder is checked before the data loads: a bad -out_dir fails in a second, not after minutes.
     prepare_folder(folder, resuming=resumed is not None, overwrite=args.overwrite, owner=main)
+    if main:
+        describe_run(folder, vars(args), str(trainer.net))
+        announce(args, trainer, backend, folder)
 
     train_split, test_split, data_identity = data_splits(args, cluster, resumed and resumed.get("data"))
     test_order = torch.arange(cluster.rank, len(test_split), cluster.world, device=cluster.device)

@@ -101,6 +101,8 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     flag("bench_steps", type=int, default=0,
          help="time this many training steps on a random batch already on the device, report the step time and "
          "the peak memory of those steps (after a warm-up), and exit (no data set needed)")
+    flag("verbose", action="store_true",
+         help="print the full flags and the network at start (a run's folder holds them as flags.json and model.txt)")
     flag("compile", nargs="?", const="auto", default=False, choices=("auto", *compiling.MODES),
          help="train through flashspike.compile(net, mode=MODE, fullgraph=True) (torch.compile with the "
          "setting deep conv SNNs need); the bare flag is 'auto': 'reduce-overhead' (CUDA graphs) on one CUDA "

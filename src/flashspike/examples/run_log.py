@@ -5,7 +5,9 @@ An epoch is recorded in this order: its line printed, its metrics.jsonl line, it
 checkpoint_max.pth (when it is the best epoch), and last checkpoint_latest.pth. The latest checkpoint
 is the commit: it holds the metrics of every epoch it covers (``history``), and a resumed run rewrites
 metrics.jsonl and the TensorBoard curves from that history. A process killed anywhere in between so
-leaves an epoch that the resumed run trains again, to the same numbers, and records once.
+leaves an epoch that the resumed run trains again, to the same numbers, and records once. Beside the
+record, flags.json and model.txt hold every flag and the network of the run's latest start, which the
+start-up header only summarizes.
 
 One run at a time holds a folder: its process (torchrun's rank 0) takes an advisory lock on the folder
 before it writes or removes anything there, and another run started on that folder (the same command
@@ -31,6 +33,8 @@ from .checkpoint import checkpoint_bytes, remove_stale_temporaries, write_atomic
 from .trainer import UsageError
 
 METRICS, LATEST, BEST = "metrics.jsonl", "checkpoint_latest.pth", "checkpoint_max.pth"
+# What a run was started with, in full: the start-up header prints a few lines and names these files.
+FLAGS, MODEL = "flags.json", "model.txt"
 HOLDER = ".holder"  # the process id of the run that holds the folder (information for a refused run)
 SCALARS = ("train_loss", "train_acc", "test_loss", "test_acc", "train_time", "train_speed")
 TENSORBOARD_PREFIX = "events.out.tfevents."
@@ -105,7 +109,7 @@ def prepare_folder(folder: Path, *, resuming: bool, overwrite: bool, owner: bool
         raise UsageError(f"cannot write the run's log folder {folder}: {error}; {fix}") from None
     if owner:
         hold_folder(folder)
-    for path in remove_stale_temporaries(folder, (METRICS, LATEST, BEST)) if owner else ():
+    for path in remove_stale_temporaries(folder, (METRICS, LATEST, BEST, FLAGS, MODEL)) if owner else ():
         print(f"removed {path.name}, a temporary file a stopped run left behind", flush=True)
     if resuming:
         return
@@ -120,6 +124,13 @@ def prepare_folder(folder: Path, *, resuming: bool, overwrite: bool, owner: bool
         path.unlink()
     if previous:
         print(f"overwrite: removed the previous run's {', '.join(p.name for p in previous)} from {folder}")
+
+
+def describe_run(folder: Path, flags: dict, model: str) -> None:
+    """Write the run's full flags (``flags.json``) and its network as printed (``model.txt``) into its
+    prepared folder. They describe the latest start: a resumed or overwriting run writes them again."""
+    write_atomic((json.dumps(flags, indent=1, default=str) + "\n").encode(), folder / FLAGS)
+    write_atomic((model + "\n").encode(), folder / MODEL)
 
 
 class Progress:
@@ -150,7 +161,6 @@ class RunLog:
 
     def __init__(self, folder: Path, history: list[dict]):
         self.folder, self.history = folder, list(history)
-        print(f"log folder: {folder}", flush=True)
         tensorboard = _optional("torch.utils.tensorboard", "TensorBoard logging", "tensorboard")
         self.tqdm = _optional("tqdm", "the progress bar", "tqdm") if sys.stderr.isatty() else None
         earlier_events = sorted(folder.glob(TENSORBOARD_PREFIX + "*"))
