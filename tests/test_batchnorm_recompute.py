@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from flashspike import batchnorm_recompute, functional, layer, neuron
+from flashspike import functional, layer, neuron
 from flashspike.backends import recompute
+from flashspike.memory import batchnorm_recompute
 from conftest import kernel_device
 
 

@@ -152,15 +152,15 @@ def make_batches(spec, device, memory_format):
 # flashspike's ways of keeping less for the backward, each turned on by the benchmark flag of the
 # key's name (``--spike-bits`` for "spike_bits").
 MEMORY_SWITCHES = {
-    "spike_bits": ("spike bits", "flashspike.spike_bits", "store_spike_inputs_in_bits",
+    "spike_bits": ("spike bits", "flashspike.memory.spike_bits", "store_spike_inputs_in_bits",
                    "flashspike rows keep spike inputs of convolutions and linear layers in one bit, and sums of "
-                   "spikes in a few, for the backward (flashspike.spike_bits; eager and captured steps)"),
-    "pool_bytes": ("pool bytes", "flashspike.pooling", "store_pool_indices_in_bytes",
+                   "spikes in a few, for the backward (flashspike.memory.spike_bits; eager and captured steps)"),
+    "pool_bytes": ("pool bytes", "flashspike.memory.pooling", "store_pool_indices_in_bytes",
                    "flashspike rows' max-pools keep one byte per output for the backward instead of an int64 "
-                   "index (flashspike.pooling; eager and captured steps on CUDA)"),
-    "recompute_h": ("H recomputed", "flashspike.batchnorm_recompute", "recompute_h_after_batchnorm",
+                   "index (flashspike.memory.pooling; eager and captured steps on CUDA)"),
+    "recompute_h": ("H recomputed", "flashspike.memory.batchnorm_recompute", "recompute_h_after_batchnorm",
                     "flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again from "
-                    "the BatchNorm's kept input (flashspike.batchnorm_recompute; eager and captured steps)"),
+                    "the BatchNorm's kept input (flashspike.memory.batchnorm_recompute; eager and captured steps)"),
 }
 
 
