@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import compiling
 from ..captured import CapturedStep
+from ..cluster import Cluster, leave_process_group
 from ..cuda_utils import median_seconds
 
 INPUTS = {  # name -> (channels, height, width, num_classes)
@@ -62,6 +63,7 @@ def adapt_stem(model: nn.Module, channels: int) -> None:
 def build_flashspike(spec, num_classes):
     from .. import neuron, surrogate
     from ..model import sew_resnet, spike_driven_transformer, spikformer, spiking_vgg
+    from ..model.csnn import CSNN
 
     if spec["model"] in TRANSFORMERS:
         transformer = {"spikformer": spikformer.Spikformer,
@@ -70,8 +72,6 @@ def build_flashspike(spec, num_classes):
     node = dict(multi_step_neuron=neuron.MultiStepIFNode, surrogate_function=surrogate.ATan(), detach_reset=True,
                 backend=spec["backend"])
     if spec["model"] == "fmnist":
-        from ..examples.csnn import CSNN
-
         memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
         return CSNN(spec["T"], backend=spec["backend"], memory_format=memory_format)
     if spec["model"] == "sew_resnet18":
@@ -181,8 +181,6 @@ def class_scores(out: torch.Tensor) -> torch.Tensor:
 
 
 def run_row(spec: dict) -> dict:
-    from ..examples.trainer import Cluster
-
     # Under torchrun: the process group (NCCL on CUDA, Gloo on the CPU), cuda:LOCAL_RANK each.
     cluster = Cluster(spec["device"])
     device, world = cluster.device, cluster.world
@@ -292,8 +290,6 @@ def kept_for_backward(call, parameters) -> int:
 
 
 def main(argv=None) -> None:
-    from ..examples.trainer import leave_process_group
-
     spec = json.loads((argv or sys.argv[1:])[0])
     try:
         row = run_row(spec)
