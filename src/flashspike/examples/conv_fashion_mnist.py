@@ -7,9 +7,10 @@ with its flags, on flashspike's multi-step neurons.
     python -m flashspike.examples.conv_fashion_mnist -resume logs/RUN/checkpoint_latest.pth -epochs 80
 
 The script reads top to bottom: the flags (flags.py), the network (flashspike.model.csnn) and its
-training (trainer.py; the processes and device: flashspike.cluster), the data (fashion_mnist.py), then one loop over epochs whose record the run log writes
-(run_log.py: no epoch is lost or half-written, one run at a time holds a folder, and a resumed run
-continues exactly, on the data its checkpoint records by folder and fingerprint).
+training (trainer.py; the processes and device: flashspike.cluster), the data (fashion_mnist.py), then
+one loop over epochs whose record the run log writes (run_log.py: no epoch is lost or half-written, one
+run at a time holds a folder, and a resumed run continues exactly, on the data its checkpoint records by
+folder and fingerprint).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ sit on the largest activations (a ResNet's stem, every stage of a VGG), so those
 share of a training step's memory. :func:`store_pool_indices_in_bytes` switches a network's
 ``nn.MaxPool2d`` layers to :class:`BytePositionMaxPool2d`, which records instead the position of the
 maximum inside its window (``kh * kernel_w + kw``, one uint8) with the Triton kernels of
-:mod:`flashspike.memory.pooling_triton`. Outputs and gradients are PyTorch's own: the same maximum, the same
-element chosen among equal ones (spike trains have many), the gradient summed in the same order.
+:mod:`flashspike.memory.pooling_triton`. Outputs and gradients are PyTorch's own: the same maximum,
+the same element chosen among equal ones (spike trains have many), the gradient summed in the same
+order.
 
 The byte path runs on CUDA with Triton, for 4-d inputs that need a gradient, dilation 1, no
 ``ceil_mode`` or ``return_indices``, and windows of at most 255 positions; anything else, and code

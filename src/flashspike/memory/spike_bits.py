@@ -9,11 +9,12 @@ the same values), bit for bit. A sum of spike trains (SEW-ResNet's ADD connectio
 more down a chain of blocks) is kept the same way in 2, 4 or 8 bits per element.
 
 An input counts only when its autograd history proves its values (:func:`integer_bound`): the spike
-output of a flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate
-(as the neuron tells it: :func:`flashspike.backends.autograd.is_spike_output`), reached through views, slices, max-pooling or dtype casts only (each keeps small integers exact), or
-a sum of such inputs. Anything else (dropout, a product, a scaled sum, the 'torch' reference's output,
-an input that needs no gradient) takes the layer's ordinary path, so nothing is ever stored lossily.
-Eager mode only: under ``torch.compile`` the layers run their ordinary forward.
+output of a flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate (as
+the neuron tells it: :func:`flashspike.backends.autograd.is_spike_output`), reached through views,
+slices, max-pooling or dtype casts only (each keeps small integers exact), or a sum of such inputs.
+Anything else (dropout, a product, a scaled sum, the 'torch' reference's output, an input that needs no
+gradient) takes the layer's ordinary path, so nothing is ever stored lossily. Eager mode only: under
+``torch.compile`` the layers run their ordinary forward.
 
 On CUDA, packing and unpacking are one Triton kernel each
 (:mod:`flashspike.memory.spike_bits_triton`); elsewhere, or without Triton, a few PyTorch operations
