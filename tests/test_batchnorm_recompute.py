@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from flashspike import batchnorm_recompute, functional, layer, neuron
+from flashspike import functional, layer, neuron
 from flashspike.backends import recompute
+from flashspike.memory import batchnorm_recompute
 from conftest import kernel_device
 
 
@@ -127,7 +128,7 @@ def test_neurons_keep_no_h_and_train_bit_for_bit_gpu(backend, reproducible):
 def test_a_static_input_repeated_over_t_is_computed_again_once(reproducible):
     # The Fashion-MNIST net normalizes the image once and feeds it to its first neuron at every step
     # (expand): that neuron's backward recomputes the one step and its H over all T.
-    from flashspike.examples.csnn import CSNN
+    from flashspike.model.csnn import CSNN
 
     device = kernel_device("triton")
     torch.manual_seed(2)

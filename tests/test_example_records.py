@@ -268,7 +268,7 @@ def test_the_same_command_twice_is_refused_unless_overwriting(data_dir, tmp_path
         (["-lr=nan"], "-lr must be a finite number above 0, got nan"),
         (["-lr=inf"], "-lr must be a finite number above 0, got inf"),
         (["-momentum", "-1"], "-momentum must be a finite number from 0 to 1, got -1.0"),
-        (["-device", "foo"], "-device foo: not a device this example trains on"),
+        (["-device", "foo"], "-device foo: not a device flashspike trains on"),
         (["-b", "700"], "-b 700 is more than the 640 training images of each process"),
         (["-seed", str(2**70)], f"-seed must be a whole number from -2**63 to 2**64 - 1 (what torch.manual_seed "
                                 f"takes), got {2**70}"),

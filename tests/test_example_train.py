@@ -432,7 +432,7 @@ def test_progress_bar_on_a_terminal_closes_when_the_pass_ends():
 def test_leaving_the_process_group_frees_a_model_held_in_a_reference_cycle_first(monkeypatch):
     # A DDP model whose last reference is a cycle must be gone before its process group is
     # destroyed: freed at interpreter shutdown instead, Gloo's threads abort the process.
-    from flashspike.examples import trainer
+    from flashspike import cluster
 
     torch.distributed.init_process_group("gloo", rank=0, world_size=1, store=torch.distributed.HashStore())
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
@@ -447,10 +447,10 @@ def test_leaving_the_process_group_frees_a_model_held_in_a_reference_cycle_first
         destroy(*args, **kwargs)
 
     monkeypatch.setattr(torch.distributed, "destroy_process_group", counting_destroy)
-    trainer.leave_process_group()
+    cluster.leave_process_group()
     assert alive_at_destroy == [0]
     assert not torch.distributed.is_initialized()
-    trainer.leave_process_group()  # no group: nothing to do
+    cluster.leave_process_group()  # no group: nothing to do
     assert alive_at_destroy == [0]
 
 

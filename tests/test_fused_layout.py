@@ -115,7 +115,8 @@ def test_a_resnet_training_step_copies_no_activation(monkeypatch):
     # memory switch on) the only activation-sized copy is autocast's cast of the input image.
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from flashspike import batchnorm_recompute, functional, neuron, spike_bits, surrogate
+    from flashspike import functional, neuron, surrogate
+    from flashspike.memory import batchnorm_recompute, spike_bits
     from flashspike.backends.kernel_set import KernelSet
     from flashspike.model import sew_resnet
 

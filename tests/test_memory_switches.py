@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from flashspike import batchnorm_recompute, layer, neuron, pooling, spike_bits
+from flashspike import layer, neuron
+from flashspike.memory import batchnorm_recompute, pooling, spike_bits
 
 SWITCHES = {
     "spike_bits": (spike_bits.store_spike_inputs_in_bits,
@@ -53,3 +54,21 @@ def test_a_switch_changes_classes_only_and_switches_back(name):
     assert switch(net) == 0  # nothing left to switch
     assert switch(net, enabled=False) == expected
     assert [type(m) for m in net.modules()] == plain_types
+
+
+def test_the_modules_answer_to_their_earlier_names_too():
+    # flashspike.spike_bits, .pooling and .batchnorm_recompute moved into flashspike.memory; the old
+    # names give the same module objects, so a whole model pickled under them loads.
+    import importlib
+    import pickle
+
+    import flashspike
+
+    for name, module in (("spike_bits", spike_bits), ("pooling", pooling),
+                         ("batchnorm_recompute", batchnorm_recompute)):
+        assert importlib.import_module(f"flashspike.{name}") is module
+        assert getattr(flashspike, name) is module and name in flashspike.__all__
+    # protocol 0 names a class by its module's text, which can be edited in place
+    text = pickle.dumps(spike_bits.BitSavingLinear, protocol=0)
+    old = text.replace(b"flashspike.memory.spike_bits\n", b"flashspike.spike_bits\n")
+    assert old != text and pickle.loads(old) is spike_bits.BitSavingLinear

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flashspike import pooling
+from flashspike.memory import pooling
 from conftest import kernel_device
 
 GEOMETRIES = [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)),
@@ -40,7 +40,7 @@ def _input(kind, dtype, channels_last, device, shape=(2, 3, 7, 9)):
 
 
 def _kernels(device):
-    from flashspike import pooling_triton
+    from flashspike.memory import pooling_triton
 
     return pooling_triton
 
@@ -179,7 +179,8 @@ def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused
     # the backward and no H behind a BatchNorm.
     import copy
 
-    from flashspike import batchnorm_recompute, functional, neuron, spike_bits, surrogate
+    from flashspike import functional, neuron, surrogate
+    from flashspike.memory import batchnorm_recompute, spike_bits
     from flashspike.model import sew_resnet
 
     device = fused_on_this_device

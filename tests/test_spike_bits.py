@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from flashspike import functional, layer, neuron, spike_bits, surrogate
+from flashspike import functional, layer, neuron, surrogate
+from flashspike.backends import autograd
+from flashspike.memory import spike_bits
 from conftest import kernel_device
 
 
@@ -81,13 +83,13 @@ def test_sums_of_spikes_are_bounded_integers_and_other_arithmetic_is_not():
 
 
 def test_spikes_are_recognised_through_the_byte_position_max_pool(monkeypatch):
-    from flashspike import pooling
+    from flashspike.memory import pooling
 
     device = kernel_device("triton")
     monkeypatch.setattr(pooling, "_runs_fused", lambda x: True)
     _, _, spikes = _spikes("triton", device)
     pooled = pooling.BytePositionMaxPool2d(3, 2, 1)(spikes.flatten(0, 1))
-    assert isinstance(pooled.grad_fn, pooling.MaxPoolBytePositions._backward_cls)
+    assert pooling.is_max_pool_output(pooled.grad_fn) and not pooling.is_max_pool_output(spikes.grad_fn)
     assert spike_bits.is_spike_input(pooled)
     assert not spike_bits.is_spike_input(pooling.BytePositionMaxPool2d(2)((spikes + spikes).flatten(0, 1)))
 
@@ -100,6 +102,25 @@ def test_potentials_smooth_surrogates_and_the_reference_are_not_spikes():
     assert not spike_bits.is_spike_input(smooth)
     _, _, reference = _spikes("torch", "cpu")
     assert not spike_bits.is_spike_input(reference)
+
+
+def test_the_neuron_says_which_output_holds_its_spikes():
+    device = kernel_device("triton")
+    node, _, spikes = _spikes("triton", device, store_v_seq=True)
+    assert autograd.is_spike_output(spikes.grad_fn, spikes.output_nr)
+    assert not autograd.is_spike_output(spikes.grad_fn, 1)  # the potential
+    assert not autograd.is_spike_output((spikes * 1).grad_fn, 0)
+
+
+def test_a_surrogate_mode_fixed_at_construction_is_read_as_the_kernels_ran_it():
+    # PiecewiseLeakyReLU keeps the mode it was built with: assigning spiking=True afterwards changes
+    # nothing, so the neuron's output is the smooth primitive and must not be kept in bits.
+    device = kernel_device("triton")
+    sg = surrogate.PiecewiseLeakyReLU(spiking=False)
+    sg.spiking = True
+    _, _, smooth = _spikes("triton", device, surrogate_function=sg)
+    assert not sg.in_spiking_mode and not torch.all((smooth == 0) | (smooth == 1))
+    assert not spike_bits.is_spike_input(smooth)
 
 
 def _net(backend):
@@ -170,7 +191,7 @@ def test_compiled_layers_take_their_ordinary_path(reproducible):
     # With every memory switch on, a compiled kernel-backend net is one graph (no switch breaks it) and
     # trains exactly as the same net compiled without the switches: in a graph, each switched layer
     # is its ordinary self.
-    from flashspike import batchnorm_recompute, pooling
+    from flashspike.memory import batchnorm_recompute, pooling
 
     torch._dynamo.reset()
     device = kernel_device("triton")
@@ -198,7 +219,7 @@ def test_compiled_layers_take_their_ordinary_path(reproducible):
 @pytest.mark.parametrize("count", [1, 13, 8 * 1024, 8 * 1024 + 5])
 def test_triton_kernels_pack_as_the_pytorch_operations_do(dtype, count, width):
     device = kernel_device("triton")
-    from flashspike import spike_bits_triton
+    from flashspike.memory import spike_bits_triton
 
     g = torch.Generator().manual_seed(count)
     flat = torch.randint(0, 1 << width, (count,), generator=g).to(dtype).to(device)
@@ -215,7 +236,8 @@ def test_triton_kernels_pack_as_the_pytorch_operations_do(dtype, count, width):
 def test_a_captured_training_step_keeps_spikes_in_bits_and_recomputes_h_gpu(backend, reproducible):
     # The packing kernels, the BatchNorm and neuron forwards run again in the backward, and their
     # buffers are captured with the step; replays train as the same steps run eagerly do.
-    from flashspike import CapturedStep, batchnorm_recompute
+    from flashspike import CapturedStep
+    from flashspike.memory import batchnorm_recompute
 
     device = kernel_device(backend)
     eager, captured = _net(backend).to(device), _net(backend).to(device)
@@ -241,16 +263,16 @@ def test_a_captured_training_step_keeps_spikes_in_bits_and_recomputes_h_gpu(back
 def test_without_triton_the_pytorch_operations_pack(monkeypatch):
     # A CUDA tensor finds no Triton: None, and pack/unpack take the PyTorch operations. An error inside
     # flashspike's own kernel module, by contrast, is raised rather than taken for a missing Triton.
-    from flashspike.backends import triton_backend
+    from flashspike import optional_triton
 
-    monkeypatch.setattr(triton_backend, "_kernel_modules", {})
+    monkeypatch.setattr(optional_triton, "_kernel_modules", {})
 
     def no_triton():
         raise ImportError("no triton here")
 
-    monkeypatch.setattr(triton_backend, "_import_triton", no_triton)
+    monkeypatch.setattr(optional_triton, "import_triton", no_triton)
     assert spike_bits._fused(torch.device("cuda", 0)) is None
-    assert triton_backend.optional_kernels("flashspike.pooling_triton") is None
-    monkeypatch.setattr(triton_backend, "_import_triton", lambda: None)
+    assert optional_triton.optional_kernels("flashspike.memory.pooling_triton") is None
+    monkeypatch.setattr(optional_triton, "import_triton", lambda: None)
     with pytest.raises(ModuleNotFoundError):
-        triton_backend.optional_kernels("flashspike.no_such_kernels")
+        optional_triton.optional_kernels("flashspike.memory.no_such_kernels")

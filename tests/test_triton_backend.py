@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bptt
-from flashspike import backends, neuron, surrogate
+from flashspike import backends, neuron, optional_triton, surrogate
 from flashspike.backends import layouts, step_code, triton_backend, triton_source
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import TRITON
@@ -43,7 +43,7 @@ def test_other_devices_are_refused():
 
 
 def test_missing_triton_is_an_import_error_with_the_cause(monkeypatch):
-    monkeypatch.setattr(triton_backend, "_triton", None)
+    monkeypatch.setattr(optional_triton, "_triton", None)
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
     monkeypatch.setattr(triton_backend, "interpreting", lambda: True)
     with pytest.raises(ImportError, match="pip install triton") as err:

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from flashspike import layer, neuron, surrogate
 from flashspike.backends import rebuilt_v_seq
-from flashspike.batchnorm_recompute import recompute_h_after_batchnorm
+from flashspike.memory.batchnorm_recompute import recompute_h_after_batchnorm
 
 KERNEL = "triton"  # through the CPU interpreter here; 'cupy' runs the same Function (backends.autograd)
 CLASSES = {

@@ -43,8 +43,7 @@ def switch_module_classes(net: nn.Module, classes: dict, enabled: bool = True) -
     """Give every module of ``net`` whose class is exactly a key of ``classes`` (not a subclass) the
     class it maps to, or with ``enabled=False`` every module of a class mapped to its key class back;
     returns how many were switched. Only the class changes: parameters, buffers, hooks, ``state_dict``
-    keys stay (the layer versions of :mod:`flashspike.spike_bits`, :mod:`flashspike.pooling` and
-    :mod:`flashspike.batchnorm_recompute` are switched on this way)."""
+    keys stay (the layers of :mod:`flashspike.memory` are switched on this way)."""
     if not enabled:
         classes = {switched: plain for plain, switched in classes.items()}
     switched = 0

@@ -5,6 +5,7 @@ the input out (:mod:`.layouts`), runs the launcher alone when nothing is differe
 otherwise :class:`FusedMultiStep`, whose backward is the kernel set's backward. A step repeated over
 T by ``expand`` reaches the Function as that one step, so its gradient is summed over T in the kernel.
 Compiled code takes :mod:`.operators` instead, whose operators call the same kernel sets.
+:func:`is_spike_output` tells code outside which autograd nodes hold a neuron's spikes.
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ class FusedMultiStep(torch.autograd.Function):
             w = ctx.w
             grad_w = grad_w.to(w.dtype).reshape(w.shape) if needs[2] else None
         return grad_x, grad_v_init, grad_w, None
+
+
+_NODE = FusedMultiStep._backward_cls  # the autograd node of a FusedMultiStep call (its ctx)
+
+
+def is_spike_output(node, output: int) -> bool:
+    """Whether output ``output`` of autograd node ``node`` is the spikes of a neuron run by a kernel
+    backend, with its surrogate in the spiking mode: a tensor of 0s and 1s only.
+
+    This is what the neurons tell the memory family (:mod:`flashspike.memory.spike_bits` keeps such a
+    tensor in one bit per element); what FusedMultiStep keeps on its node stays private to this module."""
+    return output == 0 and isinstance(node, _NODE) and node.call[1].surrogate.in_spiking_mode
 
 
 def _plain_apply():

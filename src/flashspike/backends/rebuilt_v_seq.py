@@ -46,7 +46,7 @@ _GONE = ("the graph of its last call is gone (its outputs were dropped, or its s
 _FREED = ("the backward pass of its last call has freed the pre-reset potential H it kept (read v_seq before "
           "backward(), or pass retain_graph=True)")
 _RECOMPUTED = ("its last call's input is computed again in the backward pass (the recompute switch of "
-               "flashspike.batchnorm_recompute), so the call kept no pre-reset potential H")
+               "flashspike.memory.batchnorm_recompute), so the call kept no pre-reset potential H")
 _REFERENCE = ("backend 'torch' (the reference, which 'auto' takes on the CPU) keeps the pre-reset potential H only "
               "where its autograd graph needs it: with a hard reset (v_reset not None) and detach_reset=False")
 _SOFT_16_BIT = ("the kernels keep the pre-reset potential H in {dtype}, from which a soft reset's V (computed in "

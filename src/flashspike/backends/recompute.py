@@ -7,9 +7,11 @@ neuron need keep nothing of its size: its backward runs the layer again on what 
 the neuron's forward again, and has H back, the same bits (both are deterministic).
 
 A layer offers this by marking its output with a :class:`Recipe` (:func:`mark`): a function and the
-tensors it reads. The eager neuron path (:mod:`.autograd`) takes the recipe of an input that is the
-marked output itself or a view of it (:func:`recipe_for`), unless the output was changed in place
-after it was marked. Compiled code never marks (its graphs keep what the compiler decides).
+tensors it reads (the BatchNorm layers of :mod:`flashspike.memory.batchnorm_recompute` do; :func:`mark`
+is the public half of this module, the rest is the neurons' own). The eager neuron path
+(:mod:`.autograd`) takes the recipe of an input that is the marked output itself or a view of it
+(:func:`recipe_for`), unless the output was changed in place after it was marked. Compiled code never
+marks (its graphs keep what the compiler decides).
 """
 
 from __future__ import annotations

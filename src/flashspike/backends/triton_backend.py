@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import linecache
 import os
 import sys
 
 import torch
 
+from ..optional_triton import import_triton
 from . import BackendError, autograd, layouts
 from .kernel_set import KernelSet
 from .triton_source import BACKWARD_NAME, FORWARD_NAME, backward_source, forward_source
@@ -31,42 +31,6 @@ GPU_BLOCK = 512
 GPU_NUM_WARPS = 4
 # The interpreter pays per program and per operation, not per element: few, wide programs.
 INTERPRETER_MAX_BLOCK = 8192
-
-_triton = None  # the triton module, once imported
-
-
-def _import_triton():
-    global _triton
-    if _triton is None:
-        try:
-            import triton
-            import triton.language  # noqa: F401  (the kernels' `tl`)
-        except Exception as err:  # a broken install raises more than ImportError; show its cause
-            raise ImportError(
-                "backend 'triton' needs the triton package, which could not be imported "
-                f"({type(err).__name__}: {err}). Install it with `pip install triton` (PyTorch's CUDA wheels "
-                "ship a matching one), or use backend='torch' or 'auto'."
-            ) from err
-        _triton = triton
-    return _triton
-
-
-_kernel_modules: dict = {}  # module name -> the module, or None where Triton cannot be imported
-
-
-def optional_kernels(name: str):
-    """The module ``name`` (flashspike's, written with ``triton.jit`` kernels at its top), imported once;
-    None where Triton cannot be imported, and the caller computes the same with PyTorch operations.
-    An error inside the module itself is raised, not taken for a missing Triton."""
-    if name not in _kernel_modules:
-        try:
-            _import_triton()
-        except ImportError:
-            _kernel_modules[name] = None
-        else:
-            _kernel_modules[name] = importlib.import_module(name)
-    return _kernel_modules[name]
-
 
 def interpreting() -> bool:
     """Whether Triton runs kernels through its CPU interpreter (TRITON_INTERPRET)."""
@@ -82,7 +46,7 @@ def _jit(source: str, name: str):
     Triton reads a kernel's text back with ``inspect.getsource``; registering the text in
     ``linecache`` under a name unique to it is what lets that work for code that has no file.
     """
-    triton = _import_triton()
+    triton = import_triton()
     filename = f"<flashspike-triton {name} {hashlib.sha1(source.encode()).hexdigest()[:16]}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     scope = {"__name__": __name__, "tl": triton.language}
@@ -177,8 +141,7 @@ class TritonBackend(autograd.KernelBackend):
                 f"backend 'triton' runs on CUDA tensors, and this input is on {x_seq.device}; "
                 "use backend='torch' or 'auto' there"
             )
-        if _triton is None:
-            _import_triton()
+        import_triton()
 
     def kernel_set(self, p):
         return kernel_set(p)

@@ -5,12 +5,13 @@
 A step is forward, loss, backward and an optimizer step (fp16 autocast with loss scaling by default):
 SGD with momentum 0.9, AdamW for the transformers. Models: ``sew_resnet18`` (multi-step SEW-ResNet-18,
 cnf ADD, MultiStepIFNode, ATan, detach_reset=True), ``spiking_vgg11_bn`` (multi-step, same neuron),
-``fmnist`` (the Fashion-MNIST example's CSNN, which takes the static image ``[B, 1, 28, 28]`` and repeats
-it over T inside), and two transformers in their papers' CIFAR-10 configurations with their default LIF
-neurons: ``spikformer`` (384 wide, 4 blocks, 12 heads, 4x4 patches; ``[T, B, classes]`` out) and
-``spike_driven_transformer`` (512 wide, 2 blocks, 8 heads, stem pools 0011; ``[B, classes]`` out). Modes:
-``eager``, ``compile`` (``torch.compile`` default), ``reduce-overhead`` and ``captured`` (the whole
-step in one CUDA graph, as the example's ``-cuda_graph``).
+``fmnist`` (the Fashion-MNIST example's network, ``flashspike.model.csnn.CSNN``, which takes the static
+image ``[B, 1, 28, 28]`` and repeats it over T inside), and two transformers in their papers' CIFAR-10
+configurations with their default LIF neurons: ``spikformer`` (384 wide, 4 blocks, 12 heads, 4x4
+patches; ``[T, B, classes]`` out) and ``spike_driven_transformer`` (512 wide, 2 blocks, 8 heads, stem
+pools 0011; ``[B, classes]`` out). Modes: ``eager``, ``compile`` (``torch.compile`` default),
+``reduce-overhead`` and ``captured`` (the whole step in one CUDA graph, as the example's
+``-cuda_graph``).
 
 Every row runs in a fresh subprocess (``train_worker``): peak memory is ``max_memory_allocated``
 from process start, so a ``reduce-overhead`` graph pool, the warm-up and cuDNN's algorithm search

@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import compiling
 from ..captured import CapturedStep
+from ..cluster import Cluster, leave_process_group
 from ..cuda_utils import median_seconds
 
 INPUTS = {  # name -> (channels, height, width, num_classes)
@@ -62,6 +63,7 @@ def adapt_stem(model: nn.Module, channels: int) -> None:
 def build_flashspike(spec, num_classes):
     from .. import neuron, surrogate
     from ..model import sew_resnet, spike_driven_transformer, spikformer, spiking_vgg
+    from ..model.csnn import CSNN
 
     if spec["model"] in TRANSFORMERS:
         transformer = {"spikformer": spikformer.Spikformer,
@@ -70,8 +72,6 @@ def build_flashspike(spec, num_classes):
     node = dict(multi_step_neuron=neuron.MultiStepIFNode, surrogate_function=surrogate.ATan(), detach_reset=True,
                 backend=spec["backend"])
     if spec["model"] == "fmnist":
-        from ..examples.csnn import CSNN
-
         memory_format = torch.channels_last if spec["memory_format"] == "channels_last" else torch.contiguous_format
         return CSNN(spec["T"], backend=spec["backend"], memory_format=memory_format)
     if spec["model"] == "sew_resnet18":
@@ -152,15 +152,15 @@ def make_batches(spec, device, memory_format):
 # flashspike's ways of keeping less for the backward, each turned on by the benchmark flag of the
 # key's name (``--spike-bits`` for "spike_bits").
 MEMORY_SWITCHES = {
-    "spike_bits": ("spike bits", "flashspike.spike_bits", "store_spike_inputs_in_bits",
+    "spike_bits": ("spike bits", "flashspike.memory.spike_bits", "store_spike_inputs_in_bits",
                    "flashspike rows keep spike inputs of convolutions and linear layers in one bit, and sums of "
-                   "spikes in a few, for the backward (flashspike.spike_bits; eager and captured steps)"),
-    "pool_bytes": ("pool bytes", "flashspike.pooling", "store_pool_indices_in_bytes",
+                   "spikes in a few, for the backward (flashspike.memory.spike_bits; eager and captured steps)"),
+    "pool_bytes": ("pool bytes", "flashspike.memory.pooling", "store_pool_indices_in_bytes",
                    "flashspike rows' max-pools keep one byte per output for the backward instead of an int64 "
-                   "index (flashspike.pooling; eager and captured steps on CUDA)"),
-    "recompute_h": ("H recomputed", "flashspike.batchnorm_recompute", "recompute_h_after_batchnorm",
+                   "index (flashspike.memory.pooling; eager and captured steps on CUDA)"),
+    "recompute_h": ("H recomputed", "flashspike.memory.batchnorm_recompute", "recompute_h_after_batchnorm",
                     "flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again from "
-                    "the BatchNorm's kept input (flashspike.batchnorm_recompute; eager and captured steps)"),
+                    "the BatchNorm's kept input (flashspike.memory.batchnorm_recompute; eager and captured steps)"),
 }
 
 
@@ -181,8 +181,6 @@ def class_scores(out: torch.Tensor) -> torch.Tensor:
 
 
 def run_row(spec: dict) -> dict:
-    from ..examples.trainer import Cluster
-
     # Under torchrun: the process group (NCCL on CUDA, Gloo on the CPU), cuda:LOCAL_RANK each.
     cluster = Cluster(spec["device"])
     device, world = cluster.device, cluster.world
@@ -295,8 +293,6 @@ def kept_for_backward(call, parameters) -> int:
 
 
 def main(argv=None) -> None:
-    from ..examples.trainer import leave_process_group
-
     spec = json.loads((argv or sys.argv[1:])[0])
     try:
         row = run_row(spec)

@@ -6,10 +6,11 @@ with its flags, on flashspike's multi-step neurons.
     python -m flashspike.examples.conv_fashion_mnist -device cpu -channels 16 -epochs 1           # CPU, minutes
     python -m flashspike.examples.conv_fashion_mnist -resume logs/RUN/checkpoint_latest.pth -epochs 80
 
-The script reads top to bottom: the flags (flags.py), the network and its training (trainer.py,
-csnn.py), the data (fashion_mnist.py), then one loop over epochs whose record the run log writes
-(run_log.py: no epoch is lost or half-written, one run at a time holds a folder, and a resumed run
-continues exactly, on the data its checkpoint records by folder and fingerprint).
+The script reads top to bottom: the flags (flags.py), the network (flashspike.model.csnn) and its
+training (trainer.py; the processes and device: flashspike.cluster), the data (fashion_mnist.py), then
+one loop over epochs whose record the run log writes (run_log.py: no epoch is lost or half-written, one
+run at a time holds a folder, and a resumed run continues exactly, on the data its checkpoint records by
+folder and fingerprint).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from ..cluster import Cluster, DeviceError
+from ..model.csnn import CSNN  # noqa: F401 (the network, for `from ...conv_fashion_mnist import CSNN`)
 from .checkpoint import CheckpointError, check_training_state, load_checkpoint, rng_states, set_rng_states
-from .csnn import CSNN  # noqa: F401 (the network, for `from ...conv_fashion_mnist import CSNN`)
 from .fashion_mnist import DataMissingError, IDXFormatError, default_data_dir, fingerprint, load_fashion_mnist
 from .flags import RUN_FLAGS, as_typed, parse_args, run_name
 from .run_log import FLAGS, LATEST, MODEL, RecordError, RunLog, describe_run, prepare_folder, release_folders
-from .trainer import (Cluster, DeviceSplit, Trainer, UsageError, batches, benchmark_steps, check_memory,
-                      epoch_order)
+from .trainer import DeviceSplit, Trainer, UsageError, batches, benchmark_steps, check_memory, epoch_order
 
 # What a checkpoint of this example holds (run_log.py adds the epochs' metrics as "history"; "data", the
 # folder and fingerprint of the data trained on, is absent from checkpoints of earlier versions).
@@ -237,6 +238,9 @@ def main(argv=None) -> int:
             if recorded is not None and args.data_dir is None:
                 args.data_dir = recorded["dir"]  # the run's own data, as recorded
         cluster = Cluster(args.device)
+    except DeviceError as error:
+        print(f"error: -device {error}", file=sys.stderr)
+        return 2
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,7 @@
-"""The example's training machinery: the processes (torchrun), the data set on the device, the
-network with its optimizer, schedule and AMP scaler, one training step, an epoch, and the test pass.
+"""The example's training machinery: the data set on the device, the network
+(:class:`flashspike.model.csnn.CSNN`) with its optimizer, schedule and AMP scaler, one training step,
+an epoch, and the test pass; this process's place among torchrun's processes is
+:class:`flashspike.cluster.Cluster`.
 
 Where the time goes, and why the loop looks as it does: the whole data set sits on the training
 device as uint8 (47 MB), a batch is an index gather there, and the loss and accuracy are summed on the
@@ -13,8 +15,6 @@ changing a number the step computes.
 
 from __future__ import annotations
 
-import gc
-import os
 import sys
 import time
 import warnings
@@ -30,7 +30,8 @@ from torch import nn
 
 from .. import backends, compiling, functional
 from ..captured import CapturedStep
-from .csnn import CSNN
+from ..cluster import Cluster
+from ..model.csnn import CSNN
 from .fashion_mnist import NUM_CLASSES
 
 
@@ -39,67 +40,6 @@ RSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss counts bytes on 
 
 class UsageError(Exception):
     """A bad flag or flag combination, reported as one line and exit code 2."""
-
-
-# ---------------------------------------------------------------- distributed
-
-class Cluster:
-    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
-
-    def __init__(self, requested_device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        try:
-            device = torch.device(requested_device)
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in ("cpu", "cuda"):
-            raise UsageError(f"-device {requested_device}: not a device this example trains on; "
-                             "give cpu, cuda or cuda:INDEX")
-        if self.world > 1 and device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise UsageError(f"-device {requested_device}: CUDA is not available here; use -device cpu")
-            if device.index is None:  # plain "cuda": the current device, named by its index from here on
-                device = torch.device("cuda", torch.cuda.current_device())
-            if device.index >= torch.cuda.device_count():
-                raise UsageError(f"-device {requested_device}: this machine has {torch.cuda.device_count()} "
-                                 "CUDA device(s), numbered from 0")
-            torch.cuda.set_device(device)
-        self.device = device
-        if self.world > 1:
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``tensor`` summed over all processes (in place)."""
-        if self.world > 1:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def share_buffers(self, net: nn.Module) -> None:
-        """Give every process rank 0's BatchNorm statistics: each updated them on its own last batch."""
-        if self.world > 1:
-            for buffer in net.buffers():
-                torch.distributed.broadcast(buffer, 0)
-
-    def close(self) -> None:
-        leave_process_group()
-
-
-def leave_process_group() -> None:
-    """Destroy torchrun's process group, if this process joined one, after freeing finished models.
-
-    A DDP model lingers in a reference cycle after its last use, and its reducer holds the process
-    group; freed only at interpreter shutdown, Gloo's threads are torn down after Python's and the
-    process aborts ("terminate called without an active exception")."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gc.collect()
-        torch.distributed.destroy_process_group()
 
 
 # ---------------------------------------------------------------- data on the device
@@ -179,7 +119,8 @@ class Trainer:
     def __init__(self, args, cluster: Cluster):
         self.args, self.cluster, self.device = args, cluster, cluster.device
         memory_format = memory_format_for(args.memory_format, self.device)
-        self.net = CSNN(args.T, args.channels, args.step_mode, args.backend, memory_format).to(self.device)
+        self.net = CSNN(args.T, args.channels, args.step_mode, args.backend, memory_format,
+                        NUM_CLASSES).to(self.device)
         fused = {"fused": True} if self.device.type == "cuda" else {}  # fused: no host sync in scaler.step
         if args.opt == "SGD":
             self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr, momentum=args.momentum, **fused)

@@ -6,8 +6,9 @@ sit on the largest activations (a ResNet's stem, every stage of a VGG), so those
 share of a training step's memory. :func:`store_pool_indices_in_bytes` switches a network's
 ``nn.MaxPool2d`` layers to :class:`BytePositionMaxPool2d`, which records instead the position of the
 maximum inside its window (``kh * kernel_w + kw``, one uint8) with the Triton kernels of
-:mod:`flashspike.pooling_triton`. Outputs and gradients are PyTorch's own: the same maximum, the same
-element chosen among equal ones (spike trains have many), the gradient summed in the same order.
+:mod:`flashspike.memory.pooling_triton`. Outputs and gradients are PyTorch's own: the same maximum,
+the same element chosen among equal ones (spike trains have many), the gradient summed in the same
+order.
 
 The byte path runs on CUDA with Triton, for 4-d inputs that need a gradient, dilation 1, no
 ``ceil_mode`` or ``return_indices``, and windows of at most 255 positions; anything else, and code
@@ -22,15 +23,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-from .backends.triton_backend import optional_kernels
-from .functional import switch_module_classes
+from ..functional import switch_module_classes
+from ..optional_triton import optional_kernels
 
-__all__ = ["BytePositionMaxPool2d", "store_pool_indices_in_bytes"]
+__all__ = ["BytePositionMaxPool2d", "store_pool_indices_in_bytes", "is_max_pool_output"]
 
 
 def _fused_kernels():
     """The byte kernels, or None without Triton (then nn.MaxPool2d's path, which computes the same)."""
-    return optional_kernels("flashspike.pooling_triton")
+    return optional_kernels("flashspike.memory.pooling_triton")
 
 
 def _runs_fused(x: torch.Tensor) -> bool:
@@ -55,6 +56,16 @@ class MaxPoolBytePositions(torch.autograd.Function):
     def backward(ctx, grad):
         (positions,) = ctx.saved_tensors
         return _fused_kernels().backward(grad, positions, *ctx.geometry), None, None, None
+
+
+_NODE = MaxPoolBytePositions._backward_cls  # the autograd node of a MaxPoolBytePositions call
+
+
+def is_max_pool_output(node) -> bool:
+    """Whether autograd node ``node`` is this module's max-pooling: its output holds some of its
+    input's values and no others (what :mod:`.spike_bits` asks of the layers between a neuron and a
+    convolution)."""
+    return isinstance(node, _NODE)
 
 
 class BytePositionMaxPool2d(nn.MaxPool2d):

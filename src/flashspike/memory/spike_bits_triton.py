@@ -1,9 +1,10 @@
-"""The bit packing of :mod:`flashspike.spike_bits` as two Triton kernels: one pass each way, with no
-temporary tensors. Imported only where Triton runs the tensors (CUDA, or the CPU interpreter in tests).
+"""The bit packing of :mod:`flashspike.memory.spike_bits` as two Triton kernels: one pass each way,
+with no temporary tensors. Imported only where Triton runs the tensors (CUDA, or the CPU interpreter
+in tests).
 
-The layout is :func:`flashspike.spike_bits.pack`'s: with ``width`` bits per element (1, 2, 4 or 8),
-element ``i`` of the flat sequence is the ``width``-bit field ``i % (8 // width)`` (lowest first) of
-byte ``i // (8 // width)``; a last partial byte has its unused bits zero.
+The layout is :func:`flashspike.memory.spike_bits.pack`'s: with ``width`` bits per element (1, 2, 4
+or 8), element ``i`` of the flat sequence is the ``width``-bit field ``i % (8 // width)`` (lowest
+first) of byte ``i // (8 // width)``; a last partial byte has its unused bits zero.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Max-pooling kernels that record, per output, the position of the maximum inside its window as one
 byte (``kh * kernel_w + kw``) instead of PyTorch's int64 index into the input plane. Imported only
-where Triton runs the tensors (CUDA, or the CPU interpreter in tests); :mod:`flashspike.pooling` uses
-them.
+where Triton runs the tensors (CUDA, or the CPU interpreter in tests);
+:mod:`flashspike.memory.pooling` uses them.
 
 They compute what PyTorch's ``max_pool2d_with_indices`` and its backward compute (dilation 1): the
 maximum, the first position holding it in row-major window order (the last NaN, where there is one),

@@ -9,14 +9,16 @@ the same values), bit for bit. A sum of spike trains (SEW-ResNet's ADD connectio
 more down a chain of blocks) is kept the same way in 2, 4 or 8 bits per element.
 
 An input counts only when its autograd history proves its values (:func:`integer_bound`): the spike
-output of a flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate,
-reached through views, slices, max-pooling or dtype casts only (each keeps small integers exact), or
-a sum of such inputs. Anything else (dropout, a product, a scaled sum, the 'torch' reference's output,
-an input that needs no gradient) takes the layer's ordinary path, so nothing is ever stored lossily.
-Eager mode only: under ``torch.compile`` the layers run their ordinary forward.
+output of a flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate (as
+the neuron tells it: :func:`flashspike.backends.autograd.is_spike_output`), reached through views,
+slices, max-pooling or dtype casts only (each keeps small integers exact), or a sum of such inputs.
+Anything else (dropout, a product, a scaled sum, the 'torch' reference's output, an input that needs no
+gradient) takes the layer's ordinary path, so nothing is ever stored lossily. Eager mode only: under
+``torch.compile`` the layers run their ordinary forward.
 
-On CUDA, packing and unpacking are one Triton kernel each (:mod:`flashspike.spike_bits_triton`);
-elsewhere, or without Triton, a few PyTorch operations give the same bytes.
+On CUDA, packing and unpacking are one Triton kernel each
+(:mod:`flashspike.memory.spike_bits_triton`); elsewhere, or without Triton, a few PyTorch operations
+give the same bytes.
 """
 
 from __future__ import annotations
@@ -26,25 +28,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .backends.autograd import FusedMultiStep
-from .functional import switch_module_classes
-from .backends.triton_backend import optional_kernels
-from .pooling import MaxPoolBytePositions
+from ..backends.autograd import is_spike_output
+from ..functional import switch_module_classes
+from ..optional_triton import optional_kernels
+from .pooling import is_max_pool_output
 
 __all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "integer_bound", "width_for",
            "BitSavingConv2d", "BitSavingLinear"]
 
 _fields_on: dict = {}  # (device, width) -> each field's shift in a byte, uint8 there (made once)
-# Autograd nodes whose output holds some of their input's values and no others: views, reshapes and
-# slices, max-pooling, dtype casts (the integers here are at most 255: exact in every floating dtype).
+# PyTorch's autograd nodes (by ``Node.name()``, the only name PyTorch gives them) whose output holds
+# some of their input's values and no others: views, reshapes and slices, max-pooling, dtype casts
+# (the integers here are at most 255: exact in every floating dtype). flashspike's own max-pool is
+# recognized by :func:`.pooling.is_max_pool_output`.
 _VALUE_KEEPING = frozenset((
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0", "TransposeBackward0",
     "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0",
     "SliceBackward0", "SelectBackward0", "ExpandBackward0",
     "MaxPool2DWithIndicesBackward0", "MaxPool1DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
-    MaxPoolBytePositions._backward_cls.__name__,  # flashspike.pooling's max-pool
 ))
-_SPIKE_NODE = FusedMultiStep._backward_cls
 _LARGEST = 255  # the largest integer kept in bits (8 of them); larger bounds take the ordinary path
 WIDTHS = (1, 2, 4, 8)  # bits per element: fields that tile a byte
 
@@ -52,7 +54,7 @@ WIDTHS = (1, 2, 4, 8)  # bits per element: fields that tile a byte
 def _node_bound(node, output, bounds: dict):
     """The largest value the ``output``-th output of autograd node ``node`` can hold, when its history
     proves the output holds only integers 0 .. that bound; else None. ``bounds`` memoizes nodes."""
-    while node is not None and type(node).__name__ in _VALUE_KEEPING:
+    while node is not None and (node.name() in _VALUE_KEEPING or is_max_pool_output(node)):
         node, output = node.next_functions[0]
     if node is None:
         return None
@@ -60,9 +62,9 @@ def _node_bound(node, output, bounds: dict):
     if key in bounds:
         return bounds[key]
     bound = None
-    if isinstance(node, _SPIKE_NODE):  # output 1 is the potential
-        bound = 1 if output == 0 and getattr(node.call[1].surrogate, "spiking", False) else None
-    elif type(node).__name__ == "AddBackward0" and node._saved_alpha == 1:  # SEW's ADD: a sum of spikes
+    if is_spike_output(node, output):  # what the neuron says of its own output
+        bound = 1
+    elif node.name() == "AddBackward0" and node._saved_alpha == 1:  # SEW's ADD: a sum of spikes
         parts = [_node_bound(n, o, bounds) for n, o in node.next_functions]
         if None not in parts and sum(parts) <= _LARGEST:
             bound = sum(parts)
@@ -107,7 +109,7 @@ def _fused(device: torch.device):
     the same packing."""
     if device.type != "cuda":
         return None
-    return optional_kernels("flashspike.spike_bits_triton")
+    return optional_kernels("flashspike.memory.spike_bits_triton")
 
 
 def pack(x: torch.Tensor, order, width: int = 1) -> torch.Tensor:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backends.recompute import mark
-from .functional import switch_module_classes
+from ..backends.recompute import mark
+from ..functional import switch_module_classes
 
 __all__ = ["recompute_h_after_batchnorm", "RecomputableBatchNorm1d", "RecomputableBatchNorm2d",
            "RecomputableBatchNorm3d"]

@@ -1,4 +1,6 @@
-"""The convolutional SNN of SpikingJelly's Fashion-MNIST tutorial, in multi-step and single-step form."""
+"""The convolutional SNN of SpikingJelly's Fashion-MNIST tutorial, in multi-step and single-step form:
+the network the example (:mod:`flashspike.examples.conv_fashion_mnist`) trains and the training
+benchmark's ``fmnist`` rows time."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import layer, neuron, surrogate
-from .fashion_mnist import NUM_CLASSES
+from .common import check_num_classes
 
 
 class CSNN(nn.Module):
@@ -20,13 +22,16 @@ class CSNN(nn.Module):
     channels-last: cuDNN's convolutions and batch norms and PyTorch's max-pool then run their NHWC
     kernels with no layout conversions, and the multi-step neurons read and write that layout in
     place. The values computed are the same.
+
+    ``num_classes`` output neurons: Fashion-MNIST's ten by default.
     """
 
     def __init__(self, T: int, channels: int = 128, step_mode: str = "m", backend: str = "torch",
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, num_classes: int = 10):
         super().__init__()
         if step_mode not in ("m", "s"):
             raise ValueError(f"step_mode must be 'm' or 's', got {step_mode!r}")
+        num_classes = check_num_classes(num_classes)
         self.T, self.step_mode, self.memory_format = T, step_mode, memory_format
         c = channels
         if step_mode == "m":
@@ -47,13 +52,13 @@ class CSNN(nn.Module):
         self.fc = nn.Sequential(
             stateless(nn.Linear(c * 7 * 7, c * 4 * 4, bias=False)),
             node(),
-            stateless(nn.Linear(c * 4 * 4, NUM_CLASSES, bias=False)),
+            stateless(nn.Linear(c * 4 * 4, num_classes, bias=False)),
             node(),
         )
         self.to(memory_format=memory_format)  # the weights; a later .to(device) keeps their layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, 10]``."""
+        """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, num_classes]``."""
         x = self.static_conv(x.contiguous(memory_format=self.memory_format))
         if self.step_mode == "m":
             # The same input at every step: a view, which the first neuron reads in place (it computes
