@@ -273,9 +273,10 @@ def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
     if torch.cuda.is_available():  # real kernels there; the CPU interpreter only where there is no GPU
         x = x.cuda()
     # float64 has no kernels in the GPU backends: the operator runs the PyTorch kernel set instead.
-    assert operators.kernels_for("triton", x.double(), p.text)[0] is torch_kernels.KERNELS
+    assert choice.plan_for_text("triton", x.double(), p.text).kernels is torch_kernels.KERNELS
     require_backend("triton", x.device)  # without CUDA, Triton's interpreter runs the kernels (conftest.py)
-    kernels, p_rebuilt = operators.kernels_for("triton", x, p.text)
+    plan = choice.plan_for_text("triton", x, p.text)
+    kernels, p_rebuilt = plan.kernels, plan.params
     assert kernels is not torch_kernels.KERNELS and p_rebuilt.key == p.key
     got = _forward_op(x, None, p, backend="triton", store_v_seq=True)
     expected = _forward_op(x, None, p, backend="torch", store_v_seq=True)

@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from . import backends, dynamics, surrogate
-from .backends import operators, rebuilt_v_seq, reference
-from .backends.autograd import fused_multi_step
-from .backends.choice import kernel_set_for, surrogate_state
+from .backends import operators, rebuilt_v_seq
+from .backends.choice import plan_for
 from .base import MemoryModule, check_floating
 from .params import NODE_CHECKS, NeuronParams, kind_of
 from .params import flag as _flag
@@ -289,7 +288,6 @@ class _MultiStep(BaseNode):
     @backend.setter
     def backend(self, name: str) -> None:
         self._backend = backends.validate_name(name)
-        self.__dict__.pop("_chosen", None)
 
     @property
     def v_seq(self) -> torch.Tensor | None:
@@ -349,34 +347,26 @@ class _MultiStep(BaseNode):
                 state["_v_seq_kept"] = rebuilt_v_seq.COMPILED
             return spike_seq
         p = state.get("_cached_params") or self.params()
-        dtype, cuda = x_seq.dtype, x_seq.is_cuda
-        # (params, dtype, on CUDA, kernel set or None for the reference, the surrogate's state): chosen
-        # again when any of them changes (a surrogate's hyper-parameters may be assigned in place).
-        chosen = state.get("_chosen")
-        if (chosen is None or chosen[0] is not p or chosen[1] is not dtype or chosen[2] is not cuda
-                or chosen[4] != surrogate_state(p.surrogate)):
-            chosen = (p, dtype, cuda, kernel_set_for(self._backend, x_seq, p), surrogate_state(p.surrogate))
-            if cuda or x_seq.is_cpu:  # the choice depends on the device type: keep it for these two
-                state["_chosen"] = chosen
+        # What runs the call, as the chooser decided it; chosen again when it no longer serves (another
+        # option, dtype, device type or backend, a surrogate's hyper-parameter assigned in place).
+        plan = state.get("_plan")
+        if plan is None or not plan.serves(self._backend, p, x_seq):
+            plan = state["_plan"] = plan_for(self._backend, x_seq, p)
         store_v_seq = state["store_v_seq"]
-        if chosen[3] is None:
-            hs = [] if not store_v_seq and _is_grad_enabled() else None
-            spike_seq, v, v_seq = reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, self._decay_w(), hs)
-            if not store_v_seq:
-                state["_v_seq_kept"] = rebuilt_v_seq.after_reference_call(hs, v, p)
-        else:
-            spike_seq, v, v_seq = fused_multi_step(chosen[3], x_seq, v_init, p, store_v_seq, self._decay_w())
-            if not store_v_seq:
-                state["_v_seq_kept"] = rebuilt_v_seq.after_kernel_call(spike_seq, v, p, chosen[4], dtype)
+        # The reference keeps each step's H where its graph needs it, from which v_seq may be rebuilt.
+        hs = [] if plan.kernels is None and not store_v_seq and _is_grad_enabled() else None
+        spike_seq, v, v_seq = plan.multi_step(x_seq, v_init, store_v_seq, self._decay_w(), hs)
         state["v"] = v
         if store_v_seq:
             state["v_seq"] = v_seq
+        else:
+            state["_v_seq_kept"] = rebuilt_v_seq.after_call(plan, spike_seq, v, hs)
         return spike_seq
 
     def __getstate__(self):
-        # The chosen kernel set holds compiled kernels, which neither copy nor pickle: chosen again.
+        # The plan's kernel set holds compiled kernels, which neither copy nor pickle: chosen again.
         state = dict(super().__getstate__())
-        state.pop("_chosen", None)
+        state.pop("_plan", None)
         state["_v_seq_kept"] = rebuilt_v_seq.NOT_CALLED  # weak references to this call's graph
         return state
 

@@ -14,8 +14,9 @@ T), and the backward with ``sum_grad_x`` writes its gradient summed over T, as t
 reads its current value at every call; ``grad_w`` is its gradient.
 
 The operator pair is one whatever the backend: the backend's name ('auto' included) and the neuron's
-options travel as two strings (:attr:`~flashspike.params.NeuronParams.text`), and :func:`.choice.kernel_set_for` turns them
-into a kernel set when the operator runs, so nothing about the choice has to be traced. A ``None``
+options travel as two strings (:attr:`~flashspike.params.NeuronParams.text`), and
+:func:`.choice.plan_for_text` turns them into a plan (a kernel set and the options read back) when the
+operator runs, so nothing about the choice has to be traced. A ``None``
 output of a launcher (no H saved, no initial-state gradient) leaves the operator as an empty tensor,
 because an operator's outputs are always tensors.
 
@@ -30,31 +31,15 @@ import torch
 
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
-from . import reference
 from .autograd import refuse_create_graph
-from .choice import kernel_set_for
+from .choice import plan_for, plan_for_text
 from .layouts import (call_operands, decay_operand, multi_step_outputs, sequence_layout, sequence_strides,
                       step_operand)
 
-__all__ = ["multi_step", "kernels_for"]
+__all__ = ["multi_step"]
 
 FORWARD = "flashspike::multi_step_forward"
 BACKWARD = "flashspike::multi_step_backward"
-
-
-# options string -> (NeuronParams, its key), parsed at the first call of each layer. Nothing changes
-# these params in place, so their key (microseconds to build) is built once too.
-_parsed: dict = {}
-
-
-def kernels_for(backend: str, x: torch.Tensor, options: str):
-    """(kernel set, NeuronParams) that run ``x`` for backend ``backend`` with these options."""
-    parsed = _parsed.get(options)
-    if parsed is None:
-        p = NeuronParams.from_text(options)
-        parsed = _parsed[options] = (p, p.key)
-    p, key = parsed
-    return kernel_set_for(backend, x, p, traced=True, params_key=key), p
 
 
 def _sequence_input(x: torch.Tensor, v_init, repeat: int) -> torch.Tensor:
@@ -98,8 +83,10 @@ _LIBRARY = torch.library.Library("flashspike", "FRAGMENT")
 
 def _forward(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0):
     x = sequence_layout(_sequence_input(x, v_init, repeat))
-    kernels, p = kernels_for(backend, x, options)
-    spike, v_out, h = kernels.forward(x, step_operand(v_init, x), p, save_h, store_v_seq, decay_operand(w, p, x))
+    plan = plan_for_text(backend, x, options)
+    p = plan.params
+    spike, v_out, h = plan.kernels.forward(x, step_operand(v_init, x), p, save_h, store_v_seq,
+                                           decay_operand(w, p, x))
     return spike, v_out, _absent(x) if h is None else h
 
 
@@ -117,9 +104,10 @@ def _forward_fake(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0)
 
 def _backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options,
               sum_grad_x=False):
-    kernels, p = kernels_for(backend, h, options)
-    grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init,
-                                                   sum_grad_x, step_operand(v_init, h), decay_operand(w, p, h))
+    plan = plan_for_text(backend, h, options)
+    p = plan.params
+    grad_x, grad_v_init, grad_w = plan.kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init,
+                                                        sum_grad_x, step_operand(v_init, h), decay_operand(w, p, h))
     grad_w = _absent(h) if grad_w is None else grad_w.to(w.dtype).reshape(w.shape)
     return grad_x, _absent(h) if grad_v_init is None else grad_v_init, grad_w
 
@@ -217,12 +205,12 @@ _LIBRARY.impl("multi_step_forward", _forward_autograd, "Autograd", with_keyset=T
 
 
 def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
-    """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
+    """:meth:`.choice.Plan.multi_step`'s contract through the custom operators (traceable), for backend
+    ``backend`` and options ``p``."""
     if not isinstance(p.surrogate, surrogate_module.SurrogateFunction):
         # A plain callable surrogate has no formulas for the operators' kernels; the reference traces
         # (a kernel backend refuses it, with the reason).
-        kernel_set_for(backend, x_seq, p, traced=True)
-        return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, w)
+        return plan_for(backend, x_seq, p, traced=True).multi_step(x_seq, v_init, store_v_seq, w)
     x, v, w, save_h, step = call_operands(x_seq, v_init, p, w, traced=True)
     forward = torch.ops.flashspike.multi_step_forward
     if step is None:
