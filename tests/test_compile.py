@@ -480,7 +480,7 @@ def test_compile_with_kernel_backend_gpu(name, precision, fresh_dynamo):
 @pytest.mark.parametrize("name", GPU_BACKENDS)
 def test_opcheck_gpu(name):
     require_backend(name)
-    options = operators.option_string(params(v_reset=None, surrogate=surrogate.Sigmoid()))
+    options = params(v_reset=None, surrogate=surrogate.Sigmoid()).text
     x = torch.randn(5, 4099, device="cuda") + 0.5  # N not a multiple of any vector width
     v0 = torch.randn(4099, device="cuda")
     forward = torch.ops.flashspike.multi_step_forward.default

@@ -146,7 +146,7 @@ def _plan(name: str, x_seq: torch.Tensor, options: str, p: NeuronParams | None, 
     plan = _chosen.get(key)
     if plan is None:
         plan = _chosen[key] = _choose(name, x_seq, NeuronParams.from_text(options) if p is None else p, traced)
-    elif p is not None and (plan.params is not p or plan.surrogate_state is not p.surrogate_state):
+    elif p is not None and not plan.serves(name, p, x_seq):
         # the same options in another object (another layer's), or a surrogate set back to earlier values
         plan = dataclasses.replace(plan, params=p, surrogate_state=p.surrogate_state)
     if plan.notice is not None:
