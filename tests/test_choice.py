@@ -137,3 +137,24 @@ def test_the_eager_node_runs_what_was_chosen(monkeypatch):
     ref_spike.sum().backward()
     assert torch.equal(spike, ref_spike)
     torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_layers_with_equal_options_share_one_plan_and_each_chooses_once(monkeypatch):
+    """Plans are kept in one dictionary by the options' text: a second layer with equal options gets the
+    first one's choice (its kernel set) for its own options object, and alternating calls of the two
+    layers choose nothing again."""
+    counter = _Counting(monkeypatch)
+    before = len(choice._chosen)
+    first, second = (neuron.MultiStepLIFNode(tau=3.0, backend="torch") for _ in range(2))
+    x = torch.rand(3, 4)
+    for _ in range(3):
+        for node in (first, second):
+            node(x)
+            node.reset()
+    assert counter.calls == 2 and len(choice._chosen) <= before + 1
+    a, b = first.__dict__["_plan"], second.__dict__["_plan"]
+    assert a.params is first.params() and b.params is second.params() and a.kernels is b.kernels
+    text = first.params().text  # the compiled operators' plan: options read back once, then looked up
+    traced = choice.plan_for_text("torch", x, text)
+    assert traced is choice.plan_for_text("torch", x, text) and traced.params == first.params()
+    assert traced.kernels is torch_kernels.KERNELS and a.kernels is None  # compiled 'torch' runs a kernel set

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import numbers
 import warnings
 
 import torch

@@ -26,8 +26,8 @@ import torch
 
 from .surrogate import ATan, SurrogateFunction
 
-__all__ = ["NeuronParams", "OptionRule", "option", "NODE_CHECKS", "KINDS", "kind_of", "number", "finite_or_none", "positive",
-           "greater_than_one", "flag", "callable_surrogate"]
+__all__ = ["NeuronParams", "OptionRule", "option", "NODE_CHECKS", "KINDS", "kind_of", "number", "finite_or_none",
+           "positive", "greater_than_one", "flag", "callable_surrogate"]
 
 
 # ---- checks: each returns the value as kept, or raises an error that names the option ----
