@@ -4,9 +4,13 @@ A neuron is charge, fire, reset: the methods ``neuronal_charge(x)``, ``neuronal_
 ``neuronal_reset(spike)`` act on the membrane potential ``self.v``, as in SpikingJelly. IF and LIF
 implement them with :mod:`flashspike.dynamics` and differ only in the charge, as do PLIF (LIF with a
 learnable decay 1/tau = sigmoid(w), the parameter ``w``) and EIF (an exponential charge). A single-step node
-always runs them; a multi-step node runs its backend's fused ``multi_step`` instead, unless its class
-overrides one of them or one is assigned to the node itself (``node.neuronal_fire = ...``): then it
-runs them step by step (the kernels cannot know the override).
+always runs them; a multi-step node runs the whole sequence at once instead, by the plan that
+:func:`flashspike.backends.choice.plan_for` gives it (a backend's fused kernels, or the reference), unless
+its class overrides one of them or one is assigned to the node itself (``node.neuronal_fire = ...``):
+then it runs them step by step (the kernels cannot know the override).
+
+A node's options are those :class:`flashspike.params.NeuronParams` declares for its kind: each is checked
+when assigned, and ``params()`` reads them into the frozen object every backend receives.
 
 Every node is a :class:`flashspike.base.MemoryModule`: ``v`` (and ``v_threshold``, ``v_reset``,
 ``v_seq``) are memories, plain attributes that ``state_dict()`` does not carry and DDP does not
