@@ -179,5 +179,5 @@ def _notify(backend, dtype: torch.dtype) -> None:
         warnings.warn(
             f"backend {backend.name!r} has no {dtype} kernels (they compute in float32); running "
             "the 'torch' reference for this dtype instead. This notice is shown once.",
-            stacklevel=4,
+            stacklevel=5,  # past the chooser, to the module call that ran the node
         )
