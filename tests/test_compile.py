@@ -26,6 +26,7 @@ from torch import nn
 
 from flashspike import backends, functional, layer, neuron, surrogate
 from flashspike.backends import autograd, choice, operators, reference, torch_kernels
+from flashspike.params import NeuronParams
 from flashspike.dynamics import charge
 from conftest import kernel_device, require_backend
 from grid import Cell, cell_id, params
@@ -34,13 +35,13 @@ GPU_BACKENDS = ["cupy", "triton"]
 
 
 def _forward_op(x, v_init, p, *, save_h=True, store_v_seq=False, backend="torch", w=None):
-    return torch.ops.flashspike.multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, operators.option_string(p))
+    return torch.ops.flashspike.multi_step_forward(x, v_init, w, save_h, store_v_seq, backend, p.text)
 
 
 def _backward_op(h, grad_spike, grad_v_out, p, *, store_v_seq=False, need_grad_v_init=True, backend="torch",
                  v_init=None, w=None):
     return torch.ops.flashspike.multi_step_backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq,
-                                                    need_grad_v_init, backend, operators.option_string(p))
+                                                    need_grad_v_init, backend, p.text)
 
 
 # --- the kernel set in plain PyTorch -------------------------------------------------------------------
@@ -192,7 +193,7 @@ def test_opcheck(option_set, dtype, store_v_seq):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(5, 11, generator=g, dtype=dtype) + 0.5
     v0 = torch.randn(11, generator=g, dtype=dtype)
-    options = operators.option_string(p)
+    options = p.text
     forward = torch.ops.flashspike.multi_step_forward.default
     backward = torch.ops.flashspike.multi_step_backward.default
     for v_init, save_h in [(v0.clone().requires_grad_(), True), (None, True), (None, False)]:
@@ -212,7 +213,7 @@ def test_forward_operator_skips_the_dispatcher_only_for_plain_tensors(monkeypatc
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     p = params()
-    options = operators.option_string(p)
+    options = p.text
     forward = torch.ops.flashspike.multi_step_forward.default
     calls = []
     real_forward = operators._forward
@@ -243,7 +244,7 @@ def test_surrogates_are_rebuilt_from_name_and_alpha():
     for sg in [surrogate.ATan(3.0), surrogate.Sigmoid(), surrogate.PiecewiseQuadratic(0.5), surrogate.SoftSign(),
                Doubled(1.5)]:
         p = params(surrogate=sg, v_reset=None, tau=1 / 3, v_threshold=0.1 + 0.2)  # floats that must read back exactly
-        rebuilt = operators.params_from(operators.option_string(p))
+        rebuilt = NeuronParams.from_text(p.text)
         assert type(rebuilt.surrogate) is type(sg) and rebuilt.key == p.key and rebuilt == p
 
 
@@ -272,9 +273,10 @@ def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
     if torch.cuda.is_available():  # real kernels there; the CPU interpreter only where there is no GPU
         x = x.cuda()
     # float64 has no kernels in the GPU backends: the operator runs the PyTorch kernel set instead.
-    assert operators.kernels_for("triton", x.double(), operators.option_string(p))[0] is torch_kernels.KERNELS
+    assert choice.plan_for_text("triton", x.double(), p.text).kernels is torch_kernels.KERNELS
     require_backend("triton", x.device)  # without CUDA, Triton's interpreter runs the kernels (conftest.py)
-    kernels, p_rebuilt = operators.kernels_for("triton", x, operators.option_string(p))
+    plan = choice.plan_for_text("triton", x, p.text)
+    kernels, p_rebuilt = plan.kernels, plan.params
     assert kernels is not torch_kernels.KERNELS and p_rebuilt.key == p.key
     got = _forward_op(x, None, p, backend="triton", store_v_seq=True)
     expected = _forward_op(x, None, p, backend="torch", store_v_seq=True)
@@ -285,12 +287,12 @@ def test_operator_runs_a_kernel_backend_and_keeps_float64_exact():
 def test_operator_bad_inputs_name_what_was_expected():
     p = params()
     x = torch.rand(3, 4)
-    options = operators.option_string(p)
+    options = p.text
     bad_surrogate = options.replace("flashspike.surrogate.ATan", "nowhere.Gaussian")
     with pytest.raises(ValueError, match="no flashspike surrogate class is called 'nowhere.Gaussian'"):
         torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad_surrogate)
     for bad in [options.replace(f"tau={p.tau},", ""), options.replace("leaky=True", "leaky=yes"), "", options + ",x=1"]:
-        with pytest.raises(ValueError, match="bad neuron options .* expected what flashspike.backends.operators"):
+        with pytest.raises(ValueError, match="bad neuron options .* expected what flashspike.params.NeuronParams.text"):
             torch.ops.flashspike.multi_step_forward(x, None, None, False, False, "torch", bad)
     with pytest.raises(ValueError, match=r"x of shape \[T, N, \*\] .*got shape \(12,\)"):
         _forward_op(x.flatten(), None, p)
@@ -478,7 +480,7 @@ def test_compile_with_kernel_backend_gpu(name, precision, fresh_dynamo):
 @pytest.mark.parametrize("name", GPU_BACKENDS)
 def test_opcheck_gpu(name):
     require_backend(name)
-    options = operators.option_string(params(v_reset=None, surrogate=surrogate.Sigmoid()))
+    options = params(v_reset=None, surrogate=surrogate.Sigmoid()).text
     x = torch.randn(5, 4099, device="cuda") + 0.5  # N not a multiple of any vector width
     v0 = torch.randn(4099, device="cuda")
     forward = torch.ops.flashspike.multi_step_forward.default

@@ -29,7 +29,7 @@ import torch
 
 from flashspike import surrogate
 from flashspike.backends import cuda_source as src
-from flashspike.backends.cupy_backend import CupyKernels
+from flashspike.backends.cupy_backend import CompiledKernels, CupyKernels
 from custom_surrogate import every_surrogate
 from grid import Cell, far_from_ties, option_grid
 
@@ -222,9 +222,9 @@ def _emulation_library(folder, option_sets, cases):
     return ctypes.CDLL(str(library)), entries
 
 
-class EmulatedKernels(CupyKernels):
-    """CupyKernels with the compile and launch steps replaced by the g++ build: everything else, the
-    choice of switches, vector width, gradient modes and outputs, is the backend's own code."""
+class EmulatedCompiled(CompiledKernels):
+    """CompiledKernels with the compile and launch steps replaced by the g++ build: everything else, the
+    choice of switches, vector width, gradient modes and outputs, is the backend's own code (CupyKernels)."""
 
     def __init__(self, library, entries, option_sets):
         super().__init__()
@@ -232,14 +232,14 @@ class EmulatedKernels(CupyKernels):
         self.index_of = {p.key: i for i, p in enumerate(option_sets)}
         self.launched = []
 
-    def _function(self, p, dtype, switches, device_index, name_of):
+    def function(self, params_key, source, dtype, switches, device_index, name_of):
         name = name_of(dtype, *switches)
         self.launched.append(name)
-        entry = getattr(self.library, self.entries[(self.index_of[p.key], name)])
+        entry = getattr(self.library, self.entries[(self.index_of[params_key], name)])
         entry.argtypes, entry.restype = _entry_types(name), None
         return entry
 
-    def _launch(self, function, device_index, n, vec, args):
+    def launch(self, function, device_index, n, vec, args):
         blocks = ((n // vec) + src.BLOCK - 1) // src.BLOCK
         function(blocks, *args)
 
@@ -307,8 +307,9 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
     from flashspike.backends import autograd, reference
 
     library, entries, option_sets = emulated
-    kernels = EmulatedKernels(library, entries, option_sets)
+    compiled = EmulatedCompiled(library, entries, option_sets)
     p = option_sets[option]
+    kernels = CupyKernels(p, compiled)
     g = torch.Generator().manual_seed(option * 100 + n)
     steps = 7  # not a multiple of the time unroll
     x = (torch.randn(steps, 3, n, generator=g) * 0.7 + 0.45).to(dtype)
@@ -344,7 +345,7 @@ def test_emulated_kernels_match_reference(emulated, option, dtype, n):
             torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * scale, msg=lambda m: f"{case}: {m}")
     # Each kernel at its own width (the backward of a neuron that rebuilds V[t-1] at half of it).
     expected = {"fs_forward": src.vector_width(dtype), "fs_backward": src.backward_vector_width(dtype, p)}
-    for name in kernels.launched:
+    for name in compiled.launched:
         vec = int(re.search(r", (\d+), \d+>$", name).group(1))
         width = expected[name.split("<")[0]]
         assert vec == (width if n % width == 0 else 1), name
@@ -358,8 +359,9 @@ def test_emulated_kernels_sum_the_gradient_of_a_repeated_step(emulated, dtype, n
     from flashspike.backends import autograd, reference
 
     library, entries, option_sets = emulated
-    kernels = EmulatedKernels(library, entries, option_sets)
+    compiled = EmulatedCompiled(library, entries, option_sets)
     p = option_sets[0]
+    kernels = CupyKernels(p, compiled)
     g = torch.Generator().manual_seed(n)
     step = (torch.randn(3, n, generator=g) * 0.7 + 0.45).to(dtype)
     weights = torch.randn(7, 3, n, generator=g).to(dtype)
@@ -371,7 +373,7 @@ def test_emulated_kernels_sum_the_gradient_of_a_repeated_step(emulated, dtype, n
         ((spike * w).sum() + v_last.sum()).backward()
         results.append((spike, leaf.grad))
     (spike, grad), (ref_spike, ref_grad) = results
-    sums = [name for name in kernels.launched if name.startswith("fs_backward")]
+    sums = [name for name in compiled.launched if name.startswith("fs_backward")]
     assert len(sums) == 1 and sums[0][sums[0].index("<") + 1:-1].split(", ")[5] == "true", sums  # SUM_GRAD_X
     tol = {torch.float32: 1e-5, torch.float16: 4e-3}[dtype]
     torch.testing.assert_close(spike.double(), ref_spike)

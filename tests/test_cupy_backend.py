@@ -183,7 +183,7 @@ def test_cuda_graph_capture_and_replay(cuda):
 
 @gpu
 def test_kernels_are_cached_in_memory_and_on_disk(cuda):
-    kernels = cupy_backend.BACKEND.kernels
+    kernels = cupy_backend.BACKEND.compiled
     alpha = 1.0 + (time.time_ns() % 1_000_000) / 1e7  # a source no earlier run has compiled
     node = grid.node("cupy", surrogate=surrogate.Sigmoid(alpha=alpha))
     x = torch.rand(4, 1000, device=cuda, requires_grad=True)
@@ -260,7 +260,7 @@ def test_vector_and_scalar_paths_agree(cuda, dtype):
     aligned = flat[: steps * n].view(steps, n).clone()
     misaligned = flat[1:].view(steps, n)  # contiguous, 2 or 4 bytes off a 16-byte boundary
     misaligned.copy_(aligned)
-    kernels = cupy_backend.BACKEND.kernels
+    kernels = cupy_backend.BACKEND.compiled
     results = []
     for x in (aligned, misaligned):
         x = x.detach().requires_grad_()
@@ -270,7 +270,7 @@ def test_vector_and_scalar_paths_agree(cuda, dtype):
         results.append((spike.detach(), node.v_seq.detach(), x.grad))
     for a, b in zip(*results):
         assert torch.equal(a, b)
-    used = {key[2][-1] for key in kernels._functions if key[1] == dtype}
+    used = {key[2][-1] for key in kernels.functions if key[1] == dtype}
     assert {1, src.vector_width(dtype)} <= used
 
 

@@ -1,11 +1,14 @@
 """Neuron options are checked when assigned, as at construction, with errors that name the option."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from flashspike import neuron
+from flashspike import neuron, surrogate
+from flashspike import params as params_module
+from flashspike.params import NeuronParams
 
 NAN, INF = float("nan"), float("inf")
 
@@ -159,3 +162,34 @@ def test_store_v_seq_must_be_a_bool(value):
 def test_eif_and_qif_name_an_option_of_the_wrong_type(cls, option):
     with pytest.raises(TypeError, match=f"{option} must be a number, got '1'"):
         cls(**{option: "1"})
+
+
+# Every neuron kind with fused kernels, and a valid value for each option its kind reads (off its default).
+KIND_NODES = {"if": neuron.MultiStepIFNode, "lif": neuron.MultiStepLIFNode, "plif": neuron.MultiStepParametricLIFNode,
+              "eif": neuron.MultiStepEIFNode}
+GOOD = {"v_threshold": 0.75, "v_reset": -0.05, "detach_reset": True, "surrogate_function": surrogate.ATan(3.0),
+        "tau": 3.5, "decay_input": False, "delta_T": 0.5, "theta_rh": 0.6, "v_rest": 0.02}
+
+
+@pytest.mark.parametrize("kind", params_module.KINDS)
+def test_every_declared_option_of_a_kind_is_checked_on_assignment_and_reaches_the_params(kind):
+    """Options are declared once, in NeuronParams: what a node checks, and what its params() read, follow
+    from that declaration for every kind, so an option declared there cannot be left unchecked or unread."""
+    read = [f for f in dataclasses.fields(NeuronParams) if f.init and not f.metadata["sets_kind"]
+            and (f.metadata["kinds"] is None or kind in f.metadata["kinds"])]
+    attributes = {f.metadata["attribute"] or f.name: f.name for f in read}
+    assert set(attributes) <= set(GOOD), "give the new option a valid value in GOOD"
+    node = KIND_NODES[kind](backend="torch")
+    assert node.params().kind == kind
+    for attribute, field_name in attributes.items():
+        with pytest.raises((TypeError, ValueError), match=attribute):
+            setattr(node, attribute, "not a value")
+        setattr(node, attribute, GOOD[attribute])
+        assert getattr(node.params(), field_name) == GOOD[attribute]
+    p = node.params()
+    rebuilt = NeuronParams.from_text(p.text)
+    assert rebuilt == p and rebuilt.key == p.key and rebuilt.text == p.text
+    # options its kind does not read are not the node's: they stay unchecked and out of its params
+    for f in dataclasses.fields(NeuronParams):
+        if f.init and not f.metadata["sets_kind"] and f not in read:
+            assert getattr(p, f.name) == f.default

@@ -66,7 +66,7 @@ def test_opcheck_over_layouts(backend, layout):
     sequence = x.expand(repeat, *x.shape) if repeat else x
     v0 = torch.empty_strided(sequence.shape[1:], sequence.stride()[1:], device=x.device).copy_(
         torch.randn(STEP, generator=g))
-    options = operators.option_string(P)
+    options = P.text
     forward = torch.ops.flashspike.multi_step_forward.default
     backward = torch.ops.flashspike.multi_step_backward.default
     store_v_seq = layout != "contiguous"
@@ -89,7 +89,7 @@ def test_opcheck_over_layouts(backend, layout):
 def test_an_expanded_step_gets_its_gradient_summed_in_the_kernel():
     g = torch.Generator().manual_seed(4)
     step = _cl(torch.randn(STEP, generator=g, dtype=torch.float64) + 0.6)
-    options = operators.option_string(P)
+    options = P.text
     forward = torch.ops.flashspike.multi_step_forward.default
     backward = torch.ops.flashspike.multi_step_backward.default
     _, _, h = forward(step, None, None, True, False, "torch", options, T)
@@ -101,7 +101,7 @@ def test_an_expanded_step_gets_its_gradient_summed_in_the_kernel():
 
 
 def test_bad_repeat_and_step_shapes_are_refused():
-    options = operators.option_string(P)
+    options = P.text
     with pytest.raises(ValueError, match=r"with repeat = T > 0, one step \[N, \*\]\), got shape \(\) with repeat=3"):
         torch.ops.flashspike.multi_step_forward(torch.zeros(()), None, None, False, False, "torch", options, 3)
     with pytest.raises(ValueError, match="repeat=-1"):

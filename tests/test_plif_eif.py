@@ -230,7 +230,7 @@ def test_operators_give_plif_the_reference_gradients():
 
 def test_opcheck_with_w():
     p = neuron.MultiStepParametricLIFNode(surrogate_function=surrogate.Sigmoid()).params()
-    options = operators.option_string(p)
+    options = p.text
     g = torch.Generator().manual_seed(7)
     x = torch.randn(4, 7, generator=g) + 0.5
     v0 = torch.randn(7, generator=g)

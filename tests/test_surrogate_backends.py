@@ -7,6 +7,7 @@ import torch
 
 from flashspike import surrogate
 from flashspike.backends import autograd, operators, reference, torch_kernels
+from flashspike.params import NeuronParams
 
 from custom_surrogate import Gaussian, every_surrogate, surrogate_id
 from conftest import kernel_device
@@ -16,15 +17,15 @@ from grid import node, params
 @pytest.mark.parametrize("sg", every_surrogate(True) + every_surrogate(False) + [surrogate.ATan(3)], ids=surrogate_id)
 def test_option_text_rebuilds_every_hyperparameter(sg):
     p = params(v_threshold=0.3, v_reset=None, detach_reset=True, surrogate=sg, tau=1 / 3)
-    rebuilt = operators.params_from(operators.option_string(p))
+    rebuilt = NeuronParams.from_text(p.text)
     assert type(rebuilt.surrogate) is type(sg) and rebuilt.key == p.key
     assert rebuilt.surrogate.values() == sg.values() and rebuilt.surrogate.spiking == sg.spiking
 
 
 def test_option_text_with_a_bad_hyperparameter_is_refused():
-    text = operators.option_string(params("if", surrogate=surrogate.S2NN()))
+    text = params("if", surrogate=surrogate.S2NN()).text
     with pytest.raises(ValueError, match="beta must be"):
-        operators.params_from(text.replace("beta=1.0", "beta=-1.0"))
+        NeuronParams.from_text(text.replace("beta=1.0", "beta=-1.0"))
 
 
 def _lif(backend, sg, **kw):
@@ -173,7 +174,7 @@ def test_compiled_code_rebuilds_the_surrogate_class_of_its_own_formula():
     first, second = _defined_as(1.0), _defined_as(3.0)
     for cls, other in ((second, first), (first, second)):
         sg = cls(alpha=2.5)
-        rebuilt = operators.surrogate_from(operators.surrogate_text(sg))
+        rebuilt = surrogate.SurrogateFunction.from_text(sg.text)
         assert rebuilt.key == sg.key != other(alpha=2.5).key  # (the key holds the formulas' digest)
     x = torch.randn(4, 50, generator=torch.Generator().manual_seed(6)) + 0.6
     node = _lif("torch", second())

@@ -15,7 +15,7 @@ import torch
 
 import bptt
 from flashspike import backends, neuron, optional_triton, surrogate
-from flashspike.backends import layouts, step_code, triton_backend, triton_source
+from flashspike.backends import choice, layouts, step_code, triton_backend, triton_source
 from flashspike.backends.step_code import backward_step, forward_step
 from flashspike.codegen import TRITON
 from conftest import kernel_device
@@ -57,12 +57,12 @@ def test_float64_runs_the_reference_with_one_notice(monkeypatch):
     x = (torch.randn(4, 5, dtype=torch.float64) + 0.5).to(kernel_device("triton"))
     p = params()
     with pytest.warns(UserWarning, match="float64"):
-        spike, v_last, _ = triton_backend.BACKEND.multi_step(x, 0.0, p, False)
+        spike, v_last, _ = choice.plan_for("triton", x, p).multi_step(x, 0.0, False)
     ref = bptt.run(x.cpu(), 0.0, leaky=True, tau=p.tau, vth=p.v_threshold, surrogate=("ATan", 2.0))
     assert torch.equal(spike.cpu(), ref["s"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        triton_backend.BACKEND.multi_step(x, 0.0, p, False)  # once per dtype, not per call
+        choice.plan_for("triton", x, p).multi_step(x, 0.0, False)  # once per dtype, not per call
 
 
 # ---------------------------------------------------------------- generated source

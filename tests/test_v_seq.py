@@ -258,8 +258,7 @@ def test_nothing_more_is_kept_nor_computed_when_v_seq_is_not_read(backend, monke
     assert node.v_seq.shape == (4, 3, 5)
     if backend == KERNEL:
         assert saved == [(4, 3, 5)]  # H alone
-    monkeypatch.setattr(rebuilt_v_seq, "after_kernel_call", lambda *args: rebuilt_v_seq.NO_GRAPH)
-    monkeypatch.setattr(rebuilt_v_seq, "after_reference_call", lambda *args: rebuilt_v_seq.NO_GRAPH)
+    monkeypatch.setattr(rebuilt_v_seq, "after_call", lambda *args: rebuilt_v_seq.NO_GRAPH)
     _, ops_without, saved_without = _one_call(backend)
     assert (ops, saved) == (ops_without, saved_without)
 

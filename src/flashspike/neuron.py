@@ -4,9 +4,13 @@ A neuron is charge, fire, reset: the methods ``neuronal_charge(x)``, ``neuronal_
 ``neuronal_reset(spike)`` act on the membrane potential ``self.v``, as in SpikingJelly. IF and LIF
 implement them with :mod:`flashspike.dynamics` and differ only in the charge, as do PLIF (LIF with a
 learnable decay 1/tau = sigmoid(w), the parameter ``w``) and EIF (an exponential charge). A single-step node
-always runs them; a multi-step node runs its backend's fused ``multi_step`` instead, unless its class
-overrides one of them or one is assigned to the node itself (``node.neuronal_fire = ...``): then it
-runs them step by step (the kernels cannot know the override).
+always runs them; a multi-step node runs the whole sequence at once instead, by the plan that
+:func:`flashspike.backends.choice.plan_for` gives it (a backend's fused kernels, or the reference), unless
+its class overrides one of them or one is assigned to the node itself (``node.neuronal_fire = ...``):
+then it runs them step by step (the kernels cannot know the override).
+
+A node's options are those :class:`flashspike.params.NeuronParams` declares for its kind: each is checked
+when assigned, and ``params()`` reads them into the frozen object every backend receives.
 
 Every node is a :class:`flashspike.base.MemoryModule`: ``v`` (and ``v_threshold``, ``v_reset``,
 ``v_seq``) are memories, plain attributes that ``state_dict()`` does not carry and DDP does not
@@ -20,76 +24,37 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import numbers
 import warnings
 
 import torch
 from torch import nn
 
 from . import backends, dynamics, surrogate
-from .backends import operators, rebuilt_v_seq, reference
-from .backends.autograd import fused_multi_step
-from .backends.choice import kernel_set_for, surrogate_state
+from .backends import operators, rebuilt_v_seq
+from .backends.choice import plan_for
 from .base import MemoryModule, check_floating
-from .params import NeuronParams
+from .params import NODE_CHECKS, NeuronParams, kind_of
+from .params import flag as _flag
+from .params import greater_than_one as _greater_than_one
+from .params import number as _number
+from .params import positive as _positive
 
 __all__ = ["BaseNode", "IFNode", "LIFNode", "MultiStepIFNode", "MultiStepLIFNode", "ParametricLIFNode",
            "MultiStepParametricLIFNode", "EIFNode", "MultiStepEIFNode", "QIFNode", "GeneralNode",
            "MultiStepGeneralNode", "LIAFNode"]
 
 
-def _number(name: str, value, *, positive: bool = False) -> float:
-    if isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}: a neuron's options are "
-                        "one number for the whole layer (per-neuron values are not supported; .item() turns a "
-                        "one-element tensor into a number)")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if positive and not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-    return value
+def _option_checks_of(cls: type) -> dict:
+    """The options a node class checks whenever one is assigned (at construction as later), whose change
+    rebuilds the cached NeuronParams (see BaseNode.params()): the checks of the options its kind reads
+    (NeuronParams declares them), a multi-step node's store_v_seq, and what a class adds or narrows in
+    ``_own_option_checks`` (QIFNode's options, EIF's tau)."""
+    checks = {**NODE_CHECKS[cls._kind], "store_v_seq": _flag}
+    for klass in reversed(cls.__mro__):
+        checks.update(klass.__dict__.get("_own_option_checks", {}))
+    return checks
 
 
-def _finite_or_none(name: str, value) -> float | None:
-    return None if value is None else _number(name, value)
-
-
-def _positive(name: str, value) -> float:
-    return _number(name, value, positive=True)
-
-
-def _greater_than_one(name: str, value) -> float:
-    value = _number(name, value)
-    if not value > 1.0:
-        raise ValueError(f"{name} must be greater than 1, got {value!r}")
-    return value
-
-
-def _flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _any(name: str, value):
-    return value
-
-
-# The options of BaseNode's constructor: checked whenever they are assigned (at construction as
-# later), and their change rebuilds the cached NeuronParams (see BaseNode.params()). A class with
-# options of its own extends the table (see QIFNode).
-_OPTION_CHECKS = {
-    "v_threshold": _number,
-    "v_reset": _finite_or_none,
-    "detach_reset": _flag,
-    "surrogate_function": _any,  # checked by __init__
-    "tau": _positive,
-    "decay_input": _flag,
-    "store_v_seq": _flag,  # a multi-step node's; not one of the NeuronParams
-}
 _UNSET = object()
 
 
@@ -98,7 +63,10 @@ class BaseNode(MemoryModule):
     ``[N, *] -> [N, *]`` through ``neuronal_charge`` (IF's, or LIF's when ``leaky``), ``neuronal_fire``
     and ``neuronal_reset``; a subclass may override any of them, as with SpikingJelly's BaseNode."""
 
+    # The kind of charge (see NeuronParams): LIF sets leaky; PLIF and EIF set parametric or exponential too.
     leaky = False
+    parametric = False
+    exponential = False
     # A class that defines neuronal_charge/fire/reset sets this in its own body when the fused kernels
     # implement exactly those methods (as BaseNode's, through flashspike.dynamics); a subclass that
     # overrides them without it runs them step by step.
@@ -106,7 +74,9 @@ class BaseNode(MemoryModule):
     # Whether a class's charge, fire or reset is one the kernels do not implement; decided once per
     # class (__init_subclass__), read on every multi-step call.
     _own_dynamics = False
-    _option_checks = _OPTION_CHECKS
+    # Set per class (__init_subclass__): its kind, and the checks of its options (_option_checks_of).
+    _kind = "if"
+    _option_checks: dict = {}
 
     def __init__(
         self,
@@ -118,29 +88,26 @@ class BaseNode(MemoryModule):
         decay_input: bool = True,
     ):
         super().__init__()
-        v_threshold = _number("v_threshold", v_threshold)
-        v_reset = _finite_or_none("v_reset", v_reset)
+        checks = self._option_checks
+        v_threshold = checks["v_threshold"]("v_threshold", v_threshold)
+        v_reset = checks["v_reset"]("v_reset", v_reset)
         self.register_memory("v", 0.0 if v_reset is None else v_reset)
         self.register_memory("v_threshold", v_threshold)
         self.register_memory("v_reset", v_reset)
-        if surrogate_function is None:
-            surrogate_function = surrogate.Sigmoid()
-        if not callable(surrogate_function):
-            raise TypeError(
-                "surrogate_function must be callable: a flashspike.surrogate module such as surrogate.ATan() "
-                f"(every backend) or any function of a tensor (backend 'torch' only), got {surrogate_function!r}"
-            )
-        self.surrogate_function = surrogate_function
+        self.surrogate_function = surrogate.Sigmoid() if surrogate_function is None else surrogate_function
         self.detach_reset = detach_reset
-        if self.leaky:
-            self.tau = tau
-            self.decay_input = decay_input
+        # the charge's options that this kind reads (a class with options of its own sets them itself)
+        for name, value in (("tau", tau), ("decay_input", decay_input)):
+            if name in NODE_CHECKS[self._kind]:
+                setattr(self, name, value)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls._own_dynamics = any(
             not _defining_class(cls, name).__dict__.get("_dynamics_in_kernels", False) for name in _DYNAMICS_METHODS
         )
+        cls._kind = kind_of(cls.leaky, cls.parametric, cls.exponential)
+        cls._option_checks = _option_checks_of(cls)
 
     def __setattr__(self, name, value):
         check = self._option_checks.get(name)
@@ -209,15 +176,7 @@ class BaseNode(MemoryModule):
         """
         p = self.__dict__.get("_cached_params")
         if p is None:
-            p = self.__dict__["_cached_params"] = NeuronParams(
-                leaky=self.leaky,
-                v_threshold=self.v_threshold,
-                v_reset=self.v_reset,
-                detach_reset=self.detach_reset,
-                surrogate=self.surrogate_function,
-                tau=self.tau if self.leaky else 2.0,
-                decay_input=self.decay_input if self.leaky else True,
-            )
+            p = self.__dict__["_cached_params"] = NeuronParams.of(self)
         return p
 
     # Charge, fire, reset: one time step on self.v, the equations of flashspike.dynamics.
@@ -282,6 +241,7 @@ class BaseNode(MemoryModule):
         return f", tau={self.tau}" if self.leaky else ""
 
 
+BaseNode._option_checks = _option_checks_of(BaseNode)
 _DYNAMICS_METHODS = frozenset(("neuronal_charge", "neuronal_fire", "neuronal_reset"))
 
 
@@ -331,7 +291,6 @@ class _MultiStep(BaseNode):
     @backend.setter
     def backend(self, name: str) -> None:
         self._backend = backends.validate_name(name)
-        self.__dict__.pop("_chosen", None)
 
     @property
     def v_seq(self) -> torch.Tensor | None:
@@ -391,34 +350,26 @@ class _MultiStep(BaseNode):
                 state["_v_seq_kept"] = rebuilt_v_seq.COMPILED
             return spike_seq
         p = state.get("_cached_params") or self.params()
-        dtype, cuda = x_seq.dtype, x_seq.is_cuda
-        # (params, dtype, on CUDA, kernel set or None for the reference, the surrogate's state): chosen
-        # again when any of them changes (a surrogate's hyper-parameters may be assigned in place).
-        chosen = state.get("_chosen")
-        if (chosen is None or chosen[0] is not p or chosen[1] is not dtype or chosen[2] is not cuda
-                or chosen[4] != surrogate_state(p.surrogate)):
-            chosen = (p, dtype, cuda, kernel_set_for(self._backend, x_seq, p), surrogate_state(p.surrogate))
-            if cuda or x_seq.is_cpu:  # the choice depends on the device type: keep it for these two
-                state["_chosen"] = chosen
+        # What runs the call, as the chooser decided it; chosen again when it no longer serves (another
+        # option, dtype, device type or backend, a surrogate's hyper-parameter assigned in place).
+        plan = state.get("_plan")
+        if plan is None or not plan.serves(self._backend, p, x_seq):
+            plan = state["_plan"] = plan_for(self._backend, x_seq, p)
         store_v_seq = state["store_v_seq"]
-        if chosen[3] is None:
-            hs = [] if not store_v_seq and _is_grad_enabled() else None
-            spike_seq, v, v_seq = reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, self._decay_w(), hs)
-            if not store_v_seq:
-                state["_v_seq_kept"] = rebuilt_v_seq.after_reference_call(hs, v, p)
-        else:
-            spike_seq, v, v_seq = fused_multi_step(chosen[3], x_seq, v_init, p, store_v_seq, self._decay_w())
-            if not store_v_seq:
-                state["_v_seq_kept"] = rebuilt_v_seq.after_kernel_call(spike_seq, v, p, chosen[4], dtype)
+        # The reference keeps each step's H where its graph needs it, from which v_seq may be rebuilt.
+        hs = [] if plan.kernels is None and not store_v_seq and _is_grad_enabled() else None
+        spike_seq, v, v_seq = plan.multi_step(x_seq, v_init, store_v_seq, self._decay_w(), hs)
         state["v"] = v
         if store_v_seq:
             state["v_seq"] = v_seq
+        else:
+            state["_v_seq_kept"] = rebuilt_v_seq.after_call(plan, spike_seq, v, hs)
         return spike_seq
 
     def __getstate__(self):
-        # The chosen kernel set holds compiled kernels, which neither copy nor pickle: chosen again.
+        # The plan's kernel set holds compiled kernels, which neither copy nor pickle: chosen again.
         state = dict(super().__getstate__())
-        state.pop("_chosen", None)
+        state.pop("_plan", None)
         state["_v_seq_kept"] = rebuilt_v_seq.NOT_CALLED  # weak references to this call's graph
         return state
 
@@ -532,23 +483,16 @@ class _ParametricLIF:
     from every backend."""
 
     _dynamics_in_kernels = True  # its neuronal_charge is the kernels' PLIF charge
+    leaky = parametric = True
 
     def __init__(self, init_tau=2.0, decay_input=True, v_threshold=1.0, v_reset=0.0, surrogate_function=None,
                  detach_reset=False, **multi_step):
         init_tau = _number("init_tau", init_tau)
         if not init_tau > 1.0:
             raise ValueError(f"init_tau must be greater than 1 (1/tau = sigmoid(w) lies in (0, 1)), got {init_tau!r}")
-        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, **multi_step)
-        self.decay_input = decay_input
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, decay_input=decay_input,
+                         **multi_step)
         self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
-
-    def params(self) -> NeuronParams:
-        p = self.__dict__.get("_cached_params")
-        if p is None:
-            p = self.__dict__["_cached_params"] = NeuronParams(
-                leaky=True, parametric=True, v_threshold=self.v_threshold, v_reset=self.v_reset,
-                detach_reset=self.detach_reset, surrogate=self.surrogate_function, decay_input=self.decay_input)
-        return p
 
     def neuronal_charge(self, x: torch.Tensor) -> None:
         self.v = dynamics.charge(self.v, x, self.params(), decay=torch.sigmoid(self.w.to(x.dtype)))
@@ -566,28 +510,17 @@ class _ExponentialIF:
     """EIF: H[t] = V[t−1] + (X[t] + v_rest − V[t−1] + delta_T·exp((V[t−1] − theta_rh)/delta_T)) / tau.
     ``v_rest`` is where the leak pulls; a fresh neuron starts at v_reset (0 for soft reset)."""
 
-    _option_checks = {**_OPTION_CHECKS, "tau": _greater_than_one, "delta_T": _positive, "theta_rh": _number,
-                      "v_rest": _number}
+    leaky = exponential = True
+    _own_option_checks = {"tau": _greater_than_one}
 
     def __init__(self, tau=2.0, delta_T=1.0, theta_rh=0.8, v_threshold=1.0, v_rest=0.0, v_reset=-0.1,
                  surrogate_function=None, detach_reset=False, **multi_step):
-        tau, delta_T = _greater_than_one("tau", tau), _number("delta_T", delta_T, positive=True)
-        theta_rh, v_rest = _number("theta_rh", theta_rh), _number("v_rest", v_rest)
-        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, **multi_step)
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, tau, **multi_step)
         # v_rest last: its assignment checks the order of v_reset, v_rest and v_threshold
-        self.tau, self.delta_T, self.theta_rh, self.v_rest = tau, delta_T, theta_rh, v_rest
+        self.delta_T, self.theta_rh, self.v_rest = delta_T, theta_rh, v_rest
 
     def _check_options(self, changed: dict) -> None:
         _check_resting_options(self, changed)
-
-    def params(self) -> NeuronParams:
-        p = self.__dict__.get("_cached_params")
-        if p is None:
-            p = self.__dict__["_cached_params"] = NeuronParams(
-                leaky=True, exponential=True, v_threshold=self.v_threshold, v_reset=self.v_reset,
-                detach_reset=self.detach_reset, surrogate=self.surrogate_function, tau=self.tau,
-                delta_T=self.delta_T, theta_rh=self.theta_rh, resting_potential=self.v_rest)
-        return p
 
     def _charge_repr(self) -> str:
         return f", tau={self.tau}, delta_T={self.delta_T}, theta_rh={self.theta_rh}"
@@ -658,7 +591,7 @@ class QIFNode(_SingleStep):
         v_c: the critical potential, above which the potential grows by itself.
         a0: the sharpness of the quadratic term (> 0).
         v_rest: the resting potential.""")
-    _option_checks = {**_OPTION_CHECKS, "v_c": _number, "a0": _positive, "v_rest": _number}
+    _own_option_checks = {"tau": _positive, "v_c": _number, "a0": _positive, "v_rest": _number}
 
     def __init__(self, tau=2.0, v_c=0.8, a0=1.0, v_threshold=1.0, v_rest=0.0, v_reset=-0.1, surrogate_function=None,
                  detach_reset=False):

@@ -58,8 +58,10 @@ Any other callable (a lambda, an ``nn.Module``) may serve as a neuron's ``surrog
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
+import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -142,6 +144,12 @@ class SurrogateFunction(nn.Module):
     # may still be assigned and read, but changes nothing. Otherwise the mode follows ``spiking``.
     mode_fixed_at_construction = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        named = _CLASSES.setdefault(_name_of(cls), [])
+        named[:] = [ref for ref in named if ref() is not None]  # classes of this name collected since
+        named.append(weakref.ref(cls))
+
     def __init__(self, spiking: bool = True, **values):
         super().__init__()
         if set(values) != set(self.hyperparameters):
@@ -172,7 +180,7 @@ class SurrogateFunction(nn.Module):
         if "in_spiking_mode" not in state or any(name not in state for name in self.hyperparameters):
             return  # still being built
         cls = type(self)
-        name, values = f"{cls.__module__}.{cls.__qualname__}", self.values()
+        name, values = _name_of(cls), self.values()
         # The digest depends on the class, the mode and the values only: rendered once for each of them
         # (a class defined again has a memo of its own).
         memo = cls.__dict__.get("_digests")
@@ -250,8 +258,36 @@ class SurrogateFunction(nn.Module):
     @property
     def text(self) -> str:
         """``module.qualname(spiking=...;name=value;...)#digest``: the surrogate as compiled code passes
-        it to the neuron operators (see :func:`flashspike.backends.operators.surrogate_from`)."""
+        it to the neuron operators, inside :attr:`flashspike.params.NeuronParams.text`; :meth:`from_text`
+        reads it back."""
         return self.__dict__["_text"]
+
+    @staticmethod
+    def from_text(text: str) -> "SurrogateFunction":
+        """The surrogate whose :attr:`text` is ``text``: an instance of the class of that name whose
+        formulas have that digest (of two classes of one name, a class defined again with other
+        formulas, the one the text was written from), with those hyper-parameters and mode."""
+        described, _, digest = text.partition("#")
+        name, _, arguments = described.partition("(")
+        if not arguments.endswith(")") or not digest:
+            raise ValueError(f"surrogate {text!r} is not 'module.qualname(spiking=...;name=value;...)#digest'")
+        pairs = dict(item.split("=", 1) for item in arguments[:-1].split(";"))
+        spiking = {"True": True, "False": False}[pairs.pop("spiking")]
+        values = {key: ast.literal_eval(value) for key, value in pairs.items()}
+        named = [cls for cls in (ref() for ref in _CLASSES.get(name, ())) if cls is not None]
+        for cls in reversed(named):  # the latest definition first
+            surrogate = cls.rebuilt(spiking, values)
+            if surrogate.key[-1] == digest:
+                return surrogate
+        if named:
+            raise ValueError(
+                f"no flashspike surrogate class called {name!r} has formulas of digest {digest!r}: the class was "
+                "defined again with other formulas since these options were written"
+            )
+        raise ValueError(
+            f"no flashspike surrogate class is called {name!r}; a surrogate is rebuilt from '<module>.<qualname>' "
+            "of a SurrogateFunction subclass that has been defined (imported) in this process"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_spiking_mode:
@@ -267,6 +303,16 @@ class SurrogateFunction(nn.Module):
             return ""
         return ", ".join(f"{name}={value}" for name, value in zip(self.hyperparameters, self.values())) + (
             f", spiking={self.spiking}")
+
+
+# 'module.qualname' -> weak references to every SurrogateFunction subclass of that name, in the order
+# of definition (a class defined again, in a notebook, adds one): filled as each class is created, so
+# that a surrogate's text names the class it is rebuilt from.
+_CLASSES: dict = {}
+
+
+def _name_of(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _formula_digest(sg: SurrogateFunction) -> str:

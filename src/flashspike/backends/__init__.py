@@ -1,72 +1,26 @@
-"""The table of multi-step backends, and the choice of one for an input.
+"""The multi-step backends, and the choice of one for a call.
 
-Every backend is an object with
+A backend is an object with
 
-- ``name``: its name in the table;
-- ``check_input(x_seq)``: raise a clear error when it cannot run on this tensor (wrong device, its
-  package missing) and return nothing otherwise;
-- ``multi_step(x_seq, v_init, params, store_v_seq) -> (spike_seq, v_last, v_seq or None)``, where
-  ``v_init`` is a tensor shaped like ``x_seq[0]`` or a Python float meaning "every neuron at this
-  value".
+- ``name``: its name in the table (:mod:`.table`);
+- ``check_input(x_seq)``: raise a clear error (:class:`BackendError`, or ImportError for a missing
+  package) when it cannot run on this tensor, and return nothing otherwise;
+- a kernel backend (:class:`.autograd.KernelBackend`: 'cupy', 'triton') has ``kernel_set(p)``, the
+  :class:`.kernel_set.KernelSet` that runs options ``p``; the reference ('torch', :mod:`.reference`) has
+  ``multi_step``, the equations differentiated by autograd.
 
-Backends are imported on first use, so a missing optional package costs nothing until it is asked for.
-Which backend and which kernel set run a call is decided in :mod:`.choice` (``resolve`` is its answer
-for a backend name and an input).
+Nodes do not call backends: :func:`.choice.plan_for` turns (backend name or 'auto', the input's device
+and dtype, the options) into one :class:`.choice.Plan`, and a node runs its call with
+``plan.multi_step(x_seq, v_init, store_v_seq, w=None, hs=None) -> (spike_seq, v_last, v_seq or None)``,
+where ``v_init`` is a tensor shaped like ``x_seq[0]`` or a Python float meaning "every neuron at this
+value". The compiled operators (:mod:`.operators`) get their plan from the same chooser
+(:func:`.choice.plan_for_text`). :func:`resolve` is the backend that runs an input for a name.
 """
 
 from __future__ import annotations
 
-import importlib
-
-import torch
-
-from .kernel_set import KERNEL_DTYPES
+from .choice import resolve
+from .kernel_set import BackendError
+from .table import KNOWN_BACKENDS, auto_candidates, get, validate_name
 
 __all__ = ["KNOWN_BACKENDS", "BackendError", "validate_name", "get", "resolve", "auto_candidates"]
-
-# name -> module that defines BACKEND. Adding a backend is one line here.
-_MODULES = {
-    "torch": "flashspike.backends.reference",
-    "cupy": "flashspike.backends.cupy_backend",
-    "triton": "flashspike.backends.triton_backend",
-}
-KNOWN_BACKENDS = ("auto", *_MODULES)
-
-# 'auto' on CUDA tries these in order and takes the first that works there; the order is what
-# `python -m flashspike.benchmarks.neuron` measured (docs/benchmarks.md).
-_AUTO_ORDER_CUDA = ("cupy", "triton")
-
-
-class BackendError(RuntimeError):
-    """A known backend cannot run on the given input (for example a GPU backend and a CPU tensor)."""
-
-
-def validate_name(name) -> str:
-    if name not in KNOWN_BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known backends: {', '.join(map(repr, KNOWN_BACKENDS))}")
-    return name
-
-
-_loaded: dict = {}
-
-
-def get(name: str):
-    """The backend object called ``name`` (not 'auto'); its module is imported on first use."""
-    backend = _loaded.get(name)
-    if backend is None:
-        validate_name(name)
-        if name == "auto":
-            raise ValueError("'auto' names a choice, not a backend; use resolve('auto', x_seq)")
-        backend = _loaded[name] = importlib.import_module(_MODULES[name]).BACKEND
-    return backend
-
-
-def auto_candidates(device_type: str, dtype: torch.dtype) -> tuple[str, ...]:
-    """Backends 'auto' tries, in order, for a device type and dtype."""
-    if device_type == "cuda" and dtype in KERNEL_DTYPES:
-        return (*_AUTO_ORDER_CUDA, "torch")
-    return ("torch",)
-
-
-# The choice needs the table above; it is part of this package's interface.
-from .choice import resolve  # noqa: E402

@@ -1,8 +1,9 @@
 """The eager path of a kernel backend: the autograd Function around a kernel set (:mod:`.kernel_set`).
 
-:func:`fused_multi_step` gives a kernel set the reference backend's ``multi_step`` contract: it lays
-the input out (:mod:`.layouts`), runs the launcher alone when nothing is differentiated, and
-otherwise :class:`FusedMultiStep`, whose backward is the kernel set's backward. A step repeated over
+:func:`fused_multi_step` runs a kernel set with the reference backend's ``multi_step`` contract (what
+:meth:`.choice.Plan.multi_step` calls): it lays the input out (:mod:`.layouts`), runs the launcher alone
+when nothing is differentiated, and otherwise :class:`FusedMultiStep`, whose backward is the kernel
+set's backward. A step repeated over
 T by ``expand`` reaches the Function as that one step, so its gradient is summed over T in the kernel.
 Compiled code takes :mod:`.operators` instead, whose operators call the same kernel sets.
 :func:`is_spike_output` tells code outside which autograd nodes hold a neuron's spikes.
@@ -13,8 +14,6 @@ from __future__ import annotations
 import torch
 
 from ..params import NeuronParams
-from . import reference
-from .choice import kernel_set_for
 from .layouts import call_operands, decay_operand, multi_step_outputs, sequence_layout
 from .recompute import recipe_for, recompute
 
@@ -127,18 +126,10 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     return multi_step_outputs(spike, v_out, store_v_seq)
 
 
-def multi_step(name: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
-    """The reference backend's ``multi_step`` contract for backend ``name`` ('auto' included), run by
-    what :func:`.choice.kernel_set_for` chooses: a kernel set, or the reference."""
-    kernels = kernel_set_for(name, x_seq, p)
-    if kernels is None:
-        return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, w)
-    return fused_multi_step(kernels, x_seq, v_init, p, store_v_seq, w)
-
-
 class KernelBackend:
     """What the fused-kernel backends share. A subclass sets ``name``, implements ``check_input`` and
-    ``kernel_set(p)`` (the :class:`.kernel_set.KernelSet` that runs options ``p``)."""
+    ``kernel_set(p)`` (the :class:`.kernel_set.KernelSet` that runs options ``p``), which
+    :mod:`.choice` puts in the plans it makes."""
 
     name: str
 
@@ -147,6 +138,3 @@ class KernelBackend:
 
     def kernel_set(self, p: NeuronParams):
         raise NotImplementedError
-
-    def multi_step(self, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
-        return multi_step(self.name, x_seq, v_init, p, store_v_seq, w)

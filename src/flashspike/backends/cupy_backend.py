@@ -4,8 +4,10 @@ through CuPy and launched on PyTorch's tensors in place.
 The host path of one call is kept to dictionary look-ups and one launch: tensors go to the kernel as
 raw pointers (``data_ptr()``, no copy, no CuPy array), on the input's device and on PyTorch's current
 stream there (so CUDA graph capture and side streams work), outputs come ready from torch's allocator
-(:mod:`.layouts`), and nothing waits for the GPU. Compiled kernels are cached in memory by
-``(params.key, dtype, switches, device)`` and on disk by CuPy (``~/.cupy/kernel_cache``).
+(:mod:`.layouts`), and nothing waits for the GPU. A kernel set is made per option set with its key and
+source (the plan of :mod:`.choice` holds it), so a launch asks nothing of the options; compiled kernels
+are cached in memory by ``(params.key, dtype, switches, device)`` and on disk by CuPy
+(``~/.cupy/kernel_cache``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import warnings
 
 import torch
 
-from . import BackendError, autograd, layouts
+from . import autograd, layouts
 from . import cuda_source as src
-from .choice import surrogate_state
-from .kernel_set import KernelSet
+from .kernel_set import BackendError, KernelSet
 
-__all__ = ["BACKEND", "CupyBackend", "CupyKernels", "PIP_HINT"]
+__all__ = ["BACKEND", "CupyBackend", "CupyKernels", "CompiledKernels", "PIP_HINT"]
 
 PIP_HINT = (
     "install the CuPy wheel for your CUDA major version, matching torch.version.cuda: "
@@ -92,48 +93,29 @@ def _vector_width(dtype: torch.dtype, n: int, *pointers: int, vec: int | None = 
     return vec
 
 
-class CupyKernels(KernelSet):
-    """The launchers of the kernel set (:mod:`.kernel_set`) for CUDA tensors, through CuPy."""
+class CompiledKernels:
+    """What CuPy has compiled and loaded in this process, for every option set: functions by (options key,
+    dtype, switches, device), and the streams that launches go to."""
 
     def __init__(self):
-        self._functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
-        self._sources: dict = {}  # params.key -> CUDA source of the neuron's kernels
+        self.functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
         self._streams: dict = {}  # (raw cudaStream_t, device) -> cupy ExternalStream (what a launch takes)
-        self._params_keys: dict = {}  # id(params) -> (params, surrogate state, params.key)
         self._current_raw_stream = _raw_stream_getter()
 
-    # ---- compilation ----
-    def _compile(self, p, name: str, device_index: int):
-        cupy = _CUPY.load()
-        source = self._sources.get(p.key)
-        if source is None:
-            source = self._sources[p.key] = src.module_source(p)
-        module = cupy.RawModule(code=source, options=_NVRTC_OPTIONS, name_expressions=(name,))
-        with cupy.cuda.Device(device_index):
-            return module.get_function(name).kernel  # compiles (or reads the disk cache) and loads
-
-    def _params_key(self, p):
-        """``p.key``, kept per options object while its surrogate's state stays the same: building the
-        key costs microseconds, and it is needed at every launch."""
-        state = surrogate_state(p.surrogate)
-        kept = self._params_keys.get(id(p))
-        if kept is None or kept[0] is not p or kept[1] != state:
-            kept = self._params_keys[id(p)] = (p, state, p.key)  # p is held, so its id is not reused
-        return kept[2]
-
-    def _function(self, p, dtype, switches: tuple, device_index: int, name_of):
-        key = (self._params_key(p), dtype, switches, device_index)
-        function = self._functions.get(key)
+    def function(self, params_key: tuple, source: str, dtype, switches: tuple, device_index: int, name_of):
+        """The function ``name_of(dtype, *switches)`` of ``source`` (the kernels of the options whose key is
+        ``params_key``) for that device: compiled, or read from CuPy's disk cache, on first use."""
+        key = (params_key, dtype, switches, device_index)
+        function = self.functions.get(key)
         if function is None:
-            function = self._functions[key] = self._compile(p, name_of(dtype, *switches), device_index)
+            function = self.functions[key] = _compile(source, name_of(dtype, *switches), device_index)
         return function
 
     def compiled_count(self) -> int:
         """How many kernels this process has compiled or loaded (for tests of the cache)."""
-        return len(self._functions)
+        return len(self.functions)
 
-    # ---- launching ----
-    def _launch(self, function, device_index: int, n: int, vec: int, args: tuple) -> None:
+    def launch(self, function, device_index: int, n: int, vec: int, args: tuple) -> None:
         cupy = _CUPY.cupy
         key = (self._current_raw_stream(device_index), device_index)  # handle 0 exists on every device
         stream = self._streams.get(key)
@@ -150,6 +132,24 @@ class CupyKernels(KernelSet):
             with cupy.cuda.Device(device_index):
                 function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
 
+
+def _compile(source: str, name: str, device_index: int):
+    cupy = _CUPY.load()
+    module = cupy.RawModule(code=source, options=_NVRTC_OPTIONS, name_expressions=(name,))
+    with cupy.cuda.Device(device_index):
+        return module.get_function(name).kernel  # compiles (or reads the disk cache) and loads
+
+
+class CupyKernels(KernelSet):
+    """The launchers of the kernel set (:mod:`.kernel_set`) of one option set, for CUDA tensors, through
+    CuPy: made with the options' key and CUDA source, which is all a launch needs to find its function
+    in ``compiled`` (the process's :class:`CompiledKernels`)."""
+
+    def __init__(self, p, compiled: CompiledKernels):
+        self.params_key = p.key
+        self.source = src.module_source(p)
+        self.compiled = compiled
+
     def launch_forward(self, x, v_init, spike, v_out, h, decay, p) -> None:
         steps = x.shape[0]
         n = x.numel() // steps
@@ -157,8 +157,9 @@ class CupyKernels(KernelSet):
         vec = _vector_width(x.dtype, n, *pointers)
         device_index = x.get_device()  # an int without building a torch.device
         switches = (v_init is not None, h is not None, v_out.dim() == x.dim(), vec)
-        function = self._function(p, x.dtype, switches, device_index, src.forward_name)
-        self._launch(function, device_index, n, vec, (*pointers, _ptr(decay), steps, n, x.stride(0)))
+        compiled = self.compiled
+        function = compiled.function(self.params_key, self.source, x.dtype, switches, device_index, src.forward_name)
+        compiled.launch(function, device_index, n, vec, (*pointers, _ptr(decay), steps, n, x.stride(0)))
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
                         store_v_seq: bool):
@@ -178,9 +179,10 @@ class CupyKernels(KernelSet):
         partials = layouts.grad_w_partials(n // vec, h) if p.parametric else None
         device_index = h.get_device()
         switches = (gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < h.dim(), vec)
-        function = self._function(p, h.dtype, switches, device_index, src.backward_name)
+        compiled = self.compiled
+        function = compiled.function(self.params_key, self.source, h.dtype, switches, device_index, src.backward_name)
         extra = (_ptr(v_init), _ptr(decay), _ptr(partials))
-        self._launch(function, device_index, n, vec, (*pointers, *extra, steps, n))
+        compiled.launch(function, device_index, n, vec, (*pointers, *extra, steps, n))
         return None if partials is None else layouts.sum_grad_w(partials)
 
 
@@ -189,7 +191,8 @@ class CupyBackend(autograd.KernelBackend):
 
     def __init__(self):
         super().__init__()
-        self.kernels = CupyKernels()  # one set serves every option set: each launch receives p
+        self.compiled = CompiledKernels()  # shared by the kernel sets of every option set
+        self._kernel_sets: dict = {}  # params.key -> CupyKernels
 
     def check_input(self, x_seq: torch.Tensor) -> None:
         if x_seq.device.type != "cuda":
@@ -200,7 +203,12 @@ class CupyBackend(autograd.KernelBackend):
         _CUPY.load()
 
     def kernel_set(self, p):
-        return self.kernels
+        """The kernel set of ``p``'s options (one per ``p.key``, whatever object holds them)."""
+        key = p.key
+        kernels = self._kernel_sets.get(key)
+        if kernels is None:
+            kernels = self._kernel_sets[key] = CupyKernels(p, self.compiled)
+        return kernels
 
 
 BACKEND = CupyBackend()

@@ -36,10 +36,15 @@ import torch
 from ..params import NeuronParams
 from .layouts import backward_outputs, forward_outputs, grad_operand
 
-__all__ = ["KernelSet", "KERNEL_DTYPES"]
+__all__ = ["KernelSet", "KERNEL_DTYPES", "BackendError"]
 
 # The kernels load and store these and compute in float32.
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class BackendError(RuntimeError):
+    """A known backend cannot run on the given input (for example a GPU backend and a CPU tensor): what a
+    backend's ``check_input`` raises."""
 
 
 class KernelSet:

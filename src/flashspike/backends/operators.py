@@ -14,8 +14,9 @@ T), and the backward with ``sum_grad_x`` writes its gradient summed over T, as t
 reads its current value at every call; ``grad_w`` is its gradient.
 
 The operator pair is one whatever the backend: the backend's name ('auto' included) and the neuron's
-options travel as two strings (see :func:`option_string`), and :func:`.choice.kernel_set_for` turns them
-into a kernel set when the operator runs, so nothing about the choice has to be traced. A ``None``
+options travel as two strings (:attr:`~flashspike.params.NeuronParams.text`), and
+:func:`.choice.plan_for_text` turns them into a plan (a kernel set and the options read back) when the
+operator runs, so nothing about the choice has to be traced. A ``None``
 output of a launcher (no H saved, no initial-state gradient) leaves the operator as an empty tensor,
 because an operator's outputs are always tensors.
 
@@ -26,135 +27,19 @@ Only compiled code comes here (:meth:`flashspike.neuron._MultiStep.forward` chec
 
 from __future__ import annotations
 
-import ast
-
 import torch
 
 from .. import surrogate as surrogate_module
 from ..params import NeuronParams
-from . import reference
 from .autograd import refuse_create_graph
-from .choice import kernel_set_for
+from .choice import plan_for, plan_for_text
 from .layouts import (call_operands, decay_operand, multi_step_outputs, sequence_layout, sequence_strides,
                       step_operand)
 
-__all__ = ["multi_step", "option_string", "params_from", "surrogate_text", "surrogate_from", "surrogate_class",
-           "kernels_for"]
+__all__ = ["multi_step"]
 
 FORWARD = "flashspike::multi_step_forward"
 BACKWARD = "flashspike::multi_step_backward"
-
-
-def option_string(p: NeuronParams) -> str:
-    """``p`` as the operators' ``options`` argument: ``name=value`` pairs joined by commas.
-
-    One string rather than eight arguments because the dispatcher's per-argument work (and, with
-    grad, PyTorch's argument handling around ``setup_context``) grows with the argument count; it
-    costs tens of microseconds per call. Floats are written with ``repr``, which reads back exactly.
-    Both parts are texts made when their values were set (:attr:`NeuronParams.text`,
-    :attr:`~flashspike.surrogate.SurrogateFunction.text`): compiled code joins them while it traces,
-    where a number changed since the last compile may be symbolic and could not be written.
-    """
-    return f"{p.text},surrogate={surrogate_text(p.surrogate)}"
-
-
-def surrogate_text(sg) -> str:
-    """``module.qualname(spiking=...;name=value;...)#digest``: everything :func:`surrogate_from` needs."""
-    return sg.text
-
-
-def surrogate_class(name: str, digest: str | None = None, values: dict | None = None,
-                    spiking: bool = True) -> type:
-    """The :class:`~flashspike.surrogate.SurrogateFunction` subclass called ``module.qualname`` whose
-    formulas, with these ``values`` and mode, have ``digest`` (any class of that name without one).
-
-    Searched among the subclasses defined so far (user-defined ones included), so a surrogate is
-    rebuilt from its name and hyper-parameters without any registry to keep up to date; the digest
-    tells apart two classes of one name (a class defined again with another formula).
-    """
-    pending, named = [surrogate_module.SurrogateFunction], []
-    while pending:
-        cls = pending.pop()
-        if f"{cls.__module__}.{cls.__qualname__}" == name:
-            named.append(cls)
-        pending.extend(cls.__subclasses__())
-    for cls in reversed(named):  # the latest definition first
-        if digest is None or cls.rebuilt(spiking, values or {}).key[-1] == digest:
-            return cls
-    if named:
-        raise ValueError(
-            f"no flashspike surrogate class called {name!r} has formulas of digest {digest!r}: the class was "
-            "defined again with other formulas since these options were written"
-        )
-    raise ValueError(
-        f"no flashspike surrogate class is called {name!r}; the operator rebuilds the surrogate from "
-        "'<module>.<qualname>' of a SurrogateFunction subclass that has been imported"
-    )
-
-
-def surrogate_from(text: str):
-    """The surrogate that :func:`surrogate_text` wrote as ``text``."""
-    described, _, digest = text.partition("#")
-    name, _, arguments = described.partition("(")
-    if not arguments.endswith(")") or not digest:
-        raise ValueError(f"surrogate {text!r} is not 'module.qualname(spiking=...;name=value;...)#digest'")
-    pairs = dict(item.split("=", 1) for item in arguments[:-1].split(";"))
-    spiking = _BOOLS[pairs.pop("spiking")]
-    values = {k: ast.literal_eval(v) for k, v in pairs.items()}
-    return surrogate_class(name, digest, values, spiking).rebuilt(spiking, values)
-
-
-_BOOLS = {"True": True, "False": False}
-# How each field of option_string reads back.
-_FIELDS = {
-    "leaky": _BOOLS.__getitem__,
-    "v_threshold": float,
-    "v_reset": lambda text: None if text == "None" else float(text),
-    "detach_reset": _BOOLS.__getitem__,
-    "surrogate": surrogate_from,
-    "tau": float,
-    "decay_input": _BOOLS.__getitem__,
-    "parametric": _BOOLS.__getitem__,
-    "exponential": _BOOLS.__getitem__,
-    "delta_T": float,
-    "theta_rh": float,
-    "resting_potential": float,
-}
-
-
-def params_from(options: str) -> NeuronParams:
-    """The :class:`NeuronParams` that :func:`option_string` wrote as ``options``."""
-    try:
-        pairs = dict(item.split("=", 1) for item in options.split(","))
-        if set(pairs) != set(_FIELDS):
-            raise ValueError(f"fields {sorted(pairs)} instead of {sorted(_FIELDS)}")
-        values = {name: _FIELDS[name](text) for name, text in pairs.items()}
-    except (ValueError, KeyError, TypeError, SyntaxError) as err:
-        raise ValueError(
-            f"bad neuron options {options!r}: expected what flashspike.backends.operators.option_string writes, "
-            f"e.g. {option_string(_EXAMPLE)!r} ({type(err).__name__}: {err})"
-        ) from err
-    return NeuronParams(**values)
-
-
-_EXAMPLE = NeuronParams(
-    leaky=True, v_threshold=1.0, v_reset=0.0, detach_reset=False, surrogate=surrogate_module.ATan()
-)
-
-
-# options string -> (NeuronParams, its key), parsed at the first call of each layer. Nothing changes
-# these params in place, so their key (microseconds to build) is built once too.
-_parsed: dict = {}
-
-
-def kernels_for(backend: str, x: torch.Tensor, options: str):
-    """(kernel set, NeuronParams) that run ``x`` for backend ``backend`` with these options."""
-    parsed = _parsed.get(options)
-    if parsed is None:
-        p = params_from(options)
-        parsed = _parsed[options] = (p, p.key)
-    p, key = parsed
-    return kernel_set_for(backend, x, p, traced=True, params_key=key), p
 
 
 def _sequence_input(x: torch.Tensor, v_init, repeat: int) -> torch.Tensor:
@@ -198,8 +83,10 @@ _LIBRARY = torch.library.Library("flashspike", "FRAGMENT")
 
 def _forward(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0):
     x = sequence_layout(_sequence_input(x, v_init, repeat))
-    kernels, p = kernels_for(backend, x, options)
-    spike, v_out, h = kernels.forward(x, step_operand(v_init, x), p, save_h, store_v_seq, decay_operand(w, p, x))
+    plan = plan_for_text(backend, x, options)
+    p = plan.params
+    spike, v_out, h = plan.kernels.forward(x, step_operand(v_init, x), p, save_h, store_v_seq,
+                                           decay_operand(w, p, x))
     return spike, v_out, _absent(x) if h is None else h
 
 
@@ -217,9 +104,10 @@ def _forward_fake(x, v_init, w, save_h, store_v_seq, backend, options, repeat=0)
 
 def _backward(h, grad_spike, grad_v_out, v_init, w, store_v_seq, need_grad_v_init, backend, options,
               sum_grad_x=False):
-    kernels, p = kernels_for(backend, h, options)
-    grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init,
-                                                   sum_grad_x, step_operand(v_init, h), decay_operand(w, p, h))
+    plan = plan_for_text(backend, h, options)
+    p = plan.params
+    grad_x, grad_v_init, grad_w = plan.kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init,
+                                                        sum_grad_x, step_operand(v_init, h), decay_operand(w, p, h))
     grad_w = _absent(h) if grad_w is None else grad_w.to(w.dtype).reshape(w.shape)
     return grad_x, _absent(h) if grad_v_init is None else grad_v_init, grad_w
 
@@ -317,16 +205,16 @@ _LIBRARY.impl("multi_step_forward", _forward_autograd, "Autograd", with_keyset=T
 
 
 def multi_step(backend: str, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
-    """The reference backend's ``multi_step`` contract through the custom operators (traceable)."""
+    """:meth:`.choice.Plan.multi_step`'s contract through the custom operators (traceable), for backend
+    ``backend`` and options ``p``."""
     if not isinstance(p.surrogate, surrogate_module.SurrogateFunction):
         # A plain callable surrogate has no formulas for the operators' kernels; the reference traces
         # (a kernel backend refuses it, with the reason).
-        kernel_set_for(backend, x_seq, p, traced=True)
-        return reference.BACKEND.multi_step(x_seq, v_init, p, store_v_seq, w)
+        return plan_for(backend, x_seq, p, traced=True).multi_step(x_seq, v_init, store_v_seq, w)
     x, v, w, save_h, step = call_operands(x_seq, v_init, p, w, traced=True)
     forward = torch.ops.flashspike.multi_step_forward
     if step is None:
-        spike, v_out, _ = forward(x, v, w, save_h, store_v_seq, backend, option_string(p))
+        spike, v_out, _ = forward(x, v, w, save_h, store_v_seq, backend, p.text)
     else:  # its gradient is summed over T in the kernel, as in eager calls
-        spike, v_out, _ = forward(step, v, w, save_h, store_v_seq, backend, option_string(p), x.shape[0])
+        spike, v_out, _ = forward(step, v, w, save_h, store_v_seq, backend, p.text, x.shape[0])
     return multi_step_outputs(spike, v_out, store_v_seq)

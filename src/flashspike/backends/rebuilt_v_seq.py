@@ -4,7 +4,7 @@ call keeps for its backward pass anyway, so that a node whose ``v_seq`` is never
 V[t] follows from H[t], the potential before the reset, and the spike S[t] by the reset rule. A
 kernel backend's autograd Function keeps H for its backward; the reference ('torch') keeps each step's
 H where its graph needs it (a hard reset without detach_reset). After a call the node keeps only weak
-references (:func:`after_kernel_call`, :func:`after_reference_call`): nothing stays alive for
+references (:func:`after_call`): nothing stays alive for
 ``v_seq``'s sake, and nothing is computed unless it is read (:func:`read`). A weak reference to the
 call's last V (the node's state ``v``, an output of the call) reaches the kernel Function's node as its
 ``grad_fn``, and ties the rebuilt ``v_seq`` to the call's graph (see :class:`_NoGradientPath`).
@@ -25,12 +25,10 @@ import torch
 from ..codegen import TORCH
 from ..dynamics import reset
 from ..params import NeuronParams
-from .choice import surrogate_state
 from .reference import fire_and_reset
 from .step_code import previous_v
 
-__all__ = ["NOT_CALLED", "NO_GRAPH", "COMPILED", "OWN_DYNAMICS", "after_kernel_call", "after_reference_call",
-           "read"]
+__all__ = ["NOT_CALLED", "NO_GRAPH", "COMPILED", "OWN_DYNAMICS", "after_call", "read"]
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
@@ -66,27 +64,25 @@ def _missing(node_name: str, why: str) -> AttributeError:
     )
 
 
-# What a call leaves to rebuild its v_seq from (without autograd: NO_GRAPH), weak references only: (the call's last V, NeuronParams,
-# the surrogate's state at the call, the reference's H[t] or None, the spike output and its version
-# for a 16-bit kernel call or None). A plain tuple: it is made on every call.
+# What a call leaves to rebuild its v_seq from (without autograd: NO_GRAPH), weak references only: (the
+# call's last V, NeuronParams, the surrogate's state at the call, the reference's H[t] or None, the spike
+# output and its version for a 16-bit kernel call or None). A plain tuple: it is made on every call.
 _ref = weakref.ref
 
 
-def after_kernel_call(spike: torch.Tensor, v_last: torch.Tensor, p: NeuronParams, sg_state, dtype: torch.dtype):
-    """What to keep after a kernel backend's call (``store_v_seq=False``) on an input of ``dtype`` that
-    gave ``spike`` and ``v_last`` (the node's new state); ``sg_state`` is
-    :func:`.choice.surrogate_state` at the call. Whether the call kept H is asked on reading."""
-    if dtype is torch.float16 or dtype is torch.bfloat16:
+def after_call(plan, spike: torch.Tensor, v_last: torch.Tensor, hs: list | None):
+    """What to keep after a call (``store_v_seq=False``) that ``plan`` (a :class:`.choice.Plan`) ran and
+    that gave ``spike`` and ``v_last`` (the node's new state). Where the reference ran, ``hs`` holds its
+    H[t] (None: the call ran without autograd); where kernels ran, whether the call kept H is asked on
+    reading."""
+    p, sg_state = plan.params, plan.surrogate_state
+    if plan.kernels is None:
+        if hs is None:
+            return NO_GRAPH
+        return _ref(v_last), p, sg_state, tuple(_ref(h) for h in hs), None, None
+    if spike.dtype is torch.float16 or spike.dtype is torch.bfloat16:
         return _ref(v_last), p, sg_state, None, _ref(spike), spike._version
     return _ref(v_last), p, sg_state, None, None, None
-
-
-def after_reference_call(hs: list | None, v_last: torch.Tensor, p: NeuronParams):
-    """What to keep after the reference's call that gave ``v_last`` and filled ``hs`` with H[t] (None:
-    the call ran without autograd)."""
-    if hs is None:
-        return NO_GRAPH
-    return _ref(v_last), p, surrogate_state(p.surrogate), tuple(_ref(h) for h in hs), None, None
 
 
 class _NoGradientPath(torch.autograd.Function):
@@ -107,8 +103,8 @@ class _NoGradientPath(torch.autograd.Function):
 
 
 def read(kept, node_name: str) -> torch.Tensor:
-    """``v_seq`` from what :func:`after_kernel_call` or :func:`after_reference_call` kept (or a reason
-    string), as ``store_v_seq=True`` gives it; an AttributeError that says why where it cannot be."""
+    """``v_seq`` from what :func:`after_call` kept (or a reason string), as ``store_v_seq=True`` gives it;
+    an AttributeError that says why where it cannot be."""
     if isinstance(kept, str):
         raise _missing(node_name, kept)
     if isinstance(kept, torch.Tensor):  # an empty call's, or one read before
@@ -119,7 +115,7 @@ def read(kept, node_name: str) -> torch.Tensor:
         raise _missing(node_name, _GONE)
     if v_last.grad_fn is None:
         raise _missing(node_name, NO_GRAPH)  # an output of the call, made outside autograd
-    if surrogate_state(p.surrogate) != sg_state:
+    if p.surrogate_state != sg_state:
         raise _missing(node_name, _SURROGATE_CHANGED)
     with torch.no_grad():
         if hs is not None:

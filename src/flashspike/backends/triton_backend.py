@@ -20,8 +20,8 @@ import sys
 import torch
 
 from ..optional_triton import import_triton
-from . import BackendError, autograd, layouts
-from .kernel_set import KernelSet
+from . import autograd, layouts
+from .kernel_set import BackendError, KernelSet
 from .triton_source import BACKWARD_NAME, FORWARD_NAME, backward_source, forward_source
 
 # Neurons and warps per program on a GPU: four neurons per thread was the fastest on an H200

@@ -43,7 +43,6 @@ from typing import Callable
 import torch
 
 from .. import __version__, backends, neuron, surrogate
-from ..backends import operators
 from ..cuda_utils import median_seconds
 from .charts import pyplot
 
@@ -131,7 +130,7 @@ def operator_pair(subject: Subject) -> Subject:
     def own_call(mode, steps, n, dtype, device):
         node = subject.make().to(device)
         p, w = node.params(), node._decay_w()
-        options = operators.option_string(p)
+        options = p.text
         x = (torch.rand(steps, n, device=device) * 1.5).to(dtype)
         grad_spike = torch.ones_like(x)
         forward = torch.ops.flashspike.multi_step_forward.default
