@@ -34,3 +34,15 @@ def test_peers_without_a_matching_snntorch_neuron_say_why():
     args = bench.parse_args(["--neuron", "plif", "--device", "cpu"])
     _, skipped = bench.peer_subjects(args, torch.device("cpu"))
     assert "snnTorch" in skipped
+
+
+def test_threads_sets_pytorchs_cpu_threads(tmp_path):
+    before = torch.get_num_threads()
+    args = bench.parse_args(["--device", "cpu", "--n", "32", "--t", "2", "--repeats", "1", "--dtypes", "float32",
+                             "--no-host-case", "--threads", "1", "--out", str(tmp_path)])
+    try:
+        assert bench.run(args)["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--threads", "-2"])

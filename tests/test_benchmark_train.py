@@ -308,3 +308,12 @@ def test_a_profiled_row_says_where_its_time_goes(tmp_path, capsys):
     assert "| kind | ms/step | share | costliest |" in out and "| convolution |" in out
     with pytest.raises(SystemExit):
         bench.parse_args(["--profile", "-1"])
+
+
+def test_threads_sets_each_rows_cpu_threads(tmp_path):
+    report = bench.main(["--models", "fmnist", "--modes", "eager", "--threads", "1", "--out", str(tmp_path), *TINY])
+    (row,) = report["rows"]
+    assert "error" not in row, row.get("error")
+    assert row["threads"] == 1 and report["settings"]["threads"] == 1
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--threads", "-1"])

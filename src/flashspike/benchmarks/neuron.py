@@ -423,15 +423,22 @@ def parse_args(argv=None):
     parser.add_argument("--no-host-case", action="store_true",
                         help=f"skip the host-bound case T={HOST_CASE[0]}, N={HOST_CASE[1]}")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="torch device (default cuda if present)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="PyTorch's CPU threads (default 0: PyTorch's own choice, one per core); on a machine "
+                             "whose cores other work shares, 1 can be faster")
     parser.add_argument("--out", type=Path, default=Path("bench_out"),
                         help="folder for neuron_benchmark.json and the charts (default bench_out)")
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeats < 1 or min(args.t) < 1:
         parser.error("--n, --repeats and every --t must be positive")
+    if args.threads < 0:
+        parser.error("--threads must be 0 (PyTorch's choice) or positive")
     return args
 
 
 def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -465,6 +472,7 @@ def run(args) -> dict:
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__,
         N=args.n,
+        threads=torch.get_num_threads(),
         copy_GBps=copy_bps / 1e9,
         skipped=skipped,
         results=rows,

@@ -128,6 +128,9 @@ def parse_args(argv=None):
                              "row's median: a host whose speed drifts then touches every mode alike (default 1)")
     parser.add_argument("--row-timeout", type=positive, default=900, help="seconds a row may take (default 900)")
     parser.add_argument("--device", default="cuda" if cuda else "cpu", help="torch device (default cuda if present)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="PyTorch's CPU threads in each row's process (default 0: PyTorch's own choice, one per "
+                             "core); on a machine whose cores other work shares, 1 can be faster")
     parser.add_argument("--out", type=Path, default=Path("bench_out"),
                         help="folder for train_benchmark.json and train_step.png (default bench_out)")
     args = parser.parse_args(argv)
@@ -135,6 +138,8 @@ def parse_args(argv=None):
         parser.error("--epoch-steps must be 0 or positive")
     if args.profile < 0:
         parser.error("--profile must be 0 or positive")
+    if args.threads < 0:
+        parser.error("--threads must be 0 (PyTorch's choice) or positive")
     return args
 
 
@@ -168,7 +173,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
                 profile=args.profile,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                nproc=args.nproc, **memory_switches(args))
+                nproc=args.nproc, threads=args.threads, **memory_switches(args))
     specs = []
     for model in args.models:
         for steps in args.t:
@@ -291,7 +296,7 @@ def main(argv=None) -> dict:
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
                                 epoch_steps=args.epoch_steps, profile=args.profile,
                                 layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
-                                nproc=args.nproc, **memory_switches(args)))
+                                nproc=args.nproc, threads=args.threads, **memory_switches(args)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
     title = f"training step, {args.dtype}, {report['device']}, torch {report['torch']}, {report['date'][:10]}"

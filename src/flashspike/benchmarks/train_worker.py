@@ -184,6 +184,8 @@ def run_row(spec: dict) -> dict:
     # Under torchrun: the process group (NCCL on CUDA, Gloo on the CPU), cuda:LOCAL_RANK each.
     cluster = Cluster(spec["device"])
     device, world = cluster.device, cluster.world
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -253,6 +255,8 @@ def run_row(spec: dict) -> dict:
         torch.cuda.synchronize(device)
     row["warmup_s"] = time.perf_counter() - started  # compilation and capture included
     row["ms"] = median_seconds(call, device, spec["repeats"], spec["steps"]) * 1e3
+    if not cuda:
+        row["threads"] = torch.get_num_threads()  # a CPU row's time depends on it
     row["images_per_s"] = spec["B"] * world / (row["ms"] * 1e-3)  # B per process
     if spec["epoch_steps"]:
         if cuda:
