@@ -116,7 +116,8 @@ def start_up_header(args, trainer: Trainer, backend: str, folder: Path | None) -
         record,
         f"device: {where}; backend: {args.backend} -> {backend}; precision: {precision}; memory format: {layout}",
         f"network: {type(trainer.net).__name__}, T={args.T}, {args.channels} channels, {parameters:,} parameters; "
-        f"{args.opt} lr={args.lr}, batch {args.b}{' per process' if world > 1 else ''}, {args.epochs} epochs",
+        f"{args.opt} lr={args.lr}, batch {args.b}{' per process' if world > 1 else ''}, "
+        f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}",
     ]
 
 
