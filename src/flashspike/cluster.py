@@ -15,6 +15,8 @@ import os
 import torch
 from torch import nn
 
+from .distributed import broadcast_from_first
+
 __all__ = ["Cluster", "DeviceError", "leave_process_group"]
 
 
@@ -63,9 +65,9 @@ class Cluster:
 
     def share_buffers(self, net: nn.Module) -> None:
         """Give every process rank 0's BatchNorm statistics: each updated them on its own last batch."""
-        if self.world > 1:
-            for buffer in net.buffers():
-                torch.distributed.broadcast(buffer, 0)
+        buffers = list(net.buffers())
+        if self.world > 1 and buffers:
+            broadcast_from_first(buffers)
 
     def close(self) -> None:
         leave_process_group()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["GradientAverager"]
+__all__ = ["GradientAverager", "broadcast_from_first"]
 
 
 def _by_dtype(tensors):
@@ -31,6 +31,16 @@ def _unpack(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     """Copy the consecutive pieces of ``flat`` back into ``tensors`` (any layout: copy_ keeps theirs)."""
     pieces = [piece.view(t.shape) for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
     torch._foreach_copy_(tensors, pieces)
+
+
+def broadcast_from_first(tensors, group=None) -> None:
+    """Every process takes the values of ``tensors`` that the first process of ``group`` (None: all of
+    them) holds: one collective per dtype."""
+    source = 0 if group is None else torch.distributed.get_global_rank(group, 0)
+    for same_dtype in _by_dtype(tensors):
+        flat = torch.cat([t.reshape(-1) for t in same_dtype])
+        torch.distributed.broadcast(flat, source, group=group)
+        _unpack(flat, same_dtype)
 
 
 class GradientAverager:
@@ -49,22 +59,15 @@ class GradientAverager:
             raise TypeError(f"broadcast_buffers must be True or False, got {broadcast_buffers!r}")
         self.group = process_group
         self.world = dist.get_world_size(process_group)
-        self.source = 0 if process_group is None else dist.get_global_rank(process_group, 0)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.buffers = list(model.buffers()) if broadcast_buffers else []
         with torch.no_grad():
-            self._broadcast([p.detach() for p in model.parameters()] + list(model.buffers()))
-
-    def _broadcast(self, tensors) -> None:
-        for group in _by_dtype(tensors):
-            flat = torch.cat([t.reshape(-1) for t in group])
-            torch.distributed.broadcast(flat, self.source, group=self.group)
-            _unpack(flat, group)
+            broadcast_from_first([p.detach() for p in model.parameters()] + list(model.buffers()), process_group)
 
     def share_buffers(self) -> None:
         """Every process takes rank 0's buffers (BatchNorm's running statistics)."""
         if self.buffers and self.world > 1:
-            self._broadcast(self.buffers)
+            broadcast_from_first(self.buffers, self.group)
 
     def average_gradients(self) -> None:
         """Each gradient becomes its mean over the processes. A parameter that got no gradient here
