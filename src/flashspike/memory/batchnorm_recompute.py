@@ -80,12 +80,15 @@ def _is_dense(x: torch.Tensor) -> bool:
 
 def _batch_statistics(x: torch.Tensor, eps: float):
     """(mean, 1/sqrt(var + eps), var) per channel in float32, var biased: PyTorch's one-pass CUDA
-    statistics, or a float32 var_mean elsewhere."""
+    statistics, or two float32 passes elsewhere."""
     if x.is_cuda:
         mean, invstd = torch.batch_norm_stats(x, eps)
         mean, invstd = mean.float(), invstd.float()
         return mean, invstd, invstd.pow(-2).sub_(eps)
-    var, mean = torch.var_mean(x.float(), dim=[d for d in range(x.dim()) if d != 1], correction=0)
+    dims = [d for d in range(x.dim()) if d != 1]
+    mean = torch.mean(x, dims, dtype=torch.float32)
+    centered = x - mean.view(-1, *[1] * (x.dim() - 2))  # float32, made by the subtraction (no copy of x)
+    var = torch.mean(centered * centered, dims)
     return mean, torch.rsqrt(var + eps), var
 
 
