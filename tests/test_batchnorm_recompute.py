@@ -85,10 +85,8 @@ def _without_triton_normalization(monkeypatch):
 
 
 def _channels_of_recomputing_neurons(net):
-    """Bytes of the per-channel scale and shift that each neuron after a switched BatchNorm keeps (a
-    BatchNorm without weight scales by 1/sqrt(var + eps), which it keeps itself)."""
-    return sum((8 if m.affine else 4) * m.num_features for m in net.modules()
-               if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    """Bytes of the per-channel scale and shift that each neuron after a switched BatchNorm keeps."""
+    return sum(8 * m.num_features for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
 def _assert_close_to_plain(a, b):
@@ -142,7 +140,7 @@ def test_neurons_keep_no_h_and_train_bit_for_bit(monkeypatch, autocast_dtype, re
 def test_an_output_changed_in_place_is_not_computed_again(monkeypatch, reproducible):
     (_, lean, kept), h_sizes, channels = _compare(monkeypatch, "triton", kernel_device("triton"), None,
                                                   changed_in_place=True)
-    assert kept[3] - lean[3] == sum(h_sizes) - h_sizes[1] - (channels - 4 * 4)  # the second neuron keeps its H
+    assert kept[3] - lean[3] == sum(h_sizes) - h_sizes[1] - (channels - 8 * 4)  # the second neuron keeps its H
 
 
 def test_without_triton_the_plain_output_is_computed_again_bit_for_bit(monkeypatch, reproducible):
@@ -314,3 +312,19 @@ def test_the_normalization_kernel_finds_every_elements_channel(shape, memory_for
     assert y.stride() == x.stride()
     torch.testing.assert_close(y, (x.double() * scale.double().view(view) + shift.double().view(view)).float(),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_running_statistics_follow_batchnorms_update(momentum):
+    device = kernel_device("triton")
+    plain = nn.BatchNorm2d(3, momentum=momentum).to(device)
+    lean = copy.deepcopy(plain)
+    batchnorm_recompute.recompute_h_after_batchnorm(lean)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = (torch.randn(4, 3, 5, 5, generator=g) * 3 + 1).to(device).requires_grad_()
+        torch.testing.assert_close(lean(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert recompute.recipe_for(lean(x)) is not None
+    for name, buffer in plain.named_buffers():
+        torch.testing.assert_close(dict(lean.named_buffers())[name], buffer, rtol=1e-5, atol=1e-6, msg=name)
+    assert lean.num_batches_tracked.item() == plain.num_batches_tracked.item() == 4

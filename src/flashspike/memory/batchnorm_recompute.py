@@ -79,27 +79,25 @@ def _is_dense(x: torch.Tensor) -> bool:
 
 
 def _batch_statistics(x: torch.Tensor, eps: float):
-    """(mean, 1/sqrt(var + eps), var) per channel in float32, var biased: PyTorch's one-pass CUDA
+    """(mean, 1/sqrt(var + eps)) per channel in float32, var biased: PyTorch's one-pass CUDA
     statistics, or two float32 passes elsewhere."""
     if x.is_cuda:
         mean, invstd = torch.batch_norm_stats(x, eps)
-        mean, invstd = mean.float(), invstd.float()
-        return mean, invstd, invstd.pow(-2).sub_(eps)
+        return mean.float(), invstd.float()
     dims = [d for d in range(x.dim()) if d != 1]
     mean = torch.mean(x, dims, dtype=torch.float32)
     centered = x - mean.view(-1, *[1] * (x.dim() - 2))  # float32, made by the subtraction (no copy of x)
-    var = torch.mean(centered * centered, dims)
-    return mean, torch.rsqrt(var + eps), var
+    return mean, torch.rsqrt(torch.mean(centered * centered, dims) + eps)
 
 
 class _Normalize(torch.autograd.Function):
-    """``x * scale[c] + shift[c]`` from the batch's statistics (``mean``, ``invstd``: constants here),
-    with PyTorch's batch-norm backward, which differentiates through the statistics too."""
+    """``x * scale[c] + shift[c]`` (``statistics``: the batch's mean and invstd, the scale and shift made
+    of them, eps, the kernels), with PyTorch's batch-norm backward, which differentiates through the
+    statistics too."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, eps, kernels):
-        scale = invstd if weight is None else weight.float() * invstd
-        shift = -mean * scale if bias is None else bias.float() - mean * scale
+    def forward(ctx, x, weight, bias, statistics):
+        mean, invstd, scale, shift, eps, kernels = statistics
         y = kernels.normalize(x, scale, shift)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps, ctx.parameters = eps, (weight is not None, bias is not None)
@@ -115,7 +113,7 @@ class _Normalize(torch.autograd.Function):
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad.contiguous(memory_format=_memory_format(x)), x, weight, None, None, mean, invstd, True, ctx.eps,
             [needs[0], needs[1] and has_weight, needs[2] and has_bias])
-        return grad_x, grad_weight, grad_bias, None, None, None, None
+        return grad_x, grad_weight, grad_bias, None
 
 
 def _memory_format(x: torch.Tensor):
@@ -145,20 +143,18 @@ class _Recomputable:
                                       running_dtype=None if running is None else running.dtype)
             mark(output, again, (input, self.weight, self.bias))
             return output
-        mean, invstd, var = _batch_statistics(input.detach(), self.eps)
-        if self.training and self.track_running_stats:
-            self._update_running_statistics(mean, var, input.numel() // input.shape[1])
-        return _Normalize.apply(input, self.weight, self.bias, mean, invstd, self.eps, kernels)
-
-    @torch.no_grad()
-    def _update_running_statistics(self, mean, var, count: int) -> None:
-        """nn.BatchNorm's update: an exponential average with ``momentum``, or with None the cumulative
-        average over the batches seen; the variance unbiased (``count`` values per channel)."""
-        self.num_batches_tracked.add_(1)
-        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        unbiased = var * (count / max(count - 1, 1))
-        self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
-        self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        mean, invstd = _batch_statistics(input.detach(), self.eps)
+        update = self.training and self.track_running_stats
+        factor = 0.0
+        if update:  # as nn.BatchNorm: an exponential average, or with momentum None the cumulative one
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        weight = None if self.weight is None else self.weight.detach()
+        bias = None if self.bias is None else self.bias.detach()
+        scale, shift = kernels.affine_terms(mean, invstd, weight, bias, self.running_mean if update else None,
+                                            self.running_var if update else None, factor, self.eps,
+                                            input.numel() // input.shape[1])
+        return _Normalize.apply(input, self.weight, self.bias, (mean, invstd, scale, shift, self.eps, kernels))
 
     def _get_name(self):
         return type(self).__mro__[2].__name__
