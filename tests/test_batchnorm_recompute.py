@@ -1,6 +1,8 @@
 """Neurons after a recomputable BatchNorm keep no H: outputs, gradients and running statistics equal
-to the plain layers' bit for bit, and exactly H's bytes fewer kept for the backward (CPU through
-Triton's interpreter, CUDA on both kernel backends)."""
+bit for bit to the same layers' with every neuron keeping H, and exactly H's bytes fewer kept for the
+backward (but for each channel's scale and shift); close to the plain layers' (the normalization's
+rounding), and equal to them bit for bit where Triton is missing (CPU through Triton's interpreter,
+CUDA on both kernel backends)."""
 
 import copy
 
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from flashspike import functional, layer, neuron
-from flashspike.backends import recompute
+from flashspike.backends import autograd, recompute
 from flashspike.memory import batchnorm_recompute
 from conftest import kernel_device
 
@@ -72,60 +74,122 @@ def _neuron_inputs(net, x, autocast_dtype):
     return sizes
 
 
-def _compare(backend, device, autocast_dtype, memory_format=torch.contiguous_format, changed_in_place=False):
+def _keep_h(monkeypatch):
+    """Neurons keep H whatever their input (the switched BatchNorm still normalizes as it does)."""
+    monkeypatch.setattr(autograd, "recipe_for", lambda x: None)
+
+
+def _without_triton_normalization(monkeypatch):
+    """The switched BatchNorm as where Triton is missing: the plain layer's output, marked."""
+    monkeypatch.setattr(batchnorm_recompute, "_normalize_kernels", lambda x: None)
+
+
+def _channels_of_recomputing_neurons(net):
+    """Bytes of the per-channel scale and shift that each neuron after a switched BatchNorm keeps."""
+    return sum(8 * m.num_features for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def _assert_close_to_plain(a, b):
+    """The switched layers against the plain ones: the same spikes; gradients and statistics within
+    the rounding of the normalization's multiply-add (ordered otherwise by PyTorch's kernels)."""
+    (out_a, grads_a, buffers_a, _), (out_b, grads_b, buffers_b, _) = a, b
+    assert torch.equal(out_a, out_b)
+    assert grads_a.keys() == grads_b.keys() and buffers_a.keys() == buffers_b.keys()
+    for name in list(grads_a) + list(buffers_a):
+        got, want = (grads_a | buffers_a)[name].double(), (grads_b | buffers_b)[name].double()
+        scale = max(want.abs().max().item(), 1.0)
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * scale, msg=lambda m: f"{name}: {m}")
+
+
+def _assert_equal(a, b):
+    (out_a, grads_a, buffers_a, _), (out_b, grads_b, buffers_b, _) = a, b
+    assert torch.equal(out_a, out_b)
+    assert grads_a.keys() == grads_b.keys() and buffers_a.keys() == buffers_b.keys()
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), name
+    for name in buffers_a:
+        assert torch.equal(buffers_a[name], buffers_b[name]), name
+
+
+def _compare(monkeypatch, backend, device, autocast_dtype, memory_format=torch.contiguous_format,
+             changed_in_place=False):
+    """(plain, switched, switched with every neuron keeping its H) after one step, and each neuron's
+    H size. The switched net's recompute must give what keeping H gives, bit for bit."""
     plain = _net(backend, changed_in_place).to(device, memory_format=memory_format)
     lean = copy.deepcopy(plain)
     assert batchnorm_recompute.recompute_h_after_batchnorm(lean) == 4
+    kept = copy.deepcopy(lean)
     x = (torch.rand(3, 4, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * 3).to(device)
     x = x.contiguous(memory_format=torch.channels_last_3d) if memory_format == torch.channels_last else x
-    out_plain, grads_plain, buffers_plain, kept_plain = _step(plain, x, autocast_dtype)
-    out_lean, grads_lean, buffers_lean, kept_lean = _step(lean, x, autocast_dtype)
-    assert torch.equal(out_plain, out_lean)
-    assert grads_plain.keys() == grads_lean.keys() and buffers_plain.keys() == buffers_lean.keys()
-    for name in grads_plain:
-        assert torch.equal(grads_plain[name], grads_lean[name]), name
-    for name in buffers_plain:
-        assert torch.equal(buffers_plain[name], buffers_lean[name]), name
-    return kept_plain - kept_lean, _neuron_inputs(plain, x, autocast_dtype)
+    results = [_step(plain, x, autocast_dtype), _step(lean, x, autocast_dtype)]
+    with monkeypatch.context() as patch:
+        _keep_h(patch)
+        results.append(_step(kept, x, autocast_dtype))
+    _assert_equal(results[1], results[2])
+    if autocast_dtype is None:  # (16-bit gradients differ from any other rounding's by far more)
+        _assert_close_to_plain(results[1], results[0])
+    return results, _neuron_inputs(plain, x, autocast_dtype), _channels_of_recomputing_neurons(lean)
 
 
 @pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["float32", "autocast-bf16"])
-def test_neurons_keep_no_h_and_train_bit_for_bit(autocast_dtype, reproducible):
-    saved, h_sizes = _compare("triton", kernel_device("triton"), autocast_dtype)
-    assert saved == sum(h_sizes)  # every neuron's H, and nothing kept in its place
+def test_neurons_keep_no_h_and_train_bit_for_bit(monkeypatch, autocast_dtype, reproducible):
+    (_, lean, kept), h_sizes, channels = _compare(monkeypatch, "triton", kernel_device("triton"), autocast_dtype)
+    assert kept[3] - lean[3] == sum(h_sizes) - channels  # every neuron's H, for its channels' scale and shift
 
 
-def test_an_output_changed_in_place_is_not_computed_again(reproducible):
-    saved, h_sizes = _compare("triton", kernel_device("triton"), None, changed_in_place=True)
-    assert saved == sum(h_sizes) - h_sizes[1]  # the second neuron keeps its H
+def test_an_output_changed_in_place_is_not_computed_again(monkeypatch, reproducible):
+    (_, lean, kept), h_sizes, channels = _compare(monkeypatch, "triton", kernel_device("triton"), None,
+                                                  changed_in_place=True)
+    assert kept[3] - lean[3] == sum(h_sizes) - h_sizes[1] - (channels - 8 * 4)  # the second neuron keeps its H
 
 
-def test_a_view_of_the_output_finds_the_recipe_and_other_tensors_do_not():
+def test_without_triton_the_plain_output_is_computed_again_bit_for_bit(monkeypatch, reproducible):
+    _without_triton_normalization(monkeypatch)
+    device = kernel_device("triton")
+    plain = _net("triton").to(device)
+    lean = copy.deepcopy(plain)
+    batchnorm_recompute.recompute_h_after_batchnorm(lean)
+    x = (torch.rand(3, 4, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * 3).to(device)
+    plain_step, lean_step = _step(plain, x, None), _step(lean, x, None)
+    _assert_equal(plain_step, lean_step)
+    assert plain_step[3] - lean_step[3] == sum(_neuron_inputs(plain, x, None))
+
+
+def test_a_view_of_the_output_finds_the_recipe_and_other_tensors_do_not(monkeypatch):
     bn = batchnorm_recompute.RecomputableBatchNorm2d(3)
     x = torch.randn(4, 3, 2, 2, requires_grad=True)
     y = bn(x)
     seq = y.view(2, 2, 3, 2, 2)
     found, view = recompute.recipe_for(seq)
-    again = recompute.recompute(found.how, view, found.inputs)
-    assert torch.equal(again, seq) and again.stride() == seq.stride()
-    assert recompute.recipe_for(y[1:])[1][2] == 12  # a slice: its offset in the output
+    assert isinstance(found, recompute.Normalized) and found.how == (4, 3) and found.inputs[0] is x
+    source = recompute.normalized_input(found, view, seq)
+    assert torch.equal(source, x.view(2, 2, 3, 2, 2)) and source.stride() == seq.stride()
+    scale, shift = found.inputs[1:]
+    torch.testing.assert_close(y, x * scale.view(3, 1, 1) + shift.view(3, 1, 1))
+    assert recompute.normalized_input(found, recompute.recipe_for(y[:, 1:])[1], y[:, 1:]) is None  # off the planes
     assert recompute.recipe_for(x) is None and recompute.recipe_for(y + 0) is None
     bn.eval()  # running statistics decide the output: not marked
     assert recompute.recipe_for(bn(x)) is None
     with torch.no_grad():
         assert recompute.recipe_for(bn.train()(x)) is None
+    _without_triton_normalization(monkeypatch)  # the plain layer's output and a function that makes it again
+    y = bn(x)
+    found, view = recompute.recipe_for(y.view(2, 2, 3, 2, 2))
+    again = recompute.recompute(found.how, view, found.inputs)
+    assert torch.equal(again, y.view(2, 2, 3, 2, 2))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
-def test_neurons_keep_no_h_and_train_bit_for_bit_gpu(backend, reproducible):
+def test_neurons_keep_no_h_and_train_bit_for_bit_gpu(monkeypatch, backend, reproducible):
     device = kernel_device(backend)
     for autocast_dtype in (None, torch.float16):
-        saved, h_sizes = _compare(backend, device, autocast_dtype, torch.channels_last)
-        assert saved == sum(h_sizes)
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            (_, lean, kept), h_sizes, channels = _compare(monkeypatch, backend, device, autocast_dtype, memory_format)
+            assert kept[3] - lean[3] == sum(h_sizes) - channels
 
 
-def test_a_static_input_repeated_over_t_is_computed_again_once(reproducible):
+def test_a_static_input_repeated_over_t_is_computed_again_once(monkeypatch, reproducible):
     # The Fashion-MNIST net normalizes the image once and feeds it to its first neuron at every step
     # (expand): that neuron's backward recomputes the one step and its H over all T.
     from flashspike.model.csnn import CSNN
@@ -135,38 +199,132 @@ def test_a_static_input_repeated_over_t_is_computed_again_once(reproducible):
     plain = CSNN(3, channels=4, backend="triton").to(device)
     lean = copy.deepcopy(plain)
     assert batchnorm_recompute.recompute_h_after_batchnorm(lean) == 2
+    kept = copy.deepcopy(lean)
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(4)).to(device)
-    results = [_step(net, x, None) for net in (plain, lean)]
-    assert torch.equal(results[0][0], results[1][0])
-    for name in results[0][1]:
-        assert torch.equal(results[0][1][name], results[1][1][name]), name
-    assert results[0][3] - results[1][3] == 3 * 5 * 4 * (28 * 28 + 14 * 14) * 4  # both H, float32
+    results = [_step(plain, x, None), _step(lean, x, None)]
+    with monkeypatch.context() as patch:
+        _keep_h(patch)
+        results.append(_step(kept, x, None))
+    _assert_equal(results[1], results[2])
+    _assert_close_to_plain(results[1], results[0])
+    assert results[2][3] - results[1][3] == 3 * 5 * 4 * (28 * 28 + 14 * 14) * 4 - _channels_of_recomputing_neurons(lean)
 
 
-def test_carried_state_potentials_and_eif_are_recomputed_exactly(reproducible):
+def test_carried_state_potentials_and_eif_are_recomputed_exactly(monkeypatch, reproducible):
     # Two calls without a reset (the second starts from the first's V, which the recompute must start
     # from too), a neuron whose backward rebuilds V[t-1] (EIF), and a loss on the kept potentials.
     device = kernel_device("triton")
     torch.manual_seed(11)
-    plain = nn.Sequential(
+    lean = nn.Sequential(
         layer.SeqToANNContainer(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)),
         neuron.MultiStepEIFNode(backend="triton"),
         layer.SeqToANNContainer(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)),
         neuron.MultiStepLIFNode(tau=3.0, backend="triton", store_v_seq=True),
     ).to(device)
-    lean = copy.deepcopy(plain)
     batchnorm_recompute.recompute_h_after_batchnorm(lean)
+    kept = copy.deepcopy(lean)
     x = (torch.rand(2, 3, 2, 5, 5, generator=torch.Generator().manual_seed(6)) * 4).to(device)
     results = []
-    for net in (plain, lean):
-        loss = 0
-        for chunk in (x, x.flip(0)):
-            out = net(chunk)
-            loss = loss + out.sum() + 0.1 * net[3].v_seq.square().sum()
-        loss.backward()
+    for net in (lean, kept):
+        with monkeypatch.context() as patch:
+            if net is kept:
+                _keep_h(patch)
+            loss = 0
+            for chunk in (x, x.flip(0)):
+                out = net(chunk)
+                loss = loss + out.sum() + 0.1 * net[3].v_seq.square().sum()
+            loss.backward()
         functional.reset_net(net)
         results.append((out, [p.grad for p in net.parameters()]))
     (out_a, grads_a), (out_b, grads_b) = results
     assert torch.equal(out_a, out_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
     assert any(g.abs().sum() > 0 for g in grads_a)
+
+
+def test_the_switched_layer_checks_its_input_as_batchnorm_does():
+    bn = batchnorm_recompute.RecomputableBatchNorm2d(3)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        bn(torch.randn(2, 3, 4, requires_grad=True))
+
+
+def _normalized_sequence_case(dtype, memory_format, repeated, device):
+    """A [T, B, C, H, W] sequence (or one step repeated over T) of BatchNorm inputs, its per-channel
+    scale and shift, and the normalized sequence as the switched BatchNorm writes it."""
+    g = torch.Generator().manual_seed(5)
+    steps, batch, channels = 4, 3, 5
+    flat = (torch.randn(1 if repeated else steps * batch, channels, 4, 6, generator=g) * 2).to(dtype).to(device)
+    flat = flat.contiguous(memory_format=memory_format)
+    scale = (torch.rand(channels, generator=g) + 0.5).to(device)
+    shift = (torch.randn(channels, generator=g) * 0.5 + 0.4).to(device)
+    kernels = batchnorm_recompute._normalize_kernels(flat)
+    normalized = kernels.normalize(flat, scale, shift)
+    if repeated:
+        return [t.expand(steps, *t.shape[1:]) for t in (flat, normalized)], scale, shift
+    return [t.view(steps, batch, channels, 4, 6) for t in (flat, normalized)], scale, shift
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("repeated", [False, True], ids=["sequence", "repeated"])
+def test_the_kernels_compute_h_again_from_the_normalized_input(backend, dtype, memory_format, repeated):
+    from flashspike.backends import choice
+    from flashspike.params import NeuronParams
+
+    device = kernel_device("triton")
+    (x, y), scale, shift = _normalized_sequence_case(dtype, memory_format, repeated, device)
+    node = neuron.MultiStepLIFNode(tau=2.0, backend=backend)
+    p = NeuronParams.of(node)
+    kernels = choice.plan_for(backend if backend != "torch" else "triton", y, p).kernels
+    if backend == "torch":
+        from flashspike.backends.torch_kernels import KERNELS as kernels
+    channel = 1 if repeated else 2  # (a repeated step is [T, C, H, W])
+    if backend == "torch":  # rounded as PyTorch rounds (Triton's interpreter rounds bfloat16 otherwise)
+        view = [1] * x.dim()
+        view[channel] = -1
+        y = (x.double() * scale.double().view(view) + shift.double().view(view)).float().to(dtype)
+    v_init = (torch.rand(y.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5).to(dtype).to(device)
+    v_init = v_init.contiguous(memory_format=memory_format) if v_init.dim() == 4 else v_init
+    for start in (None, v_init):
+        _, _, h = kernels.forward(y, start, p, True, False)
+        again = kernels.recompute_h(x, scale, shift, y.stride(channel), y.shape[channel], start, p)
+        assert again.stride() == h.stride()
+        assert torch.equal(again, h)
+        assert not torch.equal(h, kernels.forward(x, start, p, True, False)[2])  # the input was normalized
+
+
+@pytest.mark.parametrize("shape, memory_format", [
+    ((6, 5), None), ((6, 5, 7), None), ((4, 3, 5, 6), torch.contiguous_format), ((4, 3, 5, 6), torch.channels_last),
+    ((2, 3, 2, 3, 4), torch.channels_last_3d), ((3, 1500), None),  # more channels than one row block
+], ids=str)
+def test_the_normalization_kernel_finds_every_elements_channel(shape, memory_format):
+    device = kernel_device("triton")
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(shape, generator=g).to(device)
+    if memory_format is not None:
+        x = x.contiguous(memory_format=memory_format)
+    channels = shape[1]
+    scale, shift = torch.randn(channels, generator=g).to(device), torch.randn(channels, generator=g).to(device)
+    y = batchnorm_recompute._normalize_kernels(x).normalize(x, scale, shift)
+    view = [1] * x.dim()
+    view[1] = -1
+    assert y.stride() == x.stride()
+    torch.testing.assert_close(y, (x.double() * scale.double().view(view) + shift.double().view(view)).float(),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_running_statistics_follow_batchnorms_update(momentum):
+    device = kernel_device("triton")
+    plain = nn.BatchNorm2d(3, momentum=momentum).to(device)
+    lean = copy.deepcopy(plain)
+    batchnorm_recompute.recompute_h_after_batchnorm(lean)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = (torch.randn(4, 3, 5, 5, generator=g) * 3 + 1).to(device).requires_grad_()
+        torch.testing.assert_close(lean(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert recompute.recipe_for(lean(x)) is not None and plain(x) is not None  # a fourth batch for both
+    for name, buffer in plain.named_buffers():
+        torch.testing.assert_close(dict(lean.named_buffers())[name], buffer, rtol=1e-5, atol=1e-6, msg=name)
+    assert lean.num_batches_tracked.item() == plain.num_batches_tracked.item() == 4

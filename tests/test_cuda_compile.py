@@ -65,7 +65,8 @@ def _compile_unit() -> tuple[str, int]:
                 yield from (src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype, option_sets[0]))
         else:  # every option set's step, with every switch on and vectorized accesses
             p = option_sets[index]
-            yield src.forward_name(torch.float32, True, True, True, 4)
+            yield src.forward_name(torch.float32, True, True, True, False, 4)
+            yield src.forward_name(torch.float32, True, True, False, True, 4)
             yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False,
                                     src.backward_vector_width(torch.float32, p))
             if p.backward_reads_v_prev:  # its narrower backward access in 16 bits too
@@ -136,6 +137,7 @@ inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &
 // CUDA's sin(pi x) and cos(pi x), which C++ lacks: pi x in double, as exact as the device's reduction.
 inline float sinpif(float x) { return (float)std::sin(3.14159265358979323846 * (double)x); }
 inline float cospif(float x) { return (float)std::cos(3.14159265358979323846 * (double)x); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 """
 
 # The storage conversions of PRELUDE, for the host (the device spells them in PTX): float16 through
@@ -159,14 +161,16 @@ template <> inline unsigned int fs_float_to_bits<fs_bf16>(float f) {
 _GRID = r"""
 template <typename T, typename K>
 void fs_grid_forward(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
-                     unsigned long long a3, unsigned long long a4, unsigned long long decay, long long steps,
-                     long long n, long long x_step) {
+                     unsigned long long a3, unsigned long long a4, unsigned long long decay, unsigned long long scale,
+                     unsigned long long shift, long long steps, long long n, long long x_step,
+                     long long channel_stride, long long channels) {
     blockDim.x = FS_BLOCK;
     for (long long b = 0; b < blocks; ++b) {
         blockIdx.x = (unsigned int)b;
         for (unsigned int t = 0; t < FS_BLOCK; ++t) {
             threadIdx.x = t;
-            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (const float*)decay, steps, n, x_step);
+            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (const float*)decay, (const float*)scale,
+                   (const float*)shift, steps, n, x_step, channel_stride, channels);
         }
     }
 }
@@ -186,7 +190,8 @@ void fs_grid_backward(K kernel, long long blocks, unsigned long long a0, unsigne
 """
 
 # The launch arguments after the block count: (pointers, sizes) of each kernel.
-_ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay"), ("steps", "n", "x_step")),
+_ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay", "scale", "shift"),
+                             ("steps", "n", "x_step", "channel_stride", "channels")),
               "fs_backward": (("a0", "a1", "a2", "a3", "a4", "v_init", "decay", "grad_w"), ("steps", "n"))}
 
 
@@ -381,3 +386,36 @@ def test_emulated_kernels_sum_the_gradient_of_a_repeated_step(emulated, dtype, n
                           0.0 if dtype == torch.float32 else 2 * tol)
     scale = max(ref_grad.abs().max().item(), 1.0)
     torch.testing.assert_close(grad.double()[keep], ref_grad[keep], rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype", list(src.STORAGE_TYPES), ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("side", [4, 3])  # planes of 16 and of 9 elements: a thread's VEC cross planes
+def test_emulated_forward_computes_h_again_from_a_normalized_input(emulated, dtype, channels_last, side):
+    """NORMALIZE: H from a BatchNorm's input, normalized as it is loaded (one fused multiply-add
+    rounded to the dtype), equals H of the normalized input as PyTorch rounds it."""
+    library, entries, option_sets = emulated
+    compiled = EmulatedCompiled(library, entries, option_sets)
+    p = option_sets[0]
+    kernels = CupyKernels(p, compiled)
+    g = torch.Generator().manual_seed(9)
+    flat = (torch.randn(7 * 8, 3, side, side, generator=g) * 2).to(dtype)
+    if channels_last:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g) * 0.5 + 0.4
+    x = flat.view(7, 8, 3, side, side)
+    # laid out as x is (the BatchNorm's output takes its input's strides)
+    y = torch.empty_like(x).copy_((x.double() * scale.double().view(3, 1, 1) + shift.double().view(3, 1, 1)).float())
+    assert y.stride() == x.stride()
+    v_init = (torch.rand(8, 3, side, side, generator=g) * 0.5).to(dtype)
+    v_init = v_init.contiguous(memory_format=torch.channels_last) if channels_last else v_init
+    for start in (None, v_init):
+        _, _, h = kernels.forward(y, start, p, True, False)
+        again = kernels.recompute_h(x, scale, shift, x.stride(2), 3, start, p)
+        assert torch.equal(again, h)
+        assert not torch.equal(h, kernels.forward(x, start, p, True, False)[2])
+    normalizing = [name for name in compiled.launched if name.startswith("fs_forward") and ", true, " in name
+                   and name.split(", ")[4] == "true"]
+    assert len(normalizing) == 2, compiled.launched
+    assert all(name.endswith(f", {src.vector_width(dtype)}, {src.UNROLL[('forward', y.element_size())]}>")
+               for name in normalizing), normalizing  # vectorized: every thread's VEC in one go

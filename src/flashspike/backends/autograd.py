@@ -15,7 +15,7 @@ import torch
 
 from ..params import NeuronParams
 from .layouts import call_operands, decay_operand, multi_step_outputs, sequence_layout
-from .recompute import recipe_for, recompute
+from .recompute import Normalized, normalized_input, recipe_for, recompute
 
 
 def refuse_create_graph() -> None:
@@ -42,14 +42,23 @@ class FusedMultiStep(torch.autograd.Function):
         kernels, p, store_v_seq, repeat, source = call
         decay = decay_operand(w, p, x)
         x_seq = x if repeat is None else x.expand(repeat, *x.shape)
+        normalized = None
+        if source is not None and isinstance(source[0], Normalized):
+            normalized = normalized_input(*source, x_seq)
+            if normalized is None:  # the kernels could not find the channels: keep H
+                source = None
         if source is None:
             spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
             spike, v_out, _ = kernels.forward(x_seq, v_init, p, False, store_v_seq, decay)
             recipe, view = source
-            ctx.save_for_backward(None, v_init, decay, *recipe.inputs)
-            call = (kernels, p, store_v_seq, repeat, (recipe.how, view))  # the inputs only as saved tensors
+            if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
+                ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
+                call = (kernels, p, store_v_seq, repeat, (True, recipe.how))
+            else:
+                ctx.save_for_backward(None, v_init, decay, *recipe.inputs)
+                call = (kernels, p, store_v_seq, repeat, (False, (recipe.how, view)))  # the inputs only as saved tensors
         ctx.call, ctx.w = call, w
         ctx.set_materialize_grads(False)
         return spike, v_out
@@ -62,10 +71,14 @@ class FusedMultiStep(torch.autograd.Function):
         h, v_init, decay, *recipe_inputs = ctx.saved_tensors
         kernels, p, store_v_seq, repeat, source = ctx.call
         if h is None:
-            x = recompute(*source, recipe_inputs)
-            x_seq = sequence_layout(x) if repeat is None else x.expand(repeat, *x.shape)
-            h = kernels.forward(x_seq, v_init, p, True, False, decay)[2]
-            del x, x_seq
+            normalizes, how = source
+            if not normalizes:  # a Recipe: its function, again
+                x = recompute(*how, recipe_inputs)
+                x_seq = sequence_layout(x) if repeat is None else x.expand(repeat, *x.shape)
+                h = kernels.forward(x_seq, v_init, p, True, False, decay)[2]
+                del x, x_seq
+            else:  # Normalized: the kept input, scale and shift, and how (channel_stride, channels)
+                h = kernels.recompute_h(*recipe_inputs, *how, v_init, p, decay)
             if not p.backward_reads_v_prev:
                 v_init = None
         needs = ctx.needs_input_grad

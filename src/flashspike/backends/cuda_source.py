@@ -2,9 +2,12 @@
 
 One module of source holds two kernel templates for one :class:`~flashspike.params.NeuronParams`:
 
-``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, VEC, UNROLL>``
+``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, NORMALIZE, VEC, UNROLL>``
     one thread owns VEC neighbouring neurons and walks t = 0 .. T−1 with V in float32 registers,
-    reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq).
+    reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq). With NORMALIZE it
+    computes H again for a backward pass from a BatchNorm's kept input: X[t] is that input normalized
+    as it is loaded (``x * scale[c] + shift[c]``, one fused multiply-add rounded to T, as the layer
+    rounded it), and only H is written.
 ``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, VEC, UNROLL>``
     walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
     writing ∂L/∂X[t] (or, for one X repeated over T, their sum at the end) and ∂L/∂V[−1] at the end
@@ -125,6 +128,11 @@ template <> __device__ __forceinline__ unsigned int fs_float_to_bits<fs_bf16>(fl
 }
 #endif
 
+// A float rounded to the storage type T and back: what a value becomes when it is stored as T.
+template <typename T> __device__ __forceinline__ float fs_round(float f) {
+    return fs_bits_to_float<T>(fs_float_to_bits<T>(f));
+}
+
 // ---- VEC neighbouring elements moved as one aligned access of 2, 4, 8 or 16 bytes ----
 // The elements travel packed in 32-bit words (two 16-bit elements a word), assembled with shifts:
 // type punning through a union or the stack would cost local memory.
@@ -194,7 +202,7 @@ __device__ __forceinline__ float fs_load_one(const T* p) {
 # step; $v_rest is the potential of a neuron without an initial state. Offsets are 64-bit
 # (long long): a sequence may hold more than 2^31 elements.
 _KERNELS = Template(r"""
-template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, int VEC, int UNROLL>
+template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, bool NORMALIZE, int VEC, int UNROLL>
 __global__ void fs_forward(
     const T* __restrict__ x_seq,   // [T, N] input X: T blocks of N (layouts.sequence_layout)
     const T* __restrict__ v_init,  // [N] V before step 0 (read only when HAS_V_INIT, else V = v_rest)
@@ -202,12 +210,36 @@ __global__ void fs_forward(
     T* __restrict__ v_out,         // [T, N] every V when STORE_V_SEQ, else [N] the last V
     T* __restrict__ h_seq,         // [T, N] pre-reset potential H for backward (written when SAVE_H)
     const float* __restrict__ decay_ptr,  // PLIF's k = sigmoid(w), one float (read by PLIF only)
+    const float* __restrict__ scale,  // NORMALIZE: per channel; X = x * scale[c] + shift[c], rounded to T
+    const float* __restrict__ shift,
     const long long steps,         // T
     const long long n,             // N, neurons per step; a multiple of VEC
-    const long long x_step)        // from X[t] to X[t+1]: N, or 0 for one X repeated over T
+    const long long x_step,        // from X[t] to X[t+1]: N, or 0 for one X repeated over T
+    const long long channel_stride,  // NORMALIZE: element i of a step is in channel (i / channel_stride) % channels
+    const long long channels)
 {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
+    float scale_reg[VEC], shift_reg[VEC];  // NORMALIZE: each neuron's channel is the same at every step
+    if (NORMALIZE) {  // two divisions per thread; its next neurons step through the plane
+        const long long plane = i / channel_stride;
+        long long within = i - plane * channel_stride, channel = plane % channels;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            scale_reg[k] = scale[channel];
+            shift_reg[k] = shift[channel];
+            if (++within == channel_stride) {
+                within = 0;
+                if (++channel == channels) channel = 0;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            scale_reg[k] = 1.0f;
+            shift_reg[k] = 0.0f;
+        }
+    }
     float v_reg[VEC];
     if (HAS_V_INIT) {
         fs_load<T, VEC>(v_init + i, v_reg);
@@ -229,19 +261,20 @@ $decay_load
             float spike_reg[VEC], h_reg[VEC];
 #pragma unroll
             for (int k = 0; k < VEC; ++k) {
-                const float x = x_reg[u][k];
+                const float x = NORMALIZE ? fs_round<T>(__fmaf_rn(x_reg[u][k], scale_reg[k], shift_reg[k]))
+                                          : x_reg[u][k];
                 const float v = v_reg[k];
 $forward_step
                 spike_reg[k] = spike;
                 h_reg[k] = h;
                 v_reg[k] = v_next;
             }
-            fs_store<T, VEC>(spike_seq + at, spike_reg);
+            if (!NORMALIZE) fs_store<T, VEC>(spike_seq + at, spike_reg);
             if (SAVE_H) fs_store<T, VEC>(h_seq + at, h_reg);
             if (STORE_V_SEQ) fs_store<T, VEC>(v_out + at, v_reg);
         }
     }
-    if (!STORE_V_SEQ) fs_store<T, VEC>(v_out + i, v_reg);
+    if (!STORE_V_SEQ && !NORMALIZE) fs_store<T, VEC>(v_out + i, v_reg);
 }
 
 template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, bool SUM_GRAD_X, int VEC,
@@ -398,9 +431,10 @@ def _unroll(kernel: str, dtype: torch.dtype, vec: int) -> int:
     return UNROLL.get((kernel, size, vec), UNROLL[(kernel, size)])
 
 
-def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq: bool, vec: int) -> str:
+def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq: bool, normalize: bool,
+                 vec: int) -> str:
     """The C++ name of one forward instantiation (a name expression for NVRTC)."""
-    flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq)))
+    flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq, normalize)))
     return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}, {_unroll('forward', dtype, vec)}>"
 
 
@@ -412,8 +446,14 @@ def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq:
 
 
 def forward_flag_sets(dtype: torch.dtype):
-    """Every (has_v_init, save_h, store_v_seq, vec) a launcher may ask for."""
-    return itertools.product((False, True), (False, True), (False, True), (1, vector_width(dtype)))
+    """Every (has_v_init, save_h, store_v_seq, normalize, vec) a launcher may ask for: a normalizing
+    launch (H computed again) saves H and stores no V."""
+    for has_v_init, save_h, store_v_seq, vec in itertools.product(
+        (False, True), (False, True), (False, True), (1, vector_width(dtype))
+    ):
+        yield has_v_init, save_h, store_v_seq, False, vec
+        if save_h and not store_v_seq:
+            yield has_v_init, save_h, store_v_seq, True, vec
 
 
 def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):

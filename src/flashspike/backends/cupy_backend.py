@@ -150,16 +150,23 @@ class CupyKernels(KernelSet):
         self.source = src.module_source(p)
         self.compiled = compiled
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p) -> None:
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None) -> None:
         steps = x.shape[0]
         n = x.numel() // steps
-        pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
-        vec = _vector_width(x.dtype, n, *pointers)
+        if normalize is None:
+            pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
+            store_v_seq, channels = v_out.dim() == x.dim(), (0, 0, 1, 1)
+        else:  # H alone: the spike and V pointers are never written
+            scale, shift, channel_stride, count = normalize
+            pointers = (x.data_ptr(), _ptr(v_init), 0, 0, h.data_ptr())
+            store_v_seq, channels = False, (scale.data_ptr(), shift.data_ptr(), channel_stride, count)
+        vec = _vector_width(x.dtype, n, *(pointer for pointer in pointers if pointer))
         device_index = x.get_device()  # an int without building a torch.device
-        switches = (v_init is not None, h is not None, v_out.dim() == x.dim(), vec)
+        switches = (v_init is not None, h is not None, store_v_seq, normalize is not None, vec)
         compiled = self.compiled
         function = compiled.function(self.params_key, self.source, x.dtype, switches, device_index, src.forward_name)
-        compiled.launch(function, device_index, n, vec, (*pointers, _ptr(decay), steps, n, x.stride(0)))
+        compiled.launch(function, device_index, n, vec,
+                        (*pointers, _ptr(decay), *channels[:2], steps, n, x.stride(0), *channels[2:]))
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
                         store_v_seq: bool):

@@ -25,8 +25,15 @@ A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and out
     :mod:`.step_code`). ``grad_w`` is PLIF's ∂L/∂w, a float32 0-d tensor reduced on the device
     (float64 for float64 sequences), else None.
 
-A backend subclasses :class:`KernelSet` and implements :meth:`~KernelSet.launch_forward` and
-:meth:`~KernelSet.launch_backward`.
+``recompute_h(x, scale, shift, channel_stride, channels, v_init, p, decay=None) -> h``
+    H of the forward, computed again from the kept input of a BatchNorm-like layer
+    (:class:`.recompute.Normalized`): the forward's input was ``round(x * scale[c] + shift[c])``,
+    rounded once to x's dtype, c = (i // channel_stride) % channels for element i of a step. The
+    forward kernel normalizes ``x`` as it loads it (the same float32 fused multiply-add and rounding
+    give the same input, so the same H) and writes H only. ``x`` is laid out like the forward's input.
+
+A backend subclasses :class:`KernelSet` and implements :meth:`~KernelSet.launch_forward` (which also
+runs the recompute) and :meth:`~KernelSet.launch_backward`.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from ..params import NeuronParams
-from .layouts import backward_outputs, forward_outputs, grad_operand
+from .layouts import backward_outputs, forward_outputs, grad_operand, recomputed_h_output
 
 __all__ = ["KernelSet", "KERNEL_DTYPES", "BackendError"]
 
@@ -55,6 +62,11 @@ class KernelSet:
         self.launch_forward(x, v_init, spike, v_out, h, decay, p)
         return spike, v_out, h
 
+    def recompute_h(self, x, scale, shift, channel_stride: int, channels: int, v_init, p: NeuronParams, decay=None):
+        h = recomputed_h_output(x)
+        self.launch_forward(x, v_init, None, None, h, decay, p, (scale, shift, channel_stride, channels))
+        return h
+
     def backward(self, h, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool,
                  sum_grad_x: bool = False, v_init=None, decay=None):
         gs_mode, grad_spike = grad_operand(grad_spike, h, True)
@@ -64,9 +76,11 @@ class KernelSet:
                                       v_init if p.backward_reads_v_prev else None, decay, p, store_v_seq)
         return grad_x, grad_v_init, grad_w
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p: NeuronParams) -> None:
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p: NeuronParams, normalize=None) -> None:
         """Run the forward on ready operands: write ``spike``, ``v_out`` (every step's V when it is
-        shaped like ``x``, else the last V) and ``h`` (when not None)."""
+        shaped like ``x``, else the last V) and ``h`` (when not None). With ``normalize`` (scale, shift,
+        channel_stride, channels; see ``recompute_h``), normalize ``x`` as it is read and write ``h``
+        alone (``spike`` and ``v_out`` are None)."""
         raise NotImplementedError
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,

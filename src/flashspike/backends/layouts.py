@@ -24,7 +24,7 @@ from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR
 
 __all__ = ["POISON_OUTPUTS", "same_layout", "sequence_layout", "sequence_strides", "repeated_step", "call_operands",
            "multi_step_outputs", "initial_state", "step_operand", "decay_operand", "forward_outputs",
-           "backward_outputs", "grad_operand", "grad_w_partials", "sum_grad_w", "new_output"]
+           "recomputed_h_output", "backward_outputs", "grad_operand", "grad_w_partials", "sum_grad_w", "new_output"]
 
 # Tests set this to True: outputs then start as NaN instead of whatever memory held.
 POISON_OUTPUTS = False
@@ -196,6 +196,12 @@ def forward_outputs(x: torch.Tensor, save_h: bool, store_v_seq: bool):
     spike = _sequence_output(x, repeated)
     v_out = _sequence_output(x, repeated) if store_v_seq else _step_output(x)
     return spike, v_out, (_sequence_output(x, repeated) if save_h else None)
+
+
+def recomputed_h_output(x: torch.Tensor) -> torch.Tensor:
+    """H recomputed for ``x`` (in sequence layout, or one step expanded over T), laid out as the
+    forward laid out its H."""
+    return _sequence_output(x, not x.stride(0) and x.shape[0] > 1)
 
 
 def backward_outputs(h: torch.Tensor, need_grad_v_init: bool, sum_grad_x: bool = False):

@@ -7,8 +7,12 @@ neuron need keep nothing of its size: its backward runs the layer again on what 
 the neuron's forward again, and has H back, the same bits (both are deterministic).
 
 A layer offers this by marking its output with a :class:`Recipe` (:func:`mark`): a function and the
-tensors it reads (the BatchNorm layers of :mod:`flashspike.memory.batchnorm_recompute` do; :func:`mark`
-is the public half of this module, the rest is the neurons' own). The eager neuron path
+tensors it reads. A layer whose output is a per-channel affine map of a kept input, rounded once to
+the input's dtype (``round(x * scale[c] + shift[c])``, one fused multiply-add in float32), marks it with
+:func:`mark_normalized` instead: the kernel backends then read that input in the neuron's own kernel,
+normalizing it as they load it, and write H without the layer's output ever being made again (the
+BatchNorm layers of :mod:`flashspike.memory.batchnorm_recompute` do one or the other; the two marks
+are the public half of this module, the rest is the neurons' own). The eager neuron path
 (:mod:`.autograd`) takes the recipe of an input that is the marked output itself or a view of it
 (:func:`recipe_for`), unless the output was changed in place after it was marked. Compiled code never
 marks (its graphs keep what the compiler decides).
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Recipe", "mark", "recipe_for", "recompute"]
+__all__ = ["Recipe", "Normalized", "mark", "mark_normalized", "recipe_for", "recompute", "normalized_input"]
 
 _ATTRIBUTE = "_flashspike_recipe"
 
@@ -40,9 +44,30 @@ class Recipe:
         self.version = output._version
 
 
+class Normalized:
+    """A marked output that is ``round(x * scale[c] + shift[c])``: ``inputs`` is (x, scale, shift), x
+    dense and laid out like the output, scale and shift float32 of one element per channel c (the
+    output's dimension 1, of ``channels`` elements ``channel_stride`` apart in memory); ``how`` is
+    (channel_stride, channels)."""
+
+    __slots__ = ("inputs", "how", "version")
+
+    def __init__(self, output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+        self.inputs = (x, scale, shift)
+        self.how = (output.stride(1), output.shape[1])
+        self.version = output._version
+
+
 def mark(output: torch.Tensor, function, inputs: tuple) -> None:
     """Mark ``output`` as ``function(*inputs)``, computable again from ``inputs`` (see the module's text)."""
     setattr(output, _ATTRIBUTE, Recipe(output, function, inputs))
+
+
+def mark_normalized(output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Mark ``output`` as ``round(x * scale[c] + shift[c])`` per channel (see :class:`Normalized`): ``x``
+    has the output's shape, dtype and strides and no gaps; the fused multiply-add runs in float32 and
+    rounds once to the dtype, as the kernels that read ``x`` again do."""
+    setattr(output, _ATTRIBUTE, Normalized(output, x, scale, shift))
 
 
 def recipe_for(x: torch.Tensor):
@@ -71,3 +96,21 @@ def recompute(how, view, inputs) -> torch.Tensor:
         )
     shape, strides, offset = view
     return output.as_strided(shape, strides, output.storage_offset() + offset)
+
+
+def normalized_input(recipe: Normalized, view, x_seq: torch.Tensor):
+    """The kept input of a :class:`Normalized` recipe, as the kernels read the neuron input ``x_seq``
+    (a ``[T, *]`` sequence in sequence layout, or one step expanded over T): the same view of it
+    that ``view`` (from :func:`recipe_for`) is of the output, expanded alike. None where the kernels
+    could not find an element's channel from its place in a step (c = (i // channel_stride) %
+    channels for element i of every step): each step must start on a boundary of the channel planes."""
+    x = recipe.inputs[0]
+    channel_stride, channels = recipe.how
+    plane = channel_stride * channels
+    shape, strides, offset = view
+    if offset % plane or x_seq.stride(0) % plane:
+        return None
+    source = x.as_strided(shape, strides, x.storage_offset() + offset)
+    if tuple(source.shape) != tuple(x_seq.shape):  # one step, repeated over T by the caller
+        source = source.expand(x_seq.shape)
+    return source if source.stride() == x_seq.stride() else None

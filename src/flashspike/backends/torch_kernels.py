@@ -27,9 +27,11 @@ __all__ = ["TorchKernels", "KERNELS", "kernel_set"]
 class TorchKernels(KernelSet):
     """The launchers of :mod:`.kernel_set`'s contract; stateless, so one instance serves every layer."""
 
-    def launch_forward(self, x, v_init, spike, v_out, h_seq, decay, p: NeuronParams) -> None:
-        store_v_seq = v_out.dim() == x.dim()
+    def launch_forward(self, x, v_init, spike, v_out, h_seq, decay, p: NeuronParams, normalize=None) -> None:
+        store_v_seq = v_out is not None and v_out.dim() == x.dim()
         wide = compute_dtype(x.dtype)
+        if normalize is not None:
+            x = _normalized(x, *normalize)
         decay = None if decay is None else decay.to(wide)
         # A Python float is a valid V[-1] for the step functions: no [N] tensor of v_rest is built.
         v = p.v_rest if v_init is None else v_init.to(wide)
@@ -37,12 +39,13 @@ class TorchKernels(KernelSet):
             v = torch.full(x.shape[1:], p.v_rest, dtype=wide, device=x.device)
         for t in range(x.shape[0]):
             h, spike_t, v = forward_values(x[t].to(wide), v, p, TORCH, decay)
-            spike[t] = spike_t
+            if spike is not None:
+                spike[t] = spike_t
             if h_seq is not None:
                 h_seq[t] = h
             if store_v_seq:
                 v_out[t] = v
-        if not store_v_seq:
+        if v_out is not None and not store_v_seq:
             v_out[:] = v
 
     def launch_backward(self, h_seq, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,
@@ -84,6 +87,23 @@ class TorchKernels(KernelSet):
         if not p.parametric:
             return None
         return torch.as_tensor(grad_w, dtype=sum_dtype, device=h_seq.device).reshape(())
+
+
+def _normalized(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, channel_stride: int, channels: int):
+    """``x * scale[c] + shift[c]`` rounded to x's dtype (``x``: a sequence as the kernels read it), for
+    :meth:`KernelSet.recompute_h`. The product and sum are taken in float64 and rounded to float32
+    (the kernels' fused multiply-add rounds once: the two agree but for rare double-rounding ties)."""
+    steps = x.shape[0]
+    order = sorted(range(1, x.dim()), key=lambda d: -x.stride(d))  # a step's dimensions in memory order
+    in_memory_order = x.permute(0, *order)
+    step_memory = in_memory_order.reshape(steps, -1)
+    channel = (torch.arange(step_memory.shape[1], device=x.device) // channel_stride) % channels
+    wide = torch.addcmul(shift.double()[channel], step_memory.double(), scale.double()[channel])
+    normalized = (wide if x.dtype == torch.float64 else wide.float()).to(x.dtype).reshape(in_memory_order.shape)
+    inverse = [0] * x.dim()
+    for position, d in enumerate((0, *order)):
+        inverse[d] = position
+    return normalized.permute(inverse)
 
 
 #: The one instance; :func:`kernel_set` is the lookup every kernel backend offers.

@@ -75,14 +75,22 @@ class TritonKernels(KernelSet):
         block = GPU_BLOCK
         return ((n + block - 1) // block,), block, {"num_warps": GPU_NUM_WARPS}
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p) -> None:
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None) -> None:
         steps = x.shape[0]
         n = x.numel() // steps
         grid, block, options = self._launch_shape(n)
+        if normalize is None:
+            scale = shift = None
+            channel_stride = channels = 1
+            store_v_seq = v_out.dim() == x.dim()
+        else:  # H alone: the spike and V pointers are never written
+            scale, shift, channel_stride, channels = normalize
+            spike = v_out = h
+            store_v_seq = False
         with _on_device(x):
             self.forward_kernel[grid](
-                x, v_init, spike, v_out, h, decay, steps, n, x.stride(0),
-                block, v_init is not None, h is not None, v_out.dim() == x.dim(),
+                x, v_init, spike, v_out, h, decay, scale, shift, steps, n, x.stride(0), channel_stride, channels,
+                block, v_init is not None, h is not None, store_v_seq, normalize is not None,
                 **options,
             )  # fmt: skip
 

@@ -53,13 +53,18 @@ def {FORWARD_NAME}(
     v_out_ptr,  # out V: [T, N] when STORE_V_SEQ, else [N] holding the last step
     h_ptr,  # out H (pre-reset potential, what backward reads), [T, N]; written only when SAVE_H
     decay_ptr,  # PLIF's k = sigmoid(w), one float32 (read by PLIF only)
+    scale_ptr,  # NORMALIZE: float32 per channel; X is x * scale[c] + shift[c], rounded to x's dtype
+    shift_ptr,
     T,  # number of time steps
     N,  # neurons per step
     x_step,  # from X[t] to X[t+1]: N, or 0 for one X repeated over T
+    channel_stride,  # NORMALIZE: element i of a step is in channel (i // channel_stride) % channels
+    channels,
     BLOCK: tl.constexpr,  # neurons per program
     HAS_V_INIT: tl.constexpr,
     SAVE_H: tl.constexpr,
     STORE_V_SEQ: tl.constexpr,
+    NORMALIZE: tl.constexpr,  # H computed again from a BatchNorm's input: normalize X, write H alone
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
@@ -68,12 +73,22 @@ def {FORWARD_NAME}(
     else:
         v = tl.full([BLOCK], {v_rest}, tl.float32)
     {load_decay}
+    if NORMALIZE:  # an element's channel is the same at every step; one 64-bit division per program
+        first = tl.program_id(0).to(tl.int64) * BLOCK
+        planes = first // channel_stride
+        within = (first - planes * channel_stride).to(tl.int32) + tl.arange(0, BLOCK)
+        channel = (within // channel_stride + (planes % channels).to(tl.int32)) % channels
+        scale = tl.load(scale_ptr + channel, mask=mask, other=0.0)
+        shift = tl.load(shift_ptr + channel, mask=mask, other=0.0)
     offset = col  # of step t in the [T, N] outputs, int64
     x_offset = col
     for _ in range(T):
         x = tl.load(x_ptr + x_offset, mask=mask, other=0.0).to(tl.float32)
+        if NORMALIZE:
+            x = tl.fma(x, scale, shift).to(x_ptr.dtype.element_ty).to(tl.float32)
 {step}
-        tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
+        if not NORMALIZE:
+            tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
             tl.store(h_ptr + offset, h.to(h_ptr.dtype.element_ty), mask=mask)
         if STORE_V_SEQ:
@@ -81,7 +96,7 @@ def {FORWARD_NAME}(
         v = v_next
         offset += N
         x_offset += x_step
-    if not STORE_V_SEQ:
+    if not STORE_V_SEQ and not NORMALIZE:
         tl.store(v_out_ptr + col, v.to(v_out_ptr.dtype.element_ty), mask=mask)
 '''
 

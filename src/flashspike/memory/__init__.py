@@ -9,12 +9,14 @@ Each is a switch over a whole network that changes the class of some layers (the
 - :mod:`.pooling`: ``nn.MaxPool2d`` keeps one byte per output instead of an int64 index
   (:func:`.pooling.store_pool_indices_in_bytes`; kernels in :mod:`.pooling_triton`);
 - :mod:`.batchnorm_recompute`: a neuron after a BatchNorm keeps no H; its backward computes it again
-  (:func:`.batchnorm_recompute.recompute_h_after_batchnorm`).
+  from the BatchNorm's kept input, normalizing it in the neuron's own kernel
+  (:func:`.batchnorm_recompute.recompute_h_after_batchnorm`; kernel in :mod:`.batchnorm_triton`).
 
-The family speaks to the neurons through two public functions of :mod:`flashspike.backends`, and
+The family speaks to the neurons through public functions of :mod:`flashspike.backends`, and
 reads nothing else of theirs: :func:`flashspike.backends.autograd.is_spike_output` (the neuron says
-which autograd outputs are its 0/1 spikes) and :func:`flashspike.backends.recompute.mark` (a layer
-says its output can be computed again; the neuron's backward then does so instead of keeping H).
+which autograd outputs are its 0/1 spikes) and :func:`flashspike.backends.recompute.mark` or
+:func:`~flashspike.backends.recompute.mark_normalized` (a layer says its output can be computed again;
+the neuron's backward then does so instead of keeping H).
 Those two stay beside the neurons because the neurons' autograd Function uses them: the neurons
 never import this package. Triton is imported only when a kernel runs
 (:func:`flashspike.optional_triton.optional_kernels`); without it, PyTorch operations or the plain

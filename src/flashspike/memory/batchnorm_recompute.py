@@ -3,16 +3,27 @@
 In the usual block ``conv -> BatchNorm -> neuron``, autograd keeps, per element of the activation:
 the BatchNorm's input (its backward needs it) and the neuron's H (the potential before each reset,
 which a kernel backend's backward reads). :func:`recompute_h_after_batchnorm` switches a network's
-BatchNorm layers to versions that mark their output as computable again from their input; a neuron
-running a kernel backend ('cupy', 'triton') on such an output, or on a view of it, then keeps no H:
-its backward normalizes the kept input again with the batch's statistics and runs the neuron's
-forward again, which gives the same H, bit for bit (see :mod:`flashspike.backends.recompute`). The
-activation memory of the pair drops by the size of H; the backward does one more BatchNorm forward
-and neuron forward per layer.
+BatchNorm layers to versions whose output a neuron running a kernel backend ('cupy', 'triton') can
+compute again from the BatchNorm's kept input; such a neuron, reading that output or a view of it,
+then keeps no H. The activation memory of the pair drops by the size of H.
 
-Only BatchNorm layers that normalize with the batch's statistics mark their output (training mode,
-or no running statistics), and only in eager mode with gradients on; anything else, and an output
-changed in place before the neuron reads it, takes the ordinary path.
+Where Triton runs the tensors (CUDA), a switched layer normalizes with the batch's statistics as one
+per-channel multiply-add, ``y = x * scale[c] + shift[c]`` with ``scale = weight / sqrt(var + eps)`` and
+``shift = bias - mean * scale``, a fused multiply-add in float32 rounded once to x's dtype (a Triton
+kernel), and the gradients are PyTorch's own batch-norm backward with the same statistics. The
+neuron's backward then reads the kept input in its own forward kernel, normalizing it as it loads
+it: the same input, so the same H, bit for bit, at the cost of reading x instead of H, and nothing
+computed twice. Its values are the plain layer's up to the rounding of that multiply-add (PyTorch's
+kernels order the arithmetic differently), and its running statistics follow the same update.
+
+Elsewhere (no Triton, float64) a switched layer computes what the plain layer computes and marks
+its output as computable again: the neuron's backward normalizes the kept input again with the
+batch's statistics and runs the neuron's forward again, which gives the same H, bit for bit (see
+:mod:`flashspike.backends.recompute`).
+
+Only BatchNorm layers that normalize with the batch's statistics are switched in effect (training
+mode, or no running statistics), and only in eager mode with gradients on; anything else, and an
+output changed in place before the neuron reads it, takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -22,9 +33,11 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from ..backends.recompute import mark
+from ..backends.recompute import mark, mark_normalized
 from ..functional import switch_module_classes
+from ..optional_triton import optional_kernels
 
 __all__ = ["recompute_h_after_batchnorm", "RecomputableBatchNorm1d", "RecomputableBatchNorm2d",
            "RecomputableBatchNorm3d"]
@@ -41,18 +54,107 @@ def _normalize_again(x, weight, bias, *, eps: float, running_dtype):
     return F.batch_norm(x, running_mean, running_var, weight, bias, True, 0.0, eps)
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _normalize_kernels(x: torch.Tensor):
+    """The Triton normalization for ``x``, or None: on CUDA tensors where Triton imports (and on CPU
+    tensors under Triton's interpreter, as the tests run it)."""
+    if not x.is_cuda:
+        from ..backends.triton_backend import interpreting  # (imports no Triton)
+
+        if x.device.type != "cpu" or not interpreting():
+            return None
+    return optional_kernels("flashspike.memory.batchnorm_triton")
+
+
+def _is_dense(x: torch.Tensor) -> bool:
+    """Whether ``x``'s elements fill its memory without gaps or overlaps, in any order of dimensions."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _batch_statistics(x: torch.Tensor, eps: float):
+    """(mean, 1/sqrt(var + eps)) per channel in float32, var biased: PyTorch's one-pass CUDA
+    statistics, or two float32 passes elsewhere."""
+    if x.is_cuda:
+        mean, invstd = torch.batch_norm_stats(x, eps)
+        return mean.float(), invstd.float()
+    dims = [d for d in range(x.dim()) if d != 1]
+    mean = torch.mean(x, dims, dtype=torch.float32)
+    centered = x - mean.view(-1, *[1] * (x.dim() - 2))  # float32, made by the subtraction (no copy of x)
+    return mean, torch.rsqrt(torch.mean(centered * centered, dims) + eps)
+
+
+class _Normalize(torch.autograd.Function):
+    """``x * scale[c] + shift[c]`` (``statistics``: the batch's mean and invstd, the scale and shift made
+    of them, eps, the kernels), with PyTorch's batch-norm backward, which differentiates through the
+    statistics too."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, statistics):
+        mean, invstd, scale, shift, eps, kernels = statistics
+        y = kernels.normalize(x, scale, shift)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps, ctx.parameters = eps, (weight is not None, bias is not None)
+        mark_normalized(y, x, scale, shift)
+        return y
+
+    @staticmethod
+    @once_differentiable  # a gradient of the gradient raises instead of silently missing
+    def backward(ctx, grad):
+        x, weight, mean, invstd = ctx.saved_tensors
+        has_weight, has_bias = ctx.parameters
+        needs = ctx.needs_input_grad
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous(memory_format=_memory_format(x)), x, weight, None, None, mean, invstd, True, ctx.eps,
+            [needs[0], needs[1] and has_weight, needs[2] and has_bias])
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _memory_format(x: torch.Tensor):
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 class _Recomputable:
     """The forward of the recomputable BatchNorm classes (mixed in before the torch class)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        output = super().forward(input)
         running = self.running_mean
-        if (output.requires_grad and (self.training or running is None) and torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
+        batch_statistics = self.training or running is None
+        if (not batch_statistics or not torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or not (input.requires_grad or (self.weight is not None and self.weight.requires_grad))):
+            return super().forward(input)
+        self._check_input_dim(input)
+        kernels = None
+        if input.dtype in _KERNEL_DTYPES and input.dim() >= 2 and input.numel() and _is_dense(input):
+            kernels = _normalize_kernels(input)
+        if kernels is None:  # the plain layer's output, marked to be computed again by its own function
+            output = super().forward(input)
             again = functools.partial(_normalize_again, eps=self.eps,
                                       running_dtype=None if running is None else running.dtype)
             mark(output, again, (input, self.weight, self.bias))
-        return output
+            return output
+        mean, invstd = _batch_statistics(input.detach(), self.eps)
+        update = self.training and self.track_running_stats
+        factor = 0.0
+        if update:  # as nn.BatchNorm: an exponential average, or with momentum None the cumulative one
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        weight = None if self.weight is None else self.weight.detach()
+        bias = None if self.bias is None else self.bias.detach()
+        scale, shift = kernels.affine_terms(mean, invstd, weight, bias, self.running_mean if update else None,
+                                            self.running_var if update else None, factor, self.eps,
+                                            input.numel() // input.shape[1])
+        return _Normalize.apply(input, self.weight, self.bias, (mean, invstd, scale, shift, self.eps, kernels))
 
     def _get_name(self):
         return type(self).__mro__[2].__name__
