@@ -179,6 +179,37 @@ def test_gradients_equal_pytorchs_own_bit_for_bit(autocast_dtype, reproducible):
     _compare_paths("triton", kernel_device("triton"), autocast_dtype)
 
 
+def test_per_token_conv1d_projections_keep_their_spike_inputs_in_bits(reproducible):
+    # A transformer block's projections (Spikformer's): kernel-1 Conv1d layers on [T·B, C, tokens] spikes.
+    device = kernel_device("triton")
+    torch.manual_seed(4)
+    plain = nn.Sequential(
+        neuron.MultiStepLIFNode(tau=2.0, backend="triton"),
+        layer.SeqToANNContainer(nn.Conv1d(6, 8, kernel_size=1, bias=False), nn.BatchNorm1d(8)),
+        neuron.MultiStepLIFNode(tau=2.0, backend="triton"),
+        layer.SeqToANNContainer(nn.Conv1d(8, 6, kernel_size=3, padding=1, stride=2)),
+    ).to(device)
+    bits = copy.deepcopy(plain)
+    assert spike_bits.store_spike_inputs_in_bits(bits) == 2
+    assert repr(bits) == repr(plain)
+    x = (torch.rand(3, 4, 6, 10, generator=torch.Generator().manual_seed(2)) * 3).to(device)
+    saved = []
+    results = []
+    for net in (plain, bits):
+        leaf = x.clone().requires_grad_()  # (spikes that need no gradient are not switched)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = net(leaf)
+        (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
+        functional.reset_net(net)
+        results.append((out, [p.grad for p in net.parameters()] + [leaf.grad]))
+        if net is plain:
+            saved.clear()
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    packed = sorted(t.numel() for t in saved if t.dtype == torch.uint8 and t.numel())
+    assert packed == [12 * 6 * 10 // 8, 12 * 8 * 10 // 8]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
 def test_gradients_equal_pytorchs_own_bit_for_bit_gpu(backend, reproducible):

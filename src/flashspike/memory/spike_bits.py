@@ -2,8 +2,8 @@
 
 A convolution or linear layer saves its input for the weight gradient. When that input is a neuron's
 spike output, every element is 0 or 1, and the 2 or 4 bytes autograd keeps per element carry one bit
-of information. :func:`store_spike_inputs_in_bits` switches a network's ``nn.Conv2d`` and ``nn.Linear``
-layers to versions that, for such an input, save it packed eight elements to a byte and unpack it in
+of information. :func:`store_spike_inputs_in_bits` switches a network's ``nn.Conv1d``, ``nn.Conv2d`` and
+``nn.Linear`` layers to versions that, for such an input, save it packed eight elements to a byte and unpack it in
 the backward pass; the gradients are the ones PyTorch's own backward computes (the same operations on
 the same values), bit for bit. A sum of spike trains (SEW-ResNet's ADD connection: 0, 1 or 2, and
 more down a chain of blocks) is kept the same way in 2, 4 or 8 bits per element.
@@ -34,7 +34,7 @@ from ..optional_triton import optional_kernels
 from .pooling import is_max_pool_output
 
 __all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "integer_bound", "width_for",
-           "BitSavingConv2d", "BitSavingLinear"]
+           "BitSavingConv1d", "BitSavingConv2d", "BitSavingLinear"]
 
 _fields_on: dict = {}  # (device, width) -> each field's shift in a byte, uint8 there (made once)
 # PyTorch's autograd nodes (by ``Node.name()``, the only name PyTorch gives them) whose output holds
@@ -151,7 +151,7 @@ def _autocast_dtype(x: torch.Tensor):
 
 
 class _SavedInBits(torch.autograd.Function):
-    """``op`` ('conv2d' or 'linear') of an input ``x`` of small integers, keeping ``x`` packed for the
+    """``op`` ('conv1d', 'conv2d' or 'linear') of an input ``x`` of small integers, keeping ``x`` packed for the
     backward (``packing``: memory order and bits per element).
 
     Autocast's casts happen here, as autocast does them (input, weight and bias to its dtype, each
@@ -164,7 +164,7 @@ class _SavedInBits(torch.autograd.Function):
         cast = (lambda t: t if t is None else t.to(dtype)) if dtype is not None else (lambda t: t)
         xc, wc, bc = cast(x), cast(weight), cast(bias)
         with torch.autocast(x.device.type, enabled=False):
-            y = F.conv2d(xc, wc, bc, *conv_args) if op == "conv2d" else F.linear(xc, wc, bc)
+            y = _FORWARD[op](xc, wc, bc, *conv_args) if conv_args is not None else F.linear(xc, wc, bc)
         ctx.save_for_backward(pack(xc, order, width), wc)  # a cast keeps x's strides, so x's order
         ctx.meta = (op, conv_args, xc.shape, xc.stride(), order, width, xc.dtype, x.dtype, weight.dtype,
                     None if bias is None else (bias.dtype, bias.shape))
@@ -177,11 +177,11 @@ class _SavedInBits(torch.autograd.Function):
         op, conv_args, shape, strides, order, width, dtype, x_dtype, w_dtype, bias_meta = ctx.meta
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         xc = unpack(packed, shape, strides, order, dtype, width)
-        if op == "conv2d":
+        if op != "linear":
             stride, padding, dilation, groups = conv_args
             grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad, xc, wc, None if bias_meta is None else list(bias_meta[1]), list(stride), list(padding),
-                list(dilation), False, [0, 0], groups, [need_x, need_w, need_b and bias_meta is not None])
+                list(dilation), False, [0] * len(stride), groups, [need_x, need_w, need_b and bias_meta is not None])
         else:  # the operations of linear's (addmm's) derivative for a 2-d input
             grad_x = grad.mm(wc) if need_x else None
             grad_w = grad.t().mm(xc) if need_w else None
@@ -202,20 +202,36 @@ def _packing(x: torch.Tensor):
     return None if order is None else (order, width_for(bound))
 
 
-class BitSavingConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that keeps an input of spikes, or of sums of spikes (:func:`integer_bound`), in as
-    few bits per element as they need for its backward. Same parameters, state_dict keys and results
-    as ``nn.Conv2d``."""
+class _BitSavingConv:
+    """The forward of the bit-saving convolutions (mixed in before the torch class, whose ``op`` it names)."""
+
+    op: str
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packing = None if self.padding_mode != "zeros" or isinstance(self.padding, str) else _packing(x)
         if packing is None:
             return super().forward(x)
         args = (self.stride, self.padding, self.dilation, self.groups)
-        return _SavedInBits.apply(x, self.weight, self.bias, "conv2d", args, packing)
+        return _SavedInBits.apply(x, self.weight, self.bias, self.op, args, packing)
 
     def _get_name(self):
-        return "Conv2d"
+        return type(self).__mro__[2].__name__
+
+
+class BitSavingConv1d(_BitSavingConv, nn.Conv1d):
+    """``nn.Conv1d`` that keeps an input of spikes, or of sums of spikes (:func:`integer_bound`), in as
+    few bits per element as they need for its backward (a transformer's per-token projections are
+    kernel-1 Conv1d layers on spikes). Same parameters, state_dict keys and results as ``nn.Conv1d``."""
+
+    op = "conv1d"
+
+
+class BitSavingConv2d(_BitSavingConv, nn.Conv2d):
+    """``nn.Conv2d`` that keeps an input of spikes, or of sums of spikes (:func:`integer_bound`), in as
+    few bits per element as they need for its backward. Same parameters, state_dict keys and results
+    as ``nn.Conv2d``."""
+
+    op = "conv2d"
 
 
 class BitSavingLinear(nn.Linear):
@@ -233,11 +249,12 @@ class BitSavingLinear(nn.Linear):
         return "Linear"
 
 
-_BIT_SAVING = {nn.Conv2d: BitSavingConv2d, nn.Linear: BitSavingLinear}
+_BIT_SAVING = {nn.Conv1d: BitSavingConv1d, nn.Conv2d: BitSavingConv2d, nn.Linear: BitSavingLinear}
+_FORWARD = {"conv1d": F.conv1d, "conv2d": F.conv2d}
 
 
 def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
-    """Switch every ``nn.Conv2d`` and ``nn.Linear`` of ``net`` (exactly those classes, not subclasses)
+    """Switch every ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear`` of ``net`` (exactly those classes, not subclasses)
     to its bit-saving version, or back with ``enabled=False``; returns how many layers were switched.
 
     The switch changes the class only: parameters, hooks, ``state_dict`` keys and printed names stay.
