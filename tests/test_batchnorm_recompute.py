@@ -5,6 +5,7 @@ rounding), and equal to them bit for bit where Triton is missing (CPU through Tr
 CUDA on both kernel backends)."""
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -328,3 +329,45 @@ def test_running_statistics_follow_batchnorms_update(momentum):
     for name, buffer in plain.named_buffers():
         torch.testing.assert_close(dict(lean.named_buffers())[name], buffer, rtol=1e-5, atol=1e-6, msg=name)
     assert lean.num_batches_tracked.item() == plain.num_batches_tracked.item() == 4
+
+
+@pytest.mark.parametrize("make", [
+    lambda: neuron.MultiStepLIFNode(tau=2.0, backend="triton"),
+    lambda: neuron.MultiStepParametricLIFNode(backend="triton", v_reset=None),
+    lambda: neuron.MultiStepEIFNode(backend="triton"),
+], ids=["lif", "plif", "eif"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_one_backward_kernel_computes_h_and_goes_back_through_it(monkeypatch, make, dtype):
+    """The fused path (H written into dL/dX's memory by the backward kernel's own forward pass) equals
+    H computed again by the forward kernel and then the ordinary backward, bit for bit, for every
+    switch: an initial state, a kept V sequence, a scalar gradient, the initial state's gradient."""
+    from flashspike.backends import choice, layouts
+    from flashspike.params import NeuronParams
+
+    monkeypatch.setattr(layouts, "POISON_OUTPUTS", True)  # an element the fused kernel misses is NaN
+    device = kernel_device("triton")
+    (x, y), scale, shift = _normalized_sequence_case(dtype, torch.channels_last, False, device)
+    node = make()
+    p = NeuronParams.of(node)
+    kernels = choice.plan_for("triton", y, p).kernels
+    assert kernels.fuses_normalized_backward
+    decay = torch.full((1,), 0.6, device=device) if p.parametric else None
+    g = torch.Generator().manual_seed(6)
+    v_init = (torch.rand(y.shape[1:], generator=g) * 0.4).to(dtype).to(device)
+    grad_spike = torch.randn(y.shape, generator=g).to(dtype).to(device)
+    for start, store_v_seq, scalar, need_grad_v_init in itertools.product(
+            (None, v_init), (False, True), (False, True), (False, True)):
+        spike_grad = grad_spike.new_ones(()).expand(y.shape) if scalar else grad_spike
+        v_grad = torch.randn(y.shape if store_v_seq else y.shape[1:], generator=g).to(dtype).to(device)
+        arguments = (x, scale, shift, y.stride(2), y.shape[2], start, spike_grad, v_grad, p, store_v_seq,
+                     need_grad_v_init, decay)
+        fused = kernels.backward_normalized(*arguments)
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels, "fuses_normalized_backward", False)
+            apart = kernels.backward_normalized(*arguments)
+        case = f"v_init={start is not None} store_v_seq={store_v_seq} scalar={scalar} grad_v_init={need_grad_v_init}"
+        for got, want in zip(fused, apart):
+            assert (got is None) == (want is None), case
+            if got is not None:
+                assert not torch.isnan(got).any(), case
+                assert got.stride() == want.stride() and torch.equal(got, want), case

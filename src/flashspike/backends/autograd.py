@@ -70,20 +70,26 @@ class FusedMultiStep(torch.autograd.Function):
             return None, None, None, None
         h, v_init, decay, *recipe_inputs = ctx.saved_tensors
         kernels, p, store_v_seq, repeat, source = ctx.call
-        if h is None:
-            normalizes, how = source
-            if not normalizes:  # a Recipe: its function, again
-                x = recompute(*how, recipe_inputs)
-                x_seq = sequence_layout(x) if repeat is None else x.expand(repeat, *x.shape)
-                h = kernels.forward(x_seq, v_init, p, True, False, decay)[2]
-                del x, x_seq
-            else:  # Normalized: the kept input, scale and shift, and how (channel_stride, channels)
-                h = kernels.recompute_h(*recipe_inputs, *how, v_init, p, decay)
-            if not p.backward_reads_v_prev:
-                v_init = None
         needs = ctx.needs_input_grad
-        grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, needs[1],
-                                                       repeat is not None, v_init, decay)
+        if h is None and source[0] and repeat is None:
+            # Normalized: the kept input, scale and shift, and how (channel_stride, channels); the
+            # kernel set computes H and goes back through it in one pass where it can
+            grad_x, grad_v_init, grad_w = kernels.backward_normalized(
+                *recipe_inputs, *source[1], v_init, grad_spike, grad_v_out, p, store_v_seq, needs[1], decay)
+        else:
+            if h is None:
+                normalizes, how = source
+                if not normalizes:  # a Recipe: its function, again
+                    x = recompute(*how, recipe_inputs)
+                    x_seq = sequence_layout(x) if repeat is None else x.expand(repeat, *x.shape)
+                    h = kernels.forward(x_seq, v_init, p, True, False, decay)[2]
+                    del x, x_seq
+                else:  # one step repeated over T: its gradient is summed, so H needs memory of its own
+                    h = kernels.recompute_h(*recipe_inputs, *how, v_init, p, decay)
+                if not p.backward_reads_v_prev:
+                    v_init = None
+            grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, needs[1],
+                                                           repeat is not None, v_init, decay)
         if grad_w is not None:
             w = ctx.w
             grad_w = grad_w.to(w.dtype).reshape(w.shape) if needs[2] else None

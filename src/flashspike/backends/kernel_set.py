@@ -26,6 +26,8 @@ A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and out
     (float64 for float64 sequences), else None.
 
 ``recompute_h(x, scale, shift, channel_stride, channels, v_init, p, decay=None) -> h``
+and ``backward_normalized(x, scale, shift, channel_stride, channels, v_init, grad_spike, grad_v_out, p,
+store_v_seq, need_grad_v_init, decay=None)`` (``backward``'s result through that H)
     H of the forward, computed again from the kept input of a BatchNorm-like layer
     (:class:`.recompute.Normalized`): the forward's input was ``round(x * scale[c] + shift[c])``,
     rounded once to x's dtype, c = (i // channel_stride) % channels for element i of a step. The
@@ -57,6 +59,8 @@ class BackendError(RuntimeError):
 class KernelSet:
     """Lays out one call's operands and outputs, then launches the backend's kernels on them."""
 
+    fuses_normalized_backward = False  # launch_backward takes ``normalize`` (see backward_normalized)
+
     def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None):
         spike, v_out, h = forward_outputs(x, save_h, store_v_seq)
         self.launch_forward(x, v_init, spike, v_out, h, decay, p)
@@ -66,6 +70,23 @@ class KernelSet:
         h = recomputed_h_output(x)
         self.launch_forward(x, v_init, None, None, h, decay, p, (scale, shift, channel_stride, channels))
         return h
+
+    def backward_normalized(self, x, scale, shift, channel_stride: int, channels: int, v_init, grad_spike,
+                            grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool, decay=None):
+        """``backward`` through the H that ``recompute_h`` gives (``x``: a sequence, not one step
+        repeated). A backend whose backward kernel can run the forward first (``fuses_normalized_backward``)
+        does both in one launch, writing H into the memory of ∂L/∂X and reading it back step by step as
+        it overwrites it: H then costs no memory of its own and no pass over memory. Otherwise, the two
+        in turn."""
+        if not self.fuses_normalized_backward:
+            h = self.recompute_h(x, scale, shift, channel_stride, channels, v_init, p, decay)
+            return self.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, False, v_init, decay)
+        gs_mode, grad_spike = grad_operand(grad_spike, x, True)  # (H would be laid out as x is)
+        gv_mode, grad_v_out = grad_operand(grad_v_out, x, store_v_seq)
+        grad_x, grad_v_init = backward_outputs(x, need_grad_v_init)
+        grad_w = self.launch_backward(None, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init,
+                                      decay, p, store_v_seq, (x, scale, shift, channel_stride, channels))
+        return grad_x, grad_v_init, grad_w
 
     def backward(self, h, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool,
                  sum_grad_x: bool = False, v_init=None, decay=None):
@@ -84,9 +105,12 @@ class KernelSet:
         raise NotImplementedError
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,
-                        p: NeuronParams, store_v_seq: bool):
+                        p: NeuronParams, store_v_seq: bool, normalize=None):
         """Run the backward on ready operands (``gs_mode``/``gv_mode``: how each output gradient is
         passed, see :mod:`.step_code`): write ``grad_x`` (the sum over T when it is one step),
         ``grad_v_init`` (when not None); return PLIF's ∂L/∂w or None. ``v_init`` is None unless the
-        neuron rebuilds V[t−1] (:attr:`NeuronParams.backward_reads_v_prev`)."""
+        neuron rebuilds V[t−1] (:attr:`NeuronParams.backward_reads_v_prev`). With ``normalize`` (x,
+        scale, shift, channel_stride, channels; only where ``fuses_normalized_backward``), ``h`` is
+        None: run the forward from the normalized ``x`` first, from ``v_init`` (given whenever the
+        forward had one), writing H into ``grad_x``."""
         raise NotImplementedError

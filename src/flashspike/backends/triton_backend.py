@@ -94,18 +94,28 @@ class TritonKernels(KernelSet):
                 **options,
             )  # fmt: skip
 
+    fuses_normalized_backward = True
+
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
-                        store_v_seq):
-        steps = h.shape[0]
-        n = h.numel() // steps
+                        store_v_seq, normalize=None):
+        like = grad_x if h is None else h  # (with normalize, H is written into grad_x)
+        steps = like.shape[0]
+        n = like.numel() // steps
         grid, block, options = self._launch_shape(n)
         # PLIF's ∂L/∂w: one partial sum per program of this launch, whose count only the launch knows.
-        partials = layouts.grad_w_partials(grid[0], h) if p.parametric else None
-        with _on_device(h):
+        partials = layouts.grad_w_partials(grid[0], like) if p.parametric else None
+        if normalize is None:
+            x = scale = shift = None
+            x_step = channel_stride = channels = 1
+        else:
+            x, scale, shift, channel_stride, channels = normalize
+            x_step = x.stride(0)
+        with _on_device(like):
             self.backward_kernel[grid](
-                h, grad_spike, grad_v_out, grad_x, grad_v_init, v_init, decay, partials, steps, n, (steps - 1) * n,
-                block, gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < h.dim(),
-                v_init is not None,
+                h, grad_spike, grad_v_out, grad_x, grad_v_init, v_init, decay, partials, x, scale, shift, steps, n,
+                (steps - 1) * n, x_step, channel_stride, channels,
+                block, gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < like.dim(),
+                v_init is not None, normalize is not None,
                 **options,
             )  # fmt: skip
         return None if partials is None else layouts.sum_grad_w(partials)

@@ -40,11 +40,27 @@ def _body(lines: list[str], depth: int) -> str:
     return textwrap.indent("\n".join(lines), "    " * depth)
 
 
+# An element's channel and its BatchNorm scale and shift, found once (the same at every step): one
+# 64-bit division per program, 32-bit ones per element.
+_CHANNEL_TERMS = """\
+first = tl.program_id(0).to(tl.int64) * BLOCK
+planes = first // channel_stride
+within = (first - planes * channel_stride).to(tl.int32) + tl.arange(0, BLOCK)
+channel = (within // channel_stride + (planes % channels).to(tl.int32)) % channels
+scale = tl.load(scale_ptr + channel, mask=mask, other=0.0)
+shift = tl.load(shift_ptr + channel, mask=mask, other=0.0)
+"""
+# X[t] of a normalized input: one fused multiply-add, rounded to the storage type as the layer rounded it.
+_NORMALIZED_X = "x = tl.fma(x, scale, shift).to(x_ptr.dtype.element_ty).to(tl.float32)"
+
+
 def forward_source(p: NeuronParams) -> str:
     """A function ``flashspike_forward`` (not yet jitted) that runs the whole sequence forward."""
     v_rest = TRITON.const(p.v_rest)
     step = _body(forward_step(p, TRITON), 2)
     load_decay = "decay = tl.load(decay_ptr).to(tl.float32)" if p.parametric else "pass"
+    channel_terms = textwrap.indent(_CHANNEL_TERMS, "        ")
+    normalized_x = _NORMALIZED_X
     return f'''\
 def {FORWARD_NAME}(
     x_ptr,  # X, [T, N]: T blocks of N elements (layouts.sequence_layout)
@@ -73,19 +89,13 @@ def {FORWARD_NAME}(
     else:
         v = tl.full([BLOCK], {v_rest}, tl.float32)
     {load_decay}
-    if NORMALIZE:  # an element's channel is the same at every step; one 64-bit division per program
-        first = tl.program_id(0).to(tl.int64) * BLOCK
-        planes = first // channel_stride
-        within = (first - planes * channel_stride).to(tl.int32) + tl.arange(0, BLOCK)
-        channel = (within // channel_stride + (planes % channels).to(tl.int32)) % channels
-        scale = tl.load(scale_ptr + channel, mask=mask, other=0.0)
-        shift = tl.load(shift_ptr + channel, mask=mask, other=0.0)
-    offset = col  # of step t in the [T, N] outputs, int64
+    if NORMALIZE:
+{channel_terms}    offset = col  # of step t in the [T, N] outputs, int64
     x_offset = col
     for _ in range(T):
         x = tl.load(x_ptr + x_offset, mask=mask, other=0.0).to(tl.float32)
         if NORMALIZE:
-            x = tl.fma(x, scale, shift).to(x_ptr.dtype.element_ty).to(tl.float32)
+            {normalized_x}
 {step}
         if not NORMALIZE:
             tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
@@ -101,6 +111,31 @@ def {FORWARD_NAME}(
 '''
 
 
+# The backward kernel's NORMALIZE prologue: the forward from the normalized input, H into grad_x
+# (the backward reads H[t] there just before it writes dL/dX[t] in its place).
+_NORMALIZED_FORWARD = """\
+    if NORMALIZE:
+{channel_terms}        {load_decay}
+        if HAS_V_INIT:
+            v = tl.load(v_init_ptr + col, mask=mask, other=0.0).to(tl.float32)
+        else:
+            v = tl.full([BLOCK], {v_rest}, tl.float32)
+        forward_offset = col
+        x_offset = col
+        for _ in range(T):
+            x = tl.load(x_ptr + x_offset, mask=mask, other=0.0).to(tl.float32)
+            {normalized_x}
+{step}
+            tl.store(grad_x_ptr + forward_offset, h.to(grad_x_ptr.dtype.element_ty), mask=mask)
+            v = v_next
+            forward_offset += N
+            x_offset += x_step
+        h_src = grad_x_ptr
+    else:
+        h_src = h_ptr
+"""
+
+
 def backward_source(p: NeuronParams) -> str:
     """A function ``flashspike_backward`` (not yet jitted) that runs the sequence backward in time.
 
@@ -113,6 +148,10 @@ def backward_source(p: NeuronParams) -> str:
     anyway and so is carried over as its H, and at t = 0 it is the initial state.
     """
     step = _body(backward_step(p, TRITON), 2)
+    normalized_forward = _NORMALIZED_FORWARD.format(
+        channel_terms=textwrap.indent(_CHANNEL_TERMS, "        "), v_rest=TRITON.const(p.v_rest),
+        load_decay="decay = tl.load(decay_ptr).to(tl.float32)" if p.parametric else "pass",
+        normalized_x=_NORMALIZED_X, step=_body(forward_step(p, TRITON), 3))
     v_prev = p.backward_reads_v_prev
     parametric = p.parametric
     v_rest = TRITON.const(p.v_rest)
@@ -123,8 +162,8 @@ def backward_source(p: NeuronParams) -> str:
         v_start = tl.load(v_init_ptr + col, mask=mask, other=0.0).to(tl.float32)
     else:
         v_start = tl.full([BLOCK], {v_rest}, tl.float32)
-    h_next = tl.load(h_ptr + offset, mask=mask, other=0.0).to(tl.float32)  # H[T - 1]
-    h_ahead = tl.load(h_ptr + offset - N, mask=mask & (offset >= col + N), other=0.0).to(tl.float32)  # H[T - 2]
+    h_next = tl.load(h_src + offset, mask=mask, other=0.0).to(tl.float32)  # H[T - 1]
+    h_ahead = tl.load(h_src + offset - N, mask=mask & (offset >= col + N), other=0.0).to(tl.float32)  # H[T - 2]
 """
         # H[t−1] was loaded one step earlier and H[t−2] is requested here, for the next step: the load
         # then has a whole step to arrive instead of stalling this one (V[t−1] needs H[t−1]).
@@ -132,14 +171,14 @@ def backward_source(p: NeuronParams) -> str:
         h = h_next
         has_prev = offset >= col + N  # t > 0
         h_prev = h_ahead
-        h_ahead = tl.load(h_ptr + offset - 2 * N, mask=mask & (offset >= col + 2 * N), other=0.0).to(tl.float32)
+        h_ahead = tl.load(h_src + offset - 2 * N, mask=mask & (offset >= col + 2 * N), other=0.0).to(tl.float32)
 {rebuild}
         v_prev = tl.where(has_prev, v_rebuilt, v_start)
         h_next = h_prev
 """
     else:
         start = ""
-        load_h = "        h = tl.load(h_ptr + offset, mask=mask, other=0.0).to(tl.float32)\n"
+        load_h = "        h = tl.load(h_src + offset, mask=mask, other=0.0).to(tl.float32)\n"
     if parametric:
         start += "    decay = tl.load(decay_ptr).to(tl.float32)\n    grad_w_sum = tl.zeros([BLOCK], tl.float32)\n"
         add_grad_w = "        grad_w_sum += tl.where(mask, grad_w, 0.0)\n"
@@ -156,9 +195,15 @@ def {BACKWARD_NAME}(
     v_init_ptr,  # V[-1], [N], as the forward got it; read by EIF and PLIF only, when HAS_V_INIT
     decay_ptr,  # PLIF's k = sigmoid(w), one float32 (read by PLIF only)
     grad_w_ptr,  # out (PLIF only): one float32 per program, its share of dL/dw
+    x_ptr,  # NORMALIZE: X as the forward's, [T, N], normalized as it is read (H_ptr is then unused)
+    scale_ptr,
+    shift_ptr,
     T,  # number of time steps
     N,  # neurons per step
     last_row,  # (T - 1) * N: the offset of the last step
+    x_step,  # NORMALIZE: from X[t] to X[t+1]
+    channel_stride,  # NORMALIZE: element i of a step is in channel (i // channel_stride) % channels
+    channels,
     BLOCK: tl.constexpr,  # neurons per program
     GRAD_SPIKE: tl.constexpr,  # {GRAD_ABSENT}: absent, {GRAD_SCALAR}: one value everywhere, {GRAD_DENSE}: laid out like H
     GRAD_V: tl.constexpr,  # the same for grad_v
@@ -166,10 +211,11 @@ def {BACKWARD_NAME}(
     NEED_GRAD_V_INIT: tl.constexpr,
     SUM_GRAD_X: tl.constexpr,
     HAS_V_INIT: tl.constexpr,
+    NORMALIZE: tl.constexpr,  # H from a BatchNorm's input first, written into grad_x and read back from it
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
-    offset = col + last_row  # of step t, int64, from t = T - 1 down
+{normalized_forward}    offset = col + last_row  # of step t, int64, from t = T - 1 down
     grad_x_sum = tl.zeros([BLOCK], tl.float32)
     if GRAD_SPIKE == {GRAD_SCALAR}:
         grad_spike = tl.load(grad_spike_ptr).to(tl.float32)
