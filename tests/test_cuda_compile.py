@@ -67,10 +67,12 @@ def _compile_unit() -> tuple[str, int]:
             p = option_sets[index]
             yield src.forward_name(torch.float32, True, True, True, False, 4)
             yield src.forward_name(torch.float32, True, True, False, True, 4)
-            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False,
+            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, False,
+                                    src.backward_vector_width(torch.float32, p))
+            yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, True,
                                     src.backward_vector_width(torch.float32, p))
             if p.backward_reads_v_prev:  # its narrower backward access in 16 bits too
-                yield src.backward_name(torch.float16, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False,
+                yield src.backward_name(torch.float16, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, False,
                                         src.backward_vector_width(torch.float16, p))
 
     return _translation_unit(option_sets, instantiations_of)
@@ -177,13 +179,16 @@ void fs_grid_forward(K kernel, long long blocks, unsigned long long a0, unsigned
 template <typename T, typename K>
 void fs_grid_backward(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
                       unsigned long long a3, unsigned long long a4, unsigned long long v_init, unsigned long long decay,
-                      unsigned long long grad_w, long long steps, long long n) {
+                      unsigned long long grad_w, unsigned long long x, unsigned long long scale,
+                      unsigned long long shift, long long steps, long long n, long long x_step,
+                      long long channel_stride, long long channels) {
     blockDim.x = FS_BLOCK;
     for (long long b = 0; b < blocks; ++b) {
         blockIdx.x = (unsigned int)b;
         for (unsigned int t = 0; t < FS_BLOCK; ++t) {
             threadIdx.x = t;
-            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (T*)v_init, (const float*)decay, (float*)grad_w, steps, n);
+            kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (T*)v_init, (const float*)decay, (float*)grad_w, (T*)x,
+                   (const float*)scale, (const float*)shift, steps, n, x_step, channel_stride, channels);
         }
     }
 }
@@ -192,7 +197,8 @@ void fs_grid_backward(K kernel, long long blocks, unsigned long long a0, unsigne
 # The launch arguments after the block count: (pointers, sizes) of each kernel.
 _ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay", "scale", "shift"),
                              ("steps", "n", "x_step", "channel_stride", "channels")),
-              "fs_backward": (("a0", "a1", "a2", "a3", "a4", "v_init", "decay", "grad_w"), ("steps", "n"))}
+              "fs_backward": (("a0", "a1", "a2", "a3", "a4", "v_init", "decay", "grad_w", "x", "scale", "shift"),
+                              ("steps", "n", "x_step", "channel_stride", "channels"))}
 
 
 def _entry_types(name: str) -> list:
@@ -419,3 +425,42 @@ def test_emulated_forward_computes_h_again_from_a_normalized_input(emulated, dty
     assert len(normalizing) == 2, compiled.launched
     assert all(name.endswith(f", {src.vector_width(dtype)}, {src.UNROLL[('forward', y.element_size())]}>")
                for name in normalizing), normalizing  # vectorized: every thread's VEC in one go
+
+
+@pytest.mark.parametrize(("option", "dtype"), [(0, torch.float32), (0, torch.float16), (0, torch.bfloat16),
+                                               (4, torch.float16), (6, torch.float32)], ids=str)
+def test_emulated_backward_computes_h_first_from_a_normalized_input(emulated, monkeypatch, option, dtype):
+    """NORMALIZE in the backward (H from the BatchNorm's input written into dL/dX's memory, then the walk
+    back) equals H computed by the forward kernel and the ordinary backward, bit for bit, for every
+    switch (LIF, PLIF with its dL/dw, EIF rebuilding V[t-1])."""
+    from flashspike.backends import layouts
+
+    monkeypatch.setattr(layouts, "POISON_OUTPUTS", True)
+    library, entries, option_sets = emulated
+    compiled = EmulatedCompiled(library, entries, option_sets)
+    p = option_sets[option]
+    kernels = CupyKernels(p, compiled)
+    g = torch.Generator().manual_seed(10 + option)
+    flat = (torch.randn(5 * 8, 3, 3, 3, generator=g) * 2).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = flat.view(5, 8, 3, 3, 3)
+    scale, shift = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g) * 0.5 + 0.4
+    decay = torch.full((1,), 0.6) if p.parametric else None
+    v_init = (torch.rand(8, 3, 3, 3, generator=g) * 0.4).to(dtype).contiguous(memory_format=torch.channels_last)
+    grad_spike = torch.randn(x.shape, generator=g).to(dtype)
+    for start, store_v_seq, scalar, need_grad_v_init in itertools.product(
+            (None, v_init), (False, True), (False, True), (False, True)):
+        spike_grad = grad_spike.new_ones(()).expand(x.shape) if scalar else grad_spike
+        v_grad = torch.randn(x.shape if store_v_seq else x.shape[1:], generator=g).to(dtype)
+        arguments = (x, scale, shift, x.stride(2), 3, start, spike_grad, v_grad, p, store_v_seq, need_grad_v_init,
+                     decay)
+        fused = kernels.backward_normalized(*arguments)
+        kernels.fuses_normalized_backward = False
+        apart = kernels.backward_normalized(*arguments)
+        del kernels.fuses_normalized_backward
+        case = f"v_init={start is not None} store_v_seq={store_v_seq} scalar={scalar} grad_v_init={need_grad_v_init}"
+        for got, want in zip(fused, apart):
+            assert (got is None) == (want is None), case
+            if got is not None:
+                assert not torch.isnan(got).any(), case
+                assert torch.equal(got, want), case
+    assert any(name.startswith("fs_backward") and name.split(", ")[6] == "true" for name in compiled.launched)

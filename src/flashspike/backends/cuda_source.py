@@ -8,10 +8,12 @@ One module of source holds two kernel templates for one :class:`~flashspike.para
     computes H again for a backward pass from a BatchNorm's kept input: X[t] is that input normalized
     as it is loaded (``x * scale[c] + shift[c]``, one fused multiply-add rounded to T, as the layer
     rounded it), and only H is written.
-``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, VEC, UNROLL>``
+``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, NORMALIZE, VEC, UNROLL>``
     walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
     writing ∂L/∂X[t] (or, for one X repeated over T, their sum at the end) and ∂L/∂V[−1] at the end
-    when the initial state needs a gradient.
+    when the initial state needs a gradient. With NORMALIZE it first runs the forward from a
+    BatchNorm's kept input as fs_forward's NORMALIZE does, writing H into ∂L/∂X's memory, where the
+    walk back reads each H[t] just before it writes ∂L/∂X[t] over it.
 
 ``T`` is the storage type (``float``, ``fs_half`` or ``fs_bf16``): elements are loaded and stored in
 it and converted to float32 in registers. The arithmetic of one step comes from
@@ -202,6 +204,33 @@ __device__ __forceinline__ float fs_load_one(const T* p) {
 # step; $v_rest is the potential of a neuron without an initial state. Offsets are 64-bit
 # (long long): a sequence may hold more than 2^31 elements.
 _KERNELS = Template(r"""
+// NORMALIZE: the BatchNorm scale and shift of a thread's VEC neurons (element i onwards), whose channel
+// is the same at every step: two divisions per thread, then its next neurons step through the plane.
+template <bool NORMALIZE, int VEC>
+__device__ __forceinline__ void fs_channel_terms(long long i, const float* scale, const float* shift,
+                                                 long long channel_stride, long long channels,
+                                                 float (&scale_reg)[VEC], float (&shift_reg)[VEC]) {
+    if (NORMALIZE) {
+        const long long plane = i / channel_stride;
+        long long within = i - plane * channel_stride, channel = plane % channels;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            scale_reg[k] = scale[channel];
+            shift_reg[k] = shift[channel];
+            if (++within == channel_stride) {
+                within = 0;
+                if (++channel == channels) channel = 0;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+            scale_reg[k] = 1.0f;
+            shift_reg[k] = 0.0f;
+        }
+    }
+}
+
 template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, bool NORMALIZE, int VEC, int UNROLL>
 __global__ void fs_forward(
     const T* __restrict__ x_seq,   // [T, N] input X: T blocks of N (layouts.sequence_layout)
@@ -221,25 +250,7 @@ __global__ void fs_forward(
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
     float scale_reg[VEC], shift_reg[VEC];  // NORMALIZE: each neuron's channel is the same at every step
-    if (NORMALIZE) {  // two divisions per thread; its next neurons step through the plane
-        const long long plane = i / channel_stride;
-        long long within = i - plane * channel_stride, channel = plane % channels;
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-            scale_reg[k] = scale[channel];
-            shift_reg[k] = shift[channel];
-            if (++within == channel_stride) {
-                within = 0;
-                if (++channel == channels) channel = 0;
-            }
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-            scale_reg[k] = 1.0f;
-            shift_reg[k] = 0.0f;
-        }
-    }
+    fs_channel_terms<NORMALIZE, VEC>(i, scale, shift, channel_stride, channels, scale_reg, shift_reg);
     float v_reg[VEC];
     if (HAS_V_INIT) {
         fs_load<T, VEC>(v_init + i, v_reg);
@@ -277,8 +288,8 @@ $forward_step
     if (!STORE_V_SEQ && !NORMALIZE) fs_store<T, VEC>(v_out + i, v_reg);
 }
 
-template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, bool SUM_GRAD_X, int VEC,
-          int UNROLL>
+template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, bool SUM_GRAD_X, bool NORMALIZE,
+          int VEC, int UNROLL>
 __global__ void fs_backward(
     const T* __restrict__ h_seq,           // [T, N] H saved by the forward pass
     const T* __restrict__ grad_spike_seq,  // dL/dS: [T, N] (DENSE), one value (SCALAR), unread (ABSENT)
@@ -288,8 +299,14 @@ __global__ void fs_backward(
     const T* __restrict__ v_init,          // [N] V[-1] as the forward got it, or null for v_rest (read by EIF, PLIF)
     const float* __restrict__ decay_ptr,   // PLIF's k = sigmoid(w), one float (read by PLIF only)
     float* __restrict__ grad_w_partials,   // [N / VEC] out, PLIF only: each thread's share of dL/dw
+    const T* __restrict__ x_seq,           // NORMALIZE: X as the forward's, normalized as it is read
+    const float* __restrict__ scale,       // NORMALIZE: per channel, as fs_forward's
+    const float* __restrict__ shift,
     const long long steps,                 // T
-    const long long n)                     // N, a multiple of VEC
+    const long long n,                     // N, a multiple of VEC
+    const long long x_step,                // NORMALIZE: from X[t] to X[t+1]
+    const long long channel_stride,        // NORMALIZE: as fs_forward's
+    const long long channels)
 {
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
@@ -307,6 +324,33 @@ __global__ void fs_backward(
     }
     if (!STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + i, grad_v_last);
 $backward_prologue
+    // NORMALIZE: the forward first, from the normalized input, H into grad_x_seq; the loop below reads
+    // H[t] there just before it writes dL/dX[t] in its place (the same thread, the same pointer).
+    const T* h_source = NORMALIZE ? grad_x_seq : h_seq;
+    if (NORMALIZE) {
+        float scale_reg[VEC], shift_reg[VEC], v_reg[VEC];
+        fs_channel_terms<NORMALIZE, VEC>(i, scale, shift, channel_stride, channels, scale_reg, shift_reg);
+        if (v_init != nullptr) {
+            fs_load<T, VEC>(v_init + i, v_reg);
+        } else {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) v_reg[k] = $v_rest;
+        }
+        for (long long t = 0; t < steps; ++t) {
+            float x_reg[VEC], h_out[VEC];
+            fs_load<T, VEC>(x_seq + t * x_step + i, x_reg);
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) {
+                const float x = fs_round<T>(__fmaf_rn(x_reg[k], scale_reg[k], shift_reg[k]));
+                const float v = v_reg[k];
+$forward_step_in_backward
+                (void)spike;
+                h_out[k] = h;
+                v_reg[k] = v_next;
+            }
+            fs_store<T, VEC>(grad_x_seq + t * n + i, h_out);
+        }
+    }
     for (long long r0 = 0; r0 < steps; r0 += UNROLL) {
         // With READS_V_PREV, row u + 1 holds H[t - 1] for row u (the last one is the next chunk's first).
         float h_reg[UNROLL + READS_V_PREV][VEC], grad_spike_reg[UNROLL][VEC], grad_v_reg[UNROLL][VEC];
@@ -314,7 +358,7 @@ $backward_prologue
         for (int u = 0; u < UNROLL + READS_V_PREV; ++u) {
             const long long t = steps - 1 - (r0 + u);
             if (t < 0) break;
-            fs_load<T, VEC>(h_seq + t * n + i, h_reg[u]);
+            fs_load<T, VEC>(h_source + t * n + i, h_reg[u]);
             if (u == UNROLL) break;
             if (GRAD_SPIKE == FS_GRAD_DENSE) fs_load<T, VEC>(grad_spike_seq + t * n + i, grad_spike_reg[u]);
             if (STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + t * n + i, grad_v_reg[u]);
@@ -396,6 +440,7 @@ def kernel_source(p: NeuronParams) -> str:
         v_rest=v_rest,
         decay_load=_DECAY if p.parametric else "    (void)decay_ptr;",
         forward_step=_indent(forward_step(p, CUDA)),
+        forward_step_in_backward=_indent(forward_step(p, CUDA)),
         backward_prologue="\n".join(prologue),
         v_prev_step=_v_prev_text(p),
         backward_step=_indent(backward_step(p, CUDA)),
@@ -439,10 +484,11 @@ def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq
 
 
 def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq: bool, grad_v_init: bool,
-                  sum_grad_x: bool, vec: int) -> str:
+                  sum_grad_x: bool, normalize: bool, vec: int) -> str:
     """The C++ name of one backward instantiation; ``grad_spike``/``grad_v`` are GRAD_* modes."""
     return (f"fs_backward<{STORAGE_TYPES[dtype]}, {grad_spike}, {grad_v}, {_cpp_bool(store_v_seq)}, "
-            f"{_cpp_bool(grad_v_init)}, {_cpp_bool(sum_grad_x)}, {vec}, {_unroll('backward', dtype, vec)}>")
+            f"{_cpp_bool(grad_v_init)}, {_cpp_bool(sum_grad_x)}, {_cpp_bool(normalize)}, {vec}, "
+            f"{_unroll('backward', dtype, vec)}>")
 
 
 def forward_flag_sets(dtype: torch.dtype):
@@ -457,11 +503,12 @@ def forward_flag_sets(dtype: torch.dtype):
 
 
 def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):
-    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, vec) a launcher may ask for for
-    ``p``; at least one output gradient is present (autograd.py calls no backward otherwise)."""
+    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, normalize, vec) a launcher may
+    ask for for ``p``; at least one output gradient is present (autograd.py calls no backward
+    otherwise), and a normalizing backward (H first, into dL/dX) writes dL/dX of every step."""
     modes = (GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR)
-    for gs, gv, store, gvi, summed, vec in itertools.product(
-        modes, modes, (False, True), (False, True), (False, True), (1, backward_vector_width(dtype, p))
+    for gs, gv, store, gvi, summed, normalize, vec in itertools.product(
+        modes, modes, (False, True), (False, True), (False, True), (False, True), (1, backward_vector_width(dtype, p))
     ):
-        if gs != GRAD_ABSENT or gv != GRAD_ABSENT:
-            yield gs, gv, store, gvi, summed, vec
+        if (gs != GRAD_ABSENT or gv != GRAD_ABSENT) and not (normalize and summed):
+            yield gs, gv, store, gvi, summed, normalize, vec

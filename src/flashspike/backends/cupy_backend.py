@@ -168,28 +168,39 @@ class CupyKernels(KernelSet):
         compiled.launch(function, device_index, n, vec,
                         (*pointers, _ptr(decay), *channels[:2], steps, n, x.stride(0), *channels[2:]))
 
+    fuses_normalized_backward = True
+
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
-                        store_v_seq: bool):
-        steps = h.shape[0]
-        n = h.numel() // steps
-        pointers = (h.data_ptr(), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
+                        store_v_seq: bool, normalize=None):
+        like = grad_x if h is None else h  # (with normalize, H is written into grad_x)
+        steps = like.shape[0]
+        n = like.numel() // steps
+        pointers = (_ptr(h), _ptr(grad_spike), _ptr(grad_v_out), grad_x.data_ptr(), _ptr(grad_v_init))
         # A SCALAR gradient is read as one element, so its alignment does not matter.
-        dense = [pointers[0], pointers[3], pointers[4]]
+        dense = [pointers[3], pointers[4]] + ([pointers[0]] if h is not None else [])
         if gs_mode == src.GRAD_DENSE:
             dense.append(pointers[1])
         if gv_mode == src.GRAD_DENSE:
             dense.append(pointers[2])
         if v_init is not None:
             dense.append(v_init.data_ptr())
-        vec = _vector_width(h.dtype, n, *dense, vec=src.backward_vector_width(h.dtype, p))
+        if normalize is None:
+            normalizing = (0, 0, 0, 1, 1, 1)
+        else:
+            x, scale, shift, channel_stride, channels = normalize
+            normalizing = (x.data_ptr(), scale.data_ptr(), shift.data_ptr(), x.stride(0), channel_stride, channels)
+            dense.append(x.data_ptr())
+        vec = _vector_width(like.dtype, n, *dense, vec=src.backward_vector_width(like.dtype, p))
         # PLIF's ∂L/∂w: one partial sum per thread of this launch, whose count only the launch knows.
-        partials = layouts.grad_w_partials(n // vec, h) if p.parametric else None
-        device_index = h.get_device()
-        switches = (gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < h.dim(), vec)
+        partials = layouts.grad_w_partials(n // vec, like) if p.parametric else None
+        device_index = like.get_device()
+        switches = (gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < like.dim(),
+                    normalize is not None, vec)
         compiled = self.compiled
-        function = compiled.function(self.params_key, self.source, h.dtype, switches, device_index, src.backward_name)
-        extra = (_ptr(v_init), _ptr(decay), _ptr(partials))
-        compiled.launch(function, device_index, n, vec, (*pointers, *extra, steps, n))
+        function = compiled.function(self.params_key, self.source, like.dtype, switches, device_index,
+                                     src.backward_name)
+        extra = (_ptr(v_init), _ptr(decay), _ptr(partials), *normalizing[:3])
+        compiled.launch(function, device_index, n, vec, (*pointers, *extra, steps, n, *normalizing[3:]))
         return None if partials is None else layouts.sum_grad_w(partials)
 
 
