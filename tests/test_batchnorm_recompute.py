@@ -371,3 +371,26 @@ def test_one_backward_kernel_computes_h_and_goes_back_through_it(monkeypatch, ma
             if got is not None:
                 assert not torch.isnan(got).any(), case
                 assert got.stride() == want.stride() and torch.equal(got, want), case
+
+
+def test_gradients_masked_off_are_not_passed_on(monkeypatch):
+    # PyTorch's CUDA batch-norm backward may return a defined gradient for an output it was told not to
+    # compute; the switched layer passes on only what autograd asked for (a BatchNorm without affine
+    # parameters, an input that needs no gradient).
+    real = torch.ops.aten.native_batch_norm_backward
+
+    class EveryGradient:
+        def __call__(self, grad, x, weight, *rest):
+            grad_x, grad_weight, grad_bias = real(grad, x, weight, *rest[:-1], [True, weight is not None,
+                                                                               weight is not None])
+            channels = x.shape[1]
+            return (grad_x, grad_weight if grad_weight is not None else x.new_ones(channels),
+                    grad_bias if grad_bias is not None else x.new_ones(channels))
+
+    monkeypatch.setattr(torch.ops.aten, "native_batch_norm_backward", EveryGradient())
+    device = kernel_device("triton")
+    for affine in (False, True):
+        bn = batchnorm_recompute.RecomputableBatchNorm2d(3, affine=affine).to(device)
+        x = torch.randn(4, 3, 2, 2, device=device, requires_grad=affine is False)
+        bn(x).square().sum().backward()
+        assert (x.grad is not None) == (not affine)

@@ -11,9 +11,10 @@ Where Triton runs the tensors (CUDA), a switched layer normalizes with the batch
 per-channel multiply-add, ``y = x * scale[c] + shift[c]`` with ``scale = weight / sqrt(var + eps)`` and
 ``shift = bias - mean * scale``, a fused multiply-add in float32 rounded once to x's dtype (a Triton
 kernel), and the gradients are PyTorch's own batch-norm backward with the same statistics. The
-neuron's backward then reads the kept input in its own forward kernel, normalizing it as it loads
-it: the same input, so the same H, bit for bit, at the cost of reading x instead of H, and nothing
-computed twice. Its values are the plain layer's up to the rounding of that multiply-add (PyTorch's
+neuron's backward kernel then runs the forward first from the kept input, normalizing it as it loads
+it, and writes H into the memory of the input gradient, where its walk back in time reads it: the
+same input, so the same H, bit for bit, with no memory of its own, at the cost of reading x instead
+of H, and nothing computed twice. Its values are the plain layer's up to the rounding of that multiply-add (PyTorch's
 kernels order the arithmetic differently), and its running statistics follow the same update.
 
 Elsewhere (no Triton, float64) a switched layer computes what the plain layer computes and marks
@@ -113,7 +114,9 @@ class _Normalize(torch.autograd.Function):
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad.contiguous(memory_format=_memory_format(x)), x, weight, None, None, mean, invstd, True, ctx.eps,
             [needs[0], needs[1] and has_weight, needs[2] and has_bias])
-        return grad_x, grad_weight, grad_bias, None
+        # (on CUDA a gradient masked off may still come back defined: pass on only what was asked for)
+        return (grad_x if needs[0] else None, grad_weight if needs[1] and has_weight else None,
+                grad_bias if needs[2] and has_bias else None, None)
 
 
 def _memory_format(x: torch.Tensor):
