@@ -190,14 +190,13 @@ def test_neurons_keep_no_h_and_train_bit_for_bit_gpu(monkeypatch, backend, repro
             assert kept[3] - lean[3] == sum(h_sizes) - channels
 
 
-def test_a_static_input_repeated_over_t_is_computed_again_once(monkeypatch, reproducible):
+def _static_input_case(monkeypatch, backend, device, memory_format=torch.contiguous_format):
     # The Fashion-MNIST net normalizes the image once and feeds it to its first neuron at every step
     # (expand): that neuron's backward recomputes the one step and its H over all T.
     from flashspike.model.csnn import CSNN
 
-    device = kernel_device("triton")
     torch.manual_seed(2)
-    plain = CSNN(3, channels=4, backend="triton").to(device)
+    plain = CSNN(3, channels=4, backend=backend, memory_format=memory_format).to(device)
     lean = copy.deepcopy(plain)
     assert batchnorm_recompute.recompute_h_after_batchnorm(lean) == 2
     kept = copy.deepcopy(lean)
@@ -209,6 +208,17 @@ def test_a_static_input_repeated_over_t_is_computed_again_once(monkeypatch, repr
     _assert_equal(results[1], results[2])
     _assert_close_to_plain(results[1], results[0])
     assert results[2][3] - results[1][3] == 3 * 5 * 4 * (28 * 28 + 14 * 14) * 4 - _channels_of_recomputing_neurons(lean)
+
+
+def test_a_static_input_repeated_over_t_is_computed_again_once(monkeypatch, reproducible):
+    _static_input_case(monkeypatch, "triton", kernel_device("triton"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cupy", "triton"])
+def test_a_static_input_repeated_over_t_is_computed_again_once_gpu(monkeypatch, backend, reproducible):
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        _static_input_case(monkeypatch, backend, kernel_device(backend), memory_format)
 
 
 def test_carried_state_potentials_and_eif_are_recomputed_exactly(monkeypatch, reproducible):
