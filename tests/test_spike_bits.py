@@ -307,3 +307,41 @@ def test_without_triton_the_pytorch_operations_pack(monkeypatch):
     monkeypatch.setattr(optional_triton, "import_triton", lambda: None)
     with pytest.raises(ModuleNotFoundError):
         optional_triton.optional_kernels("flashspike.memory.no_such_kernels")
+
+
+def test_a_spiking_self_attention_keeps_q_k_and_v_in_bits(reproducible):
+    # The product (V Kᵀ) Q of spikes: Q, K and V (views with gaps of one neuron's output) kept in one
+    # bit through that output, packed once; V Kᵀ, counts that no history proves bounded, as it is;
+    # every output and gradient PyTorch's own.
+    from flashspike.model.spikformer import SpikingSelfAttention
+
+    device = kernel_device("triton")
+    torch.manual_seed(6)
+    plain = SpikingSelfAttention(8, num_heads=2, backend="triton").to(device)
+    bits = copy.deepcopy(plain)
+    assert spike_bits.store_spike_inputs_in_bits(bits) == 2 + 1  # two projections and the attention
+    assert bits.keeps_spike_operands_in_bits and not plain.keeps_spike_operands_in_bits
+    x = (torch.rand(3, 2, 8, 5, generator=torch.Generator().manual_seed(3)) > 0.6).float().to(device)
+    saved, results = [], []
+    for net in (plain, bits):
+        saved.clear()
+        leaf = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = net(leaf)
+        (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
+        functional.reset_net(net)
+        results.append((out, [p.grad for p in net.parameters()] + [leaf.grad]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    packed = {t.untyped_storage().data_ptr(): t.numel() for t in saved if t.dtype == torch.uint8 and t.numel()}
+    # the neuron output that Q, K and V are views of ([3·2, 3·8, 5]), once; the output projection's input
+    # (the input of the first projection is no neuron's output)
+    assert sorted(packed.values()) == [6 * 8 * 5 // 8, 6 * 24 * 5 // 8]
+    assert spike_bits.store_spike_inputs_in_bits(bits, enabled=False) == 3 and not bits.keeps_spike_operands_in_bits
+
+
+def test_matmul_of_other_shapes_or_of_no_spikes_is_torchs():
+    a, b = torch.randn(2, 3, 4, requires_grad=True), torch.randn(4, 5, requires_grad=True)
+    assert spike_bits.matmul(a, b).grad_fn.name() == torch.matmul(a, b).grad_fn.name()  # broadcast: not taken
+    c = torch.randn(2, 4, 5, requires_grad=True)
+    assert spike_bits.matmul(a, c).grad_fn.name() == torch.matmul(a, c).grad_fn.name()  # no spikes

@@ -34,7 +34,7 @@ from ..optional_triton import optional_kernels
 from .pooling import is_max_pool_output
 
 __all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "integer_bound", "width_for",
-           "BitSavingConv1d", "BitSavingConv2d", "BitSavingLinear"]
+           "BitSavingConv1d", "BitSavingConv2d", "BitSavingLinear", "matmul"]
 
 _fields_on: dict = {}  # (device, width) -> each field's shift in a byte, uint8 there (made once)
 # PyTorch's autograd nodes (by ``Node.name()``, the only name PyTorch gives them) whose output holds
@@ -44,7 +44,7 @@ _fields_on: dict = {}  # (device, width) -> each field's shift in a byte, uint8 
 _VALUE_KEEPING = frozenset((
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "PermuteBackward0", "TransposeBackward0",
     "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0", "CloneBackward0", "ToCopyBackward0",
-    "SliceBackward0", "SelectBackward0", "ExpandBackward0",
+    "SliceBackward0", "SelectBackward0", "ExpandBackward0", "UnbindBackward0",
     "MaxPool2DWithIndicesBackward0", "MaxPool1DWithIndicesBackward0", "MaxPool3DWithIndicesBackward0",
 ))
 _LARGEST = 255  # the largest integer kept in bits (8 of them); larger bounds take the ordinary path
@@ -192,6 +192,89 @@ class _SavedInBits(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
+_PACKED_BASE = "_flashspike_packed_bits"  # on a tensor whose views are kept in bits: (version, width, order, bits)
+
+
+def _pack_operand(t: torch.Tensor, width: int):
+    """(bits, how to rebuild ``t``) for a matmul operand of integers below 2**width: ``t`` itself packed
+    when it is dense; else, for a view with gaps of a dense tensor (Q, K and V are views of one
+    neuron's output), that whole tensor, packed once for all its views (the bits are kept with it);
+    None when neither is dense."""
+    order = _memory_order(t)
+    if order is not None:
+        return pack(t, order, width), (t.shape, t.stride(), order, t.dtype, width, None)
+    base = t._base
+    order = None if base is None else _memory_order(base)
+    if order is None:
+        return None
+    memo = getattr(base, _PACKED_BASE, None)
+    if memo is None or memo[:3] != (base._version, width, order):
+        memo = (base._version, width, order, pack(base, order, width))
+        setattr(base, _PACKED_BASE, memo)
+    view = (t.shape, t.stride(), t.storage_offset() - base.storage_offset())
+    return memo[3], (base.shape, base.stride(), order, base.dtype, width, view)
+
+
+def _unpack_operand(bits: torch.Tensor, how) -> torch.Tensor:
+    shape, strides, order, dtype, width, view = how
+    t = unpack(bits, shape, strides, order, dtype, width)
+    return t if view is None else t.as_strided(view[0], view[1], t.storage_offset() + view[2])
+
+
+class _MatmulSavedInBits(torch.autograd.Function):
+    """``a @ b`` for operands of one batch shape (``[..., m, k] @ [..., k, n]``), keeping each operand
+    of integers below ``2**width`` (``widths``; None: kept as it is) in bits for the backward.
+    Autocast's casts happen here as it does them; the backward is PyTorch's own (the batch folded into
+    one bmm, whose two products it repeats on the same values)."""
+
+    @staticmethod
+    def forward(ctx, a, b, widths):
+        dtype = _autocast_dtype(a)
+        ac, bc = (a.to(dtype), b.to(dtype)) if dtype is not None else (a, b)
+        with torch.autocast(a.device.type, enabled=False):
+            y = torch.matmul(ac, bc)
+        kept, hows = [], []
+        for t, width in zip((ac, bc), widths):
+            packed = None if width is None else _pack_operand(t, width)
+            kept.append(t if packed is None else packed[0])
+            hows.append(None if packed is None else packed[1])
+        ctx.save_for_backward(*kept)
+        ctx.hows, ctx.dtypes = hows, (a.dtype, b.dtype)
+        return y
+
+    @staticmethod
+    @once_differentiable  # a gradient of the gradient raises instead of silently missing
+    def backward(ctx, grad):
+        a, b = (saved if how is None else _unpack_operand(saved, how)
+                for saved, how in zip(ctx.saved_tensors, ctx.hows))
+        need_a, need_b = ctx.needs_input_grad[:2]
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        if a.dim() == 2:
+            grad_a = grad.mm(b.t()) if need_a else None
+            grad_b = a.t().mm(grad) if need_b else None
+        else:
+            a3, b3, grad3 = a.reshape(-1, m, k), b.reshape(-1, k, n), grad.reshape(-1, m, n)
+            grad_a = grad3.bmm(b3.transpose(1, 2)).view(a.shape) if need_a else None
+            grad_b = a3.transpose(1, 2).bmm(grad3).view(b.shape) if need_b else None
+        return (None if grad_a is None else grad_a.to(ctx.dtypes[0]),
+                None if grad_b is None else grad_b.to(ctx.dtypes[1]), None)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` that keeps an operand of spikes, or of sums of spikes (:func:`integer_bound`), in as few
+    bits per element as it needs for the backward: the products of a spiking self-attention's Q, K and
+    V (views of one neuron's output, which is packed once for all of them). Operands of one batch
+    shape (``[..., m, k]`` and ``[..., k, n]``) only; anything else, or no operand to pack, is
+    ``torch.matmul``. Gradients are PyTorch's own, bit for bit."""
+    if (a.dim() < 2 or a.dim() != b.dim() or a.shape[:-2] != b.shape[:-2] or not torch.is_grad_enabled()
+            or torch.compiler.is_compiling()):
+        return torch.matmul(a, b)
+    widths = tuple(None if bound is None else width_for(bound) for bound in (integer_bound(a), integer_bound(b)))
+    if widths == (None, None):
+        return torch.matmul(a, b)
+    return _MatmulSavedInBits.apply(a, b, widths)
+
+
 def _packing(x: torch.Tensor):
     """(memory order, bits per element) that :func:`pack` takes ``x`` in, when ``x`` is to be kept in
     bits; else None."""
@@ -253,10 +336,23 @@ _BIT_SAVING = {nn.Conv1d: BitSavingConv1d, nn.Conv2d: BitSavingConv2d, nn.Linear
 _FORWARD = {"conv1d": F.conv1d, "conv2d": F.conv2d}
 
 
-def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
-    """Switch every ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear`` of ``net`` (exactly those classes, not subclasses)
-    to its bit-saving version, or back with ``enabled=False``; returns how many layers were switched.
+# A module that multiplies spikes itself (a spiking self-attention) declares this attribute and, while it
+# is True, multiplies with :func:`matmul`; the switch sets it.
+KEEPS_SPIKE_OPERANDS = "keeps_spike_operands_in_bits"
 
-    The switch changes the class only: parameters, hooks, ``state_dict`` keys and printed names stay.
+
+def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
+    """Switch every ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Linear`` of ``net`` (exactly those classes, not
+    subclasses) to its bit-saving version, and every module that declares ``keeps_spike_operands_in_bits``
+    (flashspike's spiking self-attentions) to :func:`matmul`, or back with ``enabled=False``; returns how
+    many modules were switched.
+
+    The switch changes the class (or that attribute) only: parameters, hooks, ``state_dict`` keys and
+    printed names stay.
     """
-    return switch_module_classes(net, _BIT_SAVING, enabled)
+    switched = switch_module_classes(net, _BIT_SAVING, enabled)
+    for module in net.modules():
+        if hasattr(module, KEEPS_SPIKE_OPERANDS) and getattr(module, KEEPS_SPIKE_OPERANDS) != enabled:
+            setattr(module, KEEPS_SPIKE_OPERANDS, enabled)
+            switched += 1
+    return switched

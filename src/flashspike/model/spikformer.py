@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import layer
+from ..memory import spike_bits
 from .common import head_dim, image_to_sequence, make_multi_step_neuron
 
 __all__ = [
@@ -120,6 +121,9 @@ class SpikingSelfAttention(nn.Module):
     (``3·dim`` channels, q then k then v, each head's channels together); per head the neuron ``attn_lif``
     (threshold 0.5) fires on ``scale · Q Kᵀ V``; a 1x1 Conv1d-BN-LIF projects the heads back to ``dim``."""
 
+    # Set by flashspike.memory.spike_bits.store_spike_inputs_in_bits: Q, K and V kept in bits for the backward.
+    keeps_spike_operands_in_bits = False
+
     def __init__(self, dim: int, num_heads: int = 8, spiking_neuron=None, **kwargs):
         super().__init__()
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim(dim, num_heads)
@@ -141,7 +145,8 @@ class SpikingSelfAttention(nn.Module):
         q, k, v = qkv.reshape(T, N, 3, self.num_heads, C // self.num_heads, L).unbind(2)
         # (V Kᵀ) Q per head: [head_dim, L] x [L, head_dim] x [head_dim, L]; the transpose of Q Kᵀ V in
         # token-major terms. Sums of spikes times 0.125: exact in every float type for any order.
-        attention = (v @ k.transpose(-2, -1)) @ q * self.scale
+        product = spike_bits.matmul if self.keeps_spike_operands_in_bits else torch.matmul
+        attention = product(product(v, k.transpose(-2, -1)), q) * self.scale
         x_seq = self.attn_lif(attention).reshape(T, N, C, L)
         return self.proj_lif(self.proj_conv_bn(x_seq))
 
