@@ -22,7 +22,7 @@ def test_pack_and_unpack_restore_values_and_strides(dtype, layout, width):
     x = torch.randint(0, 1 << width, shape, generator=g).to(dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    order = spike_bits._memory_order(x)
+    order = spike_bits.memory_order(x)
     packed = spike_bits.pack(x, order, width)
     per_byte = 8 // width
     assert packed.dtype == torch.uint8 and packed.numel() == -(-x.numel() // per_byte)
@@ -39,8 +39,8 @@ def test_widths_are_the_fewest_bits_for_a_bound():
 
 def test_views_with_gaps_or_repeats_are_not_packed():
     x = torch.zeros(4, 6)
-    assert spike_bits._memory_order(x[:, :3]) is None
-    assert spike_bits._memory_order(torch.zeros(6).expand(4, 6)) is None
+    assert spike_bits.memory_order(x[:, :3]) is None
+    assert spike_bits.memory_order(torch.zeros(6).expand(4, 6)) is None
 
 
 def _spikes(backend, device, **kwargs):

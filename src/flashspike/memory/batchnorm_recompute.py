@@ -39,6 +39,7 @@ from torch.autograd.function import once_differentiable
 from ..backends.recompute import mark, mark_normalized
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
+from .spike_bits import memory_order
 
 __all__ = ["recompute_h_after_batchnorm", "RecomputableBatchNorm1d", "RecomputableBatchNorm2d",
            "RecomputableBatchNorm3d"]
@@ -67,16 +68,6 @@ def _normalize_kernels(x: torch.Tensor):
         if x.device.type != "cpu" or not interpreting():
             return None
     return optional_kernels("flashspike.memory.batchnorm_triton")
-
-
-def _is_dense(x: torch.Tensor) -> bool:
-    """Whether ``x``'s elements fill its memory without gaps or overlaps, in any order of dimensions."""
-    expected = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def _batch_statistics(x: torch.Tensor, eps: float):
@@ -138,7 +129,8 @@ class _Recomputable:
             return super().forward(input)
         self._check_input_dim(input)
         kernels = None
-        if input.dtype in _KERNEL_DTYPES and input.dim() >= 2 and input.numel() and _is_dense(input):
+        if (input.dtype in _KERNEL_DTYPES and input.dim() >= 2 and input.numel()
+                and memory_order(input) is not None):  # memory with no gaps, in any order of dimensions
             kernels = _normalize_kernels(input)
         if kernels is None:  # the plain layer's output, marked to be computed again by its own function
             output = super().forward(input)

@@ -33,8 +33,8 @@ from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .pooling import is_max_pool_output
 
-__all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "is_spike_input", "integer_bound", "width_for",
-           "BitSavingConv1d", "BitSavingConv2d", "BitSavingLinear", "matmul"]
+__all__ = ["store_spike_inputs_in_bits", "pack", "unpack", "memory_order", "is_spike_input", "integer_bound",
+           "width_for", "BitSavingConv1d", "BitSavingConv2d", "BitSavingLinear", "matmul"]
 
 _fields_on: dict = {}  # (device, width) -> each field's shift in a byte, uint8 there (made once)
 # PyTorch's autograd nodes (by ``Node.name()``, the only name PyTorch gives them) whose output holds
@@ -89,7 +89,7 @@ def width_for(bound: int) -> int:
     return next(width for width in WIDTHS if bound < 1 << width)
 
 
-def _memory_order(x: torch.Tensor):
+def memory_order(x: torch.Tensor):
     """The permutation that lays ``x`` out contiguously (its dimensions by falling stride), or None
     when ``x`` is no dense tensor without overlaps (an expanded view, a slice)."""
     order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), -x.shape[d]))
@@ -114,7 +114,7 @@ def _fused(device: torch.device):
 
 def pack(x: torch.Tensor, order, width: int = 1) -> torch.Tensor:
     """The elements of ``x`` (integers 0 .. 2**width - 1) in memory order (``order``:
-    :func:`_memory_order`), ``width`` bits each, ``8 // width`` to a uint8, the first element in the
+    :func:`memory_order`), ``width`` bits each, ``8 // width`` to a uint8, the first element in the
     lowest bits."""
     flat = x.permute(order).reshape(-1)
     fused = _fused(x.device)
@@ -200,11 +200,11 @@ def _pack_operand(t: torch.Tensor, width: int):
     when it is dense; else, for a view with gaps of a dense tensor (Q, K and V are views of one
     neuron's output), that whole tensor, packed once for all its views (the bits are kept with it);
     None when neither is dense."""
-    order = _memory_order(t)
+    order = memory_order(t)
     if order is not None:
         return pack(t, order, width), (t.shape, t.stride(), order, t.dtype, width, None)
     base = t._base
-    order = None if base is None else _memory_order(base)
+    order = None if base is None else memory_order(base)
     if order is None:
         return None
     memo = getattr(base, _PACKED_BASE, None)
@@ -281,7 +281,7 @@ def _packing(x: torch.Tensor):
     if not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
     bound = integer_bound(x)
-    order = None if bound is None else _memory_order(x)
+    order = None if bound is None else memory_order(x)
     return None if order is None else (order, width_for(bound))
 
 
