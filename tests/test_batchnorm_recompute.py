@@ -157,8 +157,9 @@ def test_without_triton_the_plain_output_is_computed_again_bit_for_bit(monkeypat
 
 
 def test_a_view_of_the_output_finds_the_recipe_and_other_tensors_do_not(monkeypatch):
-    bn = batchnorm_recompute.RecomputableBatchNorm2d(3)
-    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    device = kernel_device("triton")  # the Triton normalization: CUDA, or the interpreter on the CPU
+    bn = batchnorm_recompute.RecomputableBatchNorm2d(3).to(device)
+    x = torch.randn(4, 3, 2, 2, device=device, requires_grad=True)
     y = bn(x)
     seq = y.view(2, 2, 3, 2, 2)
     found, view = recompute.recipe_for(seq)

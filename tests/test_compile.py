@@ -420,7 +420,7 @@ def test_a_compiled_node_follows_each_option_change(backend, fresh_dynamo):
     x = _dyadic(6, 5, generator=torch.Generator().manual_seed(7), scale=2).float().abs()
 
     def run(module, on):
-        xr = x.to(on).requires_grad_()
+        xr = x.to(on, copy=True).requires_grad_()  # a leaf of its own on either device
         spikes = module(xr)
         (spikes * torch.arange(1.0, 7.0, device=on).view(6, 1)).sum().backward()
         module_node = node if module is compiled else module

@@ -89,7 +89,7 @@ def _parameters_by_key(model):
 def _training_step(model, x):
     x = x.clone().requires_grad_(True)
     y = model.train()(x)
-    (y * torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    (y * torch.linspace(-1.0, 1.0, y.numel(), dtype=y.dtype, device=y.device).view_as(y)).sum().backward()
     return y.detach(), x.grad, {key: p.grad for key, p in _parameters_by_key(model).items()}
 
 

@@ -15,6 +15,8 @@ from flashspike import layer, neuron, surrogate
 from flashspike.backends import rebuilt_v_seq
 from flashspike.memory.batchnorm_recompute import recompute_h_after_batchnorm
 
+from conftest import kernel_device
+
 KERNEL = "triton"  # through the CPU interpreter here; 'cupy' runs the same Function (backends.autograd)
 CLASSES = {
     "IF": (neuron.MultiStepIFNode, {}),
@@ -32,6 +34,18 @@ def _pair(name, backend, v_reset, **options):
     # than the rebuild's torch rounding does.
     kwargs = {**kwargs, "v_reset": (-0.125 if name == "EIF" else 0.0) if v_reset == "hard" else None, **options}
     return cls(backend=backend, store_v_seq=True, **kwargs), cls(backend=backend, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _tensors_where_the_kernels_run():
+    """Every tensor these tests make is made where the kernel backend runs here: on CUDA, or on the CPU
+    through Triton's interpreter."""
+    with torch.device(kernel_device(KERNEL)):
+        yield
+
+
+def _generator(seed):
+    return torch.Generator(torch.get_default_device()).manual_seed(seed)
 
 
 def _same_bits(a, b):
@@ -60,7 +74,7 @@ def test_hand_computed_hard_and_soft_reset_with_a_carried_state():
 def test_equal_to_store_v_seq(backend, dtype, v_reset, name):
     kept, rebuilt = _pair(name, backend, v_reset)
     rebuilt.load_state_dict(kept.state_dict())
-    generator = torch.Generator().manual_seed(3)
+    generator = _generator(3)
     x = (torch.randn(5, 2, 33, generator=generator) * 1.2 + 0.3).to(dtype)
     v0 = (torch.rand(2, 33, generator=generator) - 0.5).to(dtype)
     kept.v, rebuilt.v = v0.clone(), v0.clone()
@@ -243,7 +257,7 @@ def _one_call(backend):
     saved = []
     node = neuron.MultiStepLIFNode(backend=backend)
     node.v = torch.zeros(3, 5)
-    x = torch.rand(4, 3, 5, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    x = torch.rand(4, 3, 5, generator=_generator(0)).requires_grad_()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         with _Ops() as ops:
             node(x)
