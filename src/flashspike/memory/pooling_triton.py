@@ -7,6 +7,12 @@ They compute what PyTorch's ``max_pool2d_with_indices`` and its backward compute
 maximum, the first position holding it in row-major window order (the last NaN, where there is one),
 and a gradient that gathers, for each input element, the outputs whose maximum it is, in ascending
 output order and in float32, then casts once.
+
+Each program works on a tile of ``[rows, lanes]`` elements whose lanes are adjacent in memory: the
+channels of a channels_last tensor (rows are its pixels), the columns of a contiguous one (rows are
+its image rows). A tile's coordinates then take a few integer divisions per row rather than several
+per element, which on a GPU cost more than the memory traffic itself, and its loads along the lanes
+are contiguous.
 """
 
 from __future__ import annotations
@@ -17,41 +23,47 @@ import triton.language as tl
 
 __all__ = ["forward", "backward", "channels_last"]
 
-BLOCK = 256  # output (forward) or input (backward) elements per program
+TILE = 2048  # elements per program
+WIDEST_LANES = 64  # lanes per tile at most; the rest of the tile is rows
+LARGEST_INT32 = 2 ** 31 - 1
 
 
 @triton.jit
-def _coordinates(index, C, H, W, CHANNELS_LAST: tl.constexpr):
-    """(n, c, h, w) of element ``index`` of an [N, C, H, W] tensor counted in its memory order: a
-    program's lanes walk the channels of channels_last tensors, which are adjacent in memory."""
-    if CHANNELS_LAST:
-        c = index % C
-        w = (index // C) % W
-        h = (index // (C * W)) % H
-        n = index // (C * W * H)
-    else:
-        w = index % W
-        h = (index // W) % H
-        c = (index // (W * H)) % C
-        n = index // (W * H * C)
-    return n, c, h, w
+def _tile(rows, lanes, C, H, W, CHANNELS_LAST: tl.constexpr, WIDE: tl.constexpr,
+          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The coordinates (n, c, h, w) of this program's tile of an [N, C, H, W] tensor walked as ``rows``
+    x ``lanes``, each broadcastable to the tile, and the tile's live elements."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    if WIDE:  # element offsets past 2**31 - 1
+        r = r.to(tl.int64)
+    live = (r < rows)[:, None] & (k < lanes)[None, :]
+    if CHANNELS_LAST:  # rows are the pixels (n, h, w), lanes the channels
+        w = r % W
+        h = (r // W) % H
+        n = r // (W * H)
+        return n[:, None], k[None, :], h[:, None], w[:, None], live
+    else:  # rows are the image rows (n, c, h), lanes the columns
+        h = r % H
+        c = (r // H) % C
+        n = r // (H * C)
+        return n[:, None], c[:, None], h[:, None], k[None, :], live
 
 
 @triton.jit
-def _max_pool_positions_forward(x_ptr, y_ptr, pos_ptr, total, C, H, W, OH, OW,
+def _max_pool_positions_forward(x_ptr, y_ptr, pos_ptr, rows, lanes, C, H, W, OH, OW,
              sxn, sxc, sxh, sxw, syn, syc, syh, syw,
              KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-             PH: tl.constexpr, PW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = index < total
-    n, c, oh, ow = _coordinates(index, C, OH, OW, CHANNELS_LAST)
+             PH: tl.constexpr, PW: tl.constexpr, CHANNELS_LAST: tl.constexpr, WIDE: tl.constexpr,
+             BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    n, c, oh, ow, live = _tile(rows, lanes, C, OH, OW, CHANNELS_LAST, WIDE, BLOCK_R, BLOCK_K)
     top = oh * SH - PH
     left = ow * SW - PW
     # The first position inside the input: where PyTorch's index starts before any comparison.
     first_h = tl.maximum(top, 0) - top
     first_w = tl.maximum(left, 0) - left
-    best = tl.full((BLOCK,), float("-inf"), tl.float32)
-    position = (first_h * KW + first_w).to(tl.int32)
+    best = tl.full((BLOCK_R, BLOCK_K), float("-inf"), tl.float32)
+    position = tl.zeros((BLOCK_R, BLOCK_K), tl.int32) + (first_h * KW + first_w).to(tl.int32)
     base = x_ptr + n * sxn + c * sxc
     for kh in tl.static_range(KH):
         for kw in tl.static_range(KW):
@@ -68,18 +80,16 @@ def _max_pool_positions_forward(x_ptr, y_ptr, pos_ptr, total, C, H, W, OH, OW,
 
 
 @triton.jit
-def _max_pool_positions_backward(g_ptr, pos_ptr, dx_ptr, total, C, H, W, OH, OW,
-              sgn, sgc, sgh, sgw, sdn, sdc, sdh, sdw,
+def _max_pool_positions_backward(g_ptr, pos_ptr, dx_ptr, rows, lanes, C, H, W, OH, OW,
+              sgn, sgc, sgh, sgw, spn, spc, sph, spw, sdn, sdc, sdh, sdw,
               KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-              PH: tl.constexpr, PW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = index < total
-    n, c, ih, iw = _coordinates(index, C, H, W, CHANNELS_LAST)
+              PH: tl.constexpr, PW: tl.constexpr, CHANNELS_LAST: tl.constexpr, WIDE: tl.constexpr,
+              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    n, c, ih, iw, live = _tile(rows, lanes, C, H, W, CHANNELS_LAST, WIDE, BLOCK_R, BLOCK_K)
     # Outputs whose window covers (ih, iw): oh in [ceil((ih + PH - KH + 1) / SH), (ih + PH) // SH].
     last_h = (ih + PH) // SH
     last_w = (iw + PW) // SW
-    acc = tl.zeros((BLOCK,), tl.float32)
-    base_g = n * sgn + c * sgc
+    acc = tl.zeros((BLOCK_R, BLOCK_K), tl.float32)
     COVER_H: tl.constexpr = (KH + SH - 1) // SH  # windows a row can lie in
     COVER_W: tl.constexpr = (KW + SW - 1) // SW
     for dh in tl.static_range(COVER_H):
@@ -89,12 +99,10 @@ def _max_pool_positions_backward(g_ptr, pos_ptr, dx_ptr, total, C, H, W, OH, OW,
             ow = last_w - (COVER_W - 1) + dw
             kh = ih + PH - oh * SH
             kw = iw + PW - ow * SW
-            covers = live & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW) & (kh >= 0) & (kh < KH) \
-                & (kw >= 0) & (kw < KW)
-            at = base_g + oh * sgh + ow * sgw
-            position = tl.load(pos_ptr + at, mask=covers, other=255).to(tl.int32)
-            grad = tl.load(g_ptr + at, mask=covers & (position == kh * KW + kw), other=0.0).to(tl.float32)
-            acc += grad
+            covers = live & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW) & (kh < KH) & (kw < KW)
+            position = tl.load(pos_ptr + n * spn + c * spc + oh * sph + ow * spw, mask=covers, other=255)
+            chosen = covers & (position.to(tl.int32) == kh * KW + kw)
+            acc += tl.load(g_ptr + n * sgn + c * sgc + oh * sgh + ow * sgw, mask=chosen, other=0.0).to(tl.float32)
     tl.store(dx_ptr + n * sdn + c * sdc + ih * sdh + iw * sdw, acc.to(dx_ptr.dtype.element_ty), mask=live)
 
 
@@ -113,6 +121,20 @@ def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _walk(t: torch.Tensor, *others: torch.Tensor):
+    """(rows, lanes, grid, constants) of the kernels' walk over ``t`` ``[N, C, H, W]`` in tiles (see the
+    module's text); ``others`` are the launch's other tensors, which decide with ``t`` whether element
+    offsets need 64 bits."""
+    n, c, h, w = t.shape
+    last = channels_last(t)
+    rows, lanes = (n * h * w, c) if last else (n * c * h, w)
+    block_k = min(triton.next_power_of_2(lanes), WIDEST_LANES)
+    block_r = TILE // block_k
+    reach = max(sum((size - 1) * stride for size, stride in zip(x.shape, x.stride())) for x in (t, *others))
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(lanes, block_k))
+    return rows, lanes, grid, dict(CHANNELS_LAST=last, WIDE=reach > LARGEST_INT32, BLOCK_R=block_r, BLOCK_K=block_k)
+
+
 def forward(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple):
     """(y, positions) of a max-pooling of ``x`` ``[N, C, H, W]`` (any strides): y in x's dtype and memory
     format, positions uint8 laid out like y."""
@@ -120,28 +142,24 @@ def forward(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple):
     oh, ow = out_size(h, kernel[0], stride[0], padding[0]), out_size(w, kernel[1], stride[1], padding[1])
     y = _new((n, c, oh, ow), x.dtype, x.device, channels_last(x))
     positions = torch.empty_strided(y.shape, y.stride(), dtype=torch.uint8, device=x.device)
-    total = y.numel()
-    if total:
-        _max_pool_positions_forward[(triton.cdiv(total, BLOCK),)](
-            x, y, positions, total, c, h, w, oh, ow, *x.stride(), *y.stride(),
-            KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1],
-            CHANNELS_LAST=channels_last(y), BLOCK=BLOCK)
+    if y.numel():
+        rows, lanes, grid, walk = _walk(y, x)
+        _max_pool_positions_forward[grid](
+            x, y, positions, rows, lanes, c, h, w, oh, ow, *x.stride(), *y.stride(),
+            KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], **walk)
     return y, positions
 
 
 def backward(grad: torch.Tensor, positions: torch.Tensor, input_shape, dtype: torch.dtype, input_channels_last: bool,
              kernel: tuple, stride: tuple, padding: tuple) -> torch.Tensor:
     """The gradient of the input (``input_shape``, ``dtype``, channels_last or contiguous as the input
-    was) from the outputs' gradient ``grad`` and the positions :func:`forward` recorded."""
-    if grad.stride() != positions.stride():
-        grad = torch.empty_strided(positions.shape, positions.stride(), dtype=grad.dtype,
-                                   device=grad.device).copy_(grad)
+    was) from the outputs' gradient ``grad`` (any strides) and the positions :func:`forward` recorded."""
     n, c, h, w = input_shape
     grad_x = _new(input_shape, dtype, grad.device, input_channels_last)
-    total = grad_x.numel()
-    if total:
-        _max_pool_positions_backward[(triton.cdiv(total, BLOCK),)](
-            grad, positions, grad_x, total, c, h, w, grad.shape[2], grad.shape[3], *grad.stride(),
-            *grad_x.stride(), KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0],
-            PW=padding[1], CHANNELS_LAST=channels_last(grad_x), BLOCK=BLOCK)
+    if grad_x.numel():
+        rows, lanes, grid, walk = _walk(grad_x, grad, positions)
+        _max_pool_positions_backward[grid](
+            grad, positions, grad_x, rows, lanes, c, h, w, grad.shape[2], grad.shape[3], *grad.stride(),
+            *positions.stride(), *grad_x.stride(), KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
+            PH=padding[0], PW=padding[1], **walk)
     return grad_x
