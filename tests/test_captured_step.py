@@ -145,6 +145,9 @@ def _run_both(steps, batches):
         (loss_a, out_a), (loss_b, out_b) = results
         torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(out_b, out_a, rtol=0, atol=1e-6)
+        # each parameter's .grad is the step's gradient, whichever graph (or eager step) computed it
+        for p, q in zip(steps[0][1].parameters(), steps[1][1].parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6)
         losses.append(float(loss_a))
     return losses
 

@@ -90,6 +90,7 @@ class _Graph:
         self.inputs, self.targets = pytree.tree_map(clone, inputs), pytree.tree_map(clone, targets)
         self.graph = torch.cuda.CUDAGraph()
         self.loss = self.outputs = None
+        self.grads: list = []  # each parameter's gradient as this graph writes it
 
     def replay(self, inputs, targets):
         _copy_into(self.inputs, inputs)
@@ -229,12 +230,17 @@ class CapturedStep:
             graph = self._capture(signature, inputs, targets)
         self._refresh_lr()
         loss, self.outputs = graph.replay(inputs, targets)
+        if len(self._graphs) > 1:  # each graph has gradients of its own: show the ones just written
+            for p, grad in zip(self._parameters(), graph.grads):
+                p.grad = grad
         return loss
 
     # ---- the step itself: one definition for eager, warm-up and capture
 
     def _step(self, inputs, targets):
-        self.optimizer.zero_grad(set_to_none=not self.capture)  # in place when captured
+        # Inside a capture the backward then writes each gradient into memory of the graph's own pool,
+        # which every replay rewrites: no zero fill and no accumulating add per parameter and step.
+        self.optimizer.zero_grad(set_to_none=True)
         if self.averager is not None:
             self.averager.share_buffers()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -276,8 +282,12 @@ class CapturedStep:
                                "in the model, loss or optimizer waits for the host (.item(), printing a tensor, a "
                                "data-dependent shape) or is not capturable. Use capture=False to train eagerly. "
                                f"The error: {error}") from error
+        graph.grads = [p.grad for p in self._parameters()]
         self._graphs[signature] = graph
         return graph
+
+    def _parameters(self):
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     @contextlib.contextmanager
     def _lr_on_device(self):
