@@ -235,11 +235,15 @@ def test_spike_bits_rows_switch_the_layers_of_flashspike_models_only():
     assert bench.row_specs(bench.parse_args(["--modes", "eager"]))[0][0]["spike_bits"] is False
 
 
-def test_pool_bytes_rows_switch_the_max_pools_of_flashspike_models():
-    (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--pool-bytes", "--models", "fmnist"]))[0]
-    spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch", memory_format="contiguous")
+def test_pool_bytes_are_on_unless_turned_off_and_switch_pools_on_cuda_only():
+    for flags, on in (([], True), (["--pool-bytes"], True), (["--no-pool-bytes"], False)):
+        (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--models", "fmnist", *flags]))[0]
+        assert spec["pool_bytes"] is on, flags
+    # On the CPU the byte kernels do not run: the row keeps nn.MaxPool2d and does not claim them.
+    spec.update(pool_bytes=True, T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch",
+                memory_format="contiguous")
     row = train_worker.run_row(spec)
-    assert row["pool_bytes_layers"] == 2 and row["subject"] == "flashspike torch, pool bytes"
+    assert "pool_bytes_layers" not in row and row["subject"] == "flashspike torch"
 
 
 def test_recompute_h_rows_keep_less_for_the_backward_by_the_neurons_h(monkeypatch):

@@ -336,6 +336,16 @@ def test_verbose_prints_the_full_flags_and_the_network(capsys):
     assert "CSNN(" in out and out.count("MultiStepIFNode(") == 4
 
 
+
+@pytest.mark.parametrize("flag, pool_class", [([], "BytePositionMaxPool2d"), (["-pool_bytes", "off"], "MaxPool2d")])
+def test_the_pools_keep_bytes_unless_told_not_to(flag, pool_class):
+    from flashspike.examples.trainer import Trainer
+    from flashspike.cluster import Cluster
+
+    trainer = Trainer(cli.parse_args(["-device", "cpu", "-channels", "4", *flag]), Cluster("cpu"))
+    pools = [type(m).__name__ for m in trainer.net.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert pools == [pool_class] * 2
+
 # ------------------------------------------------------------------ flags
 
 def test_flags_accept_dashes_and_any_case():

@@ -108,8 +108,9 @@ def parse_args(argv=None):
                              "on CUDA, Gloo on the CPU): DistributedDataParallel, or in the captured mode "
                              "CapturedStep(distributed=True) with the all-reduce inside each graph; --b is the batch "
                              "of each process, images/s counts all (default 1)")
-    for key, (*_switch, help_text) in MEMORY_SWITCHES.items():
-        parser.add_argument("--" + key.replace("_", "-"), action="store_true", help=help_text)
+    for key, switch in MEMORY_SWITCHES.items():
+        parser.add_argument("--" + key.replace("_", "-"), action=argparse.BooleanOptionalAction, default=switch.default,
+                            help=switch.help)
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                         help="leave torch.backends.cudnn.benchmark off; by default every row turns it on (the shapes "
                              "are fixed, so cuDNN times its algorithms once and keeps the fastest, as the example does)")

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -148,19 +149,32 @@ def make_batches(spec, device, memory_format):
     return batches, num_classes, channels
 
 
-# Spec key -> (label in the subject, module, function switching a model's layers, flag help):
-# flashspike's ways of keeping less for the backward, each turned on by the benchmark flag of the
-# key's name (``--spike-bits`` for "spike_bits").
+class MemorySwitch(NamedTuple):
+    """One of flashspike's ways of keeping less for the backward, turned on for flashspike rows by the
+    benchmark flag named after its key (``--spike-bits`` for "spike_bits"; ``--no-...`` turns it off)."""
+
+    label: str  # added to a row's subject where it switched layers
+    module: str
+    function: str  # switches a model's layers
+    help: str
+    default: bool = False  # on unless turned off: exact, and no slower
+    cuda_only: bool = False  # its kernels run on CUDA only (elsewhere the layers take their ordinary path)
+
+
 MEMORY_SWITCHES = {
-    "spike_bits": ("spike bits", "flashspike.memory.spike_bits", "store_spike_inputs_in_bits",
-                   "flashspike rows keep spike inputs of convolutions and linear layers in one bit, and sums of "
-                   "spikes in a few, for the backward (flashspike.memory.spike_bits; eager and captured steps)"),
-    "pool_bytes": ("pool bytes", "flashspike.memory.pooling", "store_pool_indices_in_bytes",
-                   "flashspike rows' max-pools keep one byte per output for the backward instead of an int64 "
-                   "index (flashspike.memory.pooling; eager and captured steps on CUDA)"),
-    "recompute_h": ("H recomputed", "flashspike.memory.batchnorm_recompute", "recompute_h_after_batchnorm",
-                    "flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again from "
-                    "the BatchNorm's kept input (flashspike.memory.batchnorm_recompute; eager and captured steps)"),
+    "spike_bits": MemorySwitch(
+        "spike bits", "flashspike.memory.spike_bits", "store_spike_inputs_in_bits",
+        "flashspike rows keep spike inputs of convolutions and linear layers in one bit, and sums of spikes in a "
+        "few, for the backward (flashspike.memory.spike_bits; eager and captured steps)"),
+    "pool_bytes": MemorySwitch(
+        "pool bytes", "flashspike.memory.pooling", "store_pool_indices_in_bytes",
+        "flashspike rows' max-pools keep one byte per output for the backward instead of an int64 index, with "
+        "kernels faster than PyTorch's max-pool (flashspike.memory.pooling; eager and captured steps on CUDA)",
+        default=True, cuda_only=True),
+    "recompute_h": MemorySwitch(
+        "H recomputed", "flashspike.memory.batchnorm_recompute", "recompute_h_after_batchnorm",
+        "flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again from the "
+        "BatchNorm's kept input (flashspike.memory.batchnorm_recompute; eager and captured steps)"),
 }
 
 
@@ -210,10 +224,11 @@ def run_row(spec: dict) -> dict:
     if spec["model"] != "fmnist":
         adapt_stem(model, channels)
     if spec["subject"] == "flashspike":
-        for key, (label, module, switch, _help) in MEMORY_SWITCHES.items():
-            if spec.get(key):
-                row[f"{key}_layers"] = getattr(importlib.import_module(module), switch)(model)
-                row["subject"] += ", " + label
+        for key, switch in MEMORY_SWITCHES.items():
+            if spec.get(key) and (cuda or not switch.cuda_only):
+                row[f"{key}_layers"] = getattr(importlib.import_module(switch.module), switch.function)(model)
+                if row[f"{key}_layers"]:
+                    row["subject"] += ", " + switch.label
     model = model.to(device, memory_format=memory_format).train()
     net = model
     captured = spec["mode"] == "captured"

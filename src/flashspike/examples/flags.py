@@ -87,6 +87,10 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     flag("memory_format", choices=("auto", "channels_last", "contiguous"), default="auto",
          help="layout of the convolution activations: auto is channels_last on CUDA (cuDNN's and max-pool's "
          "NHWC kernels, no layout conversions; the neurons read it in place) and contiguous elsewhere")
+    flag("pool_bytes", choices=("on", "off"), default="on",
+         help="on: the max-pools keep, for the backward, the position of each output's maximum in its window as one "
+         "byte instead of an int64 index, with kernels faster than PyTorch's (flashspike.memory.pooling; CUDA, the "
+         "same values); off: nn.MaxPool2d's own")
     flag("seed", type=int, default=0, help="seed of the weights and of the batch order")
     flag("threads", type=int, default=0,
          help="CPU threads for PyTorch (default 0: PyTorch's own choice, one per core); on a machine whose cores "

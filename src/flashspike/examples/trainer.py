@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import backends, compiling, functional
 from ..captured import CapturedStep
+from ..memory.pooling import store_pool_indices_in_bytes
 from ..cluster import Cluster
 from ..model.csnn import CSNN
 from .fashion_mnist import NUM_CLASSES
@@ -121,6 +122,8 @@ class Trainer:
         memory_format = memory_format_for(args.memory_format, self.device)
         self.net = CSNN(args.T, args.channels, args.step_mode, args.backend, memory_format,
                         NUM_CLASSES).to(self.device)
+        if args.pool_bytes == "on":
+            store_pool_indices_in_bytes(self.net)
         fused = {"fused": True} if self.device.type == "cuda" else {}  # fused: no host sync in scaler.step
         if args.opt == "SGD":
             self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr, momentum=args.momentum, **fused)
@@ -322,7 +325,7 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"bench: device={name}, T={args.T}, b={args.b}, amp={args.amp}, step_mode={args.step_mode}, "
           f"backend={trainer.check_backend()}, memory_format={str(trainer.net.memory_format).replace('torch.', '')}, "
-          f"compile={args.compile}, cuda_graph={args.cuda_graph}, "
+          f"compile={args.compile}, cuda_graph={args.cuda_graph}, pool_bytes={args.pool_bytes}, "
           f"steps={steps}, step_time_ms={seconds / steps * 1000:.3f}{memory}",
           flush=True)
 
