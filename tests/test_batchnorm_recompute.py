@@ -326,6 +326,32 @@ def test_the_normalization_kernel_finds_every_elements_channel(shape, memory_for
                                rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, memory_format", [
+    ((6, 5), None), ((3, 1500), None), ((4, 3, 5, 6), torch.channels_last), ((2, 3, 2, 3, 4), torch.channels_last_3d),
+    ((700, 7), None),  # rows over several blocks and programs
+], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_the_statistics_kernels_give_each_channels_mean_and_invstd(shape, memory_format, dtype, monkeypatch):
+    device = kernel_device("triton")
+    kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
+    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)  # several programs' partial results to merge
+    g = torch.Generator().manual_seed(5)
+    # far from zero mean, per channel: a sum of squares would cancel where deviations do not
+    x = torch.randn(shape, generator=g) * 0.5 + 100 + torch.arange(shape[1]).remainder(7).view(-1, *[1] * (len(shape) - 2))
+    x = x.to(dtype).to(device)
+    if memory_format is not None:
+        x = x.contiguous(memory_format=memory_format)
+    assert x.stride(1) == 1
+    mean, invstd = kernels.moments(x, 1e-5)
+    dims = [d for d in range(x.dim()) if d != 1]
+    wide = x.double()
+    expected_mean = wide.mean(dims)
+    expected_invstd = (wide.var(dims, correction=0) + 1e-5).rsqrt()
+    assert mean.dtype == invstd.dtype == torch.float32
+    torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(invstd.double(), expected_invstd, rtol=2e-4, atol=0)
+
+
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
 def test_running_statistics_follow_batchnorms_update(momentum):
     device = kernel_device("triton")

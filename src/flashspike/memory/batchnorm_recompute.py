@@ -70,9 +70,12 @@ def _normalize_kernels(x: torch.Tensor):
     return optional_kernels("flashspike.memory.batchnorm_triton")
 
 
-def _batch_statistics(x: torch.Tensor, eps: float):
-    """(mean, 1/sqrt(var + eps)) per channel in float32, var biased: PyTorch's one-pass CUDA
-    statistics, or two float32 passes elsewhere."""
+def _batch_statistics(x: torch.Tensor, eps: float, kernels):
+    """(mean, 1/sqrt(var + eps)) per channel in float32, var biased: the Triton statistics where the
+    channels are adjacent in memory (where PyTorch's CUDA kernel is slow), else PyTorch's one-pass CUDA
+    statistics, or two float32 passes on the CPU."""
+    if x.stride(1) == 1 and x.shape[1] > 1:
+        return kernels.moments(x, eps)
     if x.is_cuda:
         mean, invstd = torch.batch_norm_stats(x, eps)
         return mean.float(), invstd.float()
@@ -138,7 +141,7 @@ class _Recomputable:
                                       running_dtype=None if running is None else running.dtype)
             mark(output, again, (input, self.weight, self.bias))
             return output
-        mean, invstd = _batch_statistics(input.detach(), self.eps)
+        mean, invstd = _batch_statistics(input.detach(), self.eps, kernels)
         update = self.training and self.track_running_stats
         factor = 0.0
         if update:  # as nn.BatchNorm: an exponential average, or with momentum None the cumulative one
