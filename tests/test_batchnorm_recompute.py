@@ -9,6 +9,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flashspike import functional, layer, neuron
@@ -350,6 +351,38 @@ def test_the_statistics_kernels_give_each_channels_mean_and_invstd(shape, memory
     assert mean.dtype == invstd.dtype == torch.float32
     torch.testing.assert_close(mean.double(), expected_mean, rtol=1e-6, atol=0)
     torch.testing.assert_close(invstd.double(), expected_invstd, rtol=2e-4, atol=0)
+
+
+@pytest.mark.parametrize("shape, memory_format", [
+    ((6, 5), None), ((16, 1500), None), ((4, 3, 5, 6), torch.channels_last), ((700, 7), None),
+], ids=str)
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_the_gradient_kernels_give_batchnorms_gradients(shape, memory_format, affine, dtype, monkeypatch):
+    device = kernel_device("triton")
+    kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
+    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)
+    g = torch.Generator().manual_seed(6)
+    x = (torch.randn(shape, generator=g) * 2 + 3).to(dtype).to(device)
+    grad = torch.randn(shape, generator=g).to(dtype).to(device)
+    if memory_format is not None:
+        x, grad = x.contiguous(memory_format=memory_format), grad.contiguous(memory_format=memory_format)
+    weight = (torch.rand(shape[1], generator=g) + 0.5).to(device) if affine else None
+    bias = torch.randn(shape[1], generator=g).to(device) if affine else None
+    mean, invstd = kernels.moments(x, 1e-5)
+    grad_x, grad_weight, grad_bias = kernels.backward(grad, x, weight, mean, invstd, (True, affine, affine))
+    wide = [None if t is None else t.double().requires_grad_() for t in (x, weight, bias)]
+    F.batch_norm(wide[0], None, None, wide[1], wide[2], True, 0.0, 1e-5).backward(grad.double())
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-3)
+    assert grad_x.dtype == dtype and grad_x.stride() == x.stride()
+    torch.testing.assert_close(grad_x.double(), wide[0].grad, **tolerance)
+    if affine:
+        torch.testing.assert_close(grad_weight.double(), wide[1].grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(grad_bias.double(), wide[2].grad, rtol=1e-4, atol=1e-4)
+    else:
+        assert grad_weight is None and grad_bias is None
+    only_weight = kernels.backward(grad, x, weight, mean, invstd, (False, affine, False))
+    assert only_weight[0] is None and only_weight[2] is None and (only_weight[1] is not None) == affine
 
 
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])

@@ -204,7 +204,8 @@ def test_every_recorded_kernel_compiles_for_the_gpu(launches):
     # every family was launched: the neurons' two kernels, packing both ways, pooling both ways,
     # the normalization and its per-channel terms
     assert {"flashspike_forward", "flashspike_backward", "_pack_bits", "_unpack_bits", "_normalize",
-            "_affine_terms", "_partial_moments", "_merge_moments"} <= names, names
+            "_affine_terms", "_partial_moments", "_merge_moments", "_partial_gradient_sums", "_gradient_terms",
+            "_grad_input"} <= names, names
     assert sum("pool" in name for name in names) >= 2, names
     assert len(items) >= 40, len(items)
     environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}

@@ -10,7 +10,8 @@ then keeps no H. The activation memory of the pair drops by the size of H.
 Where Triton runs the tensors (CUDA), a switched layer normalizes with the batch's statistics as one
 per-channel multiply-add, ``y = x * scale[c] + shift[c]`` with ``scale = weight / sqrt(var + eps)`` and
 ``shift = bias - mean * scale``, a fused multiply-add in float32 rounded once to x's dtype (a Triton
-kernel), and the gradients are PyTorch's own batch-norm backward with the same statistics. The
+kernel), and the gradients are PyTorch's batch-norm backward with the same statistics (its formulas in
+Triton kernels where the channels are adjacent in memory, where PyTorch's are slow). The
 neuron's backward kernel then runs the forward first from the kept input, normalizing it as it loads
 it, and writes H into the memory of the input gradient, where its walk back in time reads it: the
 same input, so the same H, bit for bit, with no memory of its own, at the cost of reading x instead
@@ -70,11 +71,16 @@ def _normalize_kernels(x: torch.Tensor):
     return optional_kernels("flashspike.memory.batchnorm_triton")
 
 
+def _channels_adjacent(x: torch.Tensor) -> bool:
+    """Whether the channels of ``x`` (dense) are adjacent in memory: channels last, or ``[N, C]``."""
+    return x.stride(1) == 1 and x.shape[1] > 1
+
+
 def _batch_statistics(x: torch.Tensor, eps: float, kernels):
     """(mean, 1/sqrt(var + eps)) per channel in float32, var biased: the Triton statistics where the
     channels are adjacent in memory (where PyTorch's CUDA kernel is slow), else PyTorch's one-pass CUDA
     statistics, or two float32 passes on the CPU."""
-    if x.stride(1) == 1 and x.shape[1] > 1:
+    if _channels_adjacent(x):
         return kernels.moments(x, eps)
     if x.is_cuda:
         mean, invstd = torch.batch_norm_stats(x, eps)
@@ -87,7 +93,7 @@ def _batch_statistics(x: torch.Tensor, eps: float, kernels):
 
 class _Normalize(torch.autograd.Function):
     """``x * scale[c] + shift[c]`` (``statistics``: the batch's mean and invstd, the scale and shift made
-    of them, eps, the kernels), with PyTorch's batch-norm backward, which differentiates through the
+    of them, eps, the kernels), with the batch-norm backward, which differentiates through the
     statistics too."""
 
     @staticmethod
@@ -95,7 +101,7 @@ class _Normalize(torch.autograd.Function):
         mean, invstd, scale, shift, eps, kernels = statistics
         y = kernels.normalize(x, scale, shift)
         ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps, ctx.parameters = eps, (weight is not None, bias is not None)
+        ctx.eps, ctx.parameters, ctx.kernels = eps, (weight is not None, bias is not None), kernels
         mark_normalized(y, x, scale, shift)
         return y
 
@@ -105,9 +111,15 @@ class _Normalize(torch.autograd.Function):
         x, weight, mean, invstd = ctx.saved_tensors
         has_weight, has_bias = ctx.parameters
         needs = ctx.needs_input_grad
-        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad.contiguous(memory_format=_memory_format(x)), x, weight, None, None, mean, invstd, True, ctx.eps,
-            [needs[0], needs[1] and has_weight, needs[2] and has_bias])
+        wanted = (needs[0], needs[1] and has_weight, needs[2] and has_bias)
+        if _channels_adjacent(x):  # (PyTorch's kernels for this layout are slow)
+            if grad.stride() != x.stride():
+                grad = torch.empty_like(x, dtype=grad.dtype).copy_(grad)
+            grad_x, grad_weight, grad_bias = ctx.kernels.backward(grad, x, weight, mean, invstd, wanted)
+        else:
+            grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                grad.contiguous(memory_format=_memory_format(x)), x, weight, None, None, mean, invstd, True, ctx.eps,
+                list(wanted))
         # (on CUDA a gradient masked off may still come back defined: pass on only what was asked for)
         return (grad_x if needs[0] else None, grad_weight if needs[1] and has_weight else None,
                 grad_bias if needs[2] and has_bias else None, None)

@@ -16,7 +16,8 @@ of ``inner`` elements, and its channel is the row's index modulo C, one division
 are adjacent in memory (channels last, or ``[N, C]``), where PyTorch's own statistics kernel is several
 times slower than reading the tensor: programs reduce blocks of rows to each channel's mean and sum of
 squared deviations (exact within a block, merged by Chan's update), and one more launch merges the
-blocks' results.
+blocks' results. :func:`backward` is the batch normalization's gradient for the same tensors, its
+per-channel sums gathered the same way (PyTorch's channels-last backward kernels are slow too).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["normalize", "affine_terms", "moments"]
+__all__ = ["normalize", "affine_terms", "moments", "backward"]
 
 ELEMENTS_PER_PROGRAM = 4096
 WIDEST_ROW_BLOCK = 1024
@@ -159,24 +160,128 @@ def _merge_moments(part_mean_ptr, part_m2_ptr, mean_ptr, invstd_ptr, parts, rows
     tl.store(invstd_ptr + channel, 1.0 / tl.sqrt(m2 / count + eps), mask=live)
 
 
+class _Split:
+    """How the per-channel reductions spread ``rows`` x ``channels`` (channels adjacent in memory) over
+    programs: ``parts`` blocks of ``rows_per_program`` rows (a multiple of ``block_rows``), each walked
+    in ``block_channels`` wide tiles; the per-channel launches then take ``block`` channels each."""
+
+    def __init__(self, x: torch.Tensor):
+        self.channels = x.shape[1]
+        self.rows = x.numel() // self.channels
+        self.block_channels = min(triton.next_power_of_2(self.channels), MOMENT_CHANNELS)
+        self.block_rows = ELEMENTS_PER_PROGRAM // self.block_channels
+        channel_blocks = triton.cdiv(self.channels, self.block_channels)
+        parts = max(1, min(triton.cdiv(self.rows, self.block_rows), MOMENT_PROGRAMS // channel_blocks))
+        self.rows_per_program = triton.cdiv(triton.cdiv(self.rows, parts), self.block_rows) * self.block_rows
+        self.parts = triton.cdiv(self.rows, self.rows_per_program)
+        self.grid = (self.parts, channel_blocks)
+        self.block = min(triton.next_power_of_2(self.channels), 256)
+        self.channel_grid = (triton.cdiv(self.channels, self.block),)
+
+    def partials(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.empty(self.parts, self.channels, dtype=torch.float32, device=x.device)
+
+
 def moments(x: torch.Tensor, eps: float):
     """(mean, 1/sqrt(var + eps)) per channel, float32, var biased, of ``x`` ``[N, C, *]`` dense with its
     channels adjacent in memory (``x.stride(1) == 1``) and not empty."""
-    channels = x.shape[1]
-    rows = x.numel() // channels
-    block_channels = min(triton.next_power_of_2(channels), MOMENT_CHANNELS)
-    block_rows = ELEMENTS_PER_PROGRAM // block_channels
-    channel_blocks = triton.cdiv(channels, block_channels)
-    parts = max(1, min(triton.cdiv(rows, block_rows), MOMENT_PROGRAMS // channel_blocks))
-    rows_per_program = triton.cdiv(triton.cdiv(rows, parts), block_rows) * block_rows
-    parts = triton.cdiv(rows, rows_per_program)
-    part_mean = torch.empty(parts, channels, dtype=torch.float32, device=x.device)
-    part_m2 = torch.empty_like(part_mean)
-    _partial_moments[(parts, channel_blocks)](x, part_mean, part_m2, rows, channels, rows_per_program,
-                                              BLOCK_ROWS=block_rows, BLOCK_CHANNELS=block_channels)
-    mean = torch.empty(channels, dtype=torch.float32, device=x.device)
+    split = _Split(x)
+    part_mean, part_m2 = split.partials(x), split.partials(x)
+    _partial_moments[split.grid](x, part_mean, part_m2, split.rows, split.channels, split.rows_per_program,
+                                 BLOCK_ROWS=split.block_rows, BLOCK_CHANNELS=split.block_channels)
+    mean = torch.empty(split.channels, dtype=torch.float32, device=x.device)
     invstd = torch.empty_like(mean)
-    block = min(triton.next_power_of_2(channels), 256)
-    _merge_moments[(triton.cdiv(channels, block),)](part_mean, part_m2, mean, invstd, parts, rows, rows_per_program,
-                                                    channels, eps, BLOCK=block)
+    _merge_moments[split.channel_grid](part_mean, part_m2, mean, invstd, split.parts, split.rows,
+                                       split.rows_per_program, split.channels, eps, BLOCK=split.block)
     return mean, invstd
+
+
+@triton.jit
+def _partial_gradient_sums(dy_ptr, x_ptr, mean_ptr, sum_dy_ptr, sum_dy_xmu_ptr, rows, channels, rows_per_program,
+                           BLOCK_ROWS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+    part = tl.program_id(0)
+    channel = tl.program_id(1) * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
+    live_channel = channel < channels
+    mean = tl.load(mean_ptr + channel, mask=live_channel, other=0.0)
+    first = part.to(tl.int64) * rows_per_program
+    sum_dy = tl.zeros((BLOCK_ROWS, BLOCK_CHANNELS), tl.float32)
+    sum_dy_xmu = tl.zeros((BLOCK_ROWS, BLOCK_CHANNELS), tl.float32)
+    for start in range(0, rows_per_program, BLOCK_ROWS):
+        row = first + start + tl.arange(0, BLOCK_ROWS)
+        mask = (row < rows)[:, None] & live_channel[None, :]
+        at = row[:, None] * channels + channel[None, :]
+        dy = tl.load(dy_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        sum_dy += dy
+        sum_dy_xmu += dy * (x - mean[None, :])
+    tl.store(sum_dy_ptr + part * channels + channel, tl.sum(sum_dy, axis=0), mask=live_channel)
+    tl.store(sum_dy_xmu_ptr + part * channels + channel, tl.sum(sum_dy_xmu, axis=0), mask=live_channel)
+
+
+@triton.jit
+def _gradient_terms(sum_dy_ptr, sum_dy_xmu_ptr, invstd_ptr, weight_ptr, a_ptr, mean_dy_ptr, k_ptr,
+                    grad_weight_ptr, grad_bias_ptr, parts, channels, count,
+                    HAS_WEIGHT: tl.constexpr, WANT_WEIGHT: tl.constexpr, WANT_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    channel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = channel < channels
+    sum_dy = tl.zeros((BLOCK,), tl.float32)
+    sum_dy_xmu = tl.zeros((BLOCK,), tl.float32)
+    for part in range(parts):
+        sum_dy += tl.load(sum_dy_ptr + part * channels + channel, mask=live, other=0.0)
+        sum_dy_xmu += tl.load(sum_dy_xmu_ptr + part * channels + channel, mask=live, other=0.0)
+    invstd = tl.load(invstd_ptr + channel, mask=live, other=0.0)
+    a = invstd
+    if HAS_WEIGHT:
+        a = invstd * tl.load(weight_ptr + channel, mask=live, other=0.0).to(tl.float32)
+    tl.store(a_ptr + channel, a, mask=live)
+    tl.store(mean_dy_ptr + channel, sum_dy / count, mask=live)
+    tl.store(k_ptr + channel, a * invstd * invstd * (sum_dy_xmu / count), mask=live)
+    if WANT_WEIGHT:
+        tl.store(grad_weight_ptr + channel, (sum_dy_xmu * invstd).to(grad_weight_ptr.dtype.element_ty), mask=live)
+    if WANT_BIAS:
+        tl.store(grad_bias_ptr + channel, sum_dy.to(grad_bias_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _grad_input(dy_ptr, x_ptr, dx_ptr, a_ptr, mean_dy_ptr, k_ptr, mean_ptr, rows, channels,
+                BLOCK_ROWS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    channel = tl.program_id(1) * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
+    live_channel = channel < channels
+    mask = (row < rows)[:, None] & live_channel[None, :]
+    a = tl.load(a_ptr + channel, mask=live_channel, other=0.0)[None, :]
+    mean_dy = tl.load(mean_dy_ptr + channel, mask=live_channel, other=0.0)[None, :]
+    k = tl.load(k_ptr + channel, mask=live_channel, other=0.0)[None, :]
+    mean = tl.load(mean_ptr + channel, mask=live_channel, other=0.0)[None, :]
+    at = row[:, None] * channels + channel[None, :]
+    dy = tl.load(dy_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dx_ptr + at, (a * (dy - mean_dy) - k * (x - mean)).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def backward(grad: torch.Tensor, x: torch.Tensor, weight, mean: torch.Tensor, invstd: torch.Tensor,
+             needs: tuple):
+    """(grad_x, grad_weight, grad_bias) of a batch normalization with the batch's ``mean`` and ``invstd``
+    (float32) and ``weight`` (or None), each None unless ``needs`` (three booleans) asks for it; ``x``
+    and ``grad`` as :func:`moments` takes them, with the same strides. The formulas are PyTorch's
+    (the gradient through the statistics included), summed in float32 in a fixed order."""
+    split = _Split(x)
+    sum_dy, sum_dy_xmu = split.partials(x), split.partials(x)
+    _partial_gradient_sums[split.grid](grad, x, mean, sum_dy, sum_dy_xmu, split.rows, split.channels,
+                                       split.rows_per_program, BLOCK_ROWS=split.block_rows,
+                                       BLOCK_CHANNELS=split.block_channels)
+    a, mean_dy, k = (torch.empty_like(mean) for _ in range(3))
+    want_weight, want_bias = needs[1] and weight is not None, needs[2]
+    grad_weight = torch.empty_like(weight) if want_weight else None
+    grad_bias = torch.empty(split.channels, dtype=weight.dtype if weight is not None else torch.float32,
+                            device=x.device) if want_bias else None
+    _gradient_terms[split.channel_grid](sum_dy, sum_dy_xmu, invstd, weight, a, mean_dy, k, grad_weight, grad_bias,
+                                        split.parts, split.channels, float(split.rows), HAS_WEIGHT=weight is not None,
+                                        WANT_WEIGHT=want_weight, WANT_BIAS=want_bias, BLOCK=split.block)
+    grad_x = None
+    if needs[0]:
+        grad_x = torch.empty_like(x)
+        _grad_input[(triton.cdiv(split.rows, split.block_rows), split.grid[1])](
+            grad, x, grad_x, a, mean_dy, k, mean, split.rows, split.channels, BLOCK_ROWS=split.block_rows,
+            BLOCK_CHANNELS=split.block_channels)
+    return grad_x, grad_weight, grad_bias
