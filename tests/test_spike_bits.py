@@ -310,8 +310,8 @@ def test_without_triton_the_pytorch_operations_pack(monkeypatch):
 
 
 def test_a_spiking_self_attention_keeps_q_k_and_v_in_bits(reproducible):
-    # The product (V Kᵀ) Q of spikes: Q, K and V (views with gaps of one neuron's output) kept in one
-    # bit through that output, packed once; V Kᵀ, counts that no history proves bounded, as it is;
+    # The product Q (Kᵀ V) of spikes: Q, K and V (views with gaps of one neuron's output) kept in one
+    # bit through that output, packed once; Kᵀ V, counts that no history proves bounded, as it is;
     # every output and gradient PyTorch's own.
     from flashspike.model.spikformer import SpikingSelfAttention
 

@@ -1,5 +1,6 @@
 """What every zoo model shares: running its stateless layers in one step mode or the other, turning
-the input into a sequence, checking the builder's arguments, making the transformers' neurons."""
+the input into a sequence, checking the builder's arguments, making the transformers' neurons, averaging
+their tokens."""
 
 from __future__ import annotations
 
@@ -122,6 +123,18 @@ def image_to_sequence(x: torch.Tensor, T: int, who: str) -> torch.Tensor:
         return x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
     raise ValueError(f"{who} expects x of shape [T, N, C, H, W] or a static image [N, C, H, W], "
                      f"got {tuple(x.shape)}")
+
+
+def mean_over_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """``[T, N, C, L] -> [T, N, C]``: the mean over the L tokens, taken along the tokens' memory.
+
+    A mean's backward writes a new gradient laid out like the tensor it averaged. Tokens of a
+    channels_last image (token-major memory, ``[T, N, L, C]``) are therefore averaged as that view, so
+    the gradient entering the encoder has the activations' layout: one of another layout would make
+    every residual sum and neuron behind it copy it or add it element by element across layouts."""
+    if tokens.shape[-1] > 1 and tokens.stride(-2) == 1:
+        return tokens.transpose(-1, -2).mean(dim=-2)
+    return tokens.mean(dim=-1)
 
 
 def refuse_pretrained(pretrained: bool, arch: str) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import functional
-from .common import head_dim, image_to_sequence, make_multi_step_neuron
+from .common import head_dim, image_to_sequence, make_multi_step_neuron, mean_over_tokens
 
 __all__ = ["SpikeDrivenTransformer", "sdt_8_384", "SpikeDrivenSelfAttention"]
 
@@ -169,7 +169,7 @@ class SpikeDrivenTransformer(nn.Module):
         x = self.patch_embed(image_to_sequence(x, self.T, "SpikeDrivenTransformer"))
         for block in self.blocks:
             x = block(x)
-        spikes = self.head_lif(x.flatten(3).mean(dim=-1))  # [T, N, embed_dims]
+        spikes = self.head_lif(mean_over_tokens(x.flatten(3)))  # [T, N, embed_dims]
         return self.head(spikes.mean(dim=0))
 
 

@@ -7,8 +7,13 @@ residual additions, then the mean over tokens and a linear head applied at every
 ``[T, N, C, H, W]`` (or a static image ``[N, C, H, W]`` repeated over ``T``) ``-> [T, N, num_classes]``.
 
 SSA on spikes Q, K, V has no softmax: it is ``s · Q Kᵀ V`` (s = 0.125) per head, computed as
-``s · (V Kᵀ) Q`` on channel-major ``[head_dim, L]`` tensors, whose inner product is ``head_dim x head_dim``
+``Q (s · Kᵀ V)`` on token-major ``[L, head_dim]`` tensors, whose inner product is ``head_dim x head_dim``
 instead of ``L x L``; its result is spiked again by a neuron of threshold 0.5.
+
+The encoder keeps its tokens ``[T, N, C, L]`` token-major in memory (``[T, N, L, C]``, what flattening a
+channels_last image gives), and its 1x1 Conv1d-BN layers run on the T·N·L tokens as rows
+(:func:`pointwise_on_tokens`): no layer copies its input into another layout, and cuDNN gets NHWC
+tensors. Tokens that arrive channel-major are copied to token-major once, as a block starts.
 
 Class names, arguments, defaults and ``state_dict`` keys are those of SpikingJelly 2.x's
 ``activation_based.model.spikformer`` (its neurons' positions keep the paper's options: LIF with
@@ -24,17 +29,43 @@ from torch import nn
 
 from .. import layer
 from ..memory import spike_bits
-from .common import head_dim, image_to_sequence, make_multi_step_neuron
+from .common import head_dim, image_to_sequence, make_multi_step_neuron, mean_over_tokens
 
 __all__ = [
     "Spikformer", "spikformer_cifar10", "spikformer_s", "spikformer_ti", "SpikformerConv2dBN",
     "SpikformerConv2dBNLIF", "SpikformerPatchStem", "SpikformerMLP", "SpikformerBlock", "SpikingSelfAttention",
+    "token_major", "pointwise_on_tokens",
 ]
 
 # The paper's neuron options at each position (kept when ``spiking_neuron`` is None, unless overridden).
 LIF_OPTIONS = {"tau": 2.0, "detach_reset": True}
 ATTENTION_LIF_OPTIONS = {"tau": 2.0, "v_threshold": 0.5, "detach_reset": True}
 PATCH_SIZES = (4, 16)
+
+
+def token_major(tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens ``[T, N, C, L]`` laid out token-major (``[T, N, L, C]`` in memory): themselves when they are,
+    else a copy."""
+    return tokens.transpose(2, 3).contiguous().transpose(2, 3)
+
+
+def pointwise_on_tokens(layers: nn.Sequential, tokens: torch.Tensor) -> torch.Tensor:
+    """A kernel-1 Conv1d then a BatchNorm1d (``layers``, a :class:`~flashspike.layer.SeqToANNContainer`)
+    on tokens ``[T, N, C, L]``, run on the T·N·L tokens as rows: ``-> [T, N, C', L]``, token-major.
+
+    The values are the container's: a kernel-1 convolution acts on each token alone, and the BatchNorm's
+    statistics run over the same T·N·L values per channel. Rows, because PyTorch copies a Conv1d input
+    that is token-major (a permuted 3-d tensor) to channel-major first, and cuDNN then converts a
+    channel-major half-precision input to NHWC and its output back. Rows ``[T·N·L, C, 1]`` are both
+    layouts at once; their unit dimension's stride C makes PyTorch hand cuDNN NHWC tensors. The
+    BatchNorm reads ``[T·N·L, C']`` rows, which PyTorch's CUDA batch norm reads in place (it copies a
+    3-d input that is not channel-major). Tokens that are not token-major are copied to rows first.
+    """
+    conv, norm = layers
+    T, N, C, L = tokens.shape
+    rows = tokens.transpose(2, 3).reshape(T * N * L, 1, C).transpose(1, 2)  # [T·N·L, C, 1], strides (C, 1, C)
+    out = norm(conv(rows).squeeze(2))  # [T·N·L, C']
+    return out.view(T, N, L, out.shape[1]).transpose(2, 3)
 
 
 class SpikformerConv2dBN(nn.Module):
@@ -101,7 +132,7 @@ class SpikformerPatchStem(nn.Module):
 
 class SpikformerMLP(nn.Module):
     """Two 1x1 Conv1d-BN-LIF layers on tokens ``[T, N, C, L]``: ``in_features -> hidden_features ->
-    out_features``."""
+    out_features``; the output is token-major (:func:`pointwise_on_tokens`)."""
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, spiking_neuron=None, **kwargs):
         super().__init__()
@@ -113,13 +144,14 @@ class SpikformerMLP(nn.Module):
         self.neuron2 = make_multi_step_neuron(spiking_neuron, kwargs, LIF_OPTIONS)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return self.neuron2(self.fc2(self.neuron1(self.fc1(x_seq))))
+        return self.neuron2(pointwise_on_tokens(self.fc2, self.neuron1(pointwise_on_tokens(self.fc1, x_seq))))
 
 
 class SpikingSelfAttention(nn.Module):
     """Spiking self-attention on tokens ``[T, N, dim, L]``: Q, K, V are spikes of one 1x1 Conv1d-BN
     (``3·dim`` channels, q then k then v, each head's channels together); per head the neuron ``attn_lif``
-    (threshold 0.5) fires on ``scale · Q Kᵀ V``; a 1x1 Conv1d-BN-LIF projects the heads back to ``dim``."""
+    (threshold 0.5) fires on ``scale · Q Kᵀ V``; a 1x1 Conv1d-BN-LIF projects the heads back to ``dim``.
+    The output is token-major (:func:`pointwise_on_tokens`)."""
 
     # Set by flashspike.memory.spike_bits.store_spike_inputs_in_bits: Q, K and V kept in bits for the backward.
     keeps_spike_operands_in_bits = False
@@ -140,15 +172,19 @@ class SpikingSelfAttention(nn.Module):
         if x_seq.dim() != 4:
             raise ValueError(f"SpikingSelfAttention expects tokens of shape [T, N, C, L], got {tuple(x_seq.shape)}")
         T, N, C, L = x_seq.shape
-        qkv = self.qkv_lif(self.qkv_conv_bn(x_seq))
-        # [T, N, 3·C, L] -> q, k, v, each [T, N, heads, head_dim, L]
-        q, k, v = qkv.reshape(T, N, 3, self.num_heads, C // self.num_heads, L).unbind(2)
-        # (V Kᵀ) Q per head: [head_dim, L] x [L, head_dim] x [head_dim, L]; the transpose of Q Kᵀ V in
-        # token-major terms. Sums of spikes times 0.125: exact in every float type for any order.
+        qkv = self.qkv_lif(pointwise_on_tokens(self.qkv_conv_bn, x_seq))  # [T, N, 3·C, L], token-major
+        # q, k, v: views [T, N, heads, L, head_dim] of the [T, N, L, 3, heads, head_dim] memory. Unbound
+        # where they lie side by side, so the backward stacks their gradients into qkv's layout at once.
+        per_head = qkv.transpose(2, 3).unflatten(3, (3, self.num_heads, self.head_dim)).unbind(3)
+        q, k, v = (t.transpose(2, 3) for t in per_head)
+        # Q (s · Kᵀ V) per head: [L, head_dim] x ([head_dim, L] x [L, head_dim]), which is Q Kᵀ V; the
+        # token-major form of SpikingJelly's channel-major (V Kᵀ) Q. Sums of spikes, times 0.125 (exact
+        # in every float type, for any order): the same values as PyTorch's order gives.
         product = spike_bits.matmul if self.keeps_spike_operands_in_bits else torch.matmul
-        attention = product(product(v, k.transpose(-2, -1)), q) * self.scale
-        x_seq = self.attn_lif(attention).reshape(T, N, C, L)
-        return self.proj_lif(self.proj_conv_bn(x_seq))
+        attention = product(q, product(k.transpose(-2, -1), v) * self.scale)
+        # the heads side by side in each token: [T, N, L, C] in memory (one copy), seen as [T, N, C, L]
+        attention = attention.permute(0, 1, 3, 2, 4).reshape(T, N, L, C).transpose(2, 3)
+        return self.proj_lif(pointwise_on_tokens(self.proj_conv_bn, self.attn_lif(attention)))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
@@ -156,7 +192,7 @@ class SpikingSelfAttention(nn.Module):
 
 class SpikformerBlock(nn.Module):
     """One encoder block on ``[T, N, C, H, W]``: tokens ``x + SSA(x)``, then ``x + MLP(x)`` (hidden width
-    ``mlp_ratio·dim``)."""
+    ``mlp_ratio·dim``). The output is channels_last (its tokens token-major, see :func:`token_major`)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, spiking_neuron=None, **kwargs):
         super().__init__()
@@ -170,7 +206,7 @@ class SpikformerBlock(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() != 5:
             raise ValueError(f"SpikformerBlock expects x_seq of shape [T, N, C, H, W], got {tuple(x_seq.shape)}")
-        tokens = x_seq.flatten(3)
+        tokens = token_major(x_seq.flatten(3))  # a view of a channels_last x_seq
         tokens = tokens + self.attn(tokens)
         tokens = tokens + self.mlp(tokens)
         return tokens.reshape(x_seq.shape)
@@ -214,7 +250,7 @@ class Spikformer(nn.Module):
         x_seq = self.patch_embed(x_seq)
         for block in self.blocks:
             x_seq = block(x_seq)
-        return x_seq.flatten(3).mean(dim=-1)
+        return mean_over_tokens(x_seq.flatten(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(image_to_sequence(x, self.T, "Spikformer")))
