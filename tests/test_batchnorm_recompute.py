@@ -335,7 +335,8 @@ def test_the_normalization_kernel_finds_every_elements_channel(shape, memory_for
 def test_the_statistics_kernels_give_each_channels_mean_and_invstd(shape, memory_format, dtype, monkeypatch):
     device = kernel_device("triton")
     kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
-    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)  # several programs' partial results to merge
+    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)  # several programs' partial results to merge,
+    monkeypatch.setattr(kernels, "MERGE_TILE", 64)  # in several tiles
     g = torch.Generator().manual_seed(5)
     # far from zero mean, per channel: a sum of squares would cancel where deviations do not
     x = torch.randn(shape, generator=g) * 0.5 + 100 + torch.arange(shape[1]).remainder(7).view(-1, *[1] * (len(shape) - 2))
@@ -362,6 +363,7 @@ def test_the_gradient_kernels_give_batchnorms_gradients(shape, memory_format, af
     device = kernel_device("triton")
     kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
     monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)
+    monkeypatch.setattr(kernels, "MERGE_TILE", 64)
     g = torch.Generator().manual_seed(6)
     x = (torch.randn(shape, generator=g) * 2 + 3).to(dtype).to(device)
     grad = torch.randn(shape, generator=g).to(dtype).to(device)

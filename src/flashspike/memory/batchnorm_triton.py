@@ -32,6 +32,8 @@ ELEMENTS_PER_PROGRAM = 4096
 WIDEST_ROW_BLOCK = 1024
 MOMENT_CHANNELS = 64  # channels per program of the statistics
 MOMENT_PROGRAMS = 1024  # programs the statistics spread a tensor over, at most (a GPU's SMs take several each)
+MERGE_CHANNELS = 32  # channels per program of the merges (more programs for wide layers)
+MERGE_TILE = 2048  # partial results a merging program loads at once
 
 
 @triton.jit
@@ -140,24 +142,36 @@ def _partial_moments(x_ptr, mean_ptr, m2_ptr, rows, channels, rows_per_program,
 
 
 @triton.jit
+def _part_rows(part, parts, rows, rows_per_program):
+    """The rows each of the ``part`` blocks (a vector of block indices) reduced, as float32; 0 past the last."""
+    return tl.where(part < parts, tl.minimum(rows - part * rows_per_program, rows_per_program), 0).to(tl.float32)
+
+
+@triton.jit
 def _merge_moments(part_mean_ptr, part_m2_ptr, mean_ptr, invstd_ptr, parts, rows, rows_per_program, channels, eps,
-                   BLOCK: tl.constexpr):
+                   BLOCK_PARTS: tl.constexpr, BLOCK: tl.constexpr):
+    # Tiles of parts at once (a part after another would be a chain of dependent updates): the mean
+    # weighted by the parts' rows, then M2 = sum of (M2_p + n_p (mean_p - mean)^2), the exact decomposition.
     channel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = channel < channels
-    count = tl.zeros((BLOCK,), tl.float32)
-    mean = tl.zeros((BLOCK,), tl.float32)
-    m2 = tl.zeros((BLOCK,), tl.float32)
-    for part in range(parts):
-        n = tl.minimum(rows - part * rows_per_program, rows_per_program).to(tl.float32)
-        part_mean = tl.load(part_mean_ptr + part * channels + channel, mask=live, other=0.0)
-        part_m2 = tl.load(part_m2_ptr + part * channels + channel, mask=live, other=0.0)
-        total = count + n
-        delta = part_mean - mean
-        mean += delta * (n / total)
-        m2 += part_m2 + delta * delta * (count * n / total)
-        count = total
+    weighted = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
+    for start in range(0, parts, BLOCK_PARTS):
+        part = start + tl.arange(0, BLOCK_PARTS)
+        n = _part_rows(part, parts, rows, rows_per_program)
+        mask = (part < parts)[:, None] & live[None, :]
+        weighted += n[:, None] * tl.load(part_mean_ptr + part[:, None] * channels + channel[None, :], mask=mask,
+                                         other=0.0)
+    mean = tl.sum(weighted, axis=0) / rows
+    m2 = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
+    for start in range(0, parts, BLOCK_PARTS):
+        part = start + tl.arange(0, BLOCK_PARTS)
+        n = _part_rows(part, parts, rows, rows_per_program)
+        mask = (part < parts)[:, None] & live[None, :]
+        at = part[:, None] * channels + channel[None, :]
+        deviation = tl.load(part_mean_ptr + at, mask=mask, other=0.0) - mean[None, :]
+        m2 += tl.load(part_m2_ptr + at, mask=mask, other=0.0) + n[:, None] * deviation * deviation
     tl.store(mean_ptr + channel, mean, mask=live)
-    tl.store(invstd_ptr + channel, 1.0 / tl.sqrt(m2 / count + eps), mask=live)
+    tl.store(invstd_ptr + channel, 1.0 / tl.sqrt(tl.sum(m2, axis=0) / rows + eps), mask=live)
 
 
 class _Split:
@@ -175,7 +189,8 @@ class _Split:
         self.rows_per_program = triton.cdiv(triton.cdiv(self.rows, parts), self.block_rows) * self.block_rows
         self.parts = triton.cdiv(self.rows, self.rows_per_program)
         self.grid = (self.parts, channel_blocks)
-        self.block = min(triton.next_power_of_2(self.channels), 256)
+        self.block = min(triton.next_power_of_2(self.channels), MERGE_CHANNELS)
+        self.block_parts = min(triton.next_power_of_2(self.parts), MERGE_TILE // self.block)
         self.channel_grid = (triton.cdiv(self.channels, self.block),)
 
     def partials(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,7 +207,8 @@ def moments(x: torch.Tensor, eps: float):
     mean = torch.empty(split.channels, dtype=torch.float32, device=x.device)
     invstd = torch.empty_like(mean)
     _merge_moments[split.channel_grid](part_mean, part_m2, mean, invstd, split.parts, split.rows,
-                                       split.rows_per_program, split.channels, eps, BLOCK=split.block)
+                                       split.rows_per_program, split.channels, eps, BLOCK_PARTS=split.block_parts,
+                                       BLOCK=split.block)
     return mean, invstd
 
 
@@ -221,14 +237,20 @@ def _partial_gradient_sums(dy_ptr, x_ptr, mean_ptr, sum_dy_ptr, sum_dy_xmu_ptr, 
 @triton.jit
 def _gradient_terms(sum_dy_ptr, sum_dy_xmu_ptr, invstd_ptr, weight_ptr, a_ptr, mean_dy_ptr, k_ptr,
                     grad_weight_ptr, grad_bias_ptr, parts, channels, count,
-                    HAS_WEIGHT: tl.constexpr, WANT_WEIGHT: tl.constexpr, WANT_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+                    HAS_WEIGHT: tl.constexpr, WANT_WEIGHT: tl.constexpr, WANT_BIAS: tl.constexpr,
+                    BLOCK_PARTS: tl.constexpr, BLOCK: tl.constexpr):
     channel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = channel < channels
-    sum_dy = tl.zeros((BLOCK,), tl.float32)
-    sum_dy_xmu = tl.zeros((BLOCK,), tl.float32)
-    for part in range(parts):
-        sum_dy += tl.load(sum_dy_ptr + part * channels + channel, mask=live, other=0.0)
-        sum_dy_xmu += tl.load(sum_dy_xmu_ptr + part * channels + channel, mask=live, other=0.0)
+    sum_dy = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
+    sum_dy_xmu = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
+    for start in range(0, parts, BLOCK_PARTS):  # tiles of parts at once, as the statistics merge them
+        part = start + tl.arange(0, BLOCK_PARTS)
+        mask = (part < parts)[:, None] & live[None, :]
+        at = part[:, None] * channels + channel[None, :]
+        sum_dy += tl.load(sum_dy_ptr + at, mask=mask, other=0.0)
+        sum_dy_xmu += tl.load(sum_dy_xmu_ptr + at, mask=mask, other=0.0)
+    sum_dy = tl.sum(sum_dy, axis=0)
+    sum_dy_xmu = tl.sum(sum_dy_xmu, axis=0)
     invstd = tl.load(invstd_ptr + channel, mask=live, other=0.0)
     a = invstd
     if HAS_WEIGHT:
@@ -277,7 +299,8 @@ def backward(grad: torch.Tensor, x: torch.Tensor, weight, mean: torch.Tensor, in
                             device=x.device) if want_bias else None
     _gradient_terms[split.channel_grid](sum_dy, sum_dy_xmu, invstd, weight, a, mean_dy, k, grad_weight, grad_bias,
                                         split.parts, split.channels, float(split.rows), HAS_WEIGHT=weight is not None,
-                                        WANT_WEIGHT=want_weight, WANT_BIAS=want_bias, BLOCK=split.block)
+                                        WANT_WEIGHT=want_weight, WANT_BIAS=want_bias, BLOCK_PARTS=split.block_parts,
+                                        BLOCK=split.block)
     grad_x = None
     if needs[0]:
         grad_x = torch.empty_like(x)
