@@ -230,9 +230,10 @@ class CapturedStep:
             graph = self._capture(signature, inputs, targets)
         self._refresh_lr()
         loss, self.outputs = graph.replay(inputs, targets)
-        if len(self._graphs) > 1:  # each graph has gradients of its own: show the ones just written
+        if self._grads_shown is not graph:  # an eager step or another graph wrote gradients of its own
             for p, grad in zip(self._parameters(), graph.grads):
                 p.grad = grad
+            self._grads_shown = graph
         return loss
 
     # ---- the step itself: one definition for eager, warm-up and capture
@@ -241,6 +242,7 @@ class CapturedStep:
         # Inside a capture the backward then writes each gradient into memory of the graph's own pool,
         # which every replay rewrites: no zero fill and no accumulating add per parameter and step.
         self.optimizer.zero_grad(set_to_none=True)
+        self._grads_shown = None  # the parameters' .grad: this step's own
         if self.averager is not None:
             self.averager.share_buffers()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -282,7 +284,8 @@ class CapturedStep:
                                "in the model, loss or optimizer waits for the host (.item(), printing a tensor, a "
                                "data-dependent shape) or is not capturable. Use capture=False to train eagerly. "
                                f"The error: {error}") from error
-        graph.grads = [p.grad for p in self._parameters()]
+        graph.grads = [p.grad for p in self._parameters()]  # (held: they stay this graph's memory)
+        self._grads_shown = graph
         self._graphs[signature] = graph
         return graph
 
