@@ -175,6 +175,7 @@ class CapturedStep:
         self._warmed: dict[tuple, int] = {}  # eager warm-up steps taken per signature
         self._first: tuple | None = None  # the first batch's signature: it gets warmup_steps eager steps
         self._pool = None
+        self._grads_shown: _Graph | None = None  # the graph whose gradients the parameters' .grad are
         # One float32 scalar per param group, and the float it last received.
         self._lr_tensors = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in optimizer.param_groups] \
             if self.capture else []
