@@ -310,6 +310,11 @@ def test_a_profiled_row_says_where_its_time_goes(tmp_path, capsys):
     assert profile["ms_per_step"] == pytest.approx(sum(profile["kinds"].values()))
     out = capsys.readouterr().out
     assert "| kind | ms/step | share | costliest |" in out and "| convolution |" in out
+    # autocast's 16-bit copy of the first linear layer's weight, the largest copy of the step, by its shape
+    copies = profile["copying_operators"]
+    assert copies and all(name.startswith("aten::") and ms > 0 for name, _shapes, ms in copies)
+    assert "[2048, 6272]" in copies[0][1], copies
+    assert "copying: aten::" in out
     with pytest.raises(SystemExit):
         bench.parse_args(["--profile", "-1"])
 

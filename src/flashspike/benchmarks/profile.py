@@ -4,6 +4,11 @@ On CUDA the device time of every kernel (and memory copy or set) is counted, cap
 included; on the CPU the self time of every operator. Each name falls into the first kind whose
 pattern it matches (:data:`KINDS`), so the shares add up to the whole step. The training benchmark's
 ``--profile K`` calls :func:`profile_steps` on each row after timing it.
+
+A kernel's name rarely says which of the model's operations launched it, and copies are the work a
+layout mismatch adds, so the summary also lists the operators whose own time is copying (``aten::copy_``,
+``clone``, ``contiguous``, ``_to_copy`` ...) with their inputs' shapes. In a captured step the replayed
+kernels have no operator, so only eager rows can say this.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ KINDS = (
 )
 _COMPILED = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
 TOP = 3  # the most costly names kept per kind
+COPY_OPERATORS = 5  # the most costly copying operators listed
 
 
 def kind_of(name: str) -> str:
@@ -67,18 +73,32 @@ def summarize(timed: list[tuple[str, float]], steps: int) -> dict:
     return {"ms_per_step": sum(kinds.values()), "kinds": kinds, "top": top}
 
 
+def copying_operators(profiler, device: torch.device, steps: int) -> list:
+    """``[[operator, input shapes, ms per step], ...]``: the operators (by their inputs' shapes) whose own
+    time, on ``device``, is copying, costliest first."""
+    rows = []
+    for entry in profiler.key_averages(group_by_input_shape=True):
+        if not entry.key.startswith("aten::") or kind_of(entry.key) != "copy and cast":
+            continue
+        microseconds = entry.self_device_time_total if device.type == "cuda" else entry.self_cpu_time_total
+        if microseconds > 0:
+            rows.append([entry.key, str(entry.input_shapes), microseconds * 1e-3 / steps])
+    return sorted(rows, key=lambda row: -row[2])[:COPY_OPERATORS]
+
+
 def profile_steps(call: Callable[[], object], device: torch.device, steps: int) -> dict:
     """Run ``call()`` ``steps`` times under the profiler (after the caller's warm-up) and summarize."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as profiler:
+    with profile(activities=activities, record_shapes=True) as profiler:
         for _ in range(steps):
             call()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     summary = summarize(_timed_names(profiler, device), steps)
     summary["what"] = "kernel time" if device.type == "cuda" else "operator self time (CPU)"
+    summary["copying_operators"] = copying_operators(profiler, device, steps)
     return summary
 
 
@@ -92,4 +112,6 @@ def format_profile(row: dict) -> str:
     for kind, ms in profile["kinds"].items():
         names = "; ".join(f"{name} {value:.3f}" for name, value in profile["top"][kind])
         lines.append(f"| {kind} | {ms:.3f} | {ms / total:.1%} | {names.replace('|', '/')} |")
+    for name, shapes, ms in profile.get("copying_operators", []):
+        lines.append(f"copying: {name} {shapes} {ms:.3f} ms/step")
     return "\n".join(lines)
