@@ -343,7 +343,7 @@ $backward_prologue
             for (int k = 0; k < VEC; ++k) {
                 const float x = fs_round<T>(__fmaf_rn(x_reg[k], scale_reg[k], shift_reg[k]));
                 const float v = v_reg[k];
-$forward_step_in_backward
+$forward_step
                 (void)spike;
                 h_out[k] = h;
                 v_reg[k] = v_next;
@@ -440,7 +440,6 @@ def kernel_source(p: NeuronParams) -> str:
         v_rest=v_rest,
         decay_load=_DECAY if p.parametric else "    (void)decay_ptr;",
         forward_step=_indent(forward_step(p, CUDA)),
-        forward_step_in_backward=_indent(forward_step(p, CUDA)),
         backward_prologue="\n".join(prologue),
         v_prev_step=_v_prev_text(p),
         backward_step=_indent(backward_step(p, CUDA)),

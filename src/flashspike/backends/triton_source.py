@@ -54,11 +54,16 @@ shift = tl.load(shift_ptr + channel, mask=mask, other=0.0)
 _NORMALIZED_X = "x = tl.fma(x, scale, shift).to(x_ptr.dtype.element_ty).to(tl.float32)"
 
 
+def _load_decay(p: NeuronParams) -> str:
+    """The statement that loads PLIF's decay (a no-op for the other neurons)."""
+    return "decay = tl.load(decay_ptr).to(tl.float32)" if p.parametric else "pass"
+
+
 def forward_source(p: NeuronParams) -> str:
     """A function ``flashspike_forward`` (not yet jitted) that runs the whole sequence forward."""
     v_rest = TRITON.const(p.v_rest)
     step = _body(forward_step(p, TRITON), 2)
-    load_decay = "decay = tl.load(decay_ptr).to(tl.float32)" if p.parametric else "pass"
+    load_decay = _load_decay(p)
     channel_terms = textwrap.indent(_CHANNEL_TERMS, "        ")
     normalized_x = _NORMALIZED_X
     return f'''\
@@ -150,7 +155,7 @@ def backward_source(p: NeuronParams) -> str:
     step = _body(backward_step(p, TRITON), 2)
     normalized_forward = _NORMALIZED_FORWARD.format(
         channel_terms=textwrap.indent(_CHANNEL_TERMS, "        "), v_rest=TRITON.const(p.v_rest),
-        load_decay="decay = tl.load(decay_ptr).to(tl.float32)" if p.parametric else "pass",
+        load_decay=_load_decay(p),
         normalized_x=_NORMALIZED_X, step=_body(forward_step(p, TRITON), 3))
     v_prev = p.backward_reads_v_prev
     parametric = p.parametric
@@ -180,7 +185,7 @@ def backward_source(p: NeuronParams) -> str:
         start = ""
         load_h = "        h = tl.load(h_src + offset, mask=mask, other=0.0).to(tl.float32)\n"
     if parametric:
-        start += "    decay = tl.load(decay_ptr).to(tl.float32)\n    grad_w_sum = tl.zeros([BLOCK], tl.float32)\n"
+        start += f"    {_load_decay(p)}\n    grad_w_sum = tl.zeros([BLOCK], tl.float32)\n"
         add_grad_w = "        grad_w_sum += tl.where(mask, grad_w, 0.0)\n"
         store_grad_w = "    tl.store(grad_w_ptr + tl.program_id(0), tl.sum(grad_w_sum, axis=0))\n"
     else:
