@@ -255,7 +255,7 @@ def test_recompute_h_rows_keep_less_for_the_backward_by_the_neurons_h(monkeypatc
         (spec,) = bench.row_specs(bench.parse_args(args))[0]
         assert spec["recompute_h"] is recompute_h
         spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device=kernel_device("triton"), backend="triton",
-                    memory_format="contiguous", dtype="float32")
+                    memory_format="contiguous", dtype="float32", pool_bytes=False)  # (on CUDA it is on by default)
         row = train_worker.run_row(spec)
         kept[recompute_h] = row["kept_MiB"] * 2**20
     assert row["recompute_h_layers"] == 2 and row["subject"] == "flashspike triton, H recomputed"
@@ -310,10 +310,11 @@ def test_a_profiled_row_says_where_its_time_goes(tmp_path, capsys):
     assert profile["ms_per_step"] == pytest.approx(sum(profile["kinds"].values()))
     out = capsys.readouterr().out
     assert "| kind | ms/step | share | costliest |" in out and "| convolution |" in out
-    # autocast's 16-bit copy of the first linear layer's weight, the largest copy of the step, by its shape
+    # autocast's 16-bit copy of the first linear layer's weight, one of the step's largest copies, by its
+    # shape (which copy costs most depends on the host's threads)
     copies = profile["copying_operators"]
     assert copies and all(name.startswith("aten::") and ms > 0 for name, _shapes, ms in copies)
-    assert "[2048, 6272]" in copies[0][1], copies
+    assert any("[2048, 6272]" in shapes for _name, shapes, _ms in copies), copies
     assert "copying: aten::" in out
     with pytest.raises(SystemExit):
         bench.parse_args(["--profile", "-1"])

@@ -105,8 +105,10 @@ def _train_steps(model, net, batches, optimizer, scaler, autocast_dtype, device,
 
 def _compare_training(make_net, batches, device, mode, autocast_dtype, rtol, mean_eval=False):
     """Eager and compiled training of two copies of one net: the same losses step after step, and
-    after warm-up no step compiles anything. ``mean_eval``: a deep net's evaluation outputs after
-    training are compared on average, since a float16 rounding apart flips single spikes there."""
+    after warm-up no step compiles anything. ``mean_eval``: a deep net, whose float16 steps drift apart
+    as a rounding flips single spikes and the updates carry the flips on: its first two losses (the same
+    weights, then one update) agree within ``rtol``, later ones on average over the steps and each
+    within 3·``rtol``; its evaluation outputs after training agree on average."""
     torch.manual_seed(0)
     eager_net = make_net().to(device)
     compiled_net = copy.deepcopy(eager_net)
@@ -137,8 +139,13 @@ def _compare_training(make_net, batches, device, mode, autocast_dtype, rtol, mea
                 assert (compiled_eval - eager_eval).abs().mean() < rtol
             else:
                 torch.testing.assert_close(compiled_eval, eager_eval, rtol=rtol, atol=rtol)
-    eager, compiled = results
-    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=rtol, atol=rtol)
+    eager, compiled = torch.tensor(results[0]), torch.tensor(results[1])
+    if not mean_eval:
+        torch.testing.assert_close(compiled, eager, rtol=rtol, atol=rtol)
+        return
+    torch.testing.assert_close(compiled[:2], eager[:2], rtol=rtol, atol=rtol)
+    torch.testing.assert_close(compiled, eager, rtol=3 * rtol, atol=3 * rtol)
+    assert ((compiled - eager).abs() / eager.abs()).mean() < rtol, (compiled, eager)
 
 
 def _batches(device, shape, classes, count=5):
@@ -164,8 +171,9 @@ def test_residual_snn_compiled_trains_like_eager_gpu(mode, backend, fresh_dynamo
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_sew_resnet18_on_cifar_input_compiles_for_training_gpu(mode, fresh_dynamo):
-    """Its last stage convolves 1x1 feature maps: the case that plain torch.compile fails on torch 2.11."""
+def test_sew_resnet18_on_cifar_input_compiles_for_training_gpu(mode, fresh_dynamo, reproducible):
+    """Its last stage convolves 1x1 feature maps: the case that plain torch.compile fails on torch 2.11.
+    (reproducible: the same cuDNN kernels for both copies, whatever another test left set.)"""
     device = torch.device("cuda")
 
     def make_net():

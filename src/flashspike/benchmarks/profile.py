@@ -34,7 +34,7 @@ KINDS = (
 )
 _COMPILED = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
 TOP = 3  # the most costly names kept per kind
-COPY_OPERATORS = 5  # the most costly copying operators listed
+COPY_OPERATORS = 8  # the most costly copying operators listed
 
 
 def kind_of(name: str) -> str:

@@ -15,8 +15,8 @@ of ``inner`` elements, and its channel is the row's index modulo C, one division
 :func:`moments` gives the batch's mean and ``1/sqrt(var + eps)`` per channel of a tensor whose channels
 are adjacent in memory (channels last, or ``[N, C]``), where PyTorch's own statistics kernel is several
 times slower than reading the tensor: programs reduce blocks of rows to each channel's mean and sum of
-squared deviations (exact within a block, merged by Chan's update), and one more launch merges the
-blocks' results. :func:`backward` is the batch normalization's gradient for the same tensors, its
+squared deviations (Welford's update in each lane, the lanes and then the blocks merged by Chan's exact
+update), and one more launch merges the blocks' results. :func:`backward` is the batch normalization's gradient for the same tensors, its
 per-channel sums gathered the same way (PyTorch's channels-last backward kernels are slow too).
 """
 
@@ -32,7 +32,7 @@ ELEMENTS_PER_PROGRAM = 4096
 WIDEST_ROW_BLOCK = 1024
 MOMENT_CHANNELS = 64  # channels per program of the statistics
 MOMENT_PROGRAMS = 1024  # programs the statistics spread a tensor over, at most (a GPU's SMs take several each)
-MERGE_CHANNELS = 32  # channels per program of the merges (more programs for wide layers)
+MERGE_CHANNELS = 8  # channels per program of the merges (a narrow layer's merge still spreads over programs)
 MERGE_TILE = 2048  # partial results a merging program loads at once
 
 
@@ -114,29 +114,38 @@ def affine_terms(mean, invstd, weight, bias, running_mean, running_var, factor: 
 
 
 @triton.jit
+def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
+    """Two groups' (mean, sum of squared deviations, count) as one group's: Chan's exact update."""
+    n = n_a + n_b
+    weight_b = tl.where(n > 0, n_b / tl.maximum(n, 1.0), 0.0)
+    delta = mean_b - mean_a
+    return mean_a + delta * weight_b, m2_a + m2_b + delta * delta * n_a * weight_b, n
+
+
+@triton.jit
 def _partial_moments(x_ptr, mean_ptr, m2_ptr, rows, channels, rows_per_program,
                      BLOCK_ROWS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
+    # Each lane (a row of the tile, a channel) keeps Welford's running mean and M2 of the rows it reads,
+    # elementwise in registers; the lanes merge once, at the end. (Reducing across the tile's rows at
+    # every step instead goes through shared memory each time: several times slower than the loads.)
     part = tl.program_id(0)
     channel = tl.program_id(1) * BLOCK_CHANNELS + tl.arange(0, BLOCK_CHANNELS)
     live_channel = channel < channels
     first = part.to(tl.int64) * rows_per_program
-    count = tl.zeros((BLOCK_CHANNELS,), tl.float32)
-    mean = tl.zeros((BLOCK_CHANNELS,), tl.float32)
-    m2 = tl.zeros((BLOCK_CHANNELS,), tl.float32)
+    count = tl.zeros((BLOCK_ROWS,), tl.float32)
+    mean = tl.zeros((BLOCK_ROWS, BLOCK_CHANNELS), tl.float32)
+    m2 = tl.zeros((BLOCK_ROWS, BLOCK_CHANNELS), tl.float32)
     for start in range(0, rows_per_program, BLOCK_ROWS):  # rows_per_program: a multiple of BLOCK_ROWS
         row = first + start + tl.arange(0, BLOCK_ROWS)
         live_row = row < rows
         mask = live_row[:, None] & live_channel[None, :]
         x = tl.load(x_ptr + row[:, None] * channels + channel[None, :], mask=mask, other=0.0).to(tl.float32)
-        n = tl.sum(live_row.to(tl.float32), axis=0)
-        block_mean = tl.sum(x, axis=0) / tl.maximum(n, 1.0)
-        deviation = tl.where(mask, x - block_mean[None, :], 0.0)
-        block_m2 = tl.sum(deviation * deviation, axis=0)
-        total = tl.maximum(count + n, 1.0)
-        delta = block_mean - mean
-        mean += delta * (n / total)
-        m2 += block_m2 + delta * delta * (count * n / total)
-        count += n
+        count += live_row.to(tl.float32)
+        delta = tl.where(live_row[:, None], x - mean, 0.0)
+        mean += delta * (1.0 / tl.maximum(count, 1.0))[:, None]
+        m2 += delta * tl.where(live_row[:, None], x - mean, 0.0)
+    lanes = tl.broadcast_to(count[:, None], (BLOCK_ROWS, BLOCK_CHANNELS))
+    mean, m2, _ = tl.reduce((mean, m2, lanes), 0, _chan_merge)
     tl.store(mean_ptr + part * channels + channel, mean, mask=live_channel)
     tl.store(m2_ptr + part * channels + channel, m2, mask=live_channel)
 
@@ -150,28 +159,23 @@ def _part_rows(part, parts, rows, rows_per_program):
 @triton.jit
 def _merge_moments(part_mean_ptr, part_m2_ptr, mean_ptr, invstd_ptr, parts, rows, rows_per_program, channels, eps,
                    BLOCK_PARTS: tl.constexpr, BLOCK: tl.constexpr):
-    # Tiles of parts at once (a part after another would be a chain of dependent updates): the mean
-    # weighted by the parts' rows, then M2 = sum of (M2_p + n_p (mean_p - mean)^2), the exact decomposition.
+    # Tiles of parts at once (a part after another would be a chain of dependent updates), each lane
+    # merging the parts it loads by Chan's update, then the lanes merged once.
     channel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = channel < channels
-    weighted = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
-    for start in range(0, parts, BLOCK_PARTS):
-        part = start + tl.arange(0, BLOCK_PARTS)
-        n = _part_rows(part, parts, rows, rows_per_program)
-        mask = (part < parts)[:, None] & live[None, :]
-        weighted += n[:, None] * tl.load(part_mean_ptr + part[:, None] * channels + channel[None, :], mask=mask,
-                                         other=0.0)
-    mean = tl.sum(weighted, axis=0) / rows
+    mean = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
     m2 = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
+    count = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
     for start in range(0, parts, BLOCK_PARTS):
         part = start + tl.arange(0, BLOCK_PARTS)
-        n = _part_rows(part, parts, rows, rows_per_program)
         mask = (part < parts)[:, None] & live[None, :]
         at = part[:, None] * channels + channel[None, :]
-        deviation = tl.load(part_mean_ptr + at, mask=mask, other=0.0) - mean[None, :]
-        m2 += tl.load(part_m2_ptr + at, mask=mask, other=0.0) + n[:, None] * deviation * deviation
+        n = tl.broadcast_to(_part_rows(part, parts, rows, rows_per_program)[:, None], (BLOCK_PARTS, BLOCK))
+        mean, m2, count = _chan_merge(mean, m2, count, tl.load(part_mean_ptr + at, mask=mask, other=0.0),
+                                      tl.load(part_m2_ptr + at, mask=mask, other=0.0), n)
+    mean, m2, _ = tl.reduce((mean, m2, count), 0, _chan_merge)
     tl.store(mean_ptr + channel, mean, mask=live)
-    tl.store(invstd_ptr + channel, 1.0 / tl.sqrt(tl.sum(m2, axis=0) / rows + eps), mask=live)
+    tl.store(invstd_ptr + channel, 1.0 / tl.sqrt(m2 / rows + eps), mask=live)
 
 
 class _Split:
