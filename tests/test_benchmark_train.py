@@ -235,6 +235,21 @@ def test_spike_bits_rows_switch_the_layers_of_flashspike_models_only():
     assert bench.row_specs(bench.parse_args(["--modes", "eager"]))[0][0]["spike_bits"] is False
 
 
+def test_recomputed_h_is_on_by_default_in_cuda_rows_only():
+    switch = train_worker.MEMORY_SWITCHES["recompute_h"]
+    (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--models", "fmnist"]))[0]
+    assert spec["recompute_h"] is None  # no flag: the device decides
+    assert switch.switches(None, cuda=True) and not switch.switches(None, cuda=False)
+    for flag, on in (("--recompute-h", True), ("--no-recompute-h", False)):
+        (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--models", "fmnist", flag]))[0]
+        assert spec["recompute_h"] is on and all(switch.switches(on, cuda) == on for cuda in (True, False))
+    # a default row on the CPU keeps H, and says nothing of it
+    spec.update(recompute_h=None, T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch",
+                memory_format="contiguous")
+    row = train_worker.run_row(spec)
+    assert "recompute_h_layers" not in row and row["subject"] == "flashspike torch"
+
+
 def test_pool_bytes_are_on_unless_turned_off_and_switch_pools_on_cuda_only():
     for flags, on in (([], True), (["--pool-bytes"], True), (["--no-pool-bytes"], False)):
         (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--models", "fmnist", *flags]))[0]
@@ -251,7 +266,7 @@ def test_recompute_h_rows_keep_less_for_the_backward_by_the_neurons_h(monkeypatc
     # pairs keep their H ([T, B, 128, 28, 28] and [T, B, 128, 14, 14] float32) no more.
     kept = {}
     for recompute_h in (False, True):
-        args = ["--modes", "eager", "--models", "fmnist"] + (["--recompute-h"] if recompute_h else [])
+        args = ["--modes", "eager", "--models", "fmnist", "--recompute-h" if recompute_h else "--no-recompute-h"]
         (spec,) = bench.row_specs(bench.parse_args(args))[0]
         assert spec["recompute_h"] is recompute_h
         spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device=kernel_device("triton"), backend="triton",

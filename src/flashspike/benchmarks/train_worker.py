@@ -157,8 +157,15 @@ class MemorySwitch(NamedTuple):
     module: str
     function: str  # switches a model's layers
     help: str
-    default: bool = False  # on unless turned off: exact, and no slower
+    default: bool | str = False  # on unless turned off (exact, and no slower); "cuda": so in CUDA rows only
     cuda_only: bool = False  # its kernels run on CUDA only (elsewhere the layers take their ordinary path)
+
+    def switches(self, wanted: bool | None, cuda: bool) -> bool:
+        """Whether a row on CUDA (``cuda``) or not switches its layers: ``wanted`` as the flags set it,
+        None where no flag did (the switch's default for the row's device)."""
+        if wanted is None:
+            wanted = self.default is True or (self.default == "cuda" and cuda)
+        return bool(wanted) and (cuda or not self.cuda_only)
 
 
 MEMORY_SWITCHES = {
@@ -174,7 +181,9 @@ MEMORY_SWITCHES = {
     "recompute_h": MemorySwitch(
         "H recomputed", "flashspike.memory.batchnorm_recompute", "recompute_h_after_batchnorm",
         "flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again from the "
-        "BatchNorm's kept input (flashspike.memory.batchnorm_recompute; eager and captured steps)"),
+        "BatchNorm's kept input (flashspike.memory.batchnorm_recompute; eager and captured steps; on by default "
+        "in CUDA rows, where the switched BatchNorm's Triton kernels make the captured step no slower)",
+        default="cuda"),
 }
 
 
@@ -225,7 +234,7 @@ def run_row(spec: dict) -> dict:
         adapt_stem(model, channels)
     if spec["subject"] == "flashspike":
         for key, switch in MEMORY_SWITCHES.items():
-            if spec.get(key) and (cuda or not switch.cuda_only):
+            if switch.switches(spec.get(key, False), cuda):
                 row[f"{key}_layers"] = getattr(importlib.import_module(switch.module), switch.function)(model)
                 if row[f"{key}_layers"]:
                     row["subject"] += ", " + switch.label
