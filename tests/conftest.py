@@ -123,9 +123,10 @@ def write_peer_stubs(folder: Path) -> Path:
 
 @pytest.fixture
 def peer_stubs(tmp_path, monkeypatch):
-    """:func:`write_peer_stubs` in a fresh folder, which PYTHONPATH names for the test's subprocesses."""
+    """:func:`write_peer_stubs` in a fresh folder, which PYTHONPATH names first for the test's subprocesses
+    (the folders it named already stay: a module found there got no stand-in)."""
     folder = write_peer_stubs(tmp_path / "stubs")
-    monkeypatch.setenv("PYTHONPATH", str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
     return folder
 
 
