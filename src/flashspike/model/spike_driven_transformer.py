@@ -58,7 +58,11 @@ class SpikeDrivenSelfAttention(nn.Module):
         q = self._heads(self.q_lif(functional.seq_to_ann_forward(spikes, (self.q_conv, self.q_bn))))
         k = self._heads(self.k_lif(functional.seq_to_ann_forward(spikes, (self.k_conv, self.k_bn))))
         v = self._heads(self.v_lif(functional.seq_to_ann_forward(spikes, (self.v_conv, self.v_bn))))
-        kv = self.attn_lif((k * v).sum(dim=-1, keepdim=True))  # one value per channel: [.., head_dim, 1]
+        # One value per channel, [.., head_dim, 1]: a count of at most H·W coinciding spikes, exact in the
+        # spikes' own dtype. Summed in that dtype, since CUDA autocast would sum in float32: a float32 kv
+        # makes Q ⊗ kv float32, and the gradients coming back through those casts are channel-major copies
+        # multiplied by token-major spikes.
+        kv = self.attn_lif((k * v).sum(dim=-1, keepdim=True, dtype=k.dtype))
         attended = (q * kv).reshape(x.shape)
         return functional.seq_to_ann_forward(attended, (self.proj_conv, self.proj_bn)) + x
 
