@@ -121,12 +121,17 @@ def write_peer_stubs(folder: Path) -> Path:
     return folder
 
 
+def peer_pythonpath(*folders) -> str:
+    """A PYTHONPATH for a peer's subprocess: ``folders`` first, then the folders this process was given
+    (a module that :func:`write_peer_stubs` found installed there got no stand-in)."""
+    return os.pathsep.join(filter(None, [*map(str, folders), os.environ.get("PYTHONPATH")]))
+
+
 @pytest.fixture
 def peer_stubs(tmp_path, monkeypatch):
-    """:func:`write_peer_stubs` in a fresh folder, which PYTHONPATH names first for the test's subprocesses
-    (the folders it named already stay: a module found there got no stand-in)."""
+    """:func:`write_peer_stubs` in a fresh folder, which PYTHONPATH names first for the test's subprocesses."""
     folder = write_peer_stubs(tmp_path / "stubs")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", peer_pythonpath(folder))
     return folder
 
 

@@ -12,15 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import spikingjelly2_path, write_peer_stubs
+from conftest import peer_pythonpath, spikingjelly2_path, write_peer_stubs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_script(script: Path, args: list[str], stubs: Path, timeout: float = 600) -> dict:
     """``script args`` with SpikingJelly 2.x and flashspike importable; its JSON output."""
-    path = [str(spikingjelly2_path()), str(ROOT / "src"), str(write_peer_stubs(stubs))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    env = {**os.environ, "PYTHONPATH": peer_pythonpath(spikingjelly2_path(), ROOT / "src", write_peer_stubs(stubs))}
     done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
     if done.returncode:

@@ -167,3 +167,47 @@ def test_a_training_step_in_the_benchmark_layout_copies_no_activation(model_name
     values = spec["T"] * spec["B"] * config["embed_dims"] * (32 // config["patch_size"]) ** 2
     assert all(head_dim in shape[-2:] for _op, shape, _size, _where in audit.copies), audit.copies
     assert [size for _op, _shape, size, _where in audit.copies] == [values * 2] * 5 * config["depths"], audit.copies
+
+
+# ---- layouts that PyTorch reads one way while the memory is another ----
+# A tensor with a dimension of size 1 is often contiguous and channels_last at once; PyTorch then picks a
+# layout from its strides, and cuDNN's convolution backward copies a gradient (``.to(layout of the input)``)
+# whose strides read as channel-major. These copies happen inside the operator, out of the audit's sight:
+# the tests check the strides that decide them.
+
+def _reads_as_channels_last(t: torch.Tensor) -> bool:
+    return t.to(memory_format=torch.channels_last) is t
+
+
+def test_token_rows_hand_the_convolution_a_gradient_it_reads_as_nhwc():
+    from flashspike import layer
+    from flashspike.model.spikformer import pointwise_on_tokens
+    from torch import nn
+
+    layers = layer.SeqToANNContainer(nn.Conv1d(6, 10, kernel_size=1, bias=False), nn.BatchNorm1d(10))
+    tokens = torch.randn(2, 3, 5, 6).transpose(2, 3).requires_grad_()  # [T, N, C, L], token-major
+    seen = {}
+
+    def watch(module, args, out):
+        out.register_hook(lambda grad: seen.setdefault("grad", grad))
+
+    layers[0].register_forward_hook(watch)
+    out = pointwise_on_tokens(layers, tokens)
+    out.backward(torch.randn_like(out))
+    grad = seen["grad"]  # [T·N·L, C', 1], as the convolution's backward views it: [T·N·L, C', 1, 1]
+    assert grad.stride() == (10, 1, 10) and _reads_as_channels_last(grad.unsqueeze(2))
+
+
+def test_the_fashion_mnist_nets_image_reads_as_channels_last():
+    from flashspike.model.csnn import CSNN
+
+    net = CSNN(T=2, channels=4, memory_format=torch.channels_last)
+    seen = {}
+    net.static_conv[0].register_forward_pre_hook(lambda module, args: seen.setdefault("x", args[0]))
+    images = torch.rand(3, 1, 28, 28)
+    net(images)
+    assert _reads_as_channels_last(seen["x"]) and torch.equal(seen["x"], images)
+    plain = CSNN(T=2, channels=4)  # the contiguous net gets the image as it is
+    plain.static_conv[0].register_forward_pre_hook(lambda module, args: seen.__setitem__("x", args[0]))
+    plain(images)
+    assert seen["x"].stride() == images.stride()

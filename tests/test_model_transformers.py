@@ -17,7 +17,7 @@ from torch import nn
 from flashspike import functional, neuron, surrogate
 from flashspike.model import spike_driven_transformer as sdt
 from flashspike.model import spikformer
-from conftest import kernel_device, spikingjelly2_path, write_peer_stubs
+from conftest import kernel_device, peer_pythonpath, spikingjelly2_path, write_peer_stubs
 from zoo_reference import assert_close
 
 WORKER = Path(__file__).with_name("sj2_transformer_worker.py")
@@ -108,7 +108,7 @@ def sj2_report(tmp_path_factory):
         cases.append({"class": CASES[case][0], "config": CASES[case][1], "x": x, "x_static": x_static,
                       "state": _spread(_build(case).double()).state_dict()})
     torch.save({"names": [name for names in PUBLIC.values() for name in names], "cases": cases}, folder / "jobs.pt")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(sj2), str(write_peer_stubs(folder / "stubs"))]))
+    env = dict(os.environ, PYTHONPATH=peer_pythonpath(sj2, write_peer_stubs(folder / "stubs")))
     done = subprocess.run([sys.executable, str(WORKER), str(folder / "jobs.pt"), str(folder / "report.pt")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -11,6 +11,17 @@ from .. import layer, neuron, surrogate
 from .common import check_num_classes
 
 
+def _unambiguous(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x`` (dense in ``memory_format``) as a view whose strides say channels_last outright. An image of
+    one channel is contiguous and channels_last at once; with its contiguous strides PyTorch takes it
+    for channel-major, and cuDNN's backward of the first convolution then copies the NHWC gradient of
+    its output to NCHW (and computes the weight gradient in NCHW)."""
+    if memory_format != torch.channels_last or x.dim() != 4 or x.shape[1] != 1 or x.stride(1) == 1:
+        return x
+    n, c, h, w = x.shape
+    return x.as_strided(x.shape, (h * w, 1, w, 1))
+
+
 class CSNN(nn.Module):
     """Conv-BN once (the image is static), then IF neurons over T steps; the output is the firing rate.
 
@@ -59,7 +70,7 @@ class CSNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, num_classes]``."""
-        x = self.static_conv(x.contiguous(memory_format=self.memory_format))
+        x = self.static_conv(_unambiguous(x.contiguous(memory_format=self.memory_format), self.memory_format))
         if self.step_mode == "m":
             # The same input at every step: a view, which the first neuron reads in place (it computes
             # what SpikingJelly's repeat(T, 1, 1, 1, 1) feeds it, without writing T copies).

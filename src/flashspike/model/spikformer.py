@@ -60,11 +60,16 @@ def pointwise_on_tokens(layers: nn.Sequential, tokens: torch.Tensor) -> torch.Te
     layouts at once; their unit dimension's stride C makes PyTorch hand cuDNN NHWC tensors. The
     BatchNorm reads ``[T·N·L, C']`` rows, which PyTorch's CUDA batch norm reads in place (it copies a
     3-d input that is not channel-major). Tokens that are not token-major are copied to rows first.
+
+    The rows leave the convolution through a transpose to ``[T·N·L, 1, C']``, not a squeeze: the
+    gradient then comes back with strides (C', 1, C'), which cuDNN's convolution backward takes as NHWC,
+    as its input is. Through a squeeze it would come back as (C', 1, 1), whose layout PyTorch reads as
+    channel-major, and be copied to NHWC whole.
     """
     conv, norm = layers
     T, N, C, L = tokens.shape
     rows = tokens.transpose(2, 3).reshape(T * N * L, 1, C).transpose(1, 2)  # [T·N·L, C, 1], strides (C, 1, C)
-    out = norm(conv(rows).squeeze(2))  # [T·N·L, C']
+    out = norm(conv(rows).transpose(1, 2).reshape(T * N * L, -1))  # [T·N·L, C']
     return out.view(T, N, L, out.shape[1]).transpose(2, 3)
 
 
