@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from flashspike import functional
 from flashspike.benchmarks import train_worker
+from flashspike.model import token_attention
 from conftest import kernel_device
 
 aten = torch.ops.aten
@@ -151,17 +152,20 @@ def _audited_training_step(model_name: str, device: str):
     return audit, spec
 
 
-@pytest.mark.parametrize("model_name", list(SMALL_CONFIGS))
-def test_a_training_step_in_the_benchmark_layout_copies_no_activation(model_name):
+@pytest.mark.parametrize("model_name, attention", [("spikformer", "fused"), ("spikformer", "matmul"),
+                                                    ("spike_driven_transformer", None)])
+def test_a_training_step_in_the_benchmark_layout_copies_no_activation(model_name, attention, monkeypatch):
+    if attention is not None:  # Spikformer's attention product: fused (on CUDA), or per-head matmuls
+        monkeypatch.setattr(token_attention, "_runs_fused", lambda x: attention == "fused")
     audit, spec = _audited_training_step(model_name, kernel_device("triton"))
     assert audit.converted == []
     assert audit.mixed == []
-    if model_name == "spike_driven_transformer":
+    if attention != "matmul":
         assert audit.copies == []
         return
-    # What a spiking self-attention cannot do without: Q, K and V gathered per head for the batched
-    # products, the heads' outputs merged into tokens, and that merge undone for the gradient; each a
-    # per-head tensor ([.., L, head_dim] or [.., head_dim, L]) of T·N·C·L float16 values. Nothing else.
+    # What per-head matmuls cannot do without: Q, K and V gathered per head for the batched products,
+    # the heads' outputs merged into tokens, and that merge undone for the gradient; each a per-head
+    # tensor ([.., L, head_dim] or [.., head_dim, L]) of T·N·C·L float16 values. Nothing else.
     config = spec["model_config"]
     head_dim = config["embed_dims"] // config["num_heads"]
     values = spec["T"] * spec["B"] * config["embed_dims"] * (32 // config["patch_size"]) ** 2

@@ -4,7 +4,8 @@ Triton's interpreter, which runs the kernels in the CPU tests, is lenient where 
 not (mixed integer widths, a dtype an operation does not take, a shape that does not broadcast): a
 kernel can pass every interpreted test and fail to compile on the first GPU. So representative calls
 of every kernel family (the neurons' forward and backward in each dtype and switch set, H computed
-again from a normalized input, spike bits, byte-position max-pooling, the BatchNorm normalization)
+again from a normalized input, spike bits, byte-position max-pooling, the BatchNorm normalization,
+Spikformer's attention product)
 run here through the interpreter while each launch is recorded, and every distinct specialization is
 then compiled by Triton for sm_90 (the H100 and H200), down to the binary ptxas makes.
 """
@@ -86,12 +87,14 @@ def launches():
         return run(self, *args, **kwargs)
 
     from flashspike.memory import pooling, spike_bits
+    from flashspike.model import token_attention
     from flashspike.optional_triton import optional_kernels
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(InterpretedFunction, "run", recording_run)
-        # the memory family's kernels run on CUDA tensors only: here, on the interpreter's
+        # the memory family's and the attention's kernels run on CUDA tensors only: here, on the interpreter's
         patch.setattr(pooling, "_runs_fused", lambda x: True)
+        patch.setattr(token_attention, "_runs_fused", lambda x: True)
         patch.setattr(spike_bits, "_fused", lambda device: optional_kernels("flashspike.memory.spike_bits_triton"))
         _run_every_family()
     return recorded
@@ -99,6 +102,7 @@ def launches():
 
 def _run_every_family():
     from flashspike.memory import batchnorm_recompute, pooling, spike_bits
+    from flashspike.model import token_attention
 
     device = kernel_device("triton")
     neurons = [
@@ -145,6 +149,10 @@ def _run_every_family():
     for shape in ((6, 5), (6, 5, 7), (3, 1500)):
         batchnorm = batchnorm_recompute.RecomputableBatchNorm1d(shape[1]).to(device)
         batchnorm(torch.randn(shape, device=device, requires_grad=True)).sum().backward()
+    # Spikformer's fused attention product: CIFAR's 8x8 tokens and ImageNet's 14x14 (masked tiles)
+    for (tokens, heads), dtype in itertools.product(((64, 2), (196, 3)), (torch.float32, torch.float16, torch.bfloat16)):
+        spikes = (torch.rand(2, 1, tokens, 3 * 32 * heads, device=device) < 0.3).to(dtype).transpose(2, 3)
+        token_attention.attention_product(spikes.requires_grad_(), heads, 0.125).float().sum().backward()
 
 
 # Compiles the recorded kernels in a process of its own: the interpreter (on in this one) replaces

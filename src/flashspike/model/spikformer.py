@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import layer
 from ..memory import spike_bits
+from . import token_attention
 from .common import head_dim, image_to_sequence, make_multi_step_neuron, mean_over_tokens
 
 __all__ = [
@@ -176,19 +177,11 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() != 4:
             raise ValueError(f"SpikingSelfAttention expects tokens of shape [T, N, C, L], got {tuple(x_seq.shape)}")
-        T, N, C, L = x_seq.shape
         qkv = self.qkv_lif(pointwise_on_tokens(self.qkv_conv_bn, x_seq))  # [T, N, 3·C, L], token-major
-        # q, k, v: views [T, N, heads, L, head_dim] of the [T, N, L, 3, heads, head_dim] memory. Unbound
-        # where they lie side by side, so the backward stacks their gradients into qkv's layout at once.
-        per_head = qkv.transpose(2, 3).unflatten(3, (3, self.num_heads, self.head_dim)).unbind(3)
-        q, k, v = (t.transpose(2, 3) for t in per_head)
-        # Q (s · Kᵀ V) per head: [L, head_dim] x ([head_dim, L] x [L, head_dim]), which is Q Kᵀ V; the
-        # token-major form of SpikingJelly's channel-major (V Kᵀ) Q. Sums of spikes, times 0.125 (exact
-        # in every float type, for any order): the same values as PyTorch's order gives.
-        product = spike_bits.matmul if self.keeps_spike_operands_in_bits else torch.matmul
-        attention = product(q, product(k.transpose(-2, -1), v) * self.scale)
-        # the heads side by side in each token: [T, N, L, C] in memory (one copy), seen as [T, N, C, L]
-        attention = attention.permute(0, 1, 3, 2, 4).reshape(T, N, L, C).transpose(2, 3)
+        if self.keeps_spike_operands_in_bits:
+            attention = token_attention.reference_product(qkv, self.num_heads, self.scale, spike_bits.matmul)
+        else:
+            attention = token_attention.attention_product(qkv, self.num_heads, self.scale)
         return self.proj_lif(pointwise_on_tokens(self.proj_conv_bn, self.attn_lif(attention)))
 
     def extra_repr(self) -> str:

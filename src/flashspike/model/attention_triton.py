@@ -1,0 +1,120 @@
+"""Spikformer's attention product, ``Q (s · Kᵀ V)`` for every head, as Triton kernels that read Q, K and V
+where the Q/K/V neuron wrote them and write the heads side by side in each token (see
+:mod:`.token_attention`). Imported only where Triton runs the tensors (CUDA, or the CPU interpreter in
+tests).
+
+One program takes one (sequence, head): its ``[L, head_dim]`` Q, K and V tiles, rows ``3·C`` apart in
+the token-major ``[B, L, 3·C]`` spikes. The products run in float32 (IEEE, not TF32: a few MFLOP per
+program, where tensor cores would save nothing worth a second rounding scheme) and are rounded to the
+spikes' dtype where ``torch.matmul`` rounds them: ``Kᵀ V``, then the product with Q; in the backward
+``Qᵀ dA``, ``dA (s·KᵀV)ᵀ``, ``V dKVᵀ`` and ``K dKV``. The gradient of Q,
+K and V is written as one ``[B, L, 3·C]`` tensor, laid out as the spikes are.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["forward", "backward", "fits"]
+
+WIDEST_TOKENS = 256  # tokens one program holds (a tile of L x head_dim per operand)
+WIDEST_HEAD = 128
+
+
+@triton.jit
+def _dot(a, b):
+    return tl.dot(a, b, input_precision="ieee")  # float32 products and sums, not TF32
+
+
+@triton.jit
+def _rounded(x, dtype: tl.constexpr):
+    """``x`` rounded to ``dtype`` (where matmul's output is), carried on in float32."""
+    return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _tiles(tokens, width, head_dim, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(offsets of a sequence's Q tile in the ``[B, L, 3·C]`` spikes, offsets of its tile in ``[B, L, C]``,
+    mask); K's and V's tiles are C and 2·C past Q's."""
+    sequence = tl.program_id(0) // (width // head_dim)
+    head = tl.program_id(0) % (width // head_dim)
+    token = tl.arange(0, BLOCK_L)
+    lane = tl.arange(0, BLOCK_D)
+    mask = (token < tokens)[:, None] & (lane < head_dim)[None, :]
+    base = sequence.to(tl.int64) * tokens
+    spikes = (base + token[:, None]) * (3 * width) + head * head_dim + lane[None, :]
+    out = (base + token[:, None]) * width + head * head_dim + lane[None, :]
+    return spikes, out, mask
+
+
+@triton.jit
+def _load(qkv_ptr, at, mask, width):
+    q = tl.load(qkv_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    k = tl.load(qkv_ptr + at + width, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(qkv_ptr + at + 2 * width, mask=mask, other=0.0).to(tl.float32)
+    return q, k, v
+
+
+@triton.jit
+def _forward(qkv_ptr, out_ptr, tokens, width, head_dim, scale, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    dtype: tl.constexpr = out_ptr.dtype.element_ty
+    at, out_at, mask = _tiles(tokens, width, head_dim, BLOCK_L, BLOCK_D)
+    q, k, v = _load(qkv_ptr, at, mask, width)
+    kv = _rounded(_rounded(_dot(tl.trans(k), v), dtype) * scale, dtype)  # [D, D]: s·KᵀV
+    tl.store(out_ptr + out_at, _dot(q, kv).to(dtype), mask=mask)
+
+
+@triton.jit
+def _backward(qkv_ptr, grad_ptr, grad_qkv_ptr, tokens, width, head_dim, scale,
+              BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    dtype: tl.constexpr = grad_qkv_ptr.dtype.element_ty
+    at, out_at, mask = _tiles(tokens, width, head_dim, BLOCK_L, BLOCK_D)
+    q, k, v = _load(qkv_ptr, at, mask, width)
+    grad = tl.load(grad_ptr + out_at, mask=mask, other=0.0).to(tl.float32)  # dA, [L, D]
+    kv = _rounded(_rounded(_dot(tl.trans(k), v), dtype) * scale, dtype)
+    grad_kv = _rounded(_rounded(_dot(tl.trans(q), grad), dtype) * scale, dtype)  # d(KᵀV) = s·(Qᵀ dA)
+    tl.store(grad_qkv_ptr + at, _dot(grad, tl.trans(kv)).to(dtype), mask=mask)
+    tl.store(grad_qkv_ptr + at + width, _dot(v, tl.trans(grad_kv)).to(dtype), mask=mask)
+    tl.store(grad_qkv_ptr + at + 2 * width, _dot(k, grad_kv).to(dtype), mask=mask)
+
+
+def _blocks(tokens: int, head_dim: int):
+    # tl.dot takes tiles of at least 16 in every dimension
+    return max(16, triton.next_power_of_2(tokens)), max(16, triton.next_power_of_2(head_dim))
+
+
+def _warps(block_l: int, block_d: int) -> int:
+    return 4 if block_l * block_d <= 4096 else 8  # (more threads to hold the wider tiles in registers)
+
+
+def fits(tokens: int, head_dim: int) -> bool:
+    """Whether one program's tiles hold ``tokens`` tokens of ``head_dim`` lanes."""
+    block_l, block_d = _blocks(tokens, head_dim)
+    return block_l <= WIDEST_TOKENS and block_d <= WIDEST_HEAD
+
+
+def forward(qkv: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """``qkv``: ``[B, L, 3·C]`` dense spikes (q, k, v, each head's ``C / heads`` channels together) ->
+    ``[B, L, C]``, each head's ``Q (s·KᵀV)`` in its channels."""
+    batch, tokens, width3 = qkv.shape
+    width = width3 // 3
+    head_dim = width // heads
+    out = torch.empty(batch, tokens, width, dtype=qkv.dtype, device=qkv.device)
+    block_l, block_d = _blocks(tokens, head_dim)
+    _forward[(batch * heads,)](qkv, out, tokens, width, head_dim, scale, BLOCK_L=block_l, BLOCK_D=block_d,
+                               num_warps=_warps(block_l, block_d))
+    return out
+
+
+def backward(qkv: torch.Tensor, grad: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """The gradient of :func:`forward`'s ``qkv`` from its output's gradient ``grad`` (``[B, L, C]``, dense)."""
+    batch, tokens, width3 = qkv.shape
+    width = width3 // 3
+    head_dim = width // heads
+    grad_qkv = torch.empty_like(qkv)
+    block_l, block_d = _blocks(tokens, head_dim)
+    _backward[(batch * heads,)](qkv, grad, grad_qkv, tokens, width, head_dim, scale, BLOCK_L=block_l,
+                                BLOCK_D=block_d, num_warps=_warps(block_l, block_d))
+    return grad_qkv

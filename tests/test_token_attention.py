@@ -1,0 +1,93 @@
+"""Spikformer's fused attention product against the per-head matmuls it replaces: the same values and
+gradients (bit for bit where every sum is exact), token-major outputs and gradients, and the matmul
+path wherever the fused one does not apply."""
+
+import pytest
+import torch
+
+from flashspike.model import token_attention
+from conftest import kernel_device
+
+
+@pytest.fixture
+def fused_on_this_device(monkeypatch):
+    device = kernel_device("triton")
+    monkeypatch.setattr(token_attention, "_runs_fused", lambda x: True)
+    return device
+
+
+def _spikes(T, N, C, L, heads, dtype, device, seed=0):
+    """Token-major spikes ``[T, N, 3·C, L]`` (memory ``[T, N, L, 3·C]``), about one in three firing."""
+    g = torch.Generator().manual_seed(seed)
+    spikes = (torch.rand(T, N, L, 3 * C, generator=g) < 0.35).to(dtype).to(device)
+    return spikes.transpose(2, 3).requires_grad_()
+
+
+def _dyadic(shape, dtype, device, seed=1):
+    """Multiples of 1/8 in [-2, 2]: their sums of products with spikes are exact in every float type."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(-16, 17, shape, generator=g) / 8).to(dtype).to(device)
+
+
+def _fused(out: torch.Tensor) -> bool:
+    """Whether ``out`` (a view of the product) came from the fused product."""
+    node = out.grad_fn
+    while node is not None and type(node).__name__ in ("TransposeBackward0", "ViewBackward0"):
+        node = node.next_functions[0][0]
+    return node is not None and type(node).__name__.startswith("_FusedProduct")
+
+
+CASES = [  # T, N, C, L, heads: CIFAR's 8x8 tokens; tokens and head widths that are not powers of two
+    (2, 3, 64, 64, 2), (1, 2, 48, 49, 3), (2, 1, 32, 10, 1), (1, 2, 72, 16, 3),
+]
+
+
+@pytest.mark.parametrize("T, N, C, L, heads", CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_the_fused_product_equals_the_per_head_matmuls(fused_on_this_device, T, N, C, L, heads, dtype):
+    device = fused_on_this_device
+    fused_in = _spikes(T, N, C, L, heads, dtype, device)
+    reference_in = fused_in.detach().clone().requires_grad_()  # (the same strides)
+    fused = token_attention.attention_product(fused_in, heads, 0.125)
+    expected = token_attention.reference_product(reference_in, heads, 0.125)
+    assert _fused(fused) and not _fused(expected)
+    assert fused.shape == (T, N, C, L) and fused.stride() == expected.stride()  # token-major
+    torch.testing.assert_close(fused, expected, rtol=0, atol=0)
+    grad = _dyadic(fused.shape, dtype, device).transpose(2, 3).contiguous().transpose(2, 3)  # token-major
+    fused.backward(grad)
+    expected.backward(grad)
+    assert fused_in.grad.stride() == fused_in.stride()
+    if dtype == torch.float32:  # every product and sum exact: bit for bit
+        torch.testing.assert_close(fused_in.grad, reference_in.grad, rtol=0, atol=0)
+    else:  # rounded where matmul rounds, each product's float32 sum in its own order
+        torch.testing.assert_close(fused_in.grad, reference_in.grad, rtol=1e-2, atol=1e-2)
+
+
+def test_a_gradient_of_another_layout_gives_the_same_gradients(fused_on_this_device):
+    device = fused_on_this_device
+    spikes = _spikes(2, 2, 32, 16, 2, torch.float32, device)
+    out = token_attention.attention_product(spikes, 2, 0.125)
+    grad = _dyadic(out.shape, torch.float32, device)  # channel-major
+    out.backward(grad)
+    reference_in = spikes.detach().clone().requires_grad_()
+    token_attention.reference_product(reference_in, 2, 0.125).backward(grad)
+    torch.testing.assert_close(spikes.grad, reference_in.grad, rtol=0, atol=0)
+
+
+def test_the_matmul_path_serves_what_the_kernels_do_not(fused_on_this_device, monkeypatch):
+    device = fused_on_this_device
+    called = []
+    monkeypatch.setattr(token_attention, "reference_product", lambda *args: called.append(args) or "matmul")
+    channel_major = _spikes(1, 2, 32, 16, 2, torch.float32, device).detach().contiguous()
+    too_many_tokens = _spikes(1, 1, 32, 257, 2, torch.float32, device)
+    integers = _spikes(1, 1, 32, 16, 2, torch.float32, device).detach().to(torch.int32)
+    for qkv in (channel_major, too_many_tokens, integers):
+        assert token_attention.attention_product(qkv, 2, 0.125) == "matmul"
+    assert len(called) == 3
+
+
+def test_without_the_kernels_device_the_matmul_path_runs():
+    # (CPU tensors are not the fused kernels' unless a test says so)
+    spikes = _spikes(1, 2, 32, 16, 2, torch.float32, "cpu")
+    out = token_attention.attention_product(spikes, 2, 0.125)
+    assert not _fused(out)
