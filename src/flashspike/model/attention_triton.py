@@ -7,8 +7,8 @@ One program takes one (sequence, head): its ``[L, head_dim]`` Q, K and V tiles, 
 the token-major ``[B, L, 3·C]`` spikes. The products run in float32 (IEEE, not TF32: a few MFLOP per
 program, where tensor cores would save nothing worth a second rounding scheme) and are rounded to the
 spikes' dtype where ``torch.matmul`` rounds them: ``Kᵀ V``, then the product with Q; in the backward
-``Qᵀ dA``, ``dA (s·KᵀV)ᵀ``, ``V dKVᵀ`` and ``K dKV``. The gradient of Q,
-K and V is written as one ``[B, L, 3·C]`` tensor, laid out as the spikes are.
+``Qᵀ dA``, ``dA (s·KᵀV)ᵀ``, ``V dKVᵀ`` and ``K dKV``. The gradient of Q, K and V is written as one
+``[B, L, 3·C]`` tensor, laid out as the spikes are.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ def _unambiguous(x: torch.Tensor, memory_format: torch.memory_format) -> torch.T
     its output to NCHW (and computes the weight gradient in NCHW)."""
     if memory_format != torch.channels_last or x.dim() != 4 or x.shape[1] != 1 or x.stride(1) == 1:
         return x
-    n, c, h, w = x.shape
-    return x.as_strided(x.shape, (h * w, 1, w, 1))
+    height, width = x.shape[2:]
+    return x.as_strided(x.shape, (height * width, 1, width, 1))
 
 
 class CSNN(nn.Module):
