@@ -85,36 +85,35 @@ def _blocks(tokens: int, head_dim: int):
     return max(16, triton.next_power_of_2(tokens)), max(16, triton.next_power_of_2(head_dim))
 
 
-def _warps(block_l: int, block_d: int) -> int:
-    return 4 if block_l * block_d <= 4096 else 8  # (more threads to hold the wider tiles in registers)
-
-
 def fits(tokens: int, head_dim: int) -> bool:
     """Whether one program's tiles hold ``tokens`` tokens of ``head_dim`` lanes."""
     block_l, block_d = _blocks(tokens, head_dim)
     return block_l <= WIDEST_TOKENS and block_d <= WIDEST_HEAD
 
 
+def _launch(kernel, qkv: torch.Tensor, heads: int, scale: float, *tensors):
+    """``kernel`` over one program per (sequence, head) of ``qkv`` ``[B, L, 3·C]``, with ``tensors`` after
+    ``qkv``."""
+    batch, tokens, width3 = qkv.shape
+    width = width3 // 3
+    head_dim = width // heads
+    block_l, block_d = _blocks(tokens, head_dim)
+    # (more threads for the wider tiles, to hold them in registers)
+    kernel[(batch * heads,)](qkv, *tensors, tokens, width, head_dim, scale,
+                             BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4 if block_l * block_d <= 4096 else 8)
+
+
 def forward(qkv: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
     """``qkv``: ``[B, L, 3·C]`` dense spikes (q, k, v, each head's ``C / heads`` channels together) ->
     ``[B, L, C]``, each head's ``Q (s·KᵀV)`` in its channels."""
     batch, tokens, width3 = qkv.shape
-    width = width3 // 3
-    head_dim = width // heads
-    out = torch.empty(batch, tokens, width, dtype=qkv.dtype, device=qkv.device)
-    block_l, block_d = _blocks(tokens, head_dim)
-    _forward[(batch * heads,)](qkv, out, tokens, width, head_dim, scale, BLOCK_L=block_l, BLOCK_D=block_d,
-                               num_warps=_warps(block_l, block_d))
+    out = torch.empty(batch, tokens, width3 // 3, dtype=qkv.dtype, device=qkv.device)
+    _launch(_forward, qkv, heads, scale, out)
     return out
 
 
 def backward(qkv: torch.Tensor, grad: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
     """The gradient of :func:`forward`'s ``qkv`` from its output's gradient ``grad`` (``[B, L, C]``, dense)."""
-    batch, tokens, width3 = qkv.shape
-    width = width3 // 3
-    head_dim = width // heads
     grad_qkv = torch.empty_like(qkv)
-    block_l, block_d = _blocks(tokens, head_dim)
-    _backward[(batch * heads,)](qkv, grad, grad_qkv, tokens, width, head_dim, scale, BLOCK_L=block_l,
-                                BLOCK_D=block_d, num_warps=_warps(block_l, block_d))
+    _launch(_backward, qkv, heads, scale, grad, grad_qkv)
     return grad_qkv
