@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import hashlib
 import itertools
 import math
 import os
@@ -206,8 +208,8 @@ def _entry_types(name: str) -> list:
     return [ctypes.c_longlong] + [ctypes.c_ulonglong] * len(pointers) + [ctypes.c_longlong] * len(sizes)
 
 
-def _emulation_library(folder, option_sets, cases):
-    """Compiles every switch set for each (option index, dtype) case; returns (library, entries)."""
+def _emulation_source(option_sets, cases):
+    """The C++ text holding every switch set for each (option index, dtype) case, and its entry symbols."""
     # PRELUDE declares the conversions; the host definitions follow it, before any kernel uses them.
     parts = [_SHIM, src.PRELUDE, _HOST_CONVERSIONS, f"#define FS_BLOCK {src.BLOCK}\n", _GRID]
     entries = {}
@@ -226,10 +228,26 @@ def _emulation_library(folder, option_sets, cases):
                     f"{{ fs_grid_{kernel[3:]}<{src.STORAGE_TYPES[dtype]}>(&fs_{index}::{name}, blocks, "
                     + ", ".join(pointers + sizes) + "); }\n")
                 entries[(index, name)] = symbol
-    (folder / "emulated.cpp").write_text("".join(parts))
-    library = folder / "emulated.so"
-    subprocess.run(["g++", "-std=c++17", "-O1", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-shared", "-fPIC",
-                    "-o", str(library), str(folder / "emulated.cpp")], check=True, capture_output=True, text=True)
+    return "".join(parts), entries
+
+
+def _emulation_library(folder, option_sets, cases):
+    """Compiles every switch set for each (option index, dtype) case; returns (library, entries).
+
+    g++ takes minutes over this source, so pytest-xdist's workers share one build: the first to need it
+    compiles it under a file lock in ``folder`` (their common temporary folder), named by the source's
+    hash; the others wait for it and load the same library."""
+    text, entries = _emulation_source(option_sets, cases)
+    library = folder / f"emulated-{hashlib.sha256(text.encode()).hexdigest()[:16]}.so"
+    with open(folder / "emulated.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not library.exists():
+            source = library.with_suffix(".cpp")
+            source.write_text(text)
+            partial = library.with_suffix(f".{os.getpid()}.part")
+            subprocess.run(["g++", "-std=c++17", "-O1", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-shared",
+                            "-fPIC", "-o", str(partial), str(source)], check=True, capture_output=True, text=True)
+            partial.rename(library)  # whole or absent: a build cut short leaves no library behind
     return ctypes.CDLL(str(library)), entries
 
 
@@ -276,7 +294,9 @@ def emulated(tmp_path_factory):
     if shutil.which("g++") is None:
         pytest.skip("g++ not found: the CPU run of the CUDA template needs a C++17 compiler")
     option_sets = [cell.params() for cell in EMULATED_OPTIONS]
-    folder = tmp_path_factory.mktemp("emulated")
+    # pytest-xdist's workers each have a base temporary folder in one common folder: the build's place
+    base = tmp_path_factory.getbasetemp()
+    folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     try:
         library, entries = _emulation_library(folder, option_sets, EMULATED_CASES)
     except subprocess.CalledProcessError as error:

@@ -5,6 +5,7 @@ path wherever the fused one does not apply."""
 import pytest
 import torch
 
+from flashspike import functional, neuron
 from flashspike.model import token_attention
 from conftest import kernel_device
 
@@ -91,3 +92,35 @@ def test_without_the_kernels_device_the_matmul_path_runs():
     spikes = _spikes(1, 2, 32, 16, 2, torch.float32, "cpu")
     out = token_attention.attention_product(spikes, 2, 0.125)
     assert not _fused(out)
+
+
+def test_spikes_kept_in_bits_give_the_same_values_and_gradients(fused_on_this_device):
+    # Q, K and V a neuron's token-major spikes: kept in one bit each (the only tensor the product keeps
+    # is uint8, an eighth of their count), unpacked for the backward; everything else as kept whole.
+    device = fused_on_this_device
+    T, N, C, L, heads = 2, 3, 32, 16, 2
+    node = neuron.MultiStepIFNode(backend="triton", v_threshold=0.5)
+    drive = torch.rand(T, N, L, 3 * C, generator=torch.Generator().manual_seed(4)).to(device)
+    results = []
+    for in_bits in (False, True):
+        x = drive.transpose(2, 3).requires_grad_()
+        spikes = node(x)
+        functional.reset_net(node)
+        assert spikes.transpose(2, 3).is_contiguous()  # token-major, as the kernels take them
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = token_attention.attention_product(spikes, heads, 0.125, in_bits=in_bits)
+        assert _fused(out)
+        out.backward(_dyadic(out.shape, torch.float32, device))
+        results.append((out, x.grad))
+        kept = [(t.dtype, t.numel()) for t in saved]
+        assert kept == ([(torch.uint8, spikes.numel() // 8)] if in_bits else [(torch.float32, spikes.numel())])
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_in_bits_keeps_whole_what_no_history_proves_spikes(fused_on_this_device):
+    spikes = _spikes(1, 2, 32, 16, 2, torch.float32, fused_on_this_device)  # a leaf: no neuron made it
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = token_attention.attention_product(spikes, 2, 0.125, in_bits=True)
+    assert _fused(out) and [t.dtype for t in saved] == [torch.float32]

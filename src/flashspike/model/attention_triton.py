@@ -4,11 +4,14 @@ where the Q/K/V neuron wrote them and write the heads side by side in each token
 tests).
 
 One program takes one (sequence, head): its ``[L, head_dim]`` Q, K and V tiles, rows ``3·C`` apart in
-the token-major ``[B, L, 3·C]`` spikes. The products run in float32 (IEEE, not TF32: a few MFLOP per
-program, where tensor cores would save nothing worth a second rounding scheme) and are rounded to the
-spikes' dtype where ``torch.matmul`` rounds them: ``Kᵀ V``, then the product with Q; in the backward
-``Qᵀ dA``, ``dA (s·KᵀV)ᵀ``, ``V dKVᵀ`` and ``K dKV``. The gradient of Q, K and V is written as one
-``[B, L, 3·C]`` tensor, laid out as the spikes are.
+the token-major ``[B, L, 3·C]`` spikes. Each product is rounded to the spikes' dtype where
+``torch.matmul`` rounds it: ``Kᵀ V``, then the product with Q; in the backward ``Qᵀ dA``, ``dA (s·KᵀV)ᵀ``,
+``V dKVᵀ`` and ``K dKV``. float16 operands multiply on tensor cores with float32 sums, as matmul's
+do: the product of two float16 numbers is exact in float32, and the forward's products are sums of
+spikes, exact in any order. Other operands multiply in float32 (IEEE, not TF32, which would round them):
+bfloat16 ones too, whose products are as exact, because Triton's CPU interpreter, where the tests check
+these kernels without a GPU, cannot multiply bfloat16 tiles. The gradient of Q, K and V is written as one ``[B, L, 3·C]`` tensor, laid out as the
+spikes are.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ WIDEST_HEAD = 128
 
 @triton.jit
 def _dot(a, b):
-    return tl.dot(a, b, input_precision="ieee")  # float32 products and sums, not TF32
+    """``a @ b`` in float32: float16 tiles on tensor cores, others in IEEE float32."""
+    if a.dtype == tl.float16 and b.dtype == tl.float16:
+        return tl.dot(a, b, out_dtype=tl.float32)
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
 
 
 @triton.jit
-def _rounded(x, dtype: tl.constexpr):
-    """``x`` rounded to ``dtype`` (where matmul's output is), carried on in float32."""
-    return x.to(dtype).to(tl.float32)
+def _scaled(product, scale, dtype: tl.constexpr):
+    """``scale`` times a product rounded to ``dtype`` (matmul's output), rounded to ``dtype`` again."""
+    return (product.to(dtype).to(tl.float32) * scale).to(dtype)
 
 
 @triton.jit
@@ -51,9 +57,9 @@ def _tiles(tokens, width, head_dim, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr
 
 @triton.jit
 def _load(qkv_ptr, at, mask, width):
-    q = tl.load(qkv_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    k = tl.load(qkv_ptr + at + width, mask=mask, other=0.0).to(tl.float32)
-    v = tl.load(qkv_ptr + at + 2 * width, mask=mask, other=0.0).to(tl.float32)
+    q = tl.load(qkv_ptr + at, mask=mask, other=0.0)
+    k = tl.load(qkv_ptr + at + width, mask=mask, other=0.0)
+    v = tl.load(qkv_ptr + at + 2 * width, mask=mask, other=0.0)
     return q, k, v
 
 
@@ -62,7 +68,7 @@ def _forward(qkv_ptr, out_ptr, tokens, width, head_dim, scale, BLOCK_L: tl.const
     dtype: tl.constexpr = out_ptr.dtype.element_ty
     at, out_at, mask = _tiles(tokens, width, head_dim, BLOCK_L, BLOCK_D)
     q, k, v = _load(qkv_ptr, at, mask, width)
-    kv = _rounded(_rounded(_dot(tl.trans(k), v), dtype) * scale, dtype)  # [D, D]: s·KᵀV
+    kv = _scaled(_dot(tl.trans(k), v), scale, dtype)  # [D, D]: s·KᵀV
     tl.store(out_ptr + out_at, _dot(q, kv).to(dtype), mask=mask)
 
 
@@ -72,9 +78,9 @@ def _backward(qkv_ptr, grad_ptr, grad_qkv_ptr, tokens, width, head_dim, scale,
     dtype: tl.constexpr = grad_qkv_ptr.dtype.element_ty
     at, out_at, mask = _tiles(tokens, width, head_dim, BLOCK_L, BLOCK_D)
     q, k, v = _load(qkv_ptr, at, mask, width)
-    grad = tl.load(grad_ptr + out_at, mask=mask, other=0.0).to(tl.float32)  # dA, [L, D]
-    kv = _rounded(_rounded(_dot(tl.trans(k), v), dtype) * scale, dtype)
-    grad_kv = _rounded(_rounded(_dot(tl.trans(q), grad), dtype) * scale, dtype)  # d(KᵀV) = s·(Qᵀ dA)
+    grad = tl.load(grad_ptr + out_at, mask=mask, other=0.0)  # dA, [L, D]
+    kv = _scaled(_dot(tl.trans(k), v), scale, dtype)
+    grad_kv = _scaled(_dot(tl.trans(q), grad), scale, dtype)  # d(KᵀV) = s·(Qᵀ dA)
     tl.store(grad_qkv_ptr + at, _dot(grad, tl.trans(kv)).to(dtype), mask=mask)
     tl.store(grad_qkv_ptr + at + width, _dot(v, tl.trans(grad_kv)).to(dtype), mask=mask)
     tl.store(grad_qkv_ptr + at + 2 * width, _dot(k, grad_kv).to(dtype), mask=mask)

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from .. import layer
-from ..memory import spike_bits
 from . import token_attention
 from .common import head_dim, image_to_sequence, make_multi_step_neuron, mean_over_tokens
 
@@ -178,10 +177,8 @@ class SpikingSelfAttention(nn.Module):
         if x_seq.dim() != 4:
             raise ValueError(f"SpikingSelfAttention expects tokens of shape [T, N, C, L], got {tuple(x_seq.shape)}")
         qkv = self.qkv_lif(pointwise_on_tokens(self.qkv_conv_bn, x_seq))  # [T, N, 3·C, L], token-major
-        if self.keeps_spike_operands_in_bits:
-            attention = token_attention.reference_product(qkv, self.num_heads, self.scale, spike_bits.matmul)
-        else:
-            attention = token_attention.attention_product(qkv, self.num_heads, self.scale)
+        attention = token_attention.attention_product(qkv, self.num_heads, self.scale,
+                                                      in_bits=self.keeps_spike_operands_in_bits)
         return self.proj_lif(pointwise_on_tokens(self.proj_conv_bn, self.attn_lif(attention)))
 
     def extra_repr(self) -> str:

@@ -4,8 +4,9 @@ in each token, in one kernel each way where Triton runs (:mod:`.attention_triton
 ``torch.matmul`` takes per-head operands of one batch stride: the heads of token-major Q, K and V are
 strided twice (by sequence and by head), so it copies each of them, copies the product back into tokens,
 and copies again for the backward. The fused product reads Q, K and V where the neuron wrote them,
-writes the tokens' layout, and keeps only the spikes for the backward. Its values and gradients are
-``torch.matmul``'s: it rounds where matmul rounds, and the spikes' products are sums of integers.
+writes the tokens' layout, and keeps only the spikes for the backward (in one bit each when asked,
+as :func:`flashspike.memory.spike_bits.matmul` keeps them on the matmul path). Its values and gradients
+are ``torch.matmul``'s: it rounds where matmul rounds, and the spikes' products are sums of integers.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..memory import spike_bits
 from ..optional_triton import optional_kernels
 
 __all__ = ["attention_product", "reference_product"]
@@ -46,10 +48,15 @@ def reference_product(qkv: torch.Tensor, heads: int, scale: float, product=torch
     return attention.permute(0, 1, 3, 2, 4).reshape(T, N, L, C).transpose(2, 3)
 
 
+_ROWS_ORDER = [0, 1, 2]  # the memory order of the dense rows [B, L, 3·C] the kernels take
+
+
 class _FusedProduct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows, heads, scale):
-        ctx.save_for_backward(rows)
+    def forward(ctx, rows, heads, scale, in_bits):
+        # in bits: the spikes packed eight to a byte, unpacked again for the backward's kernel
+        ctx.save_for_backward(spike_bits.pack(rows, _ROWS_ORDER) if in_bits else rows)
+        ctx.unpacked_as = (rows.shape, rows.stride(), rows.dtype) if in_bits else None
         ctx.heads, ctx.scale = heads, scale
         return _kernels().forward(rows, heads, scale)
 
@@ -57,7 +64,10 @@ class _FusedProduct(torch.autograd.Function):
     @once_differentiable  # a gradient of the gradient raises instead of silently missing
     def backward(ctx, grad):
         (rows,) = ctx.saved_tensors
-        return _kernels().backward(rows, grad.contiguous(), ctx.heads, ctx.scale), None, None
+        if ctx.unpacked_as is not None:
+            shape, strides, dtype = ctx.unpacked_as
+            rows = spike_bits.unpack(rows, shape, strides, _ROWS_ORDER, dtype)
+        return _kernels().backward(rows, grad.contiguous(), ctx.heads, ctx.scale), None, None, None
 
 
 def _fusable(qkv: torch.Tensor, heads: int) -> bool:
@@ -71,13 +81,16 @@ def _fusable(qkv: torch.Tensor, heads: int) -> bool:
     return kernels is not None and kernels.fits(L, C3 // 3 // heads)
 
 
-def attention_product(qkv: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+def attention_product(qkv: torch.Tensor, heads: int, scale: float, in_bits: bool = False) -> torch.Tensor:
     """``Q (s · Kᵀ V)`` of every head: ``qkv`` ``[T, N, 3·C, L]`` (Q, K, V in that order along the channels,
     each head's ``C / heads`` channels together) -> ``[T, N, C, L]``, the heads side by side in each
     token. Fused where Triton runs token-major spikes (CUDA; not while compiling), else
-    :func:`reference_product`."""
+    :func:`reference_product`. ``in_bits``: Q, K and V are kept in one bit each for the backward when
+    their autograd history proves them spikes (:func:`flashspike.memory.spike_bits.is_spike_input`),
+    through :func:`flashspike.memory.spike_bits.matmul` on the matmul path."""
     if not _fusable(qkv, heads):
-        return reference_product(qkv, heads, scale)
+        return reference_product(qkv, heads, scale, spike_bits.matmul if in_bits else torch.matmul)
     T, N, C3, L = qkv.shape
-    out = _FusedProduct.apply(qkv.transpose(2, 3).reshape(T * N, L, C3), heads, float(scale))
+    in_bits = in_bits and torch.is_grad_enabled() and spike_bits.is_spike_input(qkv)
+    out = _FusedProduct.apply(qkv.transpose(2, 3).reshape(T * N, L, C3), heads, float(scale), in_bits)
     return out.view(T, N, L, C3 // 3).transpose(2, 3)
