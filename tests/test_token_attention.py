@@ -124,3 +124,34 @@ def test_in_bits_keeps_whole_what_no_history_proves_spikes(fused_on_this_device)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out = token_attention.attention_product(spikes, 2, 0.125, in_bits=True)
     assert _fused(out) and [t.dtype for t in saved] == [torch.float32]
+
+
+@pytest.mark.parametrize("in_bits", [False, True], ids=["spikes kept", "spikes in bits"])
+def test_the_neuron_on_the_product_computes_it_again_instead_of_keeping_h(fused_on_this_device, monkeypatch,
+                                                                            in_bits):
+    device = fused_on_this_device
+    T, N, C, L, heads = 2, 3, 32, 16, 2
+    drive = torch.rand(T, N, L, 3 * C, generator=torch.Generator().manual_seed(5)).to(device)
+    weights = _dyadic((T, N, C, L), torch.float32, device)
+    qkv_neuron = neuron.MultiStepIFNode(backend="triton", v_threshold=0.5)
+    attention_neuron = neuron.MultiStepLIFNode(tau=2.0, v_threshold=0.5, backend="triton")
+
+    def train_step():
+        x = drive.transpose(2, 3).requires_grad_()
+        product = token_attention.attention_product(qkv_neuron(x), heads, 0.125, in_bits=in_bits)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fired = attention_neuron(product)
+        (fired * weights).sum().backward()
+        functional.reset_net(qkv_neuron)
+        functional.reset_net(attention_neuron)
+        h_sized = [t for t in saved if t.is_floating_point() and t.numel() == product.numel()]
+        return fired, x.grad, h_sized
+
+    fired, grad, h_sized = train_step()
+    assert h_sized == []  # the product's own kept spikes (or bits) instead
+    monkeypatch.setattr(token_attention.recompute, "mark", lambda *args: None)  # the neuron keeps H
+    fired_kept, grad_kept, h_sized = train_step()
+    assert len(h_sized) == 1
+    assert fired.sum() > 0 and grad.abs().sum() > 0
+    assert torch.equal(fired, fired_kept) and torch.equal(grad, grad_kept)

@@ -7,13 +7,20 @@ and copies again for the backward. The fused product reads Q, K and V where the 
 writes the tokens' layout, and keeps only the spikes for the backward (in one bit each when asked,
 as :func:`flashspike.memory.spike_bits.matmul` keeps them on the matmul path). Its values and gradients
 are ``torch.matmul``'s: it rounds where matmul rounds, and the spikes' products are sums of integers.
+
+The neuron that fires on the product keeps no H for its backward (:mod:`flashspike.backends.recompute`):
+it computes the product again from the kept spikes (one more run of the forward kernel), and the same
+spikes give the same product, bit for bit.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..backends import recompute
 from ..memory import spike_bits
 from ..optional_triton import optional_kernels
 
@@ -51,23 +58,37 @@ def reference_product(qkv: torch.Tensor, heads: int, scale: float, product=torch
 _ROWS_ORDER = [0, 1, 2]  # the memory order of the dense rows [B, L, 3·C] the kernels take
 
 
+def _rows(kept: torch.Tensor, unpacked_as) -> torch.Tensor:
+    """The spikes ``[B, L, 3·C]`` the product keeps: themselves, or (``unpacked_as``: their shape, strides
+    and dtype) unpacked from their bits."""
+    if unpacked_as is None:
+        return kept
+    shape, strides, dtype = unpacked_as
+    return spike_bits.unpack(kept, shape, strides, _ROWS_ORDER, dtype)
+
+
+def _product_again(kept: torch.Tensor, heads: int, scale: float, unpacked_as) -> torch.Tensor:
+    """The fused product's output, computed again from the spikes it keeps (the same kernel on the same
+    spikes: the same bits)."""
+    return _kernels().forward(_rows(kept, unpacked_as), heads, scale)
+
+
 class _FusedProduct(torch.autograd.Function):
+    """The product of ``rows`` (``[B, L, 3·C]`` spikes), keeping ``kept`` for the backward: ``rows`` itself,
+    or its bits (``unpacked_as`` then says how to unpack them)."""
+
     @staticmethod
-    def forward(ctx, rows, heads, scale, in_bits):
-        # in bits: the spikes packed eight to a byte, unpacked again for the backward's kernel
-        ctx.save_for_backward(spike_bits.pack(rows, _ROWS_ORDER) if in_bits else rows)
-        ctx.unpacked_as = (rows.shape, rows.stride(), rows.dtype) if in_bits else None
-        ctx.heads, ctx.scale = heads, scale
+    def forward(ctx, rows, kept, heads, scale, unpacked_as):
+        ctx.save_for_backward(kept)
+        ctx.heads, ctx.scale, ctx.unpacked_as = heads, scale, unpacked_as
         return _kernels().forward(rows, heads, scale)
 
     @staticmethod
     @once_differentiable  # a gradient of the gradient raises instead of silently missing
     def backward(ctx, grad):
-        (rows,) = ctx.saved_tensors
-        if ctx.unpacked_as is not None:
-            shape, strides, dtype = ctx.unpacked_as
-            rows = spike_bits.unpack(rows, shape, strides, _ROWS_ORDER, dtype)
-        return _kernels().backward(rows, grad.contiguous(), ctx.heads, ctx.scale), None, None, None
+        (kept,) = ctx.saved_tensors
+        grad_rows = _kernels().backward(_rows(kept, ctx.unpacked_as), grad.contiguous(), ctx.heads, ctx.scale)
+        return grad_rows, None, None, None, None
 
 
 def _fusable(qkv: torch.Tensor, heads: int) -> bool:
@@ -91,6 +112,16 @@ def attention_product(qkv: torch.Tensor, heads: int, scale: float, in_bits: bool
     if not _fusable(qkv, heads):
         return reference_product(qkv, heads, scale, spike_bits.matmul if in_bits else torch.matmul)
     T, N, C3, L = qkv.shape
-    in_bits = in_bits and torch.is_grad_enabled() and spike_bits.is_spike_input(qkv)
-    out = _FusedProduct.apply(qkv.transpose(2, 3).reshape(T * N, L, C3), heads, float(scale), in_bits)
+    rows = qkv.transpose(2, 3).reshape(T * N, L, C3)
+    kept, unpacked_as = rows, None
+    if in_bits and torch.is_grad_enabled() and spike_bits.is_spike_input(qkv):
+        with torch.no_grad():
+            kept = spike_bits.pack(rows, _ROWS_ORDER)
+        unpacked_as = (rows.shape, rows.stride(), rows.dtype)
+    out = _FusedProduct.apply(rows, kept, heads, float(scale), unpacked_as)
+    if out.requires_grad:
+        # The neuron that fires on the product then keeps no H: its backward computes the product again
+        # from the spikes kept here, and its forward again from that.
+        recompute.mark(out, functools.partial(_product_again, heads=heads, scale=float(scale),
+                                              unpacked_as=unpacked_as), (kept,))
     return out.view(T, N, L, C3 // 3).transpose(2, 3)
