@@ -8,10 +8,10 @@ the token-major ``[B, L, 3·C]`` spikes. Each product is rounded to the spikes' 
 ``torch.matmul`` rounds it: ``Kᵀ V``, then the product with Q; in the backward ``Qᵀ dA``, ``dA (s·KᵀV)ᵀ``,
 ``V dKVᵀ`` and ``K dKV``. float16 operands multiply on tensor cores with float32 sums, as matmul's
 do: the product of two float16 numbers is exact in float32, and the forward's products are sums of
-spikes, exact in any order. Other operands multiply in float32 (IEEE, not TF32, which would round them):
-bfloat16 ones too, whose products are as exact, because Triton's CPU interpreter, where the tests check
-these kernels without a GPU, cannot multiply bfloat16 tiles. The gradient of Q, K and V is written as one ``[B, L, 3·C]`` tensor, laid out as the
-spikes are.
+spikes, exact in any order. Other operands multiply in float32 (IEEE, not TF32, which would round
+them): bfloat16 ones too, whose products are as exact, because Triton's CPU interpreter, where the
+tests check these kernels without a GPU, cannot multiply bfloat16 tiles. The gradient of Q, K and V is
+written as one ``[B, L, 3·C]`` tensor, laid out as the spikes are.
 """
 
 from __future__ import annotations
