@@ -15,9 +15,10 @@ of ``inner`` elements, and its channel is the row's index modulo C, one division
 :func:`moments` gives the batch's mean and ``1/sqrt(var + eps)`` per channel of a tensor whose channels
 are adjacent in memory (channels last, or ``[N, C]``), where PyTorch's own statistics kernel is several
 times slower than reading the tensor: programs reduce blocks of rows to each channel's mean and sum of
-squared deviations (Welford's update in each lane, the lanes and then the blocks merged by Chan's exact
-update), and one more launch merges the blocks' results. :func:`backward` is the batch normalization's gradient for the same tensors, its
-per-channel sums gathered the same way (PyTorch's channels-last backward kernels are slow too).
+squared deviations (Welford's update in each lane, the lanes then merged by Chan's exact update), and
+one more launch merges the blocks' results the same way. :func:`backward` is the batch normalization's
+gradient for the same tensors, its per-channel sums gathered the same way (PyTorch's channels-last
+backward kernels are slow too).
 """
 
 from __future__ import annotations

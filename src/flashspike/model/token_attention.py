@@ -112,16 +112,17 @@ def attention_product(qkv: torch.Tensor, heads: int, scale: float, in_bits: bool
     if not _fusable(qkv, heads):
         return reference_product(qkv, heads, scale, spike_bits.matmul if in_bits else torch.matmul)
     T, N, C3, L = qkv.shape
+    scale = float(scale)
     rows = qkv.transpose(2, 3).reshape(T * N, L, C3)
     kept, unpacked_as = rows, None
     if in_bits and torch.is_grad_enabled() and spike_bits.is_spike_input(qkv):
         with torch.no_grad():
             kept = spike_bits.pack(rows, _ROWS_ORDER)
         unpacked_as = (rows.shape, rows.stride(), rows.dtype)
-    out = _FusedProduct.apply(rows, kept, heads, float(scale), unpacked_as)
+    out = _FusedProduct.apply(rows, kept, heads, scale, unpacked_as)
     if out.requires_grad:
         # The neuron that fires on the product then keeps no H: its backward computes the product again
         # from the spikes kept here, and its forward again from that.
-        recompute.mark(out, functools.partial(_product_again, heads=heads, scale=float(scale),
+        recompute.mark(out, functools.partial(_product_again, heads=heads, scale=scale,
                                               unpacked_as=unpacked_as), (kept,))
     return out.view(T, N, L, C3 // 3).transpose(2, 3)
