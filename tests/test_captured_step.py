@@ -3,7 +3,8 @@
 CPU: the same steps run eagerly (with a notice), equal to a hand-written training loop; every bad
 argument named. GPU (marked ``gpu``): replays equal the same steps run eagerly (losses, outputs,
 weights) with AMP and a GradScaler, fused and capturable optimizers, an LR scheduler, batches of another
-shape (eager, or a graph of their own), a zoo model and a model written with flashspike neurons only.
+shape (eager, or a graph of their own), a zoo model and a model written with flashspike neurons only; and
+the captured step needs no more memory than the eager one.
 """
 
 import copy
@@ -260,3 +261,29 @@ def test_a_zoo_model_and_a_model_of_flashspike_neurons_only_gpu(reproducible):
         _run_both(steps, batches)
         assert steps[1][0].captured
         _same_weights(steps)
+
+
+@pytest.mark.gpu
+def test_the_captured_step_peaks_where_the_eager_step_does_gpu():
+    # PyTorch keeps a cuBLAS workspace (tens of MiB) for each stream that ran a matmul: warm-ups on
+    # streams of their own, kept after the capture, would add one per warm-up to the captured step's peak.
+    device = kernel_device("triton")
+    batches = _batches(device, 6)
+    peaks = {}
+    for capture in (False, True):
+        net = _net("triton").to(device)
+        sgd = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9, fused=True)
+        torch.cuda.synchronize(device)
+        torch._C._cuda_clearCublasWorkspaces()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step = CapturedStep(net, _rate_loss, sgd, capture=capture, warmup_steps=3)
+        for x, y in batches:
+            step(x, y)
+        torch.cuda.synchronize(device)
+        assert step.captured == capture
+        peaks[capture] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        del step, sgd, net
+    assert peaks[False] > 1, "the eager step allocated no workspace: the comparison tests nothing"
+    assert peaks[True] <= peaks[False] + 1, f"captured step's peak {peaks[True]:.1f} MiB, eager {peaks[False]:.1f} MiB"

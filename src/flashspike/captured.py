@@ -19,6 +19,11 @@ What capture needs, and how this class provides it:
   steps run eagerly on a side stream (PyTorch's recipe for whole-network capture): they compile the
   neuron kernels, let cuDNN choose its algorithms, create the gradients, the optimizer's state and the
   scaler's. The next call records the step and replays it, training on its batch.
+- No memory beyond the eager step's. PyTorch keeps a cuBLAS workspace (and a cuBLASLt one, tens of MiB
+  together on recent GPUs) for every stream that ever ran a matmul, for the life of the process. So the
+  warm-ups and the captures share one side stream, and the workspaces are released just before each
+  capture: the graph's own is then allocated inside its memory pool, where no later allocation can take
+  it (PyTorch's compiled CUDA graphs do the same).
 - No host synchronization in the step. The optimizer must be capturable: ``capturable=True`` where it
   has that option (Adam, AdamW), ``fused=True`` where it has not (SGD); with a GradScaler it must be
   fused as well, so the scaler hands it the inverse scale and the inf flag on the device, and
@@ -76,6 +81,13 @@ def _copy_into(static, new) -> None:
     for target, source in zip(pytree.tree_leaves(static), pytree.tree_leaves(new)):
         if isinstance(target, torch.Tensor):
             target.copy_(source)
+
+
+def _release_blas_workspaces() -> None:
+    """Free the cuBLAS and cuBLASLt workspaces of every stream (each is allocated again where next needed)."""
+    release = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # private, but the one way PyTorch offers
+    if release is not None:
+        release()
 
 
 def _wraps_ddp(model: nn.Module) -> bool:
@@ -175,6 +187,7 @@ class CapturedStep:
         self._warmed: dict[tuple, int] = {}  # eager warm-up steps taken per signature
         self._first: tuple | None = None  # the first batch's signature: it gets warmup_steps eager steps
         self._pool = None
+        self._stream = None  # the side stream of every warm-up and capture
         self._grads_shown: _Graph | None = None  # the graph whose gradients the parameters' .grad are
         # One float32 scalar per param group, and the float it last received.
         self._lr_tensors = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in optimizer.param_groups] \
@@ -263,8 +276,13 @@ class CapturedStep:
         # Detached: held by the caller, they must not keep this step's autograd graph alive.
         return loss.detach(), _detached(outputs)
 
+    def _side_stream(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
+
     def _warm_up(self, inputs, targets):
-        current, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        current, side = torch.cuda.current_stream(self.device), self._side_stream()
         with self._lr_on_device():
             side.wait_stream(current)  # after the batch and the learning rate written on the current stream
             with torch.cuda.stream(side):
@@ -277,8 +295,9 @@ class CapturedStep:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         # Capture records the step without running it: the replay that follows trains on this batch.
+        _release_blas_workspaces()  # the warm-ups' workspaces go; the graph's own comes from its pool
         try:
-            with self._lr_on_device(), torch.cuda.graph(graph.graph, pool=self._pool):
+            with self._lr_on_device(), torch.cuda.graph(graph.graph, pool=self._pool, stream=self._side_stream()):
                 graph.loss, graph.outputs = self._step(graph.inputs, graph.targets)
         except RuntimeError as error:
             raise RuntimeError("CapturedStep: the training step could not be captured as a CUDA graph; something "
