@@ -136,12 +136,17 @@ def test_the_neuron_on_the_product_computes_it_again_instead_of_keeping_h(fused_
     qkv_neuron = neuron.MultiStepIFNode(backend="triton", v_threshold=0.5)
     attention_neuron = neuron.MultiStepLIFNode(tau=2.0, v_threshold=0.5, backend="triton")
 
+    unpacked = []
+    unpack = token_attention.spike_bits.unpack
+    monkeypatch.setattr(token_attention.spike_bits, "unpack", lambda *args: unpacked.append(1) or unpack(*args))
+
     def train_step():
         x = drive.transpose(2, 3).requires_grad_()
         product = token_attention.attention_product(qkv_neuron(x), heads, 0.125, in_bits=in_bits)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
             fired = attention_neuron(product)
+        unpacked.clear()
         (fired * weights).sum().backward()
         functional.reset_net(qkv_neuron)
         functional.reset_net(attention_neuron)
@@ -150,8 +155,10 @@ def test_the_neuron_on_the_product_computes_it_again_instead_of_keeping_h(fused_
 
     fired, grad, h_sized = train_step()
     assert h_sized == []  # the product's own kept spikes (or bits) instead
+    # in bits: unpacked once, for the product computed again, and that serves the product's backward
+    assert len(unpacked) == in_bits
     monkeypatch.setattr(token_attention.recompute, "mark", lambda *args: None)  # the neuron keeps H
     fired_kept, grad_kept, h_sized = train_step()
-    assert len(h_sized) == 1
+    assert len(h_sized) == 1 and len(unpacked) == in_bits  # (the product's backward unpacks)
     assert fired.sum() > 0 and grad.abs().sum() > 0
     assert torch.equal(fired, fired_kept) and torch.equal(grad, grad_kept)

@@ -10,7 +10,8 @@ are ``torch.matmul``'s: it rounds where matmul rounds, and the spikes' products 
 
 The neuron that fires on the product keeps no H for its backward (:mod:`flashspike.backends.recompute`):
 it computes the product again from the kept spikes (one more run of the forward kernel), and the same
-spikes give the same product, bit for bit.
+spikes give the same product, bit for bit. Where the spikes are kept in bits, the spikes it unpacks for
+that serve the product's own backward too, which runs right after it: one unpacking per backward.
 """
 
 from __future__ import annotations
@@ -67,28 +68,50 @@ def _rows(kept: torch.Tensor, unpacked_as) -> torch.Tensor:
     return spike_bits.unpack(kept, shape, strides, _ROWS_ORDER, dtype)
 
 
-def _product_again(kept: torch.Tensor, heads: int, scale: float, unpacked_as) -> torch.Tensor:
+class _Unpacked:
+    """The spikes unpacked from the product's bits by the backward of the neuron that fires on the
+    product, held until the product's backward takes them (the next node to run, as the product's
+    output is that neuron's input)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self):
+        self.rows = None
+
+    def take(self):
+        rows, self.rows = self.rows, None
+        return rows
+
+
+def _product_again(kept: torch.Tensor, heads: int, scale: float, unpacked_as, unpacked: _Unpacked | None = None
+                   ) -> torch.Tensor:
     """The fused product's output, computed again from the spikes it keeps (the same kernel on the same
-    spikes: the same bits)."""
-    return _kernels().forward(_rows(kept, unpacked_as), heads, scale)
+    spikes: the same bits); spikes unpacked from bits are left in ``unpacked`` for the product's backward."""
+    rows = _rows(kept, unpacked_as)
+    if unpacked is not None and unpacked_as is not None:
+        unpacked.rows = rows
+    return _kernels().forward(rows, heads, scale)
 
 
 class _FusedProduct(torch.autograd.Function):
     """The product of ``rows`` (``[B, L, 3·C]`` spikes), keeping ``kept`` for the backward: ``rows`` itself,
-    or its bits (``unpacked_as`` then says how to unpack them)."""
+    or its bits (``unpacked_as`` then says how to unpack them, unless ``unpacked`` holds them unpacked)."""
 
     @staticmethod
-    def forward(ctx, rows, kept, heads, scale, unpacked_as):
+    def forward(ctx, rows, kept, heads, scale, unpacked_as, unpacked):
         ctx.save_for_backward(kept)
-        ctx.heads, ctx.scale, ctx.unpacked_as = heads, scale, unpacked_as
+        ctx.heads, ctx.scale, ctx.unpacked_as, ctx.unpacked = heads, scale, unpacked_as, unpacked
         return _kernels().forward(rows, heads, scale)
 
     @staticmethod
     @once_differentiable  # a gradient of the gradient raises instead of silently missing
     def backward(ctx, grad):
         (kept,) = ctx.saved_tensors
-        grad_rows = _kernels().backward(_rows(kept, ctx.unpacked_as), grad.contiguous(), ctx.heads, ctx.scale)
-        return grad_rows, None, None, None, None
+        rows = ctx.unpacked.take()
+        if rows is None:
+            rows = _rows(kept, ctx.unpacked_as)
+        grad_rows = _kernels().backward(rows, grad.contiguous(), ctx.heads, ctx.scale)
+        return grad_rows, None, None, None, None, None
 
 
 def _fusable(qkv: torch.Tensor, heads: int) -> bool:
@@ -119,10 +142,11 @@ def attention_product(qkv: torch.Tensor, heads: int, scale: float, in_bits: bool
         with torch.no_grad():
             kept = spike_bits.pack(rows, _ROWS_ORDER)
         unpacked_as = (rows.shape, rows.stride(), rows.dtype)
-    out = _FusedProduct.apply(rows, kept, heads, scale, unpacked_as)
+    unpacked = _Unpacked()
+    out = _FusedProduct.apply(rows, kept, heads, scale, unpacked_as, unpacked)
     if out.requires_grad:
         # The neuron that fires on the product then keeps no H: its backward computes the product again
         # from the spikes kept here, and its forward again from that.
         recompute.mark(out, functools.partial(_product_again, heads=heads, scale=scale,
-                                              unpacked_as=unpacked_as), (kept,))
+                                              unpacked_as=unpacked_as, unpacked=unpacked), (kept,))
     return out.view(T, N, L, C3 // 3).transpose(2, 3)
