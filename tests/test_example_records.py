@@ -537,9 +537,13 @@ def test_ctrl_c_before_any_epoch_says_nothing_was_saved(data_dir, tmp_path, monk
 def test_a_real_ctrl_c_prints_one_line(data_dir, tmp_path):  # noqa: F811
     """SIGINT, as a terminal's Ctrl-C sends it, to a process training: one line, no traceback."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "flashspike.examples.conv_fashion_mnist",
-                                *flags(data_dir, tmp_path, "-epochs", "1000")], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    # Python leaves SIGINT ignored when it starts with it ignored (a child of a background job in a shell
+    # without job control): the example runs with the handler a terminal's Python has.
+    main = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv[0] = 'conv_fashion_mnist'; runpy.run_module('flashspike.examples.conv_fashion_mnist', "
+            "run_name='__main__', alter_sys=True)")
+    process = subprocess.Popen([sys.executable, "-c", main, *flags(data_dir, tmp_path, "-epochs", "1000")], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         latest = tmp_path / FOLDER / run_log.LATEST
         for line in process.stdout:
