@@ -536,7 +536,10 @@ def test_ctrl_c_before_any_epoch_says_nothing_was_saved(data_dir, tmp_path, monk
 
 def test_a_real_ctrl_c_prints_one_line(data_dir, tmp_path):  # noqa: F811
     """SIGINT, as a terminal's Ctrl-C sends it, to a process training: one line, no traceback."""
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    # Unbuffered: each epoch's line arrives as it is printed, so the interrupt comes early in the run
+    # (a pipe's buffer could hold the lines of many epochs, on a slow machine of all of them).
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
     # Python leaves SIGINT ignored when it starts with it ignored (a child of a background job in a shell
     # without job control): the example runs with the handler a terminal's Python has.
     main = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
