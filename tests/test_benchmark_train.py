@@ -331,8 +331,45 @@ def test_a_profiled_row_says_where_its_time_goes(tmp_path, capsys):
     assert copies and all(name.startswith("aten::") and ms > 0 for name, _shapes, ms in copies)
     assert any("[2048, 6272]" in shapes for _name, shapes, _ms in copies), copies
     assert "copying: aten::" in out
+    # the host's side: cProfile's wall time per step, and the functions of most own time (the convolutions'
+    # C call among them on the CPU, where it is host time), each with its calls per step
+    host = profile["host"]
+    assert host["ms_per_step"] > 0 and 0 < len(host["functions"]) <= 8
+    names = [name for name, _ms, _calls in host["functions"]]
+    assert any("conv2d" in name for name in names), names
+    own = [ms for _name, ms, _calls in host["functions"]]
+    assert own == sorted(own, reverse=True) and sum(own) <= host["ms_per_step"] * 1.01
+    assert all(calls > 0 for _name, _ms, calls in host["functions"])
+    assert "host (cProfile):" in out and "host: " in out
     with pytest.raises(SystemExit):
         bench.parse_args(["--profile", "-1"])
+
+
+def test_host_function_names_say_module_and_line():
+    from flashspike.benchmarks import profile
+
+    name = profile._function_name(("/x/lib/python3.11/site-packages/triton/runtime/jit.py", 600, "run"))
+    assert name == "triton/runtime/jit.py:600(run)"
+    assert profile._function_name(("/w/src/flashspike/memory/pooling.py", 12, "f")) == "flashspike/memory/pooling.py:12(f)"
+    assert profile._function_name(("~", 0, "<built-in method torch.conv2d>")) == "<built-in method torch.conv2d>"
+    assert profile._function_name(("/elsewhere/deep/tool.py", 3, "g")) == "deep/tool.py:3(g)"
+
+
+def test_host_profile_reports_another_profiler_instead_of_failing():
+    import cProfile
+    import sys
+
+    from flashspike.benchmarks import profile
+
+    if sys.version_info < (3, 12):
+        pytest.skip("only Python 3.12's cProfile refuses to start beside another profiler")
+    holder = cProfile.Profile()
+    holder.enable()
+    try:
+        host = profile.host_functions(lambda: None, torch.device("cpu"), 2)
+    finally:
+        holder.disable()
+    assert host["ms_per_step"] is None and host["error"]
 
 
 def test_threads_sets_each_rows_cpu_threads(tmp_path):

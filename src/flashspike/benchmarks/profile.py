@@ -9,11 +9,20 @@ A kernel's name rarely says which of the model's operations launched it, and cop
 layout mismatch adds, so the summary also lists the operators whose own time is copying (``aten::copy_``,
 ``clone``, ``contiguous``, ``_to_copy`` ...) with their inputs' shapes. In a captured step the replayed
 kernels have no operator, so only eager rows can say this.
+
+The host's side comes last: the same number of steps again under :mod:`cProfile`, whose wall time per
+step beside the kernel time says whether a row waits for the GPU or for Python, and whose costliest
+functions (by their own time: Python's and the C calls it makes, a kernel launcher's included) say
+where the host's time goes.
 """
 
 from __future__ import annotations
 
+import cProfile
+import os
+import pstats
 import re
+import time
 from typing import Callable
 
 import torch
@@ -35,6 +44,7 @@ KINDS = (
 _COMPILED = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
 TOP = 3  # the most costly names kept per kind
 COPY_OPERATORS = 8  # the most costly copying operators listed
+HOST_FUNCTIONS = 8  # the host functions of most own time listed
 
 
 def kind_of(name: str) -> str:
@@ -86,8 +96,48 @@ def copying_operators(profiler, device: torch.device, steps: int) -> list:
     return sorted(rows, key=lambda row: -row[2])[:COPY_OPERATORS]
 
 
+def _function_name(key: tuple) -> str:
+    """A cProfile key ``(file, line, function)`` as ``package/module.py:line(function)``, or the C call's
+    own name (``{built-in method ...}``)."""
+    filename, line, function = key
+    if filename == "~" or not filename:  # a C function: its name says what it is
+        return function
+    parts = filename.replace(os.sep, "/").split("/")
+    for anchor in ("site-packages", "dist-packages", "src"):  # from the package's own folder on
+        if anchor in parts:
+            parts = parts[len(parts) - parts[::-1].index(anchor):]
+            break
+    else:
+        parts = parts[-2:]
+    return f"{'/'.join(parts)}:{line}({function})"
+
+
+def host_functions(call: Callable[[], object], device: torch.device, steps: int) -> dict:
+    """``{"ms_per_step", "functions": [[name, own ms per step, calls per step], ...]}``: ``steps`` calls of
+    ``call()`` under cProfile, the device synchronized at the end (so the wall time includes any wait
+    for it), and the functions with the most own time, costliest first."""
+    profiler = cProfile.Profile()
+    try:
+        profiler.enable()
+    except ValueError as error:  # another profiler holds the interpreter's hook (a debugger, coverage)
+        return {"ms_per_step": None, "functions": [], "error": str(error)}
+    started = time.perf_counter()
+    for _ in range(steps):
+        call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    profiler.disable()
+    wall = time.perf_counter() - started
+    stats = pstats.Stats(profiler).stats  # key -> (primitive calls, calls, own time, cumulative time, callers)
+    costliest = sorted(stats.items(), key=lambda item: -item[1][2])[:HOST_FUNCTIONS]
+    return {"ms_per_step": wall * 1e3 / steps,
+            "functions": [[_function_name(key), own * 1e3 / steps, calls / steps]
+                          for key, (_primitive, calls, own, _cumulative, _callers) in costliest]}
+
+
 def profile_steps(call: Callable[[], object], device: torch.device, steps: int) -> dict:
-    """Run ``call()`` ``steps`` times under the profiler (after the caller's warm-up) and summarize."""
+    """Run ``call()`` ``steps`` times under the profiler (after the caller's warm-up) and summarize; then
+    ``steps`` more under cProfile (:func:`host_functions`, the summary's ``"host"``)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -99,6 +149,7 @@ def profile_steps(call: Callable[[], object], device: torch.device, steps: int) 
     summary = summarize(_timed_names(profiler, device), steps)
     summary["what"] = "kernel time" if device.type == "cuda" else "operator self time (CPU)"
     summary["copying_operators"] = copying_operators(profiler, device, steps)
+    summary["host"] = host_functions(call, device, steps)
     return summary
 
 
@@ -114,4 +165,11 @@ def format_profile(row: dict) -> str:
         lines.append(f"| {kind} | {ms:.3f} | {ms / total:.1%} | {names.replace('|', '/')} |")
     for name, shapes, ms in profile.get("copying_operators", []):
         lines.append(f"copying: {name} {shapes} {ms:.3f} ms/step")
+    host = profile.get("host")
+    if host and host["ms_per_step"] is None:
+        lines.append(f"host (cProfile): not profiled: {host['error']}")
+    elif host:
+        lines.append(f"host (cProfile): {host['ms_per_step']:.3f} ms per step, wall; the most own time:")
+        for name, ms, calls in host["functions"]:
+            lines.append(f"host: {name} {ms:.3f} ms/step in {calls:g} calls")
     return "\n".join(lines)

@@ -25,7 +25,8 @@ rows' layers to the versions that keep less for the backward; pool bytes (CUDA o
 (CUDA rows) are on unless ``--no-pool-bytes`` / ``--no-recompute-h``. A host-bound step's time follows the
 host's speed, which can drift between processes: ``--rounds K`` runs all rows K times, round after
 round, and keeps each row's median. ``--profile K`` then runs K more steps of each row under
-``torch.profiler`` and prints where the time goes, by kind of work (:mod:`.profile`).
+``torch.profiler`` and prints where the time goes, by kind of work, then K more under cProfile for the
+host's share (:mod:`.profile`).
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
 eager) and SpikingJelly 2.x (its activation_based zoo in multi-step mode, its own neuron kernels; eager
@@ -103,7 +104,8 @@ def parse_args(argv=None):
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="after timing, run K more steps under torch.profiler and print where the time goes, by "
                              "kind of work: kernel time on CUDA (captured graphs' kernels included), operator time "
-                             "on the CPU (default 0: not profiled)")
+                             "on the CPU; then K more under cProfile: the host's wall time per step and its costliest "
+                             "Python functions (default 0: not profiled)")
     parser.add_argument("--nproc", type=positive, default=1,
                         help="processes per row, launched by torchrun, training one model data-parallel (one GPU each "
                              "on CUDA, Gloo on the CPU): DistributedDataParallel, or in the captured mode "
