@@ -387,15 +387,63 @@ def test_the_gradient_kernels_give_batchnorms_gradients(shape, memory_format, af
     assert only_weight[0] is None and only_weight[2] is None and (only_weight[1] is not None) == affine
 
 
+@pytest.mark.parametrize("shape, memory_format", [
+    ((6, 5), None), ((3, 1500), None), ((4, 3, 5, 6), torch.channels_last), ((700, 7), None),
+], ids=str)
+@pytest.mark.parametrize("affine, update", [(True, True), (False, True), (True, False)],
+                         ids=["affine-update", "plain-update", "affine-eval"])
+def test_the_statistics_launch_gives_affine_terms_bit_for_bit(shape, memory_format, affine, update, monkeypatch):
+    # The statistics' last launch computes the scale, shift and running statistics from the mean and
+    # invstd in registers: the same bits as the separate launch computes from them in memory.
+    device = kernel_device("triton")
+    kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
+    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)
+    monkeypatch.setattr(kernels, "MERGE_TILE", 64)
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(shape, generator=g) * 2 + 3).to(device)
+    if memory_format is not None:
+        x = x.contiguous(memory_format=memory_format)
+    channels = shape[1]
+    weight = (torch.rand(channels, generator=g) + 0.5).to(device) if affine else None
+    bias = torch.randn(channels, generator=g).to(device) if affine else None
+    before = (torch.randn(channels, generator=g).to(device), (torch.rand(channels, generator=g) + 0.5).to(device))
+    fused_running, separate_running = tuple(t.clone() for t in before), tuple(t.clone() for t in before)
+    factor = 0.25
+    fused = kernels.statistics(x, 1e-5, weight, bias, *(fused_running if update else (None, None)), factor)
+    mean, invstd = kernels.moments(x, 1e-5)
+    scale, shift = kernels.affine_terms(mean, invstd, weight, bias, *(separate_running if update else (None, None)),
+                                        factor, 1e-5, x.numel() // channels)
+    for got, want in zip(fused, (mean, invstd, scale, shift)):
+        assert got.dtype == torch.float32 and got.shape == (channels,)
+        assert torch.equal(got, want)
+    for got, want in zip(fused_running, separate_running):
+        assert torch.equal(got, want)
+    # and those bits are the batch norm's: its scale, and nn.BatchNorm's update (unbiased variance)
+    wide = x.double()
+    dims = [d for d in range(x.dim()) if d != 1]
+    expected_scale = (wide.var(dims, correction=0) + 1e-5).rsqrt() * (weight.double() if affine else 1)
+    torch.testing.assert_close(fused[2].double(), expected_scale, rtol=2e-4, atol=0)
+    if update:
+        expected = (before[0].double() * (1 - factor) + wide.mean(dims) * factor,
+                    before[1].double() * (1 - factor) + wide.var(dims, correction=1) * factor)
+        for got, want in zip(fused_running, expected):
+            torch.testing.assert_close(got.double(), want, rtol=2e-4, atol=1e-5)
+    else:
+        assert all(torch.equal(got, want) for got, want in zip(fused_running, before))
+
+
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
-def test_running_statistics_follow_batchnorms_update(momentum):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_running_statistics_follow_batchnorms_update(momentum, memory_format):
+    # (channels last: the statistics' own launch updates them; channel-major: the affine terms' launch)
     device = kernel_device("triton")
     plain = nn.BatchNorm2d(3, momentum=momentum).to(device)
     lean = copy.deepcopy(plain)
     batchnorm_recompute.recompute_h_after_batchnorm(lean)
     g = torch.Generator().manual_seed(2)
     for _ in range(3):
-        x = (torch.randn(4, 3, 5, 5, generator=g) * 3 + 1).to(device).requires_grad_()
+        x = (torch.randn(4, 3, 5, 5, generator=g) * 3 + 1).to(device).contiguous(memory_format=memory_format)
+        x.requires_grad_()
         torch.testing.assert_close(lean(x), plain(x), rtol=1e-5, atol=1e-5)
     assert recompute.recipe_for(lean(x)) is not None and plain(x) is not None  # a fourth batch for both
     for name, buffer in plain.named_buffers():

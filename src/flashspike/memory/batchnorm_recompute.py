@@ -76,19 +76,23 @@ def _channels_adjacent(x: torch.Tensor) -> bool:
     return x.stride(1) == 1 and x.shape[1] > 1
 
 
-def _batch_statistics(x: torch.Tensor, eps: float, kernels):
-    """(mean, 1/sqrt(var + eps)) per channel in float32, var biased: the Triton statistics where the
-    channels are adjacent in memory (where PyTorch's CUDA kernel is slow), else PyTorch's one-pass CUDA
-    statistics, or two float32 passes on the CPU."""
+def _batch_statistics(x: torch.Tensor, eps: float, kernels, affine: tuple):
+    """(mean, 1/sqrt(var + eps), scale, shift) per channel in float32, var biased; ``affine`` is (weight,
+    bias, running mean, running var, factor) as :func:`batchnorm_triton.affine_terms` takes them (the
+    running statistics None where they take no update). The Triton statistics where the channels are
+    adjacent in memory (where PyTorch's CUDA kernel is slow), which give the affine terms in their last
+    launch; else PyTorch's one-pass CUDA statistics, or two float32 passes on the CPU, then the terms."""
     if _channels_adjacent(x):
-        return kernels.moments(x, eps)
+        return kernels.statistics(x, eps, *affine)
     if x.is_cuda:
         mean, invstd = torch.batch_norm_stats(x, eps)
-        return mean.float(), invstd.float()
-    dims = [d for d in range(x.dim()) if d != 1]
-    mean = torch.mean(x, dims, dtype=torch.float32)
-    centered = x - mean.view(-1, *[1] * (x.dim() - 2))  # float32, made by the subtraction (no copy of x)
-    return mean, torch.rsqrt(torch.mean(centered * centered, dims) + eps)
+        mean, invstd = mean.float(), invstd.float()
+    else:
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean = torch.mean(x, dims, dtype=torch.float32)
+        centered = x - mean.view(-1, *[1] * (x.dim() - 2))  # float32, made by the subtraction (no copy of x)
+        invstd = torch.rsqrt(torch.mean(centered * centered, dims) + eps)
+    return (mean, invstd, *kernels.affine_terms(mean, invstd, *affine, eps, x.numel() // x.shape[1]))
 
 
 class _Normalize(torch.autograd.Function):
@@ -153,7 +157,6 @@ class _Recomputable:
                                       running_dtype=None if running is None else running.dtype)
             mark(output, again, (input, self.weight, self.bias))
             return output
-        mean, invstd = _batch_statistics(input.detach(), self.eps, kernels)
         update = self.training and self.track_running_stats
         factor = 0.0
         if update:  # as nn.BatchNorm: an exponential average, or with momentum None the cumulative one
@@ -161,9 +164,8 @@ class _Recomputable:
             factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         weight = None if self.weight is None else self.weight.detach()
         bias = None if self.bias is None else self.bias.detach()
-        scale, shift = kernels.affine_terms(mean, invstd, weight, bias, self.running_mean if update else None,
-                                            self.running_var if update else None, factor, self.eps,
-                                            input.numel() // input.shape[1])
+        affine = (weight, bias, self.running_mean if update else None, self.running_var if update else None, factor)
+        mean, invstd, scale, shift = _batch_statistics(input.detach(), self.eps, kernels, affine)
         return _Normalize.apply(input, self.weight, self.bias, (mean, invstd, scale, shift, self.eps, kernels))
 
     def _get_name(self):

@@ -12,13 +12,13 @@ kernel walks it as a table of rows whose channel it finds without dividing per e
 ``inner`` 1 (channels last) the columns are the channels; otherwise each row is one channel's plane
 of ``inner`` elements, and its channel is the row's index modulo C, one division per row.
 
-:func:`moments` gives the batch's mean and ``1/sqrt(var + eps)`` per channel of a tensor whose channels
+:func:`statistics` gives the batch's mean and ``1/sqrt(var + eps)`` per channel of a tensor whose channels
 are adjacent in memory (channels last, or ``[N, C]``), where PyTorch's own statistics kernel is several
 times slower than reading the tensor: programs reduce blocks of rows to each channel's mean and sum of
 squared deviations (Welford's update in each lane, the lanes then merged by Chan's exact update), and
-one more launch merges the blocks' results the same way. :func:`backward` is the batch normalization's
-gradient for the same tensors, its per-channel sums gathered the same way (PyTorch's channels-last
-backward kernels are slow too).
+one more launch merges the blocks' results the same way, then computes what :func:`affine_terms` would
+from them, in registers. :func:`backward` is the batch normalization's gradient for the same tensors,
+its per-channel sums gathered the same way (PyTorch's channels-last backward kernels are slow too).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["normalize", "affine_terms", "moments", "backward"]
+__all__ = ["normalize", "affine_terms", "statistics", "moments", "backward"]
 
 ELEMENTS_PER_PROGRAM = 4096
 WIDEST_ROW_BLOCK = 1024
@@ -74,13 +74,11 @@ def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torc
 
 
 @triton.jit
-def _affine_terms(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, running_mean_ptr,
-                  running_var_ptr, channels, eps, factor, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  UPDATE: tl.constexpr, BLOCK: tl.constexpr):
-    channel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = channel < channels
-    mean = tl.load(mean_ptr + channel, mask=mask, other=0.0)
-    invstd = tl.load(invstd_ptr + channel, mask=mask, other=1.0)
+def _store_terms(channel, mask, mean, invstd, weight_ptr, bias_ptr, scale_ptr, shift_ptr, running_mean_ptr,
+                 running_var_ptr, eps, factor, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 UPDATE: tl.constexpr):
+    """Store each channel's scale and shift from its float32 ``mean`` and ``invstd``; with ``UPDATE``,
+    update the running statistics (what :func:`affine_terms` documents)."""
     scale = invstd
     if HAS_WEIGHT:
         scale = invstd * tl.load(weight_ptr + channel, mask=mask, other=0.0).to(tl.float32)
@@ -99,6 +97,23 @@ def _affine_terms(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, scale_ptr, shift_p
         tl.store(running_var_ptr + channel, running_var.to(running_var_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _affine_terms(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, running_mean_ptr,
+                  running_var_ptr, channels, eps, factor, unbias, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  UPDATE: tl.constexpr, BLOCK: tl.constexpr):
+    channel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = channel < channels
+    mean = tl.load(mean_ptr + channel, mask=mask, other=0.0)
+    invstd = tl.load(invstd_ptr + channel, mask=mask, other=1.0)
+    _store_terms(channel, mask, mean, invstd, weight_ptr, bias_ptr, scale_ptr, shift_ptr, running_mean_ptr,
+                 running_var_ptr, eps, factor, unbias, HAS_WEIGHT, HAS_BIAS, UPDATE)
+
+
+def _unbias(count: int) -> float:
+    """The factor that makes a biased variance over ``count`` values unbiased, as nn.BatchNorm's update."""
+    return count / max(count - 1, 1)
+
+
 def affine_terms(mean, invstd, weight, bias, running_mean, running_var, factor: float, eps: float, count: int):
     """(scale, shift), float32 ``[C]``, from the batch's ``mean`` and ``invstd`` (float32) and the
     layer's ``weight`` and ``bias`` (or None); with running statistics (not None), update them in
@@ -109,8 +124,7 @@ def affine_terms(mean, invstd, weight, bias, running_mean, running_var, factor: 
     update = running_mean is not None
     _affine_terms[(triton.cdiv(channels, block),)](
         mean, invstd, weight, bias, scale, shift, running_mean, running_var, channels, eps, factor,
-        count / max(count - 1, 1), HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, UPDATE=update,
-        BLOCK=block)
+        _unbias(count), HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, UPDATE=update, BLOCK=block)
     return scale, shift
 
 
@@ -158,10 +172,13 @@ def _part_rows(part, parts, rows, rows_per_program):
 
 
 @triton.jit
-def _merge_moments(part_mean_ptr, part_m2_ptr, mean_ptr, invstd_ptr, parts, rows, rows_per_program, channels, eps,
+def _merge_moments(part_mean_ptr, part_m2_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr,
+                   running_mean_ptr, running_var_ptr, parts, rows, rows_per_program, channels, eps, factor, unbias,
+                   HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, UPDATE: tl.constexpr,
                    BLOCK_PARTS: tl.constexpr, BLOCK: tl.constexpr):
     # Tiles of parts at once (a part after another would be a chain of dependent updates), each lane
-    # merging the parts it loads by Chan's update, then the lanes merged once.
+    # merging the parts it loads by Chan's update, then the lanes merged once; the affine terms from
+    # the results in registers (what _affine_terms computes from them in memory, the same bits).
     channel = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = channel < channels
     mean = tl.zeros((BLOCK_PARTS, BLOCK), tl.float32)
@@ -175,8 +192,11 @@ def _merge_moments(part_mean_ptr, part_m2_ptr, mean_ptr, invstd_ptr, parts, rows
         mean, m2, count = _chan_merge(mean, m2, count, tl.load(part_mean_ptr + at, mask=mask, other=0.0),
                                       tl.load(part_m2_ptr + at, mask=mask, other=0.0), n)
     mean, m2, _ = tl.reduce((mean, m2, count), 0, _chan_merge)
+    invstd = 1.0 / tl.sqrt(m2 / rows + eps)
     tl.store(mean_ptr + channel, mean, mask=live)
-    tl.store(invstd_ptr + channel, 1.0 / tl.sqrt(m2 / rows + eps), mask=live)
+    tl.store(invstd_ptr + channel, invstd, mask=live)
+    _store_terms(channel, live, mean, invstd, weight_ptr, bias_ptr, scale_ptr, shift_ptr, running_mean_ptr,
+                 running_var_ptr, eps, factor, unbias, HAS_WEIGHT, HAS_BIAS, UPDATE)
 
 
 class _Split:
@@ -202,19 +222,30 @@ class _Split:
         return torch.empty(self.parts, self.channels, dtype=torch.float32, device=x.device)
 
 
-def moments(x: torch.Tensor, eps: float):
-    """(mean, 1/sqrt(var + eps)) per channel, float32, var biased, of ``x`` ``[N, C, *]`` dense with its
-    channels adjacent in memory (``x.stride(1) == 1``) and not empty."""
+def statistics(x: torch.Tensor, eps: float, weight=None, bias=None, running_mean=None, running_var=None,
+               factor: float = 0.0):
+    """(mean, 1/sqrt(var + eps), scale, shift) per channel, float32, var biased, of ``x`` ``[N, C, *]`` dense
+    with its channels adjacent in memory (``x.stride(1) == 1``) and not empty: the statistics, and the
+    affine terms and running-statistics update of :func:`affine_terms` computed from them in the
+    statistics' last launch (the same values as the two calls, one launch fewer)."""
     split = _Split(x)
     part_mean, part_m2 = split.partials(x), split.partials(x)
     _partial_moments[split.grid](x, part_mean, part_m2, split.rows, split.channels, split.rows_per_program,
                                  BLOCK_ROWS=split.block_rows, BLOCK_CHANNELS=split.block_channels)
-    mean = torch.empty(split.channels, dtype=torch.float32, device=x.device)
-    invstd = torch.empty_like(mean)
-    _merge_moments[split.channel_grid](part_mean, part_m2, mean, invstd, split.parts, split.rows,
-                                       split.rows_per_program, split.channels, eps, BLOCK_PARTS=split.block_parts,
-                                       BLOCK=split.block)
-    return mean, invstd
+    # (two storages: the batch norm's backward keeps the statistics, a neuron after it the terms)
+    mean, invstd = torch.empty(2, split.channels, dtype=torch.float32, device=x.device)
+    scale, shift = torch.empty(2, split.channels, dtype=torch.float32, device=x.device)
+    _merge_moments[split.channel_grid](part_mean, part_m2, mean, invstd, weight, bias, scale, shift, running_mean,
+                                       running_var, split.parts, split.rows, split.rows_per_program, split.channels,
+                                       eps, factor, _unbias(split.rows), HAS_WEIGHT=weight is not None,
+                                       HAS_BIAS=bias is not None, UPDATE=running_mean is not None,
+                                       BLOCK_PARTS=split.block_parts, BLOCK=split.block)
+    return mean, invstd, scale, shift
+
+
+def moments(x: torch.Tensor, eps: float):
+    """(mean, 1/sqrt(var + eps)) per channel, float32, var biased, of ``x`` as :func:`statistics` takes it."""
+    return statistics(x, eps)[:2]
 
 
 @triton.jit
