@@ -327,6 +327,15 @@ def test_the_normalization_kernel_finds_every_elements_channel(shape, memory_for
                                rtol=1e-6, atol=1e-6)
 
 
+def _split_kernels(monkeypatch):
+    """The switched BatchNorm's Triton kernels, their reductions split over several programs whose
+    partial results merge in several tiles (as large tensors are on a GPU)."""
+    kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=kernel_device("triton")))
+    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)
+    monkeypatch.setattr(kernels, "MERGE_TILE", 64)
+    return kernels
+
+
 @pytest.mark.parametrize("shape, memory_format", [
     ((6, 5), None), ((3, 1500), None), ((4, 3, 5, 6), torch.channels_last), ((2, 3, 2, 3, 4), torch.channels_last_3d),
     ((700, 7), None),  # rows over several blocks and programs
@@ -334,9 +343,7 @@ def test_the_normalization_kernel_finds_every_elements_channel(shape, memory_for
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_the_statistics_kernels_give_each_channels_mean_and_invstd(shape, memory_format, dtype, monkeypatch):
     device = kernel_device("triton")
-    kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
-    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)  # several programs' partial results to merge,
-    monkeypatch.setattr(kernels, "MERGE_TILE", 64)  # in several tiles
+    kernels = _split_kernels(monkeypatch)
     g = torch.Generator().manual_seed(5)
     # far from zero mean, per channel: a sum of squares would cancel where deviations do not
     x = torch.randn(shape, generator=g) * 0.5 + 100 + torch.arange(shape[1]).remainder(7).view(-1, *[1] * (len(shape) - 2))
@@ -361,9 +368,7 @@ def test_the_statistics_kernels_give_each_channels_mean_and_invstd(shape, memory
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_the_gradient_kernels_give_batchnorms_gradients(shape, memory_format, affine, dtype, monkeypatch):
     device = kernel_device("triton")
-    kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
-    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)
-    monkeypatch.setattr(kernels, "MERGE_TILE", 64)
+    kernels = _split_kernels(monkeypatch)
     g = torch.Generator().manual_seed(6)
     x = (torch.randn(shape, generator=g) * 2 + 3).to(dtype).to(device)
     grad = torch.randn(shape, generator=g).to(dtype).to(device)
@@ -396,9 +401,7 @@ def test_the_statistics_launch_gives_affine_terms_bit_for_bit(shape, memory_form
     # The statistics' last launch computes the scale, shift and running statistics from the mean and
     # invstd in registers: the same bits as the separate launch computes from them in memory.
     device = kernel_device("triton")
-    kernels = batchnorm_recompute._normalize_kernels(torch.empty(1, device=device))
-    monkeypatch.setattr(kernels, "MOMENT_PROGRAMS", 16)
-    monkeypatch.setattr(kernels, "MERGE_TILE", 64)
+    kernels = _split_kernels(monkeypatch)
     g = torch.Generator().manual_seed(9)
     x = (torch.randn(shape, generator=g) * 2 + 3).to(device)
     if memory_format is not None:
