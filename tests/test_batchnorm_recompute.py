@@ -352,7 +352,7 @@ def test_the_statistics_kernels_give_each_channels_mean_and_invstd(shape, memory
     if memory_format is not None:
         x = x.contiguous(memory_format=memory_format)
     assert x.stride(1) == 1
-    mean, invstd = kernels.moments(x, 1e-5)
+    mean, invstd, _scale, _shift = kernels.statistics(x, 1e-5)
     dims = [d for d in range(x.dim()) if d != 1]
     wide = x.double()
     expected_mean = wide.mean(dims)
@@ -377,7 +377,7 @@ def test_the_gradient_kernels_give_batchnorms_gradients(shape, memory_format, af
         x, grad = x.contiguous(memory_format=memory_format), grad.contiguous(memory_format=memory_format)
     weight = (torch.rand(shape[1], generator=g) + 0.5).to(device) if affine else None
     bias = torch.randn(shape[1], generator=g).to(device) if affine else None
-    mean, invstd = kernels.moments(x, 1e-5)
+    mean, invstd, _scale, _shift = kernels.statistics(x, 1e-5)
     grad_x, grad_weight, grad_bias = kernels.backward(grad, x, weight, mean, invstd, (True, affine, affine))
     wide = [None if t is None else t.double().requires_grad_() for t in (x, weight, bias)]
     F.batch_norm(wide[0], None, None, wide[1], wide[2], True, 0.0, 1e-5).backward(grad.double())
@@ -414,7 +414,7 @@ def test_the_statistics_launch_gives_affine_terms_bit_for_bit(shape, memory_form
     fused_running, separate_running = tuple(t.clone() for t in before), tuple(t.clone() for t in before)
     factor = 0.25
     fused = kernels.statistics(x, 1e-5, weight, bias, *(fused_running if update else (None, None)), factor)
-    mean, invstd = kernels.moments(x, 1e-5)
+    mean, invstd, _scale, _shift = kernels.statistics(x, 1e-5)  # no weight, no update: the statistics alone
     scale, shift = kernels.affine_terms(mean, invstd, weight, bias, *(separate_running if update else (None, None)),
                                         factor, 1e-5, x.numel() // channels)
     for got, want in zip(fused, (mean, invstd, scale, shift)):

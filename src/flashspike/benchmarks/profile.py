@@ -98,7 +98,7 @@ def copying_operators(profiler, device: torch.device, steps: int) -> list:
 
 def _function_name(key: tuple) -> str:
     """A cProfile key ``(file, line, function)`` as ``package/module.py:line(function)``, or the C call's
-    own name (``{built-in method ...}``)."""
+    own name (``<built-in method ...>``)."""
     filename, line, function = key
     if filename == "~" or not filename:  # a C function: its name says what it is
         return function

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["normalize", "affine_terms", "statistics", "moments", "backward"]
+__all__ = ["normalize", "affine_terms", "statistics", "backward"]
 
 ELEMENTS_PER_PROGRAM = 4096
 WIDEST_ROW_BLOCK = 1024
@@ -243,11 +243,6 @@ def statistics(x: torch.Tensor, eps: float, weight=None, bias=None, running_mean
     return mean, invstd, scale, shift
 
 
-def moments(x: torch.Tensor, eps: float):
-    """(mean, 1/sqrt(var + eps)) per channel, float32, var biased, of ``x`` as :func:`statistics` takes it."""
-    return statistics(x, eps)[:2]
-
-
 @triton.jit
 def _partial_gradient_sums(dy_ptr, x_ptr, mean_ptr, sum_dy_ptr, sum_dy_xmu_ptr, rows, channels, rows_per_program,
                            BLOCK_ROWS: tl.constexpr, BLOCK_CHANNELS: tl.constexpr):
@@ -321,7 +316,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, weight, mean: torch.Tensor, in
              needs: tuple):
     """(grad_x, grad_weight, grad_bias) of a batch normalization with the batch's ``mean`` and ``invstd``
     (float32) and ``weight`` (or None), each None unless ``needs`` (three booleans) asks for it; ``x``
-    and ``grad`` as :func:`moments` takes them, with the same strides. The formulas are PyTorch's
+    and ``grad`` as :func:`statistics` takes them, with the same strides. The formulas are PyTorch's
     (the gradient through the statistics included), summed in float32 in a fixed order."""
     split = _Split(x)
     sum_dy, sum_dy_xmu = split.partials(x), split.partials(x)
