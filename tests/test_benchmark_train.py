@@ -235,14 +235,16 @@ def test_spike_bits_rows_switch_the_layers_of_flashspike_models_only():
     assert bench.row_specs(bench.parse_args(["--modes", "eager"]))[0][0]["spike_bits"] is False
 
 
-def test_recomputed_h_is_on_by_default_in_cuda_rows_only():
+def test_recomputed_h_is_on_by_default_in_captured_cuda_rows_only():
     switch = train_worker.MEMORY_SWITCHES["recompute_h"]
     (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--models", "fmnist"]))[0]
-    assert spec["recompute_h"] is None  # no flag: the device decides
-    assert switch.switches(None, cuda=True) and not switch.switches(None, cuda=False)
+    assert spec["recompute_h"] is None  # no flag: the device and the mode decide
+    assert switch.switches(None, cuda=True, captured=True)
+    assert not switch.switches(None, cuda=True) and not switch.switches(None, cuda=False, captured=True)
     for flag, on in (("--recompute-h", True), ("--no-recompute-h", False)):
         (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--models", "fmnist", flag]))[0]
-        assert spec["recompute_h"] is on and all(switch.switches(on, cuda) == on for cuda in (True, False))
+        assert spec["recompute_h"] is on
+        assert all(switch.switches(on, cuda, captured) == on for cuda in (True, False) for captured in (True, False))
     # a default row on the CPU keeps H, and says nothing of it
     spec.update(recompute_h=None, T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch",
                 memory_format="contiguous")
@@ -331,12 +333,13 @@ def test_a_profiled_row_says_where_its_time_goes(tmp_path, capsys):
     assert copies and all(name.startswith("aten::") and ms > 0 for name, _shapes, ms in copies)
     assert any("[2048, 6272]" in shapes for _name, shapes, _ms in copies), copies
     assert "copying: aten::" in out
-    # the host's side: cProfile's wall time per step, and the functions of most own time (the convolutions'
-    # C call among them on the CPU, where it is host time), each with its calls per step
+    # the host's side: cProfile's wall time per step, and the functions of most own time (autograd's
+    # backward call among them on the CPU, where the whole backward pass is its host time; which forward
+    # operator follows it depends on the host's load), each with its calls per step
     host = profile["host"]
     assert host["ms_per_step"] > 0 and 0 < len(host["functions"]) <= 8
     names = [name for name, _ms, _calls in host["functions"]]
-    assert any("conv2d" in name for name in names), names
+    assert any("run_backward" in name for name in names), names
     own = [ms for _name, ms, _calls in host["functions"]]
     assert own == sorted(own, reverse=True) and sum(own) <= host["ms_per_step"] * 1.01
     assert all(calls > 0 for _name, _ms, calls in host["functions"])

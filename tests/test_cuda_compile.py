@@ -67,8 +67,8 @@ def _compile_unit() -> tuple[str, int]:
                 yield from (src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype, option_sets[0]))
         else:  # every option set's step, with every switch on and vectorized accesses
             p = option_sets[index]
-            yield src.forward_name(torch.float32, True, True, True, False, 4)
-            yield src.forward_name(torch.float32, True, True, False, True, 4)
+            yield src.forward_name(torch.float32, True, True, True, False, False, 4)
+            yield src.forward_name(torch.float32, True, True, False, True, False, 4)
             yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, False,
                                     src.backward_vector_width(torch.float32, p))
             yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, True,
@@ -166,7 +166,7 @@ _GRID = r"""
 template <typename T, typename K>
 void fs_grid_forward(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
                      unsigned long long a3, unsigned long long a4, unsigned long long decay, unsigned long long scale,
-                     unsigned long long shift, long long steps, long long n, long long x_step,
+                     unsigned long long shift, unsigned long long bits, long long steps, long long n, long long x_step,
                      long long channel_stride, long long channels) {
     blockDim.x = FS_BLOCK;
     for (long long b = 0; b < blocks; ++b) {
@@ -174,7 +174,7 @@ void fs_grid_forward(K kernel, long long blocks, unsigned long long a0, unsigned
         for (unsigned int t = 0; t < FS_BLOCK; ++t) {
             threadIdx.x = t;
             kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (const float*)decay, (const float*)scale,
-                   (const float*)shift, steps, n, x_step, channel_stride, channels);
+                   (const float*)shift, (unsigned char*)bits, steps, n, x_step, channel_stride, channels);
         }
     }
 }
@@ -197,7 +197,7 @@ void fs_grid_backward(K kernel, long long blocks, unsigned long long a0, unsigne
 """
 
 # The launch arguments after the block count: (pointers, sizes) of each kernel.
-_ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay", "scale", "shift"),
+_ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay", "scale", "shift", "bits"),
                              ("steps", "n", "x_step", "channel_stride", "channels")),
               "fs_backward": (("a0", "a1", "a2", "a3", "a4", "v_init", "decay", "grad_w", "x", "scale", "shift"),
                               ("steps", "n", "x_step", "channel_stride", "channels"))}
@@ -484,3 +484,26 @@ def test_emulated_backward_computes_h_first_from_a_normalized_input(emulated, mo
                 assert not torch.isnan(got).any(), case
                 assert torch.equal(got, want), case
     assert any(name.startswith("fs_backward") and name.split(", ")[6] == "true" for name in compiled.launched)
+
+
+@pytest.mark.parametrize("dtype", list(src.STORAGE_TYPES), ids=str)
+def test_emulated_forward_writes_the_spike_bits_of_16_bit_neurons(emulated, dtype):
+    """SPIKE_BITS: a thread's eight 16-bit neurons in one byte of every step, as the layers' packing lays
+    them out; float32 (four neurons a thread) leaves it to them."""
+    from flashspike.backends.packed_bits import kept_bits
+    from flashspike.memory import spike_bits
+
+    library, entries, option_sets = emulated
+    compiled = EmulatedCompiled(library, entries, option_sets)
+    p = option_sets[0]
+    kernels = CupyKernels(p, compiled)
+    x = (torch.rand(7, 3, 16, generator=torch.Generator().manual_seed(12)) * 2).to(dtype)
+    spike, _, _ = kernels.forward(x, None, p, True, False, None, True)
+    assert torch.equal(spike, kernels.forward(x, None, p, True, False)[0])
+    writing = [name for name in compiled.launched if name.split(", ")[5] == "true"]
+    bits = kept_bits(spike, 1)
+    if dtype == torch.float32:
+        assert bits is None and not writing
+        return
+    assert len(writing) == 1 and 0 < spike.sum() < spike.numel()
+    assert torch.equal(bits, spike_bits.pack(spike, [0, 1, 2], 1))

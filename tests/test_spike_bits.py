@@ -345,3 +345,73 @@ def test_matmul_of_other_shapes_or_of_no_spikes_is_torchs():
     assert spike_bits.matmul(a, b).grad_fn.name() == torch.matmul(a, b).grad_fn.name()  # broadcast: not taken
     c = torch.randn(2, 4, 5, requires_grad=True)
     assert spike_bits.matmul(a, c).grad_fn.name() == torch.matmul(a, c).grad_fn.name()  # no spikes
+
+
+@pytest.mark.parametrize("backend", ["triton", "cupy"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "odd"])
+def test_a_neuron_told_to_writes_its_spikes_bits_as_pack_packs_them(backend, dtype, layout):
+    from flashspike.backends.packed_bits import kept_bits
+
+    device = kernel_device(backend)
+    shape = (3, 2, 3, 5, 5) if layout == "odd" else (3, 2, 4, 5, 6)  # 150 neurons a step (no whole bytes), or 240
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(7)) * 3
+    if layout == "channels_last":
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(shape)
+    x = x.to(dtype).to(device).requires_grad_()
+    told, plain = (neuron.MultiStepLIFNode(tau=2.0, backend=backend).to(device) for _ in range(2))
+    told.writes_spike_bits = True
+    spikes, expected = told(x), plain(x)
+    assert kept_bits(expected, 1) is None
+    assert torch.equal(spikes, expected) and spikes.stride() == x.stride()
+    bits = kept_bits(spikes, 1)
+    # CUDA kernels write a byte per thread of eight 16-bit neurons; Triton's programs, whole bytes of any dtype
+    writes = layout != "odd" and (backend == "triton" or dtype != torch.float32)
+    if not writes:
+        assert bits is None
+        return
+    fired = spikes.detach().cpu()
+    assert 0 < fired.sum() < fired.numel()
+    assert torch.equal(bits.cpu(), spike_bits.pack(fired, spike_bits.memory_order(fired), 1))
+    # a view of all the spikes has them too; a view of a part, another width, a tensor changed since: none
+    assert kept_bits(spikes.flatten(0, 1), 1) is bits
+    assert kept_bits(spikes[1:], 1) is None and kept_bits(spikes, 2) is None
+    with torch.no_grad():
+        spikes.mul_(1)
+    assert kept_bits(spikes, 1) is None
+    # nothing is written where nothing is differentiated
+    told.reset()
+    with torch.no_grad():
+        assert kept_bits(told(x), 1) is None
+
+
+def test_layers_keep_the_bits_their_neuron_wrote(monkeypatch, reproducible):
+    # The second convolution reads the first neuron's spikes, which that neuron packed as it wrote them:
+    # only the linear layer's max-pooled spikes are packed by the layer itself. Outputs and gradients
+    # stay PyTorch's own (_compare_paths).
+    packed = []
+    pack = spike_bits.pack
+    monkeypatch.setattr(spike_bits, "pack", lambda x, order, width=1: packed.append(tuple(x.shape)) or pack(x, order,
+                                                                                                             width))
+    _compare_paths("triton", kernel_device("triton"), None)
+    assert packed == [(12, 24)]
+
+
+def test_a_sum_of_spikes_read_by_two_layers_is_packed_once(monkeypatch, reproducible):
+    # SEW's ADD output read by a block's first convolution and by its downsampling one: one packing
+    packed = []
+    pack = spike_bits.pack
+    monkeypatch.setattr(spike_bits, "pack", lambda x, order, width=1: packed.append(width) or pack(x, order, width))
+    device = kernel_device("triton")
+    torch.manual_seed(8)
+    first, second = neuron.MultiStepIFNode(backend="triton"), neuron.MultiStepIFNode(backend="triton")
+    convs = nn.ModuleList([nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, 1, stride=2)]).to(device)
+    spike_bits.store_spike_inputs_in_bits(convs)
+    x = (torch.rand(3, 2, 4, 6, 6, generator=torch.Generator().manual_seed(4)) * 2).to(device).requires_grad_()
+    total = first(x) + second(x * 0.7)
+    outs = [conv(total.flatten(0, 1)) for conv in convs]
+    sum(out.sum() for out in outs).backward()
+    assert packed == [2]
+    plain = [nn.functional.conv2d(total.detach().flatten(0, 1), conv.weight, conv.bias, conv.stride, conv.padding)
+             for conv in convs]
+    assert all(torch.equal(a, b) for a, b in zip(outs, plain))

@@ -273,6 +273,10 @@ _is_grad_enabled = torch.is_grad_enabled
 class _MultiStep(BaseNode):
     # A class without fused kernels of its own sets this to False: its step loop is no surprise.
     _warn_step_loop = True
+    # Set on a node by flashspike.memory.store_spike_inputs_in_bits: a kernel backend then also writes
+    # the spikes packed a bit each, which a layer after it that keeps its input in bits takes as they
+    # are instead of packing them again (backends.packed_bits).
+    writes_spike_bits = False
 
     def __init__(self, *args, backend: str = "auto", store_v_seq: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -358,7 +362,8 @@ class _MultiStep(BaseNode):
         store_v_seq = state["store_v_seq"]
         # The reference keeps each step's H where its graph needs it, from which v_seq may be rebuilt.
         hs = [] if plan.kernels is None and not store_v_seq and _is_grad_enabled() else None
-        spike_seq, v, v_seq = plan.multi_step(x_seq, v_init, store_v_seq, self._decay_w(), hs)
+        spike_seq, v, v_seq = plan.multi_step(x_seq, v_init, store_v_seq, self._decay_w(), hs,
+                                              state.get("writes_spike_bits", False))
         state["v"] = v
         if store_v_seq:
             state["v_seq"] = v_seq

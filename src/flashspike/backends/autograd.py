@@ -33,13 +33,13 @@ def refuse_create_graph() -> None:
 class FusedMultiStep(torch.autograd.Function):
     """``x`` is the sequence, or (``repeat`` = T) one step that every time step receives; ``w`` is
     PLIF's learnable parameter (None for other neurons); ``call`` is (kernel set, NeuronParams,
-    store_v_seq, repeat or None, source): one argument, because autograd's per-argument work is host
-    time. Applied only when an input requires grad, so H is always needed: kept, or, when ``source``
+    store_v_seq, repeat or None, source, spike_bits): one argument, because autograd's per-argument
+    work is host time. Applied only when an input requires grad, so H is always needed: kept, or, when ``source``
     is the input's recipe (:func:`.recompute.recipe_for`), computed again in the backward."""
 
     @staticmethod
     def forward(ctx, x, v_init, w, call):
-        kernels, p, store_v_seq, repeat, source = call
+        kernels, p, store_v_seq, repeat, source, spike_bits = call
         decay = decay_operand(w, p, x)
         x_seq = x if repeat is None else x.expand(repeat, *x.shape)
         normalized = None
@@ -48,10 +48,10 @@ class FusedMultiStep(torch.autograd.Function):
             if normalized is None:  # the kernels could not find the channels: keep H
                 source = None
         if source is None:
-            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay)
+            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
-            spike, v_out, _ = kernels.forward(x_seq, v_init, p, False, store_v_seq, decay)
+            spike, v_out, _ = kernels.forward(x_seq, v_init, p, False, store_v_seq, decay, spike_bits)
             recipe, view = source
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
@@ -69,7 +69,7 @@ class FusedMultiStep(torch.autograd.Function):
         if grad_spike is None and grad_v_out is None:
             return None, None, None, None
         h, v_init, decay, *recipe_inputs = ctx.saved_tensors
-        kernels, p, store_v_seq, repeat, source = ctx.call
+        kernels, p, store_v_seq, repeat, source = ctx.call[:5]
         needs = ctx.needs_input_grad
         if h is None and source[0] and repeat is None:
             # Normalized: the kept input, scale and shift, and how (channel_stride, channels); the
@@ -129,19 +129,24 @@ def _plain_apply():
 _apply = _plain_apply()
 
 
-def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None):
+def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None,
+                     spike_bits: bool = False):
     """The reference backend's ``multi_step`` contract, run by a kernel set.
 
     The outputs keep the input's layout and shape: no view is made on the way in or out (each costs
-    microseconds of host time, and a node in the backward graph).
+    microseconds of host time, and a node in the backward graph). With ``spike_bits``, a differentiated
+    call whose surrogate spikes (0 or 1) also writes the spikes packed a bit each where the kernel set
+    can, kept with them for a layer that stores its input in bits (:mod:`.packed_bits`).
     """
     x, v, w, differentiated, step = call_operands(x_seq, v_init, p, w)
     if not differentiated:  # the launcher alone, without the autograd Function's host work
         spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x))
-    elif step is None:
-        spike, v_out = _apply(x, v, w, (kernels, p, store_v_seq, None, recipe_for(x_seq)))
-    else:  # its gradient is summed over T in the kernel, never written T times and reduced
-        spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0], recipe_for(step)))
+    else:
+        spike_bits = spike_bits and p.surrogate.in_spiking_mode
+        if step is None:
+            spike, v_out = _apply(x, v, w, (kernels, p, store_v_seq, None, recipe_for(x_seq), spike_bits))
+        else:  # its gradient is summed over T in the kernel, never written T times and reduced
+            spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0], recipe_for(step), spike_bits))
     return multi_step_outputs(spike, v_out, store_v_seq)
 
 

@@ -79,14 +79,15 @@ class Plan:
         return (p is self.params and p.surrogate_state is self.surrogate_state and x_seq.dtype is self.dtype
                 and x_seq.is_cuda is self._cuda and x_seq.is_cpu is self._cpu and backend == self.backend)
 
-    def multi_step(self, x_seq: torch.Tensor, v_init, store_v_seq: bool, w=None, hs=None):
+    def multi_step(self, x_seq: torch.Tensor, v_init, store_v_seq: bool, w=None, hs=None, spike_bits=False):
         """The call: ``x_seq`` ``[T, N, *]`` from ``v_init`` (a tensor like one step, or a float for every
         neuron) to ``(spike_seq, v_last, v_seq or None)``. ``w`` is PLIF's learnable tensor (None for other
         neurons); ``hs``, a list, receives H[t] of every step where the reference runs (see
-        :mod:`.rebuilt_v_seq`)."""
+        :mod:`.rebuilt_v_seq`); ``spike_bits``: a kernel set also packs the spikes where it can (see
+        :func:`.autograd.fused_multi_step`)."""
         if self.kernels is None:
             return reference.BACKEND.multi_step(x_seq, v_init, self.params, store_v_seq, w, hs)
-        return fused_multi_step(self.kernels, x_seq, v_init, self.params, store_v_seq, w)
+        return fused_multi_step(self.kernels, x_seq, v_init, self.params, store_v_seq, w, spike_bits)
 
 
 def _usable(name: str, x_seq: torch.Tensor) -> bool:

@@ -2,9 +2,11 @@
 
 One module of source holds two kernel templates for one :class:`~flashspike.params.NeuronParams`:
 
-``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, NORMALIZE, VEC, UNROLL>``
+``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, NORMALIZE, SPIKE_BITS, VEC, UNROLL>``
     one thread owns VEC neighbouring neurons and walks t = 0 .. T−1 with V in float32 registers,
-    reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq). With NORMALIZE it
+    reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq). With SPIKE_BITS
+    (VEC = 8) it also writes S[t] packed, one bit per neuron, its VEC spikes in one byte (the layout of
+    :func:`flashspike.memory.spike_bits.pack`), for a layer after it that keeps its input in bits. With NORMALIZE it
     computes H again for a backward pass from a BatchNorm's kept input: X[t] is that input normalized
     as it is loaded (``x * scale[c] + shift[c]``, one fused multiply-add rounded to T, as the layer
     rounded it), and only H is written.
@@ -56,6 +58,7 @@ __all__ = [
     "GRAD_DENSE",
     "GRAD_SCALAR",
     "BLOCK",
+    "SPIKE_BITS_VEC",
     "PRELUDE",
     "kernel_source",
     "module_source",
@@ -73,6 +76,9 @@ _ELEMENT_SIZE = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 #: Threads per block; each block covers BLOCK * VEC neurons.
 BLOCK = 256
+
+#: The vector width of a forward that writes spike bits: a thread's neurons fill one byte.
+SPIKE_BITS_VEC = 8
 
 # Time steps whose loads a thread issues together before computing them (the template argument
 # UNROLL): more bytes in flight per thread, which a streaming kernel needs to approach the copy
@@ -231,7 +237,8 @@ __device__ __forceinline__ void fs_channel_terms(long long i, const float* scale
     }
 }
 
-template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, bool NORMALIZE, int VEC, int UNROLL>
+template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, bool NORMALIZE, bool SPIKE_BITS, int VEC,
+          int UNROLL>
 __global__ void fs_forward(
     const T* __restrict__ x_seq,   // [T, N] input X: T blocks of N (layouts.sequence_layout)
     const T* __restrict__ v_init,  // [N] V before step 0 (read only when HAS_V_INIT, else V = v_rest)
@@ -241,12 +248,14 @@ __global__ void fs_forward(
     const float* __restrict__ decay_ptr,  // PLIF's k = sigmoid(w), one float (read by PLIF only)
     const float* __restrict__ scale,  // NORMALIZE: per channel; X = x * scale[c] + shift[c], rounded to T
     const float* __restrict__ shift,
+    unsigned char* __restrict__ spike_bits,  // SPIKE_BITS: [T * N / 8] out, bit k of byte j is S's element 8j + k
     const long long steps,         // T
     const long long n,             // N, neurons per step; a multiple of VEC
     const long long x_step,        // from X[t] to X[t+1]: N, or 0 for one X repeated over T
     const long long channel_stride,  // NORMALIZE: element i of a step is in channel (i / channel_stride) % channels
     const long long channels)
 {
+    static_assert(!SPIKE_BITS || (VEC == 8 && !NORMALIZE), "spike bits: one byte per thread and step");
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
     float scale_reg[VEC], shift_reg[VEC];  // NORMALIZE: each neuron's channel is the same at every step
@@ -281,6 +290,12 @@ $forward_step
                 v_reg[k] = v_next;
             }
             if (!NORMALIZE) fs_store<T, VEC>(spike_seq + at, spike_reg);
+            if (SPIKE_BITS) {
+                unsigned int byte = 0u;
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) byte |= (spike_reg[k] != 0.0f ? 1u : 0u) << k;
+                spike_bits[at / 8] = (unsigned char)byte;
+            }
             if (SAVE_H) fs_store<T, VEC>(h_seq + at, h_reg);
             if (STORE_V_SEQ) fs_store<T, VEC>(v_out + at, v_reg);
         }
@@ -476,9 +491,9 @@ def _unroll(kernel: str, dtype: torch.dtype, vec: int) -> int:
 
 
 def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq: bool, normalize: bool,
-                 vec: int) -> str:
+                 spike_bits: bool, vec: int) -> str:
     """The C++ name of one forward instantiation (a name expression for NVRTC)."""
-    flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq, normalize)))
+    flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq, normalize, spike_bits)))
     return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}, {_unroll('forward', dtype, vec)}>"
 
 
@@ -491,14 +506,17 @@ def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq:
 
 
 def forward_flag_sets(dtype: torch.dtype):
-    """Every (has_v_init, save_h, store_v_seq, normalize, vec) a launcher may ask for: a normalizing
-    launch (H computed again) saves H and stores no V."""
+    """Every (has_v_init, save_h, store_v_seq, normalize, spike_bits, vec) a launcher may ask for: a
+    normalizing launch (H computed again) saves H and stores no V; spike bits are written a byte per
+    thread, by the 16-bit dtypes' vectorized launches (VEC = 8)."""
     for has_v_init, save_h, store_v_seq, vec in itertools.product(
         (False, True), (False, True), (False, True), (1, vector_width(dtype))
     ):
-        yield has_v_init, save_h, store_v_seq, False, vec
+        yield has_v_init, save_h, store_v_seq, False, False, vec
+        if vec == SPIKE_BITS_VEC:
+            yield has_v_init, save_h, store_v_seq, False, True, vec
         if save_h and not store_v_seq:
-            yield has_v_init, save_h, store_v_seq, True, vec
+            yield has_v_init, save_h, store_v_seq, True, False, vec
 
 
 def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):

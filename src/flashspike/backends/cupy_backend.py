@@ -150,7 +150,11 @@ class CupyKernels(KernelSet):
         self.source = src.module_source(p)
         self.compiled = compiled
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None) -> None:
+    def writes_spike_bits(self, x) -> bool:
+        # a thread's VEC = 8 neurons fill one byte: 16-bit elements, 8 to a 16-byte access
+        return src.vector_width(x.dtype) == src.SPIKE_BITS_VEC and not (x.numel() // x.shape[0]) % 8
+
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None) -> bool:
         steps = x.shape[0]
         n = x.numel() // steps
         if normalize is None:
@@ -161,12 +165,15 @@ class CupyKernels(KernelSet):
             pointers = (x.data_ptr(), _ptr(v_init), 0, 0, h.data_ptr())
             store_v_seq, channels = False, (scale.data_ptr(), shift.data_ptr(), channel_stride, count)
         vec = _vector_width(x.dtype, n, *(pointer for pointer in pointers if pointer))
+        if vec != src.SPIKE_BITS_VEC:  # (an operand off a 16-byte boundary: the spikes are not packed here)
+            spike_bits = None
         device_index = x.get_device()  # an int without building a torch.device
-        switches = (v_init is not None, h is not None, store_v_seq, normalize is not None, vec)
+        switches = (v_init is not None, h is not None, store_v_seq, normalize is not None, spike_bits is not None, vec)
         compiled = self.compiled
         function = compiled.function(self.params_key, self.source, x.dtype, switches, device_index, src.forward_name)
-        compiled.launch(function, device_index, n, vec,
-                        (*pointers, _ptr(decay), *channels[:2], steps, n, x.stride(0), *channels[2:]))
+        compiled.launch(function, device_index, n, vec, (*pointers, _ptr(decay), *channels[:2], _ptr(spike_bits),
+                                                         steps, n, x.stride(0), *channels[2:]))
+        return spike_bits is not None
 
     fuses_normalized_backward = True
 

@@ -4,7 +4,7 @@
 A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and outputs with
 :mod:`.layouts` and hand them, ready, to the backend's two launchers, which only launch:
 
-``forward(x, v_init, p, save_h, store_v_seq, decay=None) -> (spike, v_out, h)``
+``forward(x, v_init, p, save_h, store_v_seq, decay=None, spike_bits=False) -> (spike, v_out, h)``
     ``x`` is a sequence ``[T, *]`` in sequence layout (:func:`.layouts.sequence_layout`). ``decay`` is
     PLIF's k = sigmoid(w), a one-element float32 tensor on x's device that the kernel reads at run
     time (so a captured CUDA graph replays with the current value); None otherwise. ``v_init`` is a
@@ -12,7 +12,9 @@ A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and out
     or None for "every neuron at ``p.v_rest``". ``spike`` has x's shape and strides; ``v_out`` is V
     for all steps (like ``x``) when ``store_v_seq``, else the last V (like ``v_init``); ``h`` (H, the
     pre-reset potential, what backward needs) is like ``x`` when ``save_h``, else None. All outputs
-    have x's dtype.
+    have x's dtype. With ``spike_bits`` (the spikes are 0 or 1), the launch also writes the spikes
+    packed one bit each in the order of their memory, where the backend can in the same pass, and
+    keeps them with ``spike`` (:func:`.packed_bits.keep_bits`) for a layer that stores its input in bits.
 
 ``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None, decay=None) -> (grad_x, grad_v_init, grad_w)``
     ``grad_spike`` and ``grad_v_out`` are shaped like ``spike`` and ``v_out``, or None where no
@@ -43,7 +45,8 @@ from __future__ import annotations
 import torch
 
 from ..params import NeuronParams
-from .layouts import backward_outputs, forward_outputs, grad_operand, recomputed_h_output
+from .layouts import backward_outputs, forward_outputs, grad_operand, recomputed_h_output, spike_bits_output
+from .packed_bits import keep_bits
 
 __all__ = ["KernelSet", "KERNEL_DTYPES", "BackendError"]
 
@@ -61,10 +64,20 @@ class KernelSet:
 
     fuses_normalized_backward = False  # launch_backward takes ``normalize`` (see backward_normalized)
 
-    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None):
+    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None, spike_bits=False):
         spike, v_out, h = forward_outputs(x, save_h, store_v_seq)
-        self.launch_forward(x, v_init, spike, v_out, h, decay, p)
+        bits = spike_bits_output(spike) if spike_bits and self.writes_spike_bits(x) else None
+        if bits is None:
+            self.launch_forward(x, v_init, spike, v_out, h, decay, p)
+        elif self.launch_forward(x, v_init, spike, v_out, h, decay, p, None, bits):
+            keep_bits(spike, 1, bits)
         return spike, v_out, h
+
+    def writes_spike_bits(self, x) -> bool:
+        """Whether :meth:`launch_forward` may write spike bits for the sequence ``x`` (its dtype and
+        size allow; the launch still says whether it did). None is written here: a layer that keeps
+        its input in bits then packs it itself."""
+        return False
 
     def recompute_h(self, x, scale, shift, channel_stride: int, channels: int, v_init, p: NeuronParams, decay=None):
         h = recomputed_h_output(x)
@@ -97,11 +110,15 @@ class KernelSet:
                                       v_init if p.backward_reads_v_prev else None, decay, p, store_v_seq)
         return grad_x, grad_v_init, grad_w
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p: NeuronParams, normalize=None) -> None:
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p: NeuronParams, normalize=None,
+                       spike_bits=None) -> None:
         """Run the forward on ready operands: write ``spike``, ``v_out`` (every step's V when it is
         shaped like ``x``, else the last V) and ``h`` (when not None). With ``normalize`` (scale, shift,
         channel_stride, channels; see ``recompute_h``), normalize ``x`` as it is read and write ``h``
-        alone (``spike`` and ``v_out`` are None)."""
+        alone (``spike`` and ``v_out`` are None). ``spike_bits`` (only where :meth:`writes_spike_bits`
+        says so): uint8 memory for the spikes packed a bit each, element i of ``spike``'s memory in bit
+        i % 8 of byte i // 8. Returns whether it wrote them (a launch that cannot, for the alignment of
+        an operand, leaves them)."""
         raise NotImplementedError
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,

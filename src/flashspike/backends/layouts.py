@@ -24,7 +24,8 @@ from .step_code import GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR
 
 __all__ = ["POISON_OUTPUTS", "same_layout", "sequence_layout", "sequence_strides", "repeated_step", "call_operands",
            "multi_step_outputs", "initial_state", "step_operand", "decay_operand", "forward_outputs",
-           "recomputed_h_output", "backward_outputs", "grad_operand", "grad_w_partials", "sum_grad_w", "new_output"]
+           "spike_bits_output", "recomputed_h_output", "backward_outputs", "grad_operand", "grad_w_partials",
+           "sum_grad_w", "new_output"]
 
 # Tests set this to True: outputs then start as NaN instead of whatever memory held.
 POISON_OUTPUTS = False
@@ -196,6 +197,15 @@ def forward_outputs(x: torch.Tensor, save_h: bool, store_v_seq: bool):
     spike = _sequence_output(x, repeated)
     v_out = _sequence_output(x, repeated) if store_v_seq else _step_output(x)
     return spike, v_out, (_sequence_output(x, repeated) if save_h else None)
+
+
+def spike_bits_output(spike: torch.Tensor) -> torch.Tensor | None:
+    """Memory for ``spike`` (a forward's output: T dense blocks, one after another) packed one bit per
+    element in the order of its memory, eight to a byte, or None when its size is no multiple of 8."""
+    count = spike.numel()
+    if count % 8:
+        return None
+    return torch.empty(count // 8, dtype=torch.uint8, device=spike.device)
 
 
 def recomputed_h_output(x: torch.Tensor) -> torch.Tensor:

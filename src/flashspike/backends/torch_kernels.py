@@ -27,7 +27,8 @@ __all__ = ["TorchKernels", "KERNELS", "kernel_set"]
 class TorchKernels(KernelSet):
     """The launchers of :mod:`.kernel_set`'s contract; stateless, so one instance serves every layer."""
 
-    def launch_forward(self, x, v_init, spike, v_out, h_seq, decay, p: NeuronParams, normalize=None) -> None:
+    def launch_forward(self, x, v_init, spike, v_out, h_seq, decay, p: NeuronParams, normalize=None,
+                       spike_bits=None) -> bool:
         store_v_seq = v_out is not None and v_out.dim() == x.dim()
         wide = compute_dtype(x.dtype)
         if normalize is not None:
@@ -47,6 +48,7 @@ class TorchKernels(KernelSet):
                 v_out[t] = v
         if v_out is not None and not store_v_seq:
             v_out[:] = v
+        return False  # (writes_spike_bits is False: never asked)
 
     def launch_backward(self, h_seq, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,
                         p: NeuronParams, store_v_seq: bool):

@@ -75,10 +75,16 @@ class TritonKernels(KernelSet):
         block = GPU_BLOCK
         return ((n + block - 1) // block,), block, {"num_warps": GPU_NUM_WARPS}
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None) -> None:
+    def writes_spike_bits(self, x) -> bool:
+        # a program's neurons fill whole bytes of every step when N is a multiple of 8 (BLOCK is one)
+        return not (x.numel() // x.shape[0]) % 8
+
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None) -> bool:
         steps = x.shape[0]
         n = x.numel() // steps
         grid, block, options = self._launch_shape(n)
+        if block % 8:  # (the interpreter's block for fewer than 8 neurons)
+            spike_bits = None
         if normalize is None:
             scale = shift = None
             channel_stride = channels = 1
@@ -89,10 +95,12 @@ class TritonKernels(KernelSet):
             store_v_seq = False
         with _on_device(x):
             self.forward_kernel[grid](
-                x, v_init, spike, v_out, h, decay, scale, shift, steps, n, x.stride(0), channel_stride, channels,
-                block, v_init is not None, h is not None, store_v_seq, normalize is not None,
+                x, v_init, spike, v_out, h, decay, scale, shift, spike_bits, steps, n, x.stride(0), channel_stride,
+                channels, block, v_init is not None, h is not None, store_v_seq, normalize is not None,
+                spike_bits is not None,
                 **options,
             )  # fmt: skip
+        return spike_bits is not None
 
     fuses_normalized_backward = True
 

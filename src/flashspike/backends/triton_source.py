@@ -76,6 +76,7 @@ def {FORWARD_NAME}(
     decay_ptr,  # PLIF's k = sigmoid(w), one float32 (read by PLIF only)
     scale_ptr,  # NORMALIZE: float32 per channel; X is x * scale[c] + shift[c], rounded to x's dtype
     shift_ptr,
+    spike_bits_ptr,  # SPIKE_BITS: out S packed, [T * N / 8] uint8; bit k of byte j is S's element 8j + k
     T,  # number of time steps
     N,  # neurons per step
     x_step,  # from X[t] to X[t+1]: N, or 0 for one X repeated over T
@@ -86,9 +87,14 @@ def {FORWARD_NAME}(
     SAVE_H: tl.constexpr,
     STORE_V_SEQ: tl.constexpr,
     NORMALIZE: tl.constexpr,  # H computed again from a BatchNorm's input: normalize X, write H alone
+    SPIKE_BITS: tl.constexpr,  # also write S packed (N and BLOCK multiples of 8: whole bytes per program)
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
+    if SPIKE_BITS:
+        byte = tl.program_id(0).to(tl.int64) * (BLOCK // 8) + tl.arange(0, BLOCK // 8)  # of step t, int64
+        byte_mask = byte < N // 8
+        bit = tl.arange(0, 8)[None, :]
     if HAS_V_INIT:
         v = tl.load(v_init_ptr + col, mask=mask, other=0.0).to(tl.float32)
     else:
@@ -104,6 +110,10 @@ def {FORWARD_NAME}(
 {step}
         if not NORMALIZE:
             tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
+        if SPIKE_BITS:
+            fired = tl.reshape((spike != 0).to(tl.int32), (BLOCK // 8, 8))  # 8 neighbours a row, in order
+            tl.store(spike_bits_ptr + byte, tl.sum(fired << bit, axis=1).to(tl.uint8), mask=byte_mask)
+            byte += N // 8
         if SAVE_H:
             tl.store(h_ptr + offset, h.to(h_ptr.dtype.element_ty), mask=mask)
         if STORE_V_SEQ:

@@ -22,7 +22,8 @@ on. The time is the median over ``--repeats`` loops of ``--steps`` steps after `
 (CUDA events). cuDNN's autotuning (``torch.backends.cudnn.benchmark``) is on in every row unless
 ``--no-cudnn-benchmark``. ``--spike-bits``, ``--pool-bytes`` and ``--recompute-h`` switch flashspike
 rows' layers to the versions that keep less for the backward; pool bytes (CUDA only) and recomputed H
-(CUDA rows) are on unless ``--no-pool-bytes`` / ``--no-recompute-h``. A host-bound step's time follows the
+(captured CUDA rows: in an eager step the switched BatchNorm's extra kernel launches cost host time) are
+on unless ``--no-pool-bytes`` / ``--no-recompute-h``. A host-bound step's time follows the
 host's speed, which can drift between processes: ``--rounds K`` runs all rows K times, round after
 round, and keeps each row's median. ``--profile K`` then runs K more steps of each row under
 ``torch.profiler`` and prints where the time goes, by kind of work, then K more under cProfile for the
@@ -112,7 +113,7 @@ def parse_args(argv=None):
                              "CapturedStep(distributed=True) with the all-reduce inside each graph; --b is the batch "
                              "of each process, images/s counts all (default 1)")
     for key, switch in MEMORY_SWITCHES.items():
-        # (None: no flag given, the switch's default for each row's device; see MemorySwitch.switches)
+        # (None: no flag given, the switch's default for each row's device and mode; see MemorySwitch.switches)
         parser.add_argument("--" + key.replace("_", "-"), action=argparse.BooleanOptionalAction,
                             default=switch.default if isinstance(switch.default, bool) else None, help=switch.help)
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",

@@ -157,14 +157,15 @@ class MemorySwitch(NamedTuple):
     module: str
     function: str  # switches a model's layers
     help: str
-    default: bool | str = False  # on unless turned off (exact, and no slower); "cuda": so in CUDA rows only
+    # True: on unless turned off (exact, and no slower); "captured": so in the captured rows on CUDA only
+    default: bool | str = False
     cuda_only: bool = False  # its kernels run on CUDA only (elsewhere the layers take their ordinary path)
 
-    def switches(self, wanted: bool | None, cuda: bool) -> bool:
-        """Whether a row on CUDA (``cuda``) or not switches its layers: ``wanted`` as the flags set it,
-        None where no flag did (the switch's default for the row's device)."""
+    def switches(self, wanted: bool | None, cuda: bool, captured: bool = False) -> bool:
+        """Whether a row on CUDA (``cuda``) or not, of the captured mode (``captured``) or not, switches its
+        layers: ``wanted`` as the flags set it, None where no flag did (the switch's default for the row)."""
         if wanted is None:
-            wanted = self.default is True or (self.default == "cuda" and cuda)
+            wanted = self.default is True or (self.default == "captured" and cuda and captured)
         return bool(wanted) and (cuda or not self.cuda_only)
 
 
@@ -182,8 +183,9 @@ MEMORY_SWITCHES = {
         "H recomputed", "flashspike.memory.batchnorm_recompute", "recompute_h_after_batchnorm",
         "flashspike rows' neurons after a BatchNorm keep no H: their backward computes it again from the "
         "BatchNorm's kept input (flashspike.memory.batchnorm_recompute; eager and captured steps; on by default "
-        "in CUDA rows, where the switched BatchNorm's Triton kernels make the captured step no slower)",
-        default="cuda"),
+        "in captured CUDA rows, where the switched BatchNorm's Triton kernels make the step no slower; off by "
+        "default in the others, whose host time each of those kernels' launches adds to)",
+        default="captured"),
 }
 
 
@@ -234,7 +236,7 @@ def run_row(spec: dict) -> dict:
         adapt_stem(model, channels)
     if spec["subject"] == "flashspike":
         for key, switch in MEMORY_SWITCHES.items():
-            if switch.switches(spec.get(key, False), cuda):
+            if switch.switches(spec.get(key, False), cuda, spec["mode"] == "captured"):
                 row[f"{key}_layers"] = getattr(importlib.import_module(switch.module), switch.function)(model)
                 if row[f"{key}_layers"]:
                     row["subject"] += ", " + switch.label

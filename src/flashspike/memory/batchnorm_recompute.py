@@ -26,6 +26,10 @@ batch's statistics and runs the neuron's forward again, which gives the same H, 
 Only BatchNorm layers that normalize with the batch's statistics are switched in effect (training
 mode, or no running statistics), and only in eager mode with gradients on; anything else, and an
 output changed in place before the neuron reads it, takes the ordinary path.
+
+The Triton path launches six kernels per layer and step where cuDNN's batch norm launches two. In a
+step captured as one CUDA graph (:class:`flashspike.CapturedStep`) launches cost nothing; in an eager
+step each costs host time, which a host-bound step (most are, on small inputs) pays in full.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..backends.autograd import is_spike_output
+from ..backends.packed_bits import keep_bits, kept_bits
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .pooling import is_max_pool_output
@@ -129,6 +130,16 @@ def pack(x: torch.Tensor, order, width: int = 1) -> torch.Tensor:
     return (codes.view(-1, per_byte) << _fields(x.device, width)).sum(1, dtype=torch.uint8)
 
 
+def _packed(x: torch.Tensor, order, width: int) -> torch.Tensor:
+    """:func:`pack`'s bytes of ``x``: those kept for it (written by the neuron that made it, or packed
+    for another layer that read it), else packed now and kept for the next layer that reads it."""
+    bits = kept_bits(x, width)
+    if bits is None:
+        bits = pack(x, order, width)
+        keep_bits(x, width, bits)
+    return bits
+
+
 def unpack(packed: torch.Tensor, shape, strides, order, dtype: torch.dtype, width: int = 1) -> torch.Tensor:
     """The tensor :func:`pack` packed: ``shape`` and ``strides`` as it had, its integers in ``dtype``."""
     x = torch.empty_strided(shape, strides, dtype=dtype, device=packed.device)
@@ -165,7 +176,7 @@ class _SavedInBits(torch.autograd.Function):
         xc, wc, bc = cast(x), cast(weight), cast(bias)
         with torch.autocast(x.device.type, enabled=False):
             y = _FORWARD[op](xc, wc, bc, *conv_args) if conv_args is not None else F.linear(xc, wc, bc)
-        ctx.save_for_backward(pack(xc, order, width), wc)  # a cast keeps x's strides, so x's order
+        ctx.save_for_backward(_packed(xc, order, width), wc)  # a cast keeps x's strides, so x's order
         ctx.meta = (op, conv_args, xc.shape, xc.stride(), order, width, xc.dtype, x.dtype, weight.dtype,
                     None if bias is None else (bias.dtype, bias.shape))
         return y
@@ -192,9 +203,6 @@ class _SavedInBits(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-_PACKED_BASE = "_flashspike_packed_bits"  # on a tensor whose views are kept in bits: (version, width, order, bits)
-
-
 def _pack_operand(t: torch.Tensor, width: int):
     """(bits, how to rebuild ``t``) for a matmul operand of integers below 2**width: ``t`` itself packed
     when it is dense; else, for a view with gaps of a dense tensor (Q, K and V are views of one
@@ -202,17 +210,13 @@ def _pack_operand(t: torch.Tensor, width: int):
     None when neither is dense."""
     order = memory_order(t)
     if order is not None:
-        return pack(t, order, width), (t.shape, t.stride(), order, t.dtype, width, None)
+        return _packed(t, order, width), (t.shape, t.stride(), order, t.dtype, width, None)
     base = t._base
     order = None if base is None else memory_order(base)
     if order is None:
         return None
-    memo = getattr(base, _PACKED_BASE, None)
-    if memo is None or memo[:3] != (base._version, width, order):
-        memo = (base._version, width, order, pack(base, order, width))
-        setattr(base, _PACKED_BASE, memo)
     view = (t.shape, t.stride(), t.storage_offset() - base.storage_offset())
-    return memo[3], (base.shape, base.stride(), order, base.dtype, width, view)
+    return _packed(base, order, width), (base.shape, base.stride(), order, base.dtype, width, view)
 
 
 def _unpack_operand(bits: torch.Tensor, how) -> torch.Tensor:
@@ -339,6 +343,9 @@ _FORWARD = {"conv1d": F.conv1d, "conv2d": F.conv2d}
 # A module that multiplies spikes itself (a spiking self-attention) declares this attribute and, while it
 # is True, multiplies with :func:`matmul`; the switch sets it.
 KEEPS_SPIKE_OPERANDS = "keeps_spike_operands_in_bits"
+# A flashspike multi-step neuron declares this one: while it is True, its kernel backend writes the spikes
+# packed beside them as it makes them (the bits the layers above would pack), where it can.
+WRITES_SPIKE_BITS = "writes_spike_bits"
 
 
 def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
@@ -347,7 +354,11 @@ def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
     (flashspike's spiking self-attentions) to :func:`matmul`, or back with ``enabled=False``; returns how
     many modules were switched.
 
-    The switch changes the class (or that attribute) only: parameters, hooks, ``state_dict`` keys and
+    flashspike's multi-step neurons in ``net`` are told too (not counted): on a kernel backend they
+    then write their spikes' bits in the pass that writes the spikes, and a layer reading those spikes
+    (or a view of all of them) keeps these bytes instead of reading the spikes again to pack them.
+
+    The switch changes the class (or those attributes) only: parameters, hooks, ``state_dict`` keys and
     printed names stay.
     """
     switched = switch_module_classes(net, _BIT_SAVING, enabled)
@@ -355,4 +366,6 @@ def store_spike_inputs_in_bits(net: nn.Module, enabled: bool = True) -> int:
         if hasattr(module, KEEPS_SPIKE_OPERANDS) and getattr(module, KEEPS_SPIKE_OPERANDS) != enabled:
             setattr(module, KEEPS_SPIKE_OPERANDS, enabled)
             switched += 1
+        if hasattr(module, WRITES_SPIKE_BITS):
+            setattr(module, WRITES_SPIKE_BITS, enabled)
     return switched
