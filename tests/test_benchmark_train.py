@@ -232,7 +232,11 @@ def test_spike_bits_rows_switch_the_layers_of_flashspike_models_only():
     spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device="cpu", backend="torch", memory_format="contiguous")
     row = train_worker.run_row(spec)
     assert row["spike_bits_layers"] == 4 and row["subject"] == "flashspike torch, spike bits"  # 2 convs, 2 linears
-    assert bench.row_specs(bench.parse_args(["--modes", "eager"]))[0][0]["spike_bits"] is False
+    # no flag: on in captured CUDA rows only (as H recomputed, below)
+    assert bench.row_specs(bench.parse_args(["--modes", "eager"]))[0][0]["spike_bits"] is None
+    switch = train_worker.MEMORY_SWITCHES["spike_bits"]
+    assert switch.switches(None, cuda=True, captured=True) and not switch.switches(None, cuda=True)
+    assert switch.switches(True, cuda=False) and not switch.switches(False, cuda=True, captured=True)
 
 
 def test_recomputed_h_is_on_by_default_in_captured_cuda_rows_only():

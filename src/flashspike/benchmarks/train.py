@@ -21,9 +21,9 @@ so a CPU run measures it too. A failing or crashing row is recorded with its err
 on. The time is the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps
 (CUDA events). cuDNN's autotuning (``torch.backends.cudnn.benchmark``) is on in every row unless
 ``--no-cudnn-benchmark``. ``--spike-bits``, ``--pool-bytes`` and ``--recompute-h`` switch flashspike
-rows' layers to the versions that keep less for the backward; pool bytes (CUDA only) and recomputed H
-(captured CUDA rows: in an eager step the switched BatchNorm's extra kernel launches cost host time) are
-on unless ``--no-pool-bytes`` / ``--no-recompute-h``. A host-bound step's time follows the
+rows' layers to the versions that keep less for the backward; pool bytes (CUDA only), spike bits and
+recomputed H (these two in captured CUDA rows: in an eager step their kernels' launches cost host time)
+are on unless ``--no-pool-bytes`` / ``--no-spike-bits`` / ``--no-recompute-h``. A host-bound step's time follows the
 host's speed, which can drift between processes: ``--rounds K`` runs all rows K times, round after
 round, and keeps each row's median. ``--profile K`` then runs K more steps of each row under
 ``torch.profiler`` and prints where the time goes, by kind of work, then K more under cProfile for the
