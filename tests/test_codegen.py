@@ -111,7 +111,8 @@ class _TL:
 class PythonKernels:
     """A kernel set (kernel_set.py's contract) whose step is the generated Triton text run as Python."""
 
-    def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
+    def forward(self, x, v_init, p, save_h, store_v_seq, decay=None, spike_bits=False):
+        # (``spike_bits`` asks for the spikes packed where a kernel set can: this one never does)
         fwd = compile("\n".join(forward_step(p, TRITON)), "<forward>", "exec")
         v = torch.full_like(x[0], p.v_rest) if v_init is None else v_init
         spikes, hs, vs = layouts.new_output(x.shape, x), layouts.new_output(x.shape, x), layouts.new_output(x.shape, x)
