@@ -95,6 +95,20 @@ def reproducible():
     torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
+@pytest.fixture
+def whole_model_statistics(monkeypatch):
+    """For a whole model through Triton's interpreter: the switched BatchNorm's kernels on small tiles,
+    their statistics in one program per channel block. The interpreter merges a statistics tile's lanes
+    one combine call at a time, about half a second per GPU-sized tile (64 rows by 64 channels), which
+    made minutes of a model test's time; the GPU's tiles, the multi-program split and its merges are
+    tested on their own (test_batchnorm_recompute). On a GPU, nothing changes."""
+    if not HAS_CUDA:
+        from flashspike.memory import batchnorm_triton
+
+        monkeypatch.setattr(batchnorm_triton, "ELEMENTS_PER_PROGRAM", 256)
+        monkeypatch.setattr(batchnorm_triton, "MOMENT_PROGRAMS", 1)
+
+
 # ---- SpikingJelly as a peer in subprocesses ----
 
 SJ2_VARIABLE = "FLASHSPIKE_SJ2_PATH"

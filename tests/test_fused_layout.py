@@ -110,7 +110,7 @@ def test_size_one_dimensions_of_any_stride_pass_uncopied():
     assert passed is not other and passed.stride() == h.stride() and torch.equal(passed, other)
 
 
-def test_a_resnet_training_step_copies_no_activation(monkeypatch):
+def test_a_resnet_training_step_copies_no_activation(monkeypatch, whole_model_statistics):
     # channels_last end to end: in a SEW-ResNet-18 step (autocast, kernel-backend neurons, every
     # memory switch on) the only activation-sized copy is autocast's cast of the input image.
     from torch.utils._python_dispatch import TorchDispatchMode

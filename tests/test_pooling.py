@@ -174,7 +174,7 @@ def test_a_second_derivative_is_refused_not_dropped(fused_on_this_device):
 
 
 def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused_on_this_device, monkeypatch,
-                                                                          reproducible):
+                                                                          reproducible, whole_model_statistics):
     # The zoo model end to end (its stem's overlapping 3x3 pool, spike inputs after views, ADD sums of
     # spikes): outputs and every gradient equal to the model's with PyTorch's pools and convolutions
     # and neurons that keep H (its BatchNorms normalize as the switched ones do), with bytes and bits
