@@ -150,9 +150,9 @@ class CupyKernels(KernelSet):
         self.source = src.module_source(p)
         self.compiled = compiled
 
-    def writes_spike_bits(self, x) -> bool:
+    def writes_spike_bits(self, dtype) -> bool:
         # a thread's VEC = 8 neurons fill one byte: 16-bit elements, 8 to a 16-byte access
-        return src.vector_width(x.dtype) == src.SPIKE_BITS_VEC and not (x.numel() // x.shape[0]) % 8
+        return src.vector_width(dtype) == src.SPIKE_BITS_VEC
 
     def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None) -> bool:
         steps = x.shape[0]

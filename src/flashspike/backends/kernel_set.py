@@ -66,17 +66,17 @@ class KernelSet:
 
     def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None, spike_bits=False):
         spike, v_out, h = forward_outputs(x, save_h, store_v_seq)
-        bits = spike_bits_output(spike) if spike_bits and self.writes_spike_bits(x) else None
+        bits = spike_bits_output(spike) if spike_bits and self.writes_spike_bits(x.dtype) else None
         if bits is None:
             self.launch_forward(x, v_init, spike, v_out, h, decay, p)
         elif self.launch_forward(x, v_init, spike, v_out, h, decay, p, None, bits):
             keep_bits(spike, 1, bits)
         return spike, v_out, h
 
-    def writes_spike_bits(self, x) -> bool:
-        """Whether :meth:`launch_forward` may write spike bits for the sequence ``x`` (its dtype and
-        size allow; the launch still says whether it did). None is written here: a layer that keeps
-        its input in bits then packs it itself."""
+    def writes_spike_bits(self, dtype: torch.dtype) -> bool:
+        """Whether :meth:`launch_forward` may write the bits of spikes of ``dtype`` (steps of whole bytes,
+        :func:`.layouts.spike_bits_output`; the launch still says whether it did). None is written here:
+        a layer that keeps its input in bits then packs it itself."""
         return False
 
     def recompute_h(self, x, scale, shift, channel_stride: int, channels: int, v_init, p: NeuronParams, decay=None):

@@ -201,9 +201,10 @@ def forward_outputs(x: torch.Tensor, save_h: bool, store_v_seq: bool):
 
 def spike_bits_output(spike: torch.Tensor) -> torch.Tensor | None:
     """Memory for ``spike`` (a forward's output: T dense blocks, one after another) packed one bit per
-    element in the order of its memory, eight to a byte, or None when its size is no multiple of 8."""
+    element in the order of its memory, eight to a byte; None when a step's elements fill no whole
+    number of bytes (the kernels write each step's bytes on their own)."""
     count = spike.numel()
-    if count % 8:
+    if (count // spike.shape[0]) % 8:
         return None
     return torch.empty(count // 8, dtype=torch.uint8, device=spike.device)
 

@@ -75,16 +75,14 @@ class TritonKernels(KernelSet):
         block = GPU_BLOCK
         return ((n + block - 1) // block,), block, {"num_warps": GPU_NUM_WARPS}
 
-    def writes_spike_bits(self, x) -> bool:
-        # a program's neurons fill whole bytes of every step when N is a multiple of 8 (BLOCK is one)
-        return not (x.numel() // x.shape[0]) % 8
+    def writes_spike_bits(self, dtype) -> bool:
+        # any dtype: a program's BLOCK neurons (a power of two, at least a step's 8) fill whole bytes
+        return True
 
     def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None) -> bool:
         steps = x.shape[0]
         n = x.numel() // steps
         grid, block, options = self._launch_shape(n)
-        if block % 8:  # (the interpreter's block for fewer than 8 neurons)
-            spike_bits = None
         if normalize is None:
             scale = shift = None
             channel_stride = channels = 1
