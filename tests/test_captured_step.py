@@ -9,6 +9,7 @@ the captured step needs no more memory than the eager one.
 
 import copy
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -78,6 +79,36 @@ def test_capture_false_says_nothing_and_reset_false_keeps_the_state():
     x, y = _batches("cpu", 1)[0]
     step(x, y)
     assert isinstance(net[1].v, torch.Tensor) and net[1].v.shape == (4, 8, 6, 6)
+
+
+def test_the_neurons_rest_before_the_backward_and_their_last_potentials_are_freed():
+    # A kernel backend keeps nothing of a neuron's last potential for its backward; the step resets the
+    # neurons once the loss is computed, so those tensors are gone when the backward starts.
+    device = kernel_device("triton")
+    net = _net("triton").to(device)
+    nodes = [m for m in net if hasattr(m, "v")]
+    potentials = []  # a weak reference to each neuron's last potential, as its forward left it
+    for node in nodes:
+        node.register_forward_hook(lambda module, args, out: potentials.append(weakref.ref(module.v)))
+    at_backward = []
+
+    def loss_fn(out, labels):
+        out.register_hook(lambda grad: at_backward.append(([m.v for m in nodes], [ref() for ref in potentials])))
+        return _rate_loss(out, labels)
+
+    step = CapturedStep(net, loss_fn, torch.optim.SGD(net.parameters(), lr=0.1), capture=False)
+    x, y = _batches(device, 1)[0]
+    step(x, y)
+    (states, alive), = at_backward
+    assert [type(v) for v in states] == [float, float] and states == [0.0, 0.0], "reset before the backward"
+    assert len(alive) == 2 and alive == [None, None], "the last potentials freed before the backward"
+
+    # reset=False: the potentials stay the neurons' state, through the backward and after it
+    potentials.clear(), at_backward.clear()
+    CapturedStep(net, loss_fn, torch.optim.SGD(net.parameters(), lr=0.1), capture=False, reset=False)(x, y)
+    (states, alive), = at_backward
+    assert all(isinstance(v, torch.Tensor) for v in states) and all(v is not None for v in alive)
+    assert all(m.v is ref() for m, ref in zip(nodes, potentials))
 
 
 def test_inputs_and_targets_may_be_nested():

@@ -1,4 +1,4 @@
-"""The whole training step as one CUDA graph: forward, loss, backward, optimizer step and ``reset_net``.
+"""The whole training step as one CUDA graph: forward, loss, ``reset_net``, backward and optimizer step.
 
     step = flashspike.CapturedStep(model, loss_fn, optimizer, scaler)   # scaler: optional GradScaler
     for inputs, targets in loader:
@@ -115,10 +115,12 @@ class CapturedStep:
     """A training step ``loss = step(inputs, targets)``, replayed from a CUDA graph.
 
     Each call computes ``outputs = model(inputs)`` and ``loss = loss_fn(outputs, targets)`` (under
-    ``torch.autocast`` when ``autocast_dtype`` is given), back-propagates it (scaled by ``scaler`` when
-    given and enabled), steps ``optimizer`` (and the scaler), and puts the model's neurons back to rest
-    (``functional.reset_net``, unless ``reset=False``). It returns the loss, detached; the outputs are in
-    :attr:`outputs`. Both are overwritten by the next call: ``clone()`` what you keep.
+    ``torch.autocast`` when ``autocast_dtype`` is given), puts the model's neurons back to rest
+    (``functional.reset_net``, unless ``reset=False``; before the backward, which reads only what
+    autograd saved, so the neurons' last potentials are freed before its peak), back-propagates the loss
+    (scaled by ``scaler`` when given and enabled) and steps ``optimizer`` (and the scaler). It returns
+    the loss, detached; the outputs are in :attr:`outputs`. Both are overwritten by the next call:
+    ``clone()`` what you keep.
 
     ``inputs`` and ``targets`` are tensors or nested tuples, lists or dicts of them, on the model's
     device. See the module's docstring for what capture needs and how batches of another shape train.
@@ -133,7 +135,8 @@ class CapturedStep:
         warmup_steps: eager steps before the capture (at least 1).
         other_shapes: ``"eager"`` or ``"capture"``: how a batch of a shape not yet captured trains.
         capture: False runs every step eagerly (the same computation; useful to compare).
-        reset: put the neurons back to rest after every step (``functional.reset_net(model)``).
+        reset: put the neurons back to rest in every step, once the loss is computed
+            (``functional.reset_net(model)``).
         distributed: average the gradients over the processes of ``process_group`` inside the step
             (the model must not be wrapped in DistributedDataParallel); see the module's docstring.
         process_group: the processes to average over (None: the default group).
@@ -263,6 +266,12 @@ class CapturedStep:
                             enabled=self.autocast_dtype is not None, cache_enabled=False):
             outputs = self.model(inputs)
             loss = self.loss_fn(outputs, targets)
+        if self.reset:
+            # Before the backward, not after the optimizer: the backward reads only what autograd saved,
+            # and the neurons' last potentials (held for a next forward that would continue the sequence)
+            # would otherwise stay allocated through the backward's peak, a step's worth of one time step
+            # of every neuron.
+            functional.reset_net(self.model)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.averager is not None:
             self.averager.average_gradients()  # the scaled gradients, as DDP's: an inf anywhere reaches all
@@ -271,8 +280,6 @@ class CapturedStep:
             self.scaler.update()
         else:
             self.optimizer.step()
-        if self.reset:
-            functional.reset_net(self.model)
         # Detached: held by the caller, they must not keep this step's autograd graph alive.
         return loss.detach(), _detached(outputs)
 

@@ -266,7 +266,7 @@ def run_row(spec: dict) -> dict:
     else:
         def loss_fn(out, labels):
             return F.cross_entropy(class_scores(out), labels)
-    # Forward, loss, backward, optimizer step, reset_net: replayed from one CUDA graph in the captured mode.
+    # Forward, loss, reset_net, backward, optimizer step: replayed from one CUDA graph in the captured mode.
     step = CapturedStep(model, loss_fn, optimizer, scaler, autocast_dtype=amp_dtype, capture=captured,
                         warmup_steps=3, distributed=captured and world > 1)
     mark_step = spec["mode"] == "reduce-overhead"

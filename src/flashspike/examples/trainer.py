@@ -157,7 +157,7 @@ class Trainer:
             # The neurons are custom operators the compiler sees through; their state stays a Python
             # attribute, which reset_net (outside the compiled region) puts back to rest.
             self.model = compiling.compile(self.model, mode=args.compile, fullgraph=True)
-        # One training step (forward, loss, backward, optimizer and scaler steps, reset_net); with
+        # One training step (forward, loss, reset_net, backward, optimizer and scaler steps); with
         # -cuda_graph captured once and replayed for every full batch (a partial one runs eagerly).
         if self.capturable and self.device.type != "cuda":
             raise UsageError(f"-cuda_graph needs a CUDA device, but the device is {self.device}")
