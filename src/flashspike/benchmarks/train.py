@@ -15,7 +15,8 @@ pools 0011; ``[B, classes]`` out). Modes: ``eager``, ``compile`` (``torch.compil
 
 Every row runs in a fresh subprocess (``train_worker``): peak memory is ``max_memory_allocated``
 from process start, so a ``reduce-overhead`` graph pool, the warm-up and cuDNN's algorithm search
-are all counted. Eager rows also report "kept MiB": what autograd keeps for the backward of one step
+are all counted; "steady MiB" is the peak of the steps after the warm-up alone (the memory training
+needs once cuDNN has chosen its algorithms and a graph is captured). Eager rows also report "kept MiB": what autograd keeps for the backward of one step
 (every storage a saved tensor lives in, once; parameters not), counted without the device allocator,
 so a CPU run measures it too. A failing or crashing row is recorded with its error and the run goes
 on. The time is the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps
@@ -239,18 +240,19 @@ def median_row(measured: list[dict]) -> dict:
 # ---- reporting ----
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| model | input | T | B | mode | weights | subject | ms/step | images/s | epoch s | peak MiB | kept MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | input | T | B | mode | weights | subject | ms/step | images/s | epoch s | peak MiB | steady MiB "
+             "| kept MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = (f"| {r['model']} | {r['input']} | {r['T']} | {r['B']} | {r['mode']} | {r.get('memory_format', '-')} "
                 f"| {r['subject']} |")
         if "error" in r:
-            lines.append(f"{head} failed: {r['error'][:120].replace('|', '/')} | | | | |")
+            lines.append(f"{head} failed: {r['error'][:120].replace('|', '/')} | | | | | |")
             continue
         epoch = f"{r['epoch_s']:.2f}" if "epoch_s" in r else "-"
-        peak = "-" if r.get("peak_MiB") is None else f"{r['peak_MiB']:.0f}"
+        peak, steady = ("-" if r.get(key) is None else f"{r[key]:.0f}" for key in ("peak_MiB", "steady_peak_MiB"))
         kept = f"{r['kept_MiB']:.0f}" if "kept_MiB" in r else "-"
-        lines.append(f"{head} {r['ms']:.2f} | {r['images_per_s']:.0f} | {epoch} | {peak} | {kept} |")
+        lines.append(f"{head} {r['ms']:.2f} | {r['images_per_s']:.0f} | {epoch} | {peak} | {steady} | {kept} |")
     return "\n".join(lines)
 
 

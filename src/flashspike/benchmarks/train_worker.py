@@ -280,8 +280,13 @@ def run_row(spec: dict) -> dict:
     started = time.perf_counter()
     for _ in range(max(spec["warmup"], 5 if captured else 1)):
         call()
+    startup_peak = 0
     if cuda:
         torch.cuda.synchronize(device)
+        # The warm-up's peak (cuDNN's algorithm search and the first step's allocations included) is
+        # part of the process's; the steps after it get a peak of their own.
+        startup_peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     row["warmup_s"] = time.perf_counter() - started  # compilation and capture included
     row["ms"] = median_seconds(call, device, spec["repeats"], spec["steps"]) * 1e3
     if not cuda:
@@ -296,7 +301,11 @@ def run_row(spec: dict) -> dict:
             total += call()
         total.item()  # the epoch ends when its last loss is on the host
         row["epoch_s"] = time.perf_counter() - started
-    row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    if cuda:
+        steady_peak = torch.cuda.max_memory_allocated(device)
+        row["peak_MiB"], row["steady_peak_MiB"] = max(startup_peak, steady_peak) / 2**20, steady_peak / 2**20
+    else:
+        row["peak_MiB"] = row["steady_peak_MiB"] = None
     if spec.get("profile"):
         from .profile import profile_steps
 
