@@ -2,6 +2,8 @@
 builder, and equal outputs and gradients (input and every parameter) in float64 after loading
 SpikingJelly's weights strictly."""
 
+import weakref
+
 import pytest
 import torch
 
@@ -117,3 +119,18 @@ def test_single_step_models_run_one_step_per_call():
     single.load_state_dict(multi.state_dict(), strict=True)
     y_seq = torch.stack([single(x) for x in x_seq])
     torch.testing.assert_close(y_seq, multi(x_seq))
+
+
+def test_a_stages_input_is_freed_once_the_stage_returns():
+    # The stem's pooled spikes are the first stage's input: nothing but that stage reads them, so they
+    # must not stay allocated through the later stages (where the forward's memory peaks).
+    model = sew_resnet.multi_step_sew_resnet18(multi_step_neuron=neuron.MultiStepIFNode, backend="torch",
+                                               num_classes=3, cnf="ADD")
+    pooled, alive = [], []
+    model.maxpool.register_forward_hook(lambda module, args, out: pooled.append(weakref.ref(out)))
+    for stage in (model.layer2, model.layer3, model.layer4):
+        stage.register_forward_pre_hook(lambda module, args: alive.append(pooled[-1]() is not None))
+    with torch.no_grad():  # (autograd keeps nothing: what holds a tensor is the forward's own code)
+        out = model(torch.rand(2, 1, 3, 32, 32))
+    assert out.shape == (2, 1, 3) and len(pooled) == 1
+    assert alive == [False, False, False]

@@ -15,8 +15,9 @@ pools 0011; ``[B, classes]`` out). Modes: ``eager``, ``compile`` (``torch.compil
 
 Every row runs in a fresh subprocess (``train_worker``): peak memory is ``max_memory_allocated``
 from process start, so a ``reduce-overhead`` graph pool, the warm-up and cuDNN's algorithm search
-are all counted; "steady MiB" is the peak of the steps after the warm-up alone (the memory training
-needs once cuDNN has chosen its algorithms and a graph is captured). Eager rows also report "kept MiB": what autograd keeps for the backward of one step
+are all counted; "steady MiB" is the peak of every step after the first (the memory training needs
+once cuDNN has chosen its algorithms: a captured row's is its capture's, which allocates what a step
+does, since a replay allocates nothing). Eager rows also report "kept MiB": what autograd keeps for the backward of one step
 (every storage a saved tensor lives in, once; parameters not), counted without the device allocator,
 so a CPU run measures it too. A failing or crashing row is recorded with its error and the run goes
 on. The time is the median over ``--repeats`` loops of ``--steps`` steps after ``--warmup`` steps

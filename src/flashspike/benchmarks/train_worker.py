@@ -278,15 +278,19 @@ def run_row(spec: dict) -> dict:
         return step(*batches[next(counter) % BATCH_POOL])
 
     started = time.perf_counter()
-    for _ in range(max(spec["warmup"], 5 if captured else 1)):
+    call()
+    first_peak = 0
+    if cuda:
+        # The first step's peak (cuDNN's algorithm search, compilation, first-time allocations) is the
+        # process's; every later step gets a peak of its own. A capture comes later: a replay allocates
+        # nothing, so the steady peak of a captured row is its capture's, which allocates as a step does.
+        torch.cuda.synchronize(device)
+        first_peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(max(spec["warmup"], 5 if captured else 1) - 1):
         call()
-    startup_peak = 0
     if cuda:
         torch.cuda.synchronize(device)
-        # The warm-up's peak (cuDNN's algorithm search and the first step's allocations included) is
-        # part of the process's; the steps after it get a peak of their own.
-        startup_peak = torch.cuda.max_memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
     row["warmup_s"] = time.perf_counter() - started  # compilation and capture included
     row["ms"] = median_seconds(call, device, spec["repeats"], spec["steps"]) * 1e3
     if not cuda:
@@ -303,7 +307,7 @@ def run_row(spec: dict) -> dict:
         row["epoch_s"] = time.perf_counter() - started
     if cuda:
         steady_peak = torch.cuda.max_memory_allocated(device)
-        row["peak_MiB"], row["steady_peak_MiB"] = max(startup_peak, steady_peak) / 2**20, steady_peak / 2**20
+        row["peak_MiB"], row["steady_peak_MiB"] = max(first_peak, steady_peak) / 2**20, steady_peak / 2**20
     else:
         row["peak_MiB"] = row["steady_peak_MiB"] = None
     if spec.get("profile"):

@@ -147,7 +147,8 @@ class ResNetBase(StepModule):
         ``[N, 3, H, W]`` repeated over ``self.T`` steps) ``-> [T, N, num_classes]``."""
         x = self.sn1(self.encode(x, [self.conv1, self.bn1], self.T))
         x = self.stateless(x, self.maxpool)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)  # a stage's input is freed once the stage returns, not when the last one does
         x = self.stateless(x, self.avgpool).flatten(-3)
         return self.stateless(x, self.fc)
 
