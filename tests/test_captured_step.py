@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flashspike import CapturedStep, functional, layer, neuron, surrogate
+from flashspike.dropped_potential import DROPPED, DroppedPotentialError
 from conftest import kernel_device
 
 
@@ -96,7 +97,8 @@ def test_the_neurons_rest_before_the_backward_and_their_last_potentials_are_free
         out.register_hook(lambda grad: at_backward.append(([m.v for m in nodes], [ref() for ref in potentials])))
         return _rate_loss(out, labels)
 
-    step = CapturedStep(net, loss_fn, torch.optim.SGD(net.parameters(), lr=0.1), capture=False)
+    step = CapturedStep(net, loss_fn, torch.optim.SGD(net.parameters(), lr=0.1), capture=False,
+                        drop_last_potentials=False)
     x, y = _batches(device, 1)[0]
     step(x, y)
     (states, alive), = at_backward
@@ -109,6 +111,97 @@ def test_the_neurons_rest_before_the_backward_and_their_last_potentials_are_free
     (states, alive), = at_backward
     assert all(isinstance(v, torch.Tensor) for v in states) and all(v is not None for v in alive)
     assert all(m.v is ref() for m, ref in zip(nodes, potentials))
+
+
+def _potentials_made(monkeypatch):
+    """Weak references to the last potential of every kernel call from now on, as the kernels made it."""
+    from flashspike.backends import kernel_set
+
+    made, real = [], kernel_set.forward_outputs
+
+    def recording(x, save_h, store_v_seq):
+        spike, v_out, h = real(x, save_h, store_v_seq)
+        made.append(weakref.ref(v_out))
+        return spike, v_out, h
+
+    monkeypatch.setattr(kernel_set, "forward_outputs", recording)
+    return made
+
+
+def test_the_neurons_drop_their_last_potentials_as_the_forward_makes_them(monkeypatch):
+    device = kernel_device("triton")
+    made = _potentials_made(monkeypatch)
+    nets = {drop: _net("triton").to(device) for drop in (True, False)}
+    x_y = _batches(device, 3)
+    losses = {}
+    for drop, net in nets.items():
+        nodes = [m for m in net if hasattr(m, "v")]
+        states, alive_at_loss = [], []
+        for node in nodes:
+            node.register_forward_hook(lambda module, args, out: states.append(module.v))
+
+        def loss_fn(out, labels):
+            alive_at_loss.append([ref() is not None for ref in made[-2:]])
+            return _rate_loss(out, labels)
+
+        step = CapturedStep(net, loss_fn, torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9), capture=False,
+                            drop_last_potentials=drop)
+        losses[drop] = [step(x, y) for x, y in x_y]
+        assert all(node.v == 0.0 for node in nodes), "reset in every step, either way"
+        if drop:
+            assert all(v is DROPPED for v in states) and len(states) == 6
+            assert alive_at_loss == [[False, False]] * 3, "each last potential freed as soon as it was made"
+        else:
+            assert all(isinstance(v, torch.Tensor) for v in states)
+            assert alive_at_loss == [[True, True]] * 3
+        states.clear()
+    # nothing else differs: the same losses and weights
+    assert [float(v) for v in losses[True]] == [float(v) for v in losses[False]]
+    for a, b in zip(nets[True].parameters(), nets[False].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_reading_a_dropped_potential_names_the_option_and_leaves_the_net_at_rest():
+    net = _net()
+    node = net[1]
+
+    def reads_v(out, labels):
+        return _rate_loss(out, labels) + 0.0 * node.v.mean()
+
+    step = CapturedStep(net, reads_v, torch.optim.SGD(net.parameters(), lr=0.1), capture=False)
+    x, y = _batches("cpu", 1)[0]
+    with pytest.raises(DroppedPotentialError, match="drop_last_potentials=False"):
+        step(x, y)
+    assert node.v == 0.0 and not node.__dict__.get("drops_last_potential"), "reset, and no longer dropping"
+    with pytest.raises(AttributeError, match="dropped the last potential v"):  # v_seq, computed from v
+        CapturedStep(net, lambda out, labels: _rate_loss(out, labels) + 0.0 * node.v_seq.sum(),
+                     torch.optim.SGD(net.parameters(), lr=0.1), capture=False)(x, y)
+    # kept on request, or when the step leaves the state to the caller
+    for kwargs in (dict(drop_last_potentials=False), dict(reset=False)):
+        loss = CapturedStep(net, reads_v, torch.optim.SGD(net.parameters(), lr=0.1), capture=False, **kwargs)(x, y)
+        assert torch.isfinite(loss)
+        functional.reset_net(net)
+    with pytest.raises(TypeError, match="drop_last_potentials must be True or False, got 'yes'"):
+        CapturedStep(net, _rate_loss, torch.optim.SGD(net.parameters(), lr=0.1), drop_last_potentials="yes")
+
+
+def test_a_neuron_called_twice_in_one_forward_says_why_it_cannot_continue():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.node = neuron.MultiStepIFNode(backend="torch")
+
+        def forward(self, x):  # the second call continues from the first's last potential
+            return self.node(self.fc(torch.cat([x, x])))[-3:] + self.node(self.fc(x))
+
+    net = Twice()
+    x, y = torch.rand(3, 2, 4), torch.randint(0, 3, (2,))
+    step = CapturedStep(net, _rate_loss, torch.optim.SGD(net.parameters(), lr=0.1), capture=False)
+    with pytest.raises(DroppedPotentialError, match="MultiStepIFNode was called again before reset"):
+        step(x, y)
+    CapturedStep(net, _rate_loss, torch.optim.SGD(net.parameters(), lr=0.1), capture=False,
+                 drop_last_potentials=False)(x, y)
 
 
 def test_inputs_and_targets_may_be_nested():

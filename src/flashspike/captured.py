@@ -61,6 +61,7 @@ from torch.utils import _pytree as pytree
 
 from . import functional
 from .distributed import GradientAverager
+from .dropped_potential import DROPS_LAST_POTENTIAL
 
 OTHER_SHAPES = ("eager", "capture")
 
@@ -137,6 +138,11 @@ class CapturedStep:
         capture: False runs every step eagerly (the same computation; useful to compare).
         reset: put the neurons back to rest in every step, once the loss is computed
             (``functional.reset_net(model)``).
+        drop_last_potentials: with ``reset``, the model's multi-step neurons keep no last potential
+            as their state during the forward (the reset would discard it): its memory, one time step
+            of every neuron, is free for the rest of the forward, where the step's memory peaks. Reading
+            a neuron's ``v`` in ``loss_fn`` or a hook, or calling a neuron twice in one forward, then
+            raises an error that names this option; False keeps the potentials until the reset.
         distributed: average the gradients over the processes of ``process_group`` inside the step
             (the model must not be wrapped in DistributedDataParallel); see the module's docstring.
         process_group: the processes to average over (None: the default group).
@@ -146,8 +152,8 @@ class CapturedStep:
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor],
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None, *,
                  autocast_dtype: torch.dtype | None = None, warmup_steps: int = 3, other_shapes: str = "eager",
-                 capture: bool = True, reset: bool = True, distributed: bool = False, process_group=None,
-                 broadcast_buffers: bool = True):
+                 capture: bool = True, reset: bool = True, drop_last_potentials: bool = True,
+                 distributed: bool = False, process_group=None, broadcast_buffers: bool = True):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
@@ -169,6 +175,11 @@ class CapturedStep:
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.autocast_dtype, self.warmup_steps, self.other_shapes = autocast_dtype, warmup_steps, other_shapes
         self.reset = reset
+        if not isinstance(drop_last_potentials, bool):
+            raise TypeError(f"drop_last_potentials must be True or False, got {drop_last_potentials!r}")
+        self.drop_last_potentials = drop_last_potentials
+        # The multi-step nodes the model holds now: told, for each step's forward, to drop their last potential.
+        self._multi_step_nodes = [m for m in model.modules() if hasattr(type(m), DROPS_LAST_POTENTIAL)]
         if not isinstance(distributed, bool):
             raise TypeError(f"distributed must be True or False, got {distributed!r}")
         if distributed and _wraps_ddp(model):
@@ -262,15 +273,25 @@ class CapturedStep:
         self._grads_shown = None  # the parameters' .grad: this step's own
         if self.averager is not None:
             self.averager.share_buffers()
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None, cache_enabled=False):
-            outputs = self.model(inputs)
-            loss = self.loss_fn(outputs, targets)
+        dropping = self._multi_step_nodes if self.reset and self.drop_last_potentials else ()
+        for node in dropping:
+            node.__dict__[DROPS_LAST_POTENTIAL] = True
+        try:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None, cache_enabled=False):
+                outputs = self.model(inputs)
+                loss = self.loss_fn(outputs, targets)
+        except BaseException:
+            if self.reset:  # (as the step would have: no node is left holding a dropped potential)
+                functional.reset_net(self.model)
+            raise
+        finally:
+            for node in dropping:
+                node.__dict__.pop(DROPS_LAST_POTENTIAL, None)
         if self.reset:
             # Before the backward, not after the optimizer: the backward reads only what autograd saved,
-            # and the neurons' last potentials (held for a next forward that would continue the sequence)
-            # would otherwise stay allocated through the backward's peak, a step's worth of one time step
-            # of every neuron.
+            # and the neurons' last potentials (one time step of every neuron, held for a next forward
+            # that would continue the sequence) would otherwise stay allocated through its peak.
             functional.reset_net(self.model)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.averager is not None:

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import backends, dynamics, surrogate
 from .backends import operators, rebuilt_v_seq
+from .dropped_potential import DROPPED, DROPS_LAST_POTENTIAL, check_not_dropped
 from .backends.choice import plan_for
 from .base import MemoryModule, check_floating
 from .params import NODE_CHECKS, NeuronParams, kind_of
@@ -277,6 +278,9 @@ class _MultiStep(BaseNode):
     # the spikes packed a bit each, which a layer after it that keeps its input in bits takes as they
     # are instead of packing them again (backends.packed_bits).
     writes_spike_bits = False
+    # Set on a node by a caller that resets the network before anything reads its last potential
+    # (flashspike.CapturedStep): a call then keeps dropped_potential.DROPPED as v, not the tensor.
+    drops_last_potential = False
 
     def __init__(self, *args, backend: str = "auto", store_v_seq: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -338,6 +342,8 @@ class _MultiStep(BaseNode):
             )
         state = self.__dict__  # plain attributes: skip nn.Module.__getattr__/__setattr__ on the hot path
         v_init = state["v"]
+        if v_init is DROPPED:
+            check_not_dropped(v_init, type(self).__name__)
         if isinstance(v_init, torch.Tensor):
             v_init = self._initial_v(x_seq.shape[1:], x_seq)
         if not x_seq.numel():
@@ -364,11 +370,15 @@ class _MultiStep(BaseNode):
         hs = [] if plan.kernels is None and not store_v_seq and _is_grad_enabled() else None
         spike_seq, v, v_seq = plan.multi_step(x_seq, v_init, store_v_seq, self._decay_w(), hs,
                                               state.get("writes_spike_bits", False))
-        state["v"] = v
         if store_v_seq:
             state["v_seq"] = v_seq
         else:
             state["_v_seq_kept"] = rebuilt_v_seq.after_call(plan, spike_seq, v, hs)
+        if state.get(DROPS_LAST_POTENTIAL, False):
+            v = DROPPED
+            if not store_v_seq:
+                state["_v_seq_kept"] = rebuilt_v_seq.DROPPED_STATE
+        state["v"] = v
         return spike_seq
 
     def __getstate__(self):

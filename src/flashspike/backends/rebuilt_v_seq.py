@@ -28,7 +28,7 @@ from ..params import NeuronParams
 from .reference import fire_and_reset
 from .step_code import previous_v
 
-__all__ = ["NOT_CALLED", "NO_GRAPH", "COMPILED", "OWN_DYNAMICS", "after_call", "read"]
+__all__ = ["NOT_CALLED", "NO_GRAPH", "COMPILED", "OWN_DYNAMICS", "DROPPED_STATE", "after_call", "read"]
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
@@ -39,6 +39,8 @@ NO_GRAPH = ("its last call ran without autograd (under torch.no_grad() or infere
 COMPILED = "its last call ran under torch.compile, whose graph keeps what the compiler decides"
 OWN_DYNAMICS = ("its class runs its own neuronal_charge/fire/reset step by step, which keeps no pre-reset "
                 "potential")
+DROPPED_STATE = ("its last call dropped the last potential v, from which v_seq is computed (it ran inside a "
+                 "flashspike.CapturedStep; build the step with drop_last_potentials=False to keep it)")
 _GONE = ("the graph of its last call is gone (its outputs were dropped, or its state v was replaced or detached), "
          "and with it the pre-reset potential H")
 _FREED = ("the backward pass of its last call has freed the pre-reset potential H it kept (read v_seq before "
