@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flashspike import CapturedStep, functional, layer, neuron, surrogate
-from flashspike.dropped_potential import DROPPED, DroppedPotentialError
+from flashspike.dropped_potential import DROPPED, DROPS_LAST_POTENTIAL, DroppedPotentialError
 from conftest import kernel_device
 
 
@@ -202,6 +202,30 @@ def test_a_neuron_called_twice_in_one_forward_says_why_it_cannot_continue():
         step(x, y)
     CapturedStep(net, _rate_loss, torch.optim.SGD(net.parameters(), lr=0.1), capture=False,
                  drop_last_potentials=False)(x, y)
+
+
+def test_a_chunked_sequence_keeps_the_potentials_its_next_chunks_continue_from():
+    from flashspike.activation_based import functional as ab_functional
+
+    class Chunked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.node = neuron.MultiStepLIFNode(tau=2.0, backend="torch")
+
+        def forward(self, x):
+            return ab_functional.chunk_multi_step_forward(2, self.fc(x), self.node)
+
+    x, y = torch.rand(5, 2, 4) * 3, torch.randint(0, 3, (2,))
+    losses = []
+    for drop in (True, False):
+        torch.manual_seed(0)
+        net = Chunked()
+        step = CapturedStep(net, _rate_loss, torch.optim.SGD(net.parameters(), lr=0.1), capture=False,
+                            drop_last_potentials=drop)
+        losses.append([float(step(x, y)) for _ in range(2)])
+        assert net.node.v == 0.0 and DROPS_LAST_POTENTIAL not in net.node.__dict__
+    assert losses[0] == losses[1]
 
 
 def test_inputs_and_targets_may_be_nested():

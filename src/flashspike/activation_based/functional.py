@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import functional as _core
+from ..dropped_potential import DROPS_LAST_POTENTIAL
 from ..functional import (detach_net, first_spike_index, kaiming_normal_conv_linear_weight, kernel_dot_product,
                           redundant_one_hot, reset_net, set_backend, set_threshold_margin, spike_similar_loss,
                           temporal_efficient_training_cross_entropy)
@@ -96,4 +97,17 @@ def t_last_multi_step_forward(x_seq: torch.Tensor, single_step_module) -> torch.
 def chunk_multi_step_forward(split_size: int, x_seq: torch.Tensor, multi_step_module: nn.Module) -> torch.Tensor:
     """A multi-step module on chunks of ``split_size`` steps, one after the other (its state carries
     over): less memory for long sequences, the same result."""
-    return torch.cat([multi_step_module(x) for x in torch.split(x_seq, split_size)])
+    chunks = torch.split(x_seq, split_size)
+    # Inside a step that drops the neurons' last potentials (flashspike.CapturedStep), every chunk but
+    # the last continues from them: those calls keep them.
+    dropping = [m for m in multi_step_module.modules() if m.__dict__.get(DROPS_LAST_POTENTIAL)]
+    outputs = []
+    try:
+        for index, x in enumerate(chunks):
+            for node in dropping:
+                node.__dict__[DROPS_LAST_POTENTIAL] = index == len(chunks) - 1
+            outputs.append(multi_step_module(x))
+    finally:
+        for node in dropping:
+            node.__dict__[DROPS_LAST_POTENTIAL] = True
+    return torch.cat(outputs)
