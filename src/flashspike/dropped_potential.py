@@ -14,7 +14,7 @@ resting value back, as always.
 
 from __future__ import annotations
 
-__all__ = ["DROPS_LAST_POTENTIAL", "DROPPED", "DroppedPotentialError"]
+__all__ = ["DROPS_LAST_POTENTIAL", "DROPPED", "DroppedPotentialError", "continuing_error"]
 
 # The attribute a caller sets to True on a multi-step node for the calls whose last potential nobody reads.
 DROPS_LAST_POTENTIAL = "drops_last_potential"
@@ -58,8 +58,6 @@ for _name in ("add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv"
 DROPPED = _Dropped()
 
 
-def check_not_dropped(v, node_name: str) -> None:
-    """A node's call begins here when its state is :data:`DROPPED`: it would continue from a potential
-    that was not kept."""
-    if isinstance(v, _Dropped):
-        raise DroppedPotentialError(f"{node_name} was called again before reset(), but " + _WHY)
+def continuing_error(node_name: str) -> DroppedPotentialError:
+    """The error of a call that would continue from :data:`DROPPED` (a second call before ``reset()``)."""
+    return DroppedPotentialError(f"{node_name} was called again before reset(), but " + _WHY)

@@ -31,9 +31,9 @@ from torch import nn
 
 from . import backends, dynamics, surrogate
 from .backends import operators, rebuilt_v_seq
-from .dropped_potential import DROPPED, DROPS_LAST_POTENTIAL, check_not_dropped
 from .backends.choice import plan_for
 from .base import MemoryModule, check_floating
+from .dropped_potential import DROPPED, DROPS_LAST_POTENTIAL, continuing_error
 from .params import NODE_CHECKS, NeuronParams, kind_of
 from .params import flag as _flag
 from .params import greater_than_one as _greater_than_one
@@ -343,7 +343,7 @@ class _MultiStep(BaseNode):
         state = self.__dict__  # plain attributes: skip nn.Module.__getattr__/__setattr__ on the hot path
         v_init = state["v"]
         if v_init is DROPPED:
-            check_not_dropped(v_init, type(self).__name__)
+            raise continuing_error(type(self).__name__)
         if isinstance(v_init, torch.Tensor):
             v_init = self._initial_v(x_seq.shape[1:], x_seq)
         if not x_seq.numel():
