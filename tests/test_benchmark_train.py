@@ -213,6 +213,24 @@ def test_cuda_graph_modes_run_for_sew_resnet18(mode, tmp_path):
     assert row["ms"] > 0 and 0 < row["steady_peak_MiB"] <= row["peak_MiB"]
 
 
+@pytest.mark.gpu
+def test_a_recorded_row_says_what_was_alive_at_its_peaks_gpu(tmp_path, capsys):
+    report = bench.main(["--models", "sew_resnet18", "--modes", "captured", "--b", "4", "--t", "2", "--warmup", "6",
+                         "--steps", "3", "--repeats", "1", "--peak-allocations", "5", "--out", str(tmp_path)])
+    (row,) = report["rows"]
+    assert "error" not in row, row
+    record = row["peak_allocations"]
+    assert record["complete"] and record["events"] > 0
+    # the replayed history finds the allocator's own peaks (its frees counted when requested)
+    assert record["process"]["MiB"] == pytest.approx(row["peak_MiB"], rel=0.05)
+    assert record["steady"]["MiB"] == pytest.approx(row["steady_peak_MiB"], rel=0.05)
+    groups = record["process"]["groups"]
+    assert 0 < len(groups) <= 5 and all(mib > 0 and count > 0 for _, mib, count, _ in groups)
+    assert [g[1] for g in groups] == sorted((g[1] for g in groups), reverse=True)
+    assert any(".py:" in where for where, *_ in groups)  # (a group with Python frames)
+    assert "peak from the second step on" in capsys.readouterr().out
+
+
 def test_cudnn_autotuning_is_on_unless_turned_off(monkeypatch):
     assert all(spec["cudnn_benchmark"] for spec in bench.row_specs(bench.parse_args([]))[0])
     (spec,) = bench.row_specs(bench.parse_args(["--modes", "eager", "--no-cudnn-benchmark"]))[0]

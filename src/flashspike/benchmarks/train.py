@@ -29,7 +29,8 @@ are on unless ``--no-pool-bytes`` / ``--no-spike-bits`` / ``--no-recompute-h``. 
 host's speed, which can drift between processes: ``--rounds K`` runs all rows K times, round after
 round, and keeps each row's median. ``--profile K`` then runs K more steps of each row under
 ``torch.profiler`` and prints where the time goes, by kind of work, then K more under cProfile for the
-host's share (:mod:`.profile`).
+host's share (:mod:`.profile`). ``--peak-allocations K`` records every allocation of each CUDA row and
+prints what was alive at its peaks, by the code that allocated it (:mod:`.peak_memory`).
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
 eager) and SpikingJelly 2.x (its activation_based zoo in multi-step mode, its own neuron kernels; eager
@@ -53,6 +54,7 @@ import torch
 from .. import __version__, backends
 from .charts import pyplot
 from .neuron import device_name
+from .peak_memory import format_peak_allocations
 from .profile import format_profile
 from .train_worker import INPUTS, MARKER, MEMORY_SWITCHES, TRANSFORMER_CONFIGS, TRANSFORMERS
 
@@ -104,6 +106,12 @@ def parse_args(argv=None):
     parser.add_argument("--epoch-steps", type=int, default=0, metavar="K",
                         help="also time an epoch of K steps on synthetic batches, to the last loss on the host "
                              "(default 0: not measured)")
+    parser.add_argument("--peak-allocations", type=int, default=0, metavar="K",
+                        help="record every allocation of each CUDA row (torch.cuda.memory's history, with Python "
+                             "stacks) and print, at its peak from process start and at its peak from the second "
+                             "step on, the K largest groups of live memory by the code that allocated it "
+                             "(flashspike.benchmarks.peak_memory; the row's times then include the recording) "
+                             "(default 0: not recorded)")
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="after timing, run K more steps under torch.profiler and print where the time goes, by "
                              "kind of work: kernel time on CUDA (captured graphs' kernels included), operator time "
@@ -146,6 +154,8 @@ def parse_args(argv=None):
         parser.error("--epoch-steps must be 0 or positive")
     if args.profile < 0:
         parser.error("--profile must be 0 or positive")
+    if args.peak_allocations < 0:
+        parser.error("--peak-allocations must be 0 or positive")
     if args.threads < 0:
         parser.error("--threads must be 0 (PyTorch's choice) or positive")
     return args
@@ -179,7 +189,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
                                               else f"{name}'s model zoo has no {model}")
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
-                profile=args.profile,
+                profile=args.profile, peak_allocations=args.peak_allocations,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
                 nproc=args.nproc, threads=args.threads, **memory_switches(args))
     specs = []
@@ -304,7 +314,7 @@ def main(argv=None) -> dict:
                   settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
                                 epoch_steps=args.epoch_steps, profile=args.profile,
-                                layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
+                                peak_allocations=args.peak_allocations, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
                                 nproc=args.nproc, threads=args.threads, **memory_switches(args)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
@@ -316,6 +326,8 @@ def main(argv=None) -> dict:
     for row in rows:
         if "profile" in row:
             print("\n" + format_profile(row))
+        if "peak_allocations" in row:
+            print("\n" + format_peak_allocations(row))
     charts = plot(rows, args.out, title)
     print(f"\nwrote {args.out / 'train_benchmark.json'}" + "".join(f", {args.out / c}" for c in charts))
     return report

@@ -25,6 +25,7 @@ from .. import compiling
 from ..captured import CapturedStep
 from ..cluster import Cluster, leave_process_group
 from ..cuda_utils import median_seconds
+from . import peak_memory
 
 INPUTS = {  # name -> (channels, height, width, num_classes)
     "cifar": (3, 32, 32, 10),
@@ -218,6 +219,9 @@ def run_row(spec: dict) -> dict:
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    recording = cuda and spec.get("peak_allocations", 0) > 0
+    if recording:  # every allocation from here on, the model's weights included
+        peak_memory.start_recording()
     # Fixed shapes: with benchmark on, cuDNN times its algorithms at the first step (warm-up) and keeps
     # the fastest; its default heuristics pick a weight-gradient kernel several times slower for some
     # of these layers (the Fashion-MNIST net's, in float16).
@@ -287,6 +291,7 @@ def run_row(spec: dict) -> dict:
         torch.cuda.synchronize(device)
         first_peak = torch.cuda.max_memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
+    steady_from = peak_memory.events_so_far(device) if recording else 0
     for _ in range(max(spec["warmup"], 5 if captured else 1) - 1):
         call()
     if cuda:
@@ -310,6 +315,9 @@ def run_row(spec: dict) -> dict:
         row["peak_MiB"], row["steady_peak_MiB"] = max(first_peak, steady_peak) / 2**20, steady_peak / 2**20
     else:
         row["peak_MiB"] = row["steady_peak_MiB"] = None
+    if recording:
+        row["peak_allocations"] = peak_memory.summarize(peak_memory.stop_recording(device), steady_from,
+                                                        spec["peak_allocations"])
     if spec.get("profile"):
         from .profile import profile_steps
 
