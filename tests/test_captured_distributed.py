@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flashspike import CapturedStep, layer, neuron, surrogate
+from flashspike.cluster import leave_process_group
 
 STEPS, GLOBAL_BATCH = 4, 8
 
@@ -66,8 +67,10 @@ def _worker(rank, world, init_file, out_file, batch_norm):
         results["averaged"] = _train(step, net, _batches(), rank, world)
         with open(f"{out_file}.{rank}", "wb") as f:
             pickle.dump(results, f)
+        del step, ddp, net
     finally:
-        dist.destroy_process_group()
+        # (the DDP model's reference cycle freed first: Gloo aborts a process that frees it at shutdown)
+        leave_process_group()
 
 
 def _run_two_processes(tmp_path, batch_norm):
