@@ -372,12 +372,12 @@ class _MultiStep(BaseNode):
                                               state.get("writes_spike_bits", False))
         if store_v_seq:
             state["v_seq"] = v_seq
-        else:
-            state["_v_seq_kept"] = rebuilt_v_seq.after_call(plan, spike_seq, v, hs)
         if state.get(DROPS_LAST_POTENTIAL, False):
             v = DROPPED
             if not store_v_seq:
                 state["_v_seq_kept"] = rebuilt_v_seq.DROPPED_STATE
+        elif not store_v_seq:
+            state["_v_seq_kept"] = rebuilt_v_seq.after_call(plan, spike_seq, v, hs)
         state["v"] = v
         return spike_seq
 
