@@ -51,8 +51,7 @@ def allocated_by(frames: list[dict]) -> str:
     def name(frame):
         return f"{os.path.basename(frame['filename'])}:{frame['line']}({frame['name']})"
 
-    outside = [frame for frame in frames if f"{os.sep}torch{os.sep}" not in frame["filename"]
-               and "/torch/" not in frame["filename"]]
+    outside = [frame for frame in frames if "/torch/" not in frame["filename"].replace(os.sep, "/")]
     if outside:
         return " < ".join(name(frame) for frame in outside[:FRAMES_PER_GROUP])
     return name(frames[0]) if frames else "?"

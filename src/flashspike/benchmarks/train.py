@@ -314,7 +314,8 @@ def main(argv=None) -> dict:
                   settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
                                 epoch_steps=args.epoch_steps, profile=args.profile,
-                                peak_allocations=args.peak_allocations, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
+                                peak_allocations=args.peak_allocations, layout_optimization=args.layout_optimization,
+                                cudnn_benchmark=args.cudnn_benchmark,
                                 nproc=args.nproc, threads=args.threads, **memory_switches(args)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_benchmark.json").write_text(json.dumps(report, indent=1))
