@@ -316,6 +316,23 @@ def test_recompute_h_rows_keep_less_for_the_backward_by_the_neurons_h(monkeypatc
     assert kept[False] - kept[True] == 2 * 2 * 128 * (28 * 28 + 14 * 14) * 4
 
 
+def test_recompute_stem_rows_keep_no_output_of_the_first_convolution():
+    # The Fashion-MNIST net's stem (1 -> 128 channels at 28 x 28, once for every step) behind a switched
+    # BatchNorm: its output, [B, 128, 28, 28] float32, is kept no more; off unless asked for.
+    kept = {}
+    for recompute_stem in (False, True):
+        args = ["--modes", "eager", "--models", "fmnist", "--recompute-h"] + (["--recompute-stem"] * recompute_stem)
+        (spec,) = bench.row_specs(bench.parse_args(args))[0]
+        assert spec["recompute_stem"] is recompute_stem
+        spec.update(T=2, B=2, warmup=1, steps=1, repeats=1, device=kernel_device("triton"), backend="triton",
+                    memory_format="contiguous", dtype="float32", pool_bytes=False)
+        row = train_worker.run_row(spec)
+        kept[recompute_stem] = row["kept_MiB"] * 2**20
+    assert row["recompute_stem_layers"] == 1 and row["subject"] == "flashspike triton, H recomputed, stem recomputed"
+    assert kept[False] - kept[True] == 2 * 128 * 28 * 28 * 4
+    assert not train_worker.MEMORY_SWITCHES["recompute_stem"].switches(None, cuda=True, captured=True)
+
+
 def test_rows_run_under_torchrun_as_one_ddp_model(tmp_path):
     # Two Gloo processes on the CPU: one row, from the first, whose images/s counts both batches.
     report = bench.main(["--models", "fmnist", "--modes", "eager", "--nproc", "2", "--out", str(tmp_path), *TINY,

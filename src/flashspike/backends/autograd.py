@@ -15,7 +15,7 @@ import torch
 
 from ..params import NeuronParams
 from .layouts import call_operands, decay_operand, multi_step_outputs, sequence_layout
-from .recompute import Normalized, normalized_input, recipe_for, recompute
+from .recompute import Normalized, normalized_input, recipe_for, recompute, remaking
 
 
 def refuse_create_graph() -> None:
@@ -144,9 +144,15 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     else:
         spike_bits = spike_bits and p.surrogate.in_spiking_mode
         if step is None:
-            spike, v_out = _apply(x, v, w, (kernels, p, store_v_seq, None, recipe_for(x_seq), spike_bits))
+            operand, repeat, source = x, None, recipe_for(x_seq)
         else:  # its gradient is summed over T in the kernel, never written T times and reduced
-            spike, v_out = _apply(step, v, w, (kernels, p, store_v_seq, x.shape[0], recipe_for(step), spike_bits))
+            operand, repeat, source = step, x.shape[0], recipe_for(step)
+        call = (kernels, p, store_v_seq, repeat, source, spike_bits)
+        if source is None:
+            spike, v_out = _apply(operand, v, w, call)
+        else:  # what the input's recipe reads may itself be an output made again (a convolution's)
+            with remaking(source[0].inputs):
+                spike, v_out = _apply(operand, v, w, call)
     return multi_step_outputs(spike, v_out, store_v_seq)
 
 

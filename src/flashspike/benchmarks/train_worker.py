@@ -161,6 +161,7 @@ class MemorySwitch(NamedTuple):
     # True: on unless turned off (exact, and no slower); "captured": so in the captured rows on CUDA only
     default: bool | str = False
     cuda_only: bool = False  # its kernels run on CUDA only (elsewhere the layers take their ordinary path)
+    options: tuple = ()  # (name, value) pairs the function takes beside the model
 
     def switches(self, wanted: bool | None, cuda: bool, captured: bool = False) -> bool:
         """Whether a row on CUDA (``cuda``) or not, of the captured mode (``captured``) or not, switches its
@@ -190,6 +191,12 @@ MEMORY_SWITCHES = {
         "in captured CUDA rows, where the switched BatchNorm's Triton kernels make the step no slower; off by "
         "default in the others, whose host time each of those kernels' launches adds to)",
         default="captured"),
+    "recompute_stem": MemorySwitch(
+        "stem recomputed", "flashspike.memory.conv_recompute", "recompute_convolution_outputs",
+        "flashspike rows' first convolution (the stem) keeps no output for the backward: the backward computes it "
+        "again from the image, once for its BatchNorm and neuron together (flashspike.memory.conv_recompute; it "
+        "pays with --recompute-h, where that output is the only activation of the stem kept; off by default)",
+        options=(("first_only", True),)),
 }
 
 
@@ -244,7 +251,8 @@ def run_row(spec: dict) -> dict:
     if spec["subject"] == "flashspike":
         for key, switch in MEMORY_SWITCHES.items():
             if switch.switches(spec.get(key, False), cuda, spec["mode"] == "captured"):
-                row[f"{key}_layers"] = getattr(importlib.import_module(switch.module), switch.function)(model)
+                switch_layers = getattr(importlib.import_module(switch.module), switch.function)
+                row[f"{key}_layers"] = switch_layers(model, **dict(switch.options))
                 if row[f"{key}_layers"]:
                     row["subject"] += ", " + switch.label
     model = model.to(device, memory_format=memory_format).train()

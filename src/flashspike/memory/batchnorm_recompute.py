@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..backends.recompute import mark, mark_normalized
+from ..backends.recompute import mark, mark_normalized, remaking
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .spike_bits import memory_order
@@ -156,7 +156,8 @@ class _Recomputable:
                 and memory_order(input) is not None):  # memory with no gaps, in any order of dimensions
             kernels = _normalize_kernels(input)
         if kernels is None:  # the plain layer's output, marked to be computed again by its own function
-            output = super().forward(input)
+            with remaking((input,)):  # a convolution's output made again in the backward, if marked so
+                output = super().forward(input)
             again = functools.partial(_normalize_again, eps=self.eps,
                                       running_dtype=None if running is None else running.dtype)
             mark(output, again, (input, self.weight, self.bias))
@@ -170,7 +171,8 @@ class _Recomputable:
         bias = None if self.bias is None else self.bias.detach()
         affine = (weight, bias, self.running_mean if update else None, self.running_var if update else None, factor)
         mean, invstd, scale, shift = _batch_statistics(input.detach(), self.eps, kernels, affine)
-        return _Normalize.apply(input, self.weight, self.bias, (mean, invstd, scale, shift, self.eps, kernels))
+        with remaking((input,)):
+            return _Normalize.apply(input, self.weight, self.bias, (mean, invstd, scale, shift, self.eps, kernels))
 
     def _get_name(self):
         return type(self).__mro__[2].__name__
