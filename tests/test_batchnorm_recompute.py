@@ -16,6 +16,7 @@ from flashspike import functional, layer, neuron
 from flashspike.backends import autograd, recompute
 from flashspike.memory import batchnorm_recompute
 from conftest import kernel_device
+from kept_step import training_step
 
 
 class _InPlace(nn.Module):
@@ -39,27 +40,6 @@ def _net(backend, changed_in_place=False):
         layer.SeqToANNContainer(nn.Flatten(), nn.Linear(4 * 6 * 6, 5), nn.BatchNorm1d(5)),
         neuron.MultiStepIFNode(backend=backend),
     )
-
-
-def _step(net, x, autocast_dtype):
-    """One training step's output, parameter gradients, BatchNorm statistics and the bytes of every
-    storage autograd kept for the backward (each counted once; parameters, which live anyway, not)."""
-    kept = {}
-    parameters = {p.untyped_storage().data_ptr() for p in net.parameters()}
-
-    def keep(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
-            torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        out = net(x)
-    (out.float() * torch.linspace(0.5, 1.5, out.numel(), device=x.device).view_as(out)).sum().backward()
-    functional.reset_net(net)
-    grads = {name: p.grad.clone() for name, p in net.named_parameters()}
-    return out, grads, {name: b.clone() for name, b in net.named_buffers()}, sum(kept.values())
 
 
 def _neuron_inputs(net, x, autocast_dtype):
@@ -123,10 +103,10 @@ def _compare(monkeypatch, backend, device, autocast_dtype, memory_format=torch.c
     kept = copy.deepcopy(lean)
     x = (torch.rand(3, 4, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * 3).to(device)
     x = x.contiguous(memory_format=torch.channels_last_3d) if memory_format == torch.channels_last else x
-    results = [_step(plain, x, autocast_dtype), _step(lean, x, autocast_dtype)]
+    results = [training_step(plain, x, autocast_dtype), training_step(lean, x, autocast_dtype)]
     with monkeypatch.context() as patch:
         _keep_h(patch)
-        results.append(_step(kept, x, autocast_dtype))
+        results.append(training_step(kept, x, autocast_dtype))
     _assert_equal(results[1], results[2])
     if autocast_dtype is None:  # (16-bit gradients differ from any other rounding's by far more)
         _assert_close_to_plain(results[1], results[0])
@@ -152,7 +132,7 @@ def test_without_triton_the_plain_output_is_computed_again_bit_for_bit(monkeypat
     lean = copy.deepcopy(plain)
     batchnorm_recompute.recompute_h_after_batchnorm(lean)
     x = (torch.rand(3, 4, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * 3).to(device)
-    plain_step, lean_step = _step(plain, x, None), _step(lean, x, None)
+    plain_step, lean_step = training_step(plain, x, None), training_step(lean, x, None)
     _assert_equal(plain_step, lean_step)
     assert plain_step[3] - lean_step[3] == sum(_neuron_inputs(plain, x, None))
 
@@ -203,10 +183,10 @@ def _static_input_case(monkeypatch, backend, device, memory_format=torch.contigu
     assert batchnorm_recompute.recompute_h_after_batchnorm(lean) == 2
     kept = copy.deepcopy(lean)
     x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(4)).to(device)
-    results = [_step(plain, x, None), _step(lean, x, None)]
+    results = [training_step(plain, x, None), training_step(lean, x, None)]
     with monkeypatch.context() as patch:
         _keep_h(patch)
-        results.append(_step(kept, x, None))
+        results.append(training_step(kept, x, None))
     _assert_equal(results[1], results[2])
     _assert_close_to_plain(results[1], results[0])
     assert results[2][3] - results[1][3] == 3 * 5 * 4 * (28 * 28 + 14 * 14) * 4 - _channels_of_recomputing_neurons(lean)

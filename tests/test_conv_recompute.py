@@ -8,13 +8,13 @@ import weakref
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flashspike import functional, layer, neuron
 from flashspike.backends import recompute
 from flashspike.memory import batchnorm_recompute, conv_recompute, spike_bits
 from conftest import kernel_device
+from kept_step import training_step
 
 
 def _net(backend, *, batchnorm=True, channels_first=3):
@@ -44,28 +44,14 @@ class _ConvCalls:
 
 
 def _step(net, x, autocast_dtype=None, calls=None):
-    """One training step: (output, gradients, buffers, bytes autograd kept, which convolution outputs
-    were alive when the forward returned, convolution calls in all)."""
-    kept = {}
-    parameters = {p.untyped_storage().data_ptr() for p in net.parameters()}
-
-    def keep(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
+    """One training step (:func:`kept_step.training_step`), then which convolution outputs were alive
+    when the forward returned, and the convolution calls in all."""
+    alive = []
     if calls is not None:
         calls.outputs.clear()
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), \
-            torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        out = net(x)
-    alive = None if calls is None else [ref() is not None for ref in calls.outputs]
-    (out.float() * torch.linspace(0.5, 1.5, out.numel(), device=x.device).view_as(out)).sum().backward()
-    functional.reset_net(net)
-    grads = {name: p.grad.clone() for name, p in net.named_parameters()}
-    buffers = {name: b.clone() for name, b in net.named_buffers()}
-    return out, grads, buffers, sum(kept.values()), alive, None if calls is None else len(calls.outputs)
+    after_forward = None if calls is None else (lambda: alive.extend(ref() is not None for ref in calls.outputs))
+    step = training_step(net, x, autocast_dtype, after_forward)
+    return (*step, alive if calls is not None else None, None if calls is None else len(calls.outputs))
 
 
 def _assert_same_training(a, b):
