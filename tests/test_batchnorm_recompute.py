@@ -261,7 +261,7 @@ def _normalized_sequence_case(dtype, memory_format, repeated, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("repeated", [False, True], ids=["sequence", "repeated"])
-def test_the_kernels_compute_h_again_from_the_normalized_input(backend, dtype, memory_format, repeated):
+def test_the_kernels_compute_h_again_and_fire_from_the_normalized_input(backend, dtype, memory_format, repeated):
     from flashspike.backends import choice
     from flashspike.params import NeuronParams
 
@@ -279,12 +279,20 @@ def test_the_kernels_compute_h_again_from_the_normalized_input(backend, dtype, m
         y = (x.double() * scale.double().view(view) + shift.double().view(view)).float().to(dtype)
     v_init = (torch.rand(y.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5).to(dtype).to(device)
     v_init = v_init.contiguous(memory_format=memory_format) if v_init.dim() == 4 else v_init
+    terms = (scale, shift, y.stride(channel), y.shape[channel])
     for start in (None, v_init):
         _, _, h = kernels.forward(y, start, p, True, False)
-        again = kernels.recompute_h(x, scale, shift, y.stride(channel), y.shape[channel], start, p)
+        again = kernels.recompute_h(x, *terms, start, p)
         assert again.stride() == h.stride()
         assert torch.equal(again, h)
         assert not torch.equal(h, kernels.forward(x, start, p, True, False)[2])  # the input was normalized
+        for store_v_seq in (False, True):  # fired from x, with no H: the outputs of firing from y
+            spike, v_out, _ = kernels.forward(y, start, p, False, store_v_seq)
+            fired = kernels.forward(x, start, p, True, store_v_seq, normalize=terms)
+            assert fired[2] is None
+            for got, want in zip(fired[:2], (spike, v_out)):
+                assert got.stride() == want.stride() and torch.equal(got, want)
+            assert spike.sum() > 0
 
 
 @pytest.mark.parametrize("shape, memory_format", [

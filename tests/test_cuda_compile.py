@@ -447,6 +447,40 @@ def test_emulated_forward_computes_h_again_from_a_normalized_input(emulated, dty
                for name in normalizing), normalizing  # vectorized: every thread's VEC in one go
 
 
+@pytest.mark.parametrize("dtype", list(src.STORAGE_TYPES), ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_emulated_forward_fires_from_a_normalized_input(emulated, dtype, channels_last):
+    """NORMALIZE without SAVE_H: spikes, V (every step's, or the last) and the spikes' bits from a
+    BatchNorm's input, normalized as it is loaded, equal those of its normalized output; no H."""
+    from flashspike.backends.packed_bits import kept_bits
+
+    library, entries, option_sets = emulated
+    compiled = EmulatedCompiled(library, entries, option_sets)
+    p = option_sets[0]
+    kernels = CupyKernels(p, compiled)
+    g = torch.Generator().manual_seed(13)
+    flat = (torch.randn(5 * 8, 4, 4, 4, generator=g) * 2).to(dtype)
+    if channels_last:
+        flat = flat.contiguous(memory_format=torch.channels_last)
+    scale, shift = torch.rand(4, generator=g) + 0.5, torch.randn(4, generator=g) * 0.5 + 0.4
+    x = flat.view(5, 8, 4, 4, 4)
+    y = torch.empty_like(x).copy_((x.double() * scale.double().view(4, 1, 1) + shift.double().view(4, 1, 1)).float())
+    v_init = (torch.rand(8, 4, 4, 4, generator=g) * 0.5).to(dtype)
+    v_init = v_init.contiguous(memory_format=torch.channels_last) if channels_last else v_init
+    for start, store_v_seq, bits in itertools.product((None, v_init), (False, True), (False, True)):
+        want = kernels.forward(y, start, p, False, store_v_seq, None, bits)
+        got = kernels.forward(x, start, p, False, store_v_seq, None, bits, (scale, shift, x.stride(2), 4))
+        assert got[2] is None and 0 < want[0].sum() < want[0].numel()
+        for a, b in zip(got[:2], want[:2]):
+            assert a.stride() == b.stride() and torch.equal(a, b)
+        if bits:
+            kept, expected = kept_bits(got[0], 1), kept_bits(want[0], 1)
+            assert (kept is None) == (expected is None) == (dtype == torch.float32)
+            assert kept is None or torch.equal(kept, expected)
+    firing = [name for name in compiled.launched if name.startswith("fs_forward") and name.split(", ")[4] == "true"]
+    assert len(firing) == 8 and all(name.split(", ")[2] == "false" for name in firing), compiled.launched
+
+
 @pytest.mark.parametrize(("option", "dtype"), [(0, torch.float32), (0, torch.float16), (0, torch.bfloat16),
                                                (4, torch.float16), (6, torch.float32)], ids=str)
 def test_emulated_backward_computes_h_first_from_a_normalized_input(emulated, monkeypatch, option, dtype):

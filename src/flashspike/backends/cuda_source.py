@@ -6,10 +6,11 @@ One module of source holds two kernel templates for one :class:`~flashspike.para
     one thread owns VEC neighbouring neurons and walks t = 0 .. T−1 with V in float32 registers,
     reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq). With SPIKE_BITS
     (VEC = 8) it also writes S[t] packed, one bit per neuron, its VEC spikes in one byte (the layout of
-    :func:`flashspike.memory.spike_bits.pack`), for a layer after it that keeps its input in bits. With NORMALIZE it
-    computes H again for a backward pass from a BatchNorm's kept input: X[t] is that input normalized
-    as it is loaded (``x * scale[c] + shift[c]``, one fused multiply-add rounded to T, as the layer
-    rounded it), and only H is written.
+    :func:`flashspike.memory.spike_bits.pack`), for a layer after it that keeps its input in bits. With NORMALIZE,
+    X[t] is a BatchNorm's input normalized as it is loaded (``x * scale[c] + shift[c]``, one fused
+    multiply-add rounded to T, as the layer rounds it): with SAVE_H too, it computes H again for a
+    backward pass and writes H only; without, it fires from that input (S, V and the bits written, H
+    not), so the BatchNorm's output is never made.
 ``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, NORMALIZE, VEC, UNROLL>``
     walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
     writing ∂L/∂X[t] (or, for one X repeated over T, their sum at the end) and ∂L/∂V[−1] at the end
@@ -255,7 +256,8 @@ __global__ void fs_forward(
     const long long channel_stride,  // NORMALIZE: element i of a step is in channel (i / channel_stride) % channels
     const long long channels)
 {
-    static_assert(!SPIKE_BITS || (VEC == 8 && !NORMALIZE), "spike bits: one byte per thread and step");
+    constexpr bool H_ONLY = NORMALIZE && SAVE_H;  // H computed again for a backward pass: nothing else written
+    static_assert(!SPIKE_BITS || (VEC == 8 && !H_ONLY), "spike bits: one byte per thread and step");
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
     float scale_reg[VEC], shift_reg[VEC];  // NORMALIZE: each neuron's channel is the same at every step
@@ -289,7 +291,7 @@ $forward_step
                 h_reg[k] = h;
                 v_reg[k] = v_next;
             }
-            if (!NORMALIZE) fs_store<T, VEC>(spike_seq + at, spike_reg);
+            if (!H_ONLY) fs_store<T, VEC>(spike_seq + at, spike_reg);
             if (SPIKE_BITS) {
                 unsigned int byte = 0u;
 #pragma unroll
@@ -300,7 +302,7 @@ $forward_step
             if (STORE_V_SEQ) fs_store<T, VEC>(v_out + at, v_reg);
         }
     }
-    if (!STORE_V_SEQ && !NORMALIZE) fs_store<T, VEC>(v_out + i, v_reg);
+    if (!STORE_V_SEQ && !H_ONLY) fs_store<T, VEC>(v_out + i, v_reg);
 }
 
 template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, bool SUM_GRAD_X, bool NORMALIZE,
@@ -507,16 +509,18 @@ def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq:
 
 def forward_flag_sets(dtype: torch.dtype):
     """Every (has_v_init, save_h, store_v_seq, normalize, spike_bits, vec) a launcher may ask for: a
-    normalizing launch (H computed again) saves H and stores no V; spike bits are written a byte per
-    thread, by the 16-bit dtypes' vectorized launches (VEC = 8)."""
+    normalizing launch that saves H computes H again (and stores no V); one that does not fires from a
+    BatchNorm's input (and saves no H); spike bits are written a byte per thread, by the 16-bit dtypes'
+    vectorized launches (VEC = 8)."""
     for has_v_init, save_h, store_v_seq, vec in itertools.product(
         (False, True), (False, True), (False, True), (1, vector_width(dtype))
     ):
-        yield has_v_init, save_h, store_v_seq, False, False, vec
-        if vec == SPIKE_BITS_VEC:
-            yield has_v_init, save_h, store_v_seq, False, True, vec
-        if save_h and not store_v_seq:
-            yield has_v_init, save_h, store_v_seq, True, False, vec
+        for normalize in (False, True):
+            if normalize and save_h and store_v_seq:
+                continue
+            yield has_v_init, save_h, store_v_seq, normalize, False, vec
+            if vec == SPIKE_BITS_VEC and not (normalize and save_h):
+                yield has_v_init, save_h, store_v_seq, normalize, True, vec
 
 
 def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):

@@ -157,13 +157,14 @@ class CupyKernels(KernelSet):
     def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None) -> bool:
         steps = x.shape[0]
         n = x.numel() // steps
+        # (H computed again: no spike or V is written, their pointers are null)
+        pointers = (x.data_ptr(), _ptr(v_init), _ptr(spike), _ptr(v_out), _ptr(h))
+        store_v_seq = v_out is not None and v_out.dim() == x.dim()
         if normalize is None:
-            pointers = (x.data_ptr(), _ptr(v_init), spike.data_ptr(), v_out.data_ptr(), _ptr(h))
-            store_v_seq, channels = v_out.dim() == x.dim(), (0, 0, 1, 1)
-        else:  # H alone: the spike and V pointers are never written
+            channels = (0, 0, 1, 1)
+        else:
             scale, shift, channel_stride, count = normalize
-            pointers = (x.data_ptr(), _ptr(v_init), 0, 0, h.data_ptr())
-            store_v_seq, channels = False, (scale.data_ptr(), shift.data_ptr(), channel_stride, count)
+            channels = (scale.data_ptr(), shift.data_ptr(), channel_stride, count)
         vec = _vector_width(x.dtype, n, *(pointer for pointer in pointers if pointer))
         if vec != src.SPIKE_BITS_VEC:  # (an operand off a 16-byte boundary: the spikes are not packed here)
             spike_bits = None

@@ -35,6 +35,8 @@ store_v_seq, need_grad_v_init, decay=None)`` (``backward``'s result through that
     rounded once to x's dtype, c = (i // channel_stride) % channels for element i of a step. The
     forward kernel normalizes ``x`` as it loads it (the same float32 fused multiply-add and rounding
     give the same input, so the same H) and writes H only. ``x`` is laid out like the forward's input.
+    ``forward(..., normalize=(scale, shift, channel_stride, channels))`` fires from such an ``x`` the
+    same way (spikes, V and their bits; no H): the layer's output need never be made.
 
 A backend subclasses :class:`KernelSet` and implements :meth:`~KernelSet.launch_forward` (which also
 runs the recompute) and :meth:`~KernelSet.launch_backward`.
@@ -64,12 +66,13 @@ class KernelSet:
 
     fuses_normalized_backward = False  # launch_backward takes ``normalize`` (see backward_normalized)
 
-    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None, spike_bits=False):
-        spike, v_out, h = forward_outputs(x, save_h, store_v_seq)
+    def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None, spike_bits=False,
+                normalize=None):
+        spike, v_out, h = forward_outputs(x, save_h and normalize is None, store_v_seq)
         bits = spike_bits_output(spike) if spike_bits and self.writes_spike_bits(x.dtype) else None
         if bits is None:
-            self.launch_forward(x, v_init, spike, v_out, h, decay, p)
-        elif self.launch_forward(x, v_init, spike, v_out, h, decay, p, None, bits):
+            self.launch_forward(x, v_init, spike, v_out, h, decay, p, normalize)
+        elif self.launch_forward(x, v_init, spike, v_out, h, decay, p, normalize, bits):
             keep_bits(spike, 1, bits)
         return spike, v_out, h
 
@@ -114,8 +117,8 @@ class KernelSet:
                        spike_bits=None) -> None:
         """Run the forward on ready operands: write ``spike``, ``v_out`` (every step's V when it is
         shaped like ``x``, else the last V) and ``h`` (when not None). With ``normalize`` (scale, shift,
-        channel_stride, channels; see ``recompute_h``), normalize ``x`` as it is read and write ``h``
-        alone (``spike`` and ``v_out`` are None). ``spike_bits`` (only where :meth:`writes_spike_bits`
+        channel_stride, channels; see ``recompute_h``), normalize ``x`` as it is read, and write ``h``
+        alone (``spike`` and ``v_out`` are None: H computed again) or, with ``h`` None, the rest. ``spike_bits`` (only where :meth:`writes_spike_bits`
         says so): uint8 memory for the spikes packed a bit each, element i of ``spike``'s memory in bit
         i % 8 of byte i // 8. Returns whether it wrote them (a launch that cannot, for the alignment of
         an operand, leaves them)."""

@@ -86,11 +86,12 @@ class TritonKernels(KernelSet):
         if normalize is None:
             scale = shift = None
             channel_stride = channels = 1
-            store_v_seq = v_out.dim() == x.dim()
-        else:  # H alone: the spike and V pointers are never written
+        else:
             scale, shift, channel_stride, channels = normalize
-            spike = v_out = h
-            store_v_seq = False
+        h_only = normalize is not None and h is not None  # H computed again: no spike or V is written
+        if h_only:
+            spike = v_out = h  # (pointers the kernel never writes through)
+        store_v_seq = not h_only and v_out.dim() == x.dim()
         with _on_device(x):
             self.forward_kernel[grid](
                 x, v_init, spike, v_out, h, decay, scale, shift, spike_bits, steps, n, x.stride(0), channel_stride,

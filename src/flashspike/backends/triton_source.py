@@ -86,7 +86,8 @@ def {FORWARD_NAME}(
     HAS_V_INIT: tl.constexpr,
     SAVE_H: tl.constexpr,
     STORE_V_SEQ: tl.constexpr,
-    NORMALIZE: tl.constexpr,  # H computed again from a BatchNorm's input: normalize X, write H alone
+    NORMALIZE: tl.constexpr,  # X is a BatchNorm's input, normalized as it is read: with SAVE_H, write H alone
+    # (H computed again for a backward); without, fire from it (the BatchNorm's output never made)
     SPIKE_BITS: tl.constexpr,  # also write S packed (N and BLOCK multiples of 8: whole bytes per program)
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -108,7 +109,7 @@ def {FORWARD_NAME}(
         if NORMALIZE:
             {normalized_x}
 {step}
-        if not NORMALIZE:
+        if not (NORMALIZE and SAVE_H):
             tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
         if SPIKE_BITS:
             fired = tl.reshape((spike != 0).to(tl.int32), (BLOCK // 8, 8))  # 8 neighbours a row, in order
@@ -121,7 +122,7 @@ def {FORWARD_NAME}(
         v = v_next
         offset += N
         x_offset += x_step
-    if not STORE_V_SEQ and not NORMALIZE:
+    if not STORE_V_SEQ and not (NORMALIZE and SAVE_H):
         tl.store(v_out_ptr + col, v.to(v_out_ptr.dtype.element_ty), mask=mask)
 '''
 
