@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import backends, dynamics, surrogate
-from .backends import operators, rebuilt_v_seq
+from .backends import operators, rebuilt_v_seq, recompute
 from .backends.choice import plan_for
 from .base import MemoryModule, check_floating
 from .dropped_potential import DROPPED, DROPS_LAST_POTENTIAL, continuing_error
@@ -349,6 +349,7 @@ class _MultiStep(BaseNode):
         if not x_seq.numel():
             return self._empty_call(x_seq)
         if self._own_dynamics:
+            recompute.fill_unwritten(x_seq)  # (only a kernel set fires from an input not written yet)
             return self._step_loop(x_seq)
         if _is_compiling():
             # One custom operator that the compiler sees through; it chooses the kernel set as it runs.
@@ -366,6 +367,8 @@ class _MultiStep(BaseNode):
         if plan is None or not plan.serves(self._backend, p, x_seq):
             plan = state["_plan"] = plan_for(self._backend, x_seq, p)
         store_v_seq = state["store_v_seq"]
+        if plan.kernels is None:
+            recompute.fill_unwritten(x_seq)
         # The reference keeps each step's H where its graph needs it, from which v_seq may be rebuilt.
         hs = [] if plan.kernels is None and not store_v_seq and _is_grad_enabled() else None
         spike_seq, v, v_seq = plan.multi_step(x_seq, v_init, store_v_seq, self._decay_w(), hs,
@@ -380,6 +383,12 @@ class _MultiStep(BaseNode):
             state["_v_seq_kept"] = rebuilt_v_seq.after_call(plan, spike_seq, v, hs)
         state["v"] = v
         return spike_seq
+
+    def fires_from_unwritten_input(self) -> bool:
+        """Whether a call of this node reads its input only through :meth:`_MultiStep.forward` (no forward of
+        its own, no step loop): a BatchNorm may then hand it an output not written yet, from whose input
+        a kernel set fires (see :func:`flashspike.backends.recompute.mark_normalized`)."""
+        return type(self).forward is _MultiStep.forward and not self._own_dynamics
 
     def __getstate__(self):
         # The plan's kernel set holds compiled kernels, which neither copy nor pickle: chosen again.

@@ -73,6 +73,11 @@ class BaseNode(base.MemoryModule, _core._MultiStep):
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return _core._MultiStep.forward(self, x_seq)
 
+    def fires_from_unwritten_input(self) -> bool:
+        cls = type(self)
+        return (self.step_mode == "m" and cls.forward is base.MemoryModule.forward
+                and cls.multi_step_forward is BaseNode.multi_step_forward and not self._own_dynamics)
+
     def extra_repr(self) -> str:
         return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
                 f"step_mode={self.step_mode}, backend={self.backend}" + self._charge_repr())

@@ -15,7 +15,7 @@ import torch
 
 from ..params import NeuronParams
 from .layouts import call_operands, decay_operand, multi_step_outputs, sequence_layout
-from .recompute import Normalized, normalized_input, recipe_for, recompute, remaking
+from .recompute import Normalized, fill_unwritten, normalized_input, recipe_for, recompute, remaking
 
 
 def refuse_create_graph() -> None:
@@ -46,13 +46,18 @@ class FusedMultiStep(torch.autograd.Function):
         if source is not None and isinstance(source[0], Normalized):
             normalized = normalized_input(*source, x_seq)
             if normalized is None:  # the kernels could not find the channels: keep H
+                fill_unwritten(x)
                 source = None
         if source is None:
             spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
-            spike, v_out, _ = kernels.forward(x_seq, v_init, p, False, store_v_seq, decay, spike_bits)
             recipe, view = source
+            # an input not written yet: fired from the kept input as the kernels normalize it
+            fire_from = None if normalized is None or recipe.fill is None else (
+                normalized, (*recipe.inputs[1:], *recipe.how))
+            spike, v_out, _ = kernels.forward(x_seq if fire_from is None else fire_from[0], v_init, p, False,
+                                              store_v_seq, decay, spike_bits, None if fire_from is None else fire_from[1])
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
                 call = (kernels, p, store_v_seq, repeat, (True, recipe.how))
@@ -139,6 +144,10 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     can, kept with them for a layer that stores its input in bits (:mod:`.packed_bits`).
     """
     x, v, w, differentiated, step = call_operands(x_seq, v_init, p, w)
+    # Only a differentiated call reading x_seq in place fires from an input not written yet (see
+    # recompute.mark_normalized): anything else has it written first, and a copy of it made again.
+    if (x is not x_seq or not differentiated) and fill_unwritten(x_seq) and x is not x_seq:
+        x, v, w, differentiated, step = call_operands(x_seq, v_init, p, w)
     if not differentiated:  # the launcher alone, without the autograd Function's host work
         spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x))
     else:

@@ -30,8 +30,8 @@ import contextlib
 
 import torch
 
-__all__ = ["Recipe", "Normalized", "mark", "mark_normalized", "recipe_for", "recompute", "normalized_input",
-           "remaking"]
+__all__ = ["Recipe", "Normalized", "mark", "mark_normalized", "fill_unwritten", "recipe_for", "recompute",
+           "normalized_input", "remaking"]
 
 _ATTRIBUTE = "_flashspike_recipe"
 
@@ -61,14 +61,16 @@ class Normalized:
     """A marked output that is ``round(x * scale[c] + shift[c])``: ``inputs`` is (x, scale, shift), x
     dense and laid out like the output, scale and shift float32 of one element per channel c (the
     output's dimension 1, of ``channels`` elements ``channel_stride`` apart in memory); ``how`` is
-    (channel_stride, channels)."""
+    (channel_stride, channels). ``fill``: None once the output holds its values; else the output is
+    not written yet, and ``fill(output)`` writes them (see :func:`fill_unwritten`)."""
 
-    __slots__ = ("inputs", "how", "version")
+    __slots__ = ("inputs", "how", "version", "fill")
 
-    def __init__(self, output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor):
+    def __init__(self, output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, fill=None):
         self.inputs = (x, scale, shift)
         self.how = (output.stride(1), output.shape[1])
         self.version = output._version
+        self.fill = fill
 
 
 def mark(output: torch.Tensor, function, inputs: tuple) -> None:
@@ -76,11 +78,31 @@ def mark(output: torch.Tensor, function, inputs: tuple) -> None:
     setattr(output, _ATTRIBUTE, Recipe(output, function, inputs))
 
 
-def mark_normalized(output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
+def mark_normalized(output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                    fill=None) -> None:
     """Mark ``output`` as ``round(x * scale[c] + shift[c])`` per channel (see :class:`Normalized`): ``x``
     has the output's shape, dtype and strides and no gaps; the fused multiply-add runs in float32 and
-    rounds once to the dtype, as the kernels that read ``x`` again do."""
-    setattr(output, _ATTRIBUTE, Normalized(output, x, scale, shift))
+    rounds once to the dtype, as the kernels that read ``x`` again do.
+
+    With ``fill``, the output is not written yet (memory of its shape and strides): a kernel-backend
+    neuron reading it fires from ``x``, normalizing it as it loads it, and the output is never made;
+    anything else that reads it through a flashspike neuron has ``fill(output)`` write it first. A
+    layer marks an output so only for a caller that hands it to such a neuron and nothing else."""
+    setattr(output, _ATTRIBUTE, Normalized(output, x, scale, shift, fill))
+
+
+def fill_unwritten(x: torch.Tensor) -> bool:
+    """Write the values of ``x`` (or of the output it is a view of) where it is a :class:`Normalized`
+    output not written yet; returns whether it wrote them."""
+    base = x._base
+    if base is None:
+        base = x
+    recipe = getattr(base, _ATTRIBUTE, None)
+    if recipe is None or getattr(recipe, "fill", None) is None:
+        return False
+    fill, recipe.fill = recipe.fill, None
+    fill(base)
+    return True
 
 
 def recipe_for(x: torch.Tensor):

@@ -34,6 +34,7 @@ step each costs host time, which a host-bound step (most are, on small inputs) p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -46,8 +47,8 @@ from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .spike_bits import memory_order
 
-__all__ = ["recompute_h_after_batchnorm", "RecomputableBatchNorm1d", "RecomputableBatchNorm2d",
-           "RecomputableBatchNorm3d"]
+__all__ = ["recompute_h_after_batchnorm", "normalized_in_neuron", "RecomputableBatchNorm1d",
+           "RecomputableBatchNorm2d", "RecomputableBatchNorm3d"]
 
 
 def _normalize_again(x, weight, bias, *, eps: float, running_dtype):
@@ -106,11 +107,15 @@ class _Normalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, statistics):
-        mean, invstd, scale, shift, eps, kernels = statistics
-        y = kernels.normalize(x, scale, shift)
+        mean, invstd, scale, shift, eps, kernels, unwritten = statistics
+        if unwritten:  # for the neuron that fires from x: written only if something else reads it
+            y = torch.empty_like(x)
+            mark_normalized(y, x, scale, shift, functools.partial(_fill, kernels.normalize, x, scale, shift))
+        else:
+            y = kernels.normalize(x, scale, shift)
+            mark_normalized(y, x, scale, shift)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps, ctx.parameters, ctx.kernels = eps, (weight is not None, bias is not None), kernels
-        mark_normalized(y, x, scale, shift)
         return y
 
     @staticmethod
@@ -131,6 +136,11 @@ class _Normalize(torch.autograd.Function):
         # (on CUDA a gradient masked off may still come back defined: pass on only what was asked for)
         return (grad_x if needs[0] else None, grad_weight if needs[1] and has_weight else None,
                 grad_bias if needs[2] and has_bias else None, None)
+
+
+def _fill(normalize, x, scale, shift, output):
+    with torch.no_grad():
+        normalize(x, scale, shift, out=output)
 
 
 def _memory_format(x: torch.Tensor):
@@ -171,8 +181,10 @@ class _Recomputable:
         bias = None if self.bias is None else self.bias.detach()
         affine = (weight, bias, self.running_mean if update else None, self.running_var if update else None, factor)
         mean, invstd, scale, shift = _batch_statistics(input.detach(), self.eps, kernels, affine)
+        unwritten = self.__dict__.get(_FOR_NEURON, False)
         with remaking((input,)):
-            return _Normalize.apply(input, self.weight, self.bias, (mean, invstd, scale, shift, self.eps, kernels))
+            return _Normalize.apply(input, self.weight, self.bias,
+                                    (mean, invstd, scale, shift, self.eps, kernels, unwritten))
 
     def _get_name(self):
         return type(self).__mro__[2].__name__
@@ -192,6 +204,42 @@ class RecomputableBatchNorm3d(_Recomputable, nn.BatchNorm3d):
 
 _RECOMPUTABLE = {nn.BatchNorm1d: RecomputableBatchNorm1d, nn.BatchNorm2d: RecomputableBatchNorm2d,
                  nn.BatchNorm3d: RecomputableBatchNorm3d}
+
+_FOR_NEURON = "_output_for_neuron"  # set on a switched layer inside normalized_in_neuron
+_CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _called_plainly(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs its forward alone: no hook of its own or of every module sees its
+    input or output (a forward hook would read an output not written yet)."""
+    from torch.nn.modules import module as modules
+
+    return not any(getattr(module, name) for name in _CALL_HOOKS) and not any(
+        getattr(modules, "_global" + name) for name in _CALL_HOOKS + ("_forward_hooks_always_called",))
+
+
+@contextlib.contextmanager
+def normalized_in_neuron(batchnorm: nn.Module, neuron: nn.Module):
+    """A context for a forward in which the output of ``batchnorm`` goes to ``neuron`` and nothing else
+    (``neuron(batchnorm(x))``, through views only): where ``batchnorm`` is switched
+    (:func:`recompute_h_after_batchnorm`) and normalizes with Triton, and ``neuron`` is a flashspike
+    multi-step neuron that reads its input only through its own kernels, the output is not written,
+    and the neuron's kernel fires from the BatchNorm's input, normalizing it as it loads it: one pass
+    over memory fewer, the same spikes. Outputs and gradients are those of the calls without it; where
+    either module has hooks (which could read the output), it changes nothing.
+
+    The caller vouches that nothing else reads the output (the model zoo's blocks call it so)."""
+    fused = (type(batchnorm) in _RECOMPUTABLE.values() and getattr(neuron, "fires_from_unwritten_input", None)
+             is not None and neuron.fires_from_unwritten_input() and _called_plainly(batchnorm)
+             and _called_plainly(neuron))
+    if not fused:
+        yield
+        return
+    batchnorm.__dict__[_FOR_NEURON] = True
+    try:
+        yield
+    finally:
+        del batchnorm.__dict__[_FOR_NEURON]
 
 
 def recompute_h_after_batchnorm(net: nn.Module, enabled: bool = True) -> int:

@@ -54,10 +54,11 @@ def _normalize(x_ptr, y_ptr, scale_ptr, shift_ptr, rows, columns, channels,
     tl.store(y_ptr + index, tl.fma(x, scale, shift).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``round(x * scale[c] + shift[c])`` for ``x`` of shape ``[N, C, *]``, dense in any order of its
-    dimensions (the output has its strides); ``scale`` and ``shift`` are float32 ``[C]``."""
-    y = torch.empty_like(x)
+    dimensions (the output has its strides: ``out``, or new memory); ``scale`` and ``shift`` are float32
+    ``[C]``."""
+    y = torch.empty_like(x) if out is None else out
     count, channels, inner = x.numel(), x.shape[1], x.stride(1)
     if not count:
         return y
