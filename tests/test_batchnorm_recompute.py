@@ -4,6 +4,7 @@ backward (but for each channel's scale and shift); close to the plain layers' (t
 rounding), and equal to them bit for bit where Triton is missing (CPU through Triton's interpreter,
 CUDA on both kernel backends)."""
 
+import contextlib
 import copy
 import itertools
 
@@ -506,3 +507,103 @@ def test_gradients_masked_off_are_not_passed_on(monkeypatch):
         x = torch.randn(4, 3, 2, 2, device=device, requires_grad=affine is False)
         bn(x).square().sum().backward()
         assert (x.grad is not None) == (not affine)
+
+
+class _Pair(nn.Module):
+    """Two conv -> BatchNorm -> neuron blocks, each BatchNorm's output read by its neuron alone (through
+    a view), inside ``normalized_in_neuron`` when ``paired``."""
+
+    def __init__(self, backend, paired=True):
+        super().__init__()
+        torch.manual_seed(4)
+        self.paired = paired
+        self.convs = nn.ModuleList([nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 3, padding=1)])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(4), nn.BatchNorm2d(3)])
+        self.sns = nn.ModuleList([neuron.MultiStepLIFNode(tau=2.0, backend=backend),
+                                  neuron.MultiStepIFNode(backend=backend, store_v_seq=True)])
+
+    def forward(self, x):
+        for conv, bn, sn in zip(self.convs, self.bns, self.sns):
+            T, N = x.shape[:2]
+            context = batchnorm_recompute.normalized_in_neuron(bn, sn) if self.paired else contextlib.nullcontext()
+            with context:
+                x = sn(bn(conv(x.flatten(0, 1))).view(T, N, -1, *x.shape[3:]))
+        return x
+
+
+def _poison_unwritten_outputs(monkeypatch):
+    """An output not written yet holds NaN: any read of it shows in the results."""
+    monkeypatch.setattr(batchnorm_recompute, "_unwritten_like", lambda x: torch.full_like(x, float("nan")))
+
+
+def _count_normalizations(monkeypatch):
+    from flashspike.memory import batchnorm_triton
+
+    calls = []
+    plain = batchnorm_triton.normalize
+    monkeypatch.setattr(batchnorm_triton, "normalize", lambda *a, **k: calls.append(1) or plain(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["float32", "autocast-bf16"])
+def test_a_paired_neuron_fires_from_the_batchnorms_input_and_its_output_is_never_written(
+        monkeypatch, autocast_dtype, reproducible):
+    device = kernel_device("triton")
+    plain = _Pair("triton", paired=False).to(device)
+    batchnorm_recompute.recompute_h_after_batchnorm(plain)
+    paired = copy.deepcopy(plain)
+    paired.paired = True
+    x = (torch.rand(3, 2, 2, 5, 5, generator=torch.Generator().manual_seed(2)) * 3).to(device)
+    calls = _count_normalizations(monkeypatch)
+    want = training_step(plain, x, autocast_dtype)
+    assert len(calls) == 2
+    _poison_unwritten_outputs(monkeypatch)
+    calls.clear()
+    got = training_step(paired, x, autocast_dtype)
+    assert not calls  # no output written
+    _assert_equal(got, want)
+    assert got[0].sum() > 0
+    assert all("_output_for_neuron" not in vars(bn) for bn in paired.bns)  # the context leaves no trace
+
+
+@pytest.mark.parametrize("case", ["torch neurons", "hooked neuron", "single-step neuron", "plain batchnorm",
+                                  "no gradients"])
+def test_where_the_neuron_cannot_fire_from_the_input_the_output_is_written(monkeypatch, case, reproducible):
+    from flashspike.activation_based import neuron as ab_neuron
+
+    device = kernel_device("triton")
+    net = _Pair("torch" if case == "torch neurons" else "triton").to(device)
+    if case != "plain batchnorm":
+        batchnorm_recompute.recompute_h_after_batchnorm(net)
+    if case == "hooked neuron":
+        net.sns[0].register_forward_hook(lambda module, args, output: None)
+    if case == "single-step neuron":
+        net.sns[0] = ab_neuron.LIFNode(tau=2.0, backend="triton")  # step_mode 's': reads one step at a time
+        assert not net.sns[0].fires_from_unwritten_input()
+        net.sns[0] = layer.MultiStepContainer(net.sns[0])
+    reference = copy.deepcopy(net)
+    reference.paired = False
+    x = (torch.rand(3, 2, 2, 5, 5, generator=torch.Generator().manual_seed(2)) * 3).to(device)
+    with torch.set_grad_enabled(case != "no gradients"):
+        want = reference(x)
+        functional.reset_net(reference)
+        _poison_unwritten_outputs(monkeypatch)
+        got = net(x)
+    assert torch.equal(got, want) and not torch.isnan(got).any()
+
+
+def test_an_unwritten_output_read_by_a_neuron_that_keeps_h_is_written_first(monkeypatch, reproducible):
+    # A neuron that finds no recipe (keeps H) reads its input: the output is written before.
+    device = kernel_device("triton")
+    net = _Pair("triton").to(device)
+    batchnorm_recompute.recompute_h_after_batchnorm(net)
+    reference = copy.deepcopy(net)
+    reference.paired = False
+    x = (torch.rand(3, 2, 2, 5, 5, generator=torch.Generator().manual_seed(2)) * 3).to(device)
+    want = training_step(reference, x)
+    _poison_unwritten_outputs(monkeypatch)
+    calls = _count_normalizations(monkeypatch)
+    monkeypatch.setattr(autograd, "recipe_for", lambda x: None)
+    got = training_step(net, x)
+    assert len(calls) == 2
+    _assert_equal(got, want)

@@ -42,22 +42,22 @@ class FusedMultiStep(torch.autograd.Function):
         kernels, p, store_v_seq, repeat, source, spike_bits = call
         decay = decay_operand(w, p, x)
         x_seq = x if repeat is None else x.expand(repeat, *x.shape)
-        normalized = None
+        normalized = fire_from = None
         if source is not None and isinstance(source[0], Normalized):
             normalized = normalized_input(*source, x_seq)
             if normalized is None:  # the kernels could not find the channels: keep H
-                fill_unwritten(x)
                 source = None
+            elif source[0].fill is not None:  # an input not written yet: fire from the kept input
+                fire_from = (*source[0].inputs[1:], *source[0].how)
+        if fire_from is None:  # (an input not written yet that is read here is written first)
+            fill_unwritten(x)
         if source is None:
             spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
             recipe, view = source
-            # an input not written yet: fired from the kept input as the kernels normalize it
-            fire_from = None if normalized is None or recipe.fill is None else (
-                normalized, (*recipe.inputs[1:], *recipe.how))
-            spike, v_out, _ = kernels.forward(x_seq if fire_from is None else fire_from[0], v_init, p, False,
-                                              store_v_seq, decay, spike_bits, None if fire_from is None else fire_from[1])
+            spike, v_out, _ = kernels.forward(x_seq if fire_from is None else normalized, v_init, p, False,
+                                              store_v_seq, decay, spike_bits, fire_from)
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
                 call = (kernels, p, store_v_seq, repeat, (True, recipe.how))

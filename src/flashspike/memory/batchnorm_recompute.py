@@ -109,7 +109,7 @@ class _Normalize(torch.autograd.Function):
     def forward(ctx, x, weight, bias, statistics):
         mean, invstd, scale, shift, eps, kernels, unwritten = statistics
         if unwritten:  # for the neuron that fires from x: written only if something else reads it
-            y = torch.empty_like(x)
+            y = _unwritten_like(x)
             mark_normalized(y, x, scale, shift, functools.partial(_fill, kernels.normalize, x, scale, shift))
         else:
             y = kernels.normalize(x, scale, shift)
@@ -136,6 +136,10 @@ class _Normalize(torch.autograd.Function):
         # (on CUDA a gradient masked off may still come back defined: pass on only what was asked for)
         return (grad_x if needs[0] else None, grad_weight if needs[1] and has_weight else None,
                 grad_bias if needs[2] and has_bias else None, None)
+
+
+def _unwritten_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
 
 
 def _fill(normalize, x, scale, shift, output):
@@ -218,7 +222,24 @@ def _called_plainly(module: nn.Module) -> bool:
         getattr(modules, "_global" + name) for name in _CALL_HOOKS + ("_forward_hooks_always_called",))
 
 
-@contextlib.contextmanager
+class _OutputForNeuron:
+    """The context :func:`normalized_in_neuron` returns where it applies."""
+
+    __slots__ = ("batchnorm",)
+
+    def __init__(self, batchnorm: nn.Module):
+        self.batchnorm = batchnorm
+
+    def __enter__(self):
+        self.batchnorm.__dict__[_FOR_NEURON] = True
+
+    def __exit__(self, *exc_info):
+        self.batchnorm.__dict__.pop(_FOR_NEURON, None)
+
+
+_NOTHING_CHANGED = contextlib.nullcontext()
+
+
 def normalized_in_neuron(batchnorm: nn.Module, neuron: nn.Module):
     """A context for a forward in which the output of ``batchnorm`` goes to ``neuron`` and nothing else
     (``neuron(batchnorm(x))``, through views only): where ``batchnorm`` is switched
@@ -226,20 +247,18 @@ def normalized_in_neuron(batchnorm: nn.Module, neuron: nn.Module):
     multi-step neuron that reads its input only through its own kernels, the output is not written,
     and the neuron's kernel fires from the BatchNorm's input, normalizing it as it loads it: one pass
     over memory fewer, the same spikes. Outputs and gradients are those of the calls without it; where
-    either module has hooks (which could read the output), it changes nothing.
+    either module has hooks (which could read the output), and in compiled code, it changes nothing.
 
     The caller vouches that nothing else reads the output (the model zoo's blocks call it so)."""
-    fused = (type(batchnorm) in _RECOMPUTABLE.values() and getattr(neuron, "fires_from_unwritten_input", None)
-             is not None and neuron.fires_from_unwritten_input() and _called_plainly(batchnorm)
-             and _called_plainly(neuron))
-    if not fused:
-        yield
-        return
-    batchnorm.__dict__[_FOR_NEURON] = True
-    try:
-        yield
-    finally:
-        del batchnorm.__dict__[_FOR_NEURON]
+    if (torch.compiler.is_compiling() or type(batchnorm) not in _RECOMPUTABLE.values()
+            or not getattr(neuron, "fires_from_unwritten_input", _never)() or not _called_plainly(batchnorm)
+            or not _called_plainly(neuron)):
+        return _NOTHING_CHANGED
+    return _OutputForNeuron(batchnorm)
+
+
+def _never() -> bool:
+    return False
 
 
 def recompute_h_after_batchnorm(net: nn.Module, enabled: bool = True) -> int:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import functional, neuron
+from ..memory.batchnorm_recompute import normalized_in_neuron
 
 
 def apply_in_order(x: torch.Tensor, modules) -> torch.Tensor:
@@ -17,6 +18,9 @@ def apply_in_order(x: torch.Tensor, modules) -> torch.Tensor:
     for module in modules if isinstance(modules, (list, tuple, nn.Sequential)) else (modules,):
         x = module(x)
     return x
+
+
+_NOT_ENCODING = object()  # StepModule.fire's default: the stateless path, not the input's encoding
 
 
 class StepModule(nn.Module):
@@ -41,6 +45,17 @@ class StepModule(nn.Module):
         if self.multi_step:
             return functional.seq_to_ann_forward(x, modules)
         return apply_in_order(x, modules)
+
+    def fire(self, neuron: nn.Module, x: torch.Tensor, modules, encode_T=_NOT_ENCODING) -> torch.Tensor:
+        """``neuron`` on the stateless ``modules`` applied to ``x`` (through :meth:`encode` with its ``T``
+        when ``encode_T`` is given: the network's input). Where the last module is a BatchNorm, only the
+        neuron reads its output, so the neuron may fire from the BatchNorm's input instead
+        (:func:`flashspike.memory.batchnorm_recompute.normalized_in_neuron`)."""
+        last = modules[-1] if isinstance(modules, (list, tuple, nn.Sequential)) else modules
+        with normalized_in_neuron(last, neuron):
+            if encode_T is _NOT_ENCODING:
+                return neuron(self.stateless(x, modules))
+            return neuron(self.encode(x, modules, encode_T))
 
     def encode(self, x: torch.Tensor, modules, T: int | None) -> torch.Tensor:
         """The first stateless layers applied to the network's input.

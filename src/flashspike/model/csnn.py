@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import layer, neuron, surrogate
+from ..memory.batchnorm_recompute import normalized_in_neuron
 from .common import check_num_classes
 
 
@@ -70,12 +71,17 @@ class CSNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[N, 1, 28, 28]`` -> firing rates ``[N, num_classes]``."""
-        x = self.static_conv(_unambiguous(x.contiguous(memory_format=self.memory_format), self.memory_format))
         if self.step_mode == "m":
-            # The same input at every step: a view, which the first neuron reads in place (it computes
-            # what SpikingJelly's repeat(T, 1, 1, 1, 1) feeds it, without writing T copies).
-            x_seq = x.unsqueeze(0).expand(self.T, *x.shape)
-            return self.fc(self.conv(x_seq)).mean(0)
+            # Each BatchNorm's output goes to the neuron after it alone (through views), which may fire
+            # from the BatchNorm's input instead.
+            with normalized_in_neuron(self.static_conv[1], self.conv[0]), \
+                    normalized_in_neuron(self.conv[1][-1], self.conv[2]):
+                x = self.static_conv(_unambiguous(x.contiguous(memory_format=self.memory_format), self.memory_format))
+                # The same input at every step: a view, which the first neuron reads in place (it computes
+                # what SpikingJelly's repeat(T, 1, 1, 1, 1) feeds it, without writing T copies).
+                x_seq = x.unsqueeze(0).expand(self.T, *x.shape)
+                return self.fc(self.conv(x_seq)).mean(0)
+        x = self.static_conv(_unambiguous(x.contiguous(memory_format=self.memory_format), self.memory_format))
         spike_count = 0
         for _ in range(self.T):
             spike_count = spike_count + self.fc(self.conv(x))

@@ -95,10 +95,10 @@ class _PLIFNet(StepModule):
         return [getattr(self, f"pool{i}")] if i in self.pool_after else []
 
     def _run(self, x: torch.Tensor, T: int | None) -> torch.Tensor:
-        x = self.sn1(self.encode(x, [self.conv1, self.bn1], T))
+        x = self.fire(self.sn1, x, [self.conv1, self.bn1], encode_T=T)
         for i in range(2, self.convs + 1):
-            x = self.stateless(x, self._pool(i - 1) + [getattr(self, f"conv{i}"), getattr(self, f"bn{i}")])
-            x = getattr(self, f"sn{i}")(x)
+            x = self.fire(getattr(self, f"sn{i}"), x,
+                          self._pool(i - 1) + [getattr(self, f"conv{i}"), getattr(self, f"bn{i}")])
         x = self.stateless(x, self._pool(self.convs)).flatten(-3)
         for k in (self.convs + 1, self.convs + 2):
             x = self.stateless(getattr(self, f"dp{k}")(x), getattr(self, f"fc{k}"))

@@ -65,9 +65,11 @@ class ResidualBlock(StepModule):
     def branch(self, x, fire_last: bool):
         """The residual branch; its last neuron fires only when ``fire_last`` (SEW fires before joining)."""
         for i in range(1, self.depth + 1):
-            x = self.stateless(x, [getattr(self, f"conv{i}"), getattr(self, f"bn{i}")])
+            layers = [getattr(self, f"conv{i}"), getattr(self, f"bn{i}")]
             if i < self.depth or fire_last:
-                x = getattr(self, f"sn{i}")(x)
+                x = self.fire(getattr(self, f"sn{i}"), x, layers)
+            else:
+                x = self.stateless(x, layers)
         return x
 
 
@@ -145,7 +147,7 @@ class ResNetBase(StepModule):
     def forward(self, x):
         """Single-step: ``[N, 3, H, W] -> [N, num_classes]``. Multi-step: ``[T, N, 3, H, W]`` (or
         ``[N, 3, H, W]`` repeated over ``self.T`` steps) ``-> [T, N, num_classes]``."""
-        x = self.sn1(self.encode(x, [self.conv1, self.bn1], self.T))
+        x = self.fire(self.sn1, x, [self.conv1, self.bn1], encode_T=self.T)
         x = self.stateless(x, self.maxpool)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)  # a stage's input is freed once the stage returns, not when the last one does

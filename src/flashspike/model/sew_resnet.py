@@ -63,7 +63,7 @@ class _FireThenConnect(ResidualBlock):
 
     def forward(self, x):
         out = self.branch(x, fire_last=True)
-        shortcut = x if self.downsample is None else self.downsample_sn(self.stateless(x, self.downsample))
+        shortcut = x if self.downsample is None else self.fire(self.downsample_sn, x, self.downsample)
         return sew_function(shortcut, out, self.cnf) if self.shortcut_first else sew_function(out, shortcut, self.cnf)
 
     def extra_repr(self) -> str:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import layer
+from ..memory.batchnorm_recompute import normalized_in_neuron
 from . import token_attention
 from .common import head_dim, image_to_sequence, make_multi_step_neuron, mean_over_tokens
 
@@ -100,7 +101,9 @@ class SpikformerConv2dBNLIF(nn.Module):
         self.neuron = make_multi_step_neuron(spiking_neuron, kwargs, LIF_OPTIONS)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return self.neuron(self.conv_bn(x_seq))
+        # (the BatchNorm's output goes to the neuron alone where no max-pool follows it)
+        with normalized_in_neuron(self.conv_bn.block[-1], self.neuron):
+            return self.neuron(self.conv_bn(x_seq))
 
 
 class SpikformerPatchStem(nn.Module):
@@ -149,7 +152,8 @@ class SpikformerMLP(nn.Module):
         self.neuron2 = make_multi_step_neuron(spiking_neuron, kwargs, LIF_OPTIONS)
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        return self.neuron2(pointwise_on_tokens(self.fc2, self.neuron1(pointwise_on_tokens(self.fc1, x_seq))))
+        with normalized_in_neuron(self.fc1[1], self.neuron1), normalized_in_neuron(self.fc2[1], self.neuron2):
+            return self.neuron2(pointwise_on_tokens(self.fc2, self.neuron1(pointwise_on_tokens(self.fc1, x_seq))))
 
 
 class SpikingSelfAttention(nn.Module):
@@ -176,10 +180,13 @@ class SpikingSelfAttention(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() != 4:
             raise ValueError(f"SpikingSelfAttention expects tokens of shape [T, N, C, L], got {tuple(x_seq.shape)}")
-        qkv = self.qkv_lif(pointwise_on_tokens(self.qkv_conv_bn, x_seq))  # [T, N, 3·C, L], token-major
+        with normalized_in_neuron(self.qkv_conv_bn[1], self.qkv_lif):
+            qkv = self.qkv_lif(pointwise_on_tokens(self.qkv_conv_bn, x_seq))  # [T, N, 3·C, L], token-major
         attention = token_attention.attention_product(qkv, self.num_heads, self.scale,
                                                       in_bits=self.keeps_spike_operands_in_bits)
-        return self.proj_lif(pointwise_on_tokens(self.proj_conv_bn, self.attn_lif(attention)))
+        attention = self.attn_lif(attention)
+        with normalized_in_neuron(self.proj_conv_bn[1], self.proj_lif):
+            return self.proj_lif(pointwise_on_tokens(self.proj_conv_bn, attention))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}"
