@@ -607,3 +607,67 @@ def test_an_unwritten_output_read_by_a_neuron_that_keeps_h_is_written_first(monk
     got = training_step(net, x)
     assert len(calls) == 2
     _assert_equal(got, want)
+
+
+def _zoo_model(name, device):
+    from flashspike import surrogate
+    from flashspike.model import sew_resnet, spikformer
+    from flashspike.model.csnn import CSNN
+
+    torch.manual_seed(6)
+    if name == "csnn":
+        return CSNN(2, channels=4, backend="triton").to(device), torch.rand(3, 1, 28, 28)
+    if name == "sew_resnet18":
+        net = sew_resnet.multi_step_sew_resnet18(num_classes=5, cnf="ADD", multi_step_neuron=neuron.MultiStepIFNode,
+                                                 surrogate_function=surrogate.ATan(), detach_reset=True,
+                                                 backend="triton")
+        return net.to(device), torch.rand(2, 2, 3, 32, 32) * 2
+    net = spikformer.Spikformer(T=2, img_size_h=16, img_size_w=16, patch_size=4, num_classes=3, embed_dims=16,
+                                num_heads=2, depths=1, backend="triton")
+    return net.to(device), torch.rand(2, 3, 16, 16) * 2
+
+
+@pytest.mark.parametrize("name, written", [("csnn", 0), ("sew_resnet18", 0), ("spikformer", 2)])
+def test_zoo_models_fire_from_the_input_of_every_batchnorm_a_neuron_reads_alone(
+        monkeypatch, name, written, reproducible, whole_model_statistics):
+    # Unwritten outputs poisoned: the fused model trains as the same switched model without the pairing;
+    # only the BatchNorms whose output another layer reads (Spikformer's max-pooled stem stages) write it.
+    device = kernel_device("triton")
+    paired, x = _zoo_model(name, device)
+    batchnorm_recompute.recompute_h_after_batchnorm(paired)
+    unpaired = copy.deepcopy(paired)
+    x = x.to(device)
+    with monkeypatch.context() as patch:
+        patch.setattr(batchnorm_recompute._OutputForNeuron, "__enter__", lambda self: None)
+        want = training_step(unpaired, x)
+    _poison_unwritten_outputs(monkeypatch)
+    calls = _count_normalizations(monkeypatch)
+    got = training_step(paired, x)
+    assert len(calls) == written
+    _assert_equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cupy", "triton"])
+def test_a_paired_neuron_fires_from_the_batchnorms_input_gpu(monkeypatch, backend, reproducible):
+    # Both kernel backends, both layouts, float16 autocast, and the neurons writing their spikes' bits.
+    from flashspike.memory import spike_bits
+
+    device = kernel_device(backend)
+    for autocast_dtype, memory_format in itertools.product((None, torch.float16),
+                                                           (torch.contiguous_format, torch.channels_last)):
+        plain = _Pair(backend, paired=False).to(device, memory_format=memory_format)
+        batchnorm_recompute.recompute_h_after_batchnorm(plain)
+        spike_bits.store_spike_inputs_in_bits(plain)
+        paired = copy.deepcopy(plain)
+        paired.paired = True
+        x = (torch.rand(3, 8, 2, 6, 6, generator=torch.Generator().manual_seed(2)) * 3).to(device)
+        if memory_format == torch.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        want = training_step(plain, x, autocast_dtype)
+        with monkeypatch.context() as patch:
+            _poison_unwritten_outputs(patch)
+            calls = _count_normalizations(patch)
+            got = training_step(paired, x, autocast_dtype)
+        assert not calls
+        _assert_equal(got, want)
