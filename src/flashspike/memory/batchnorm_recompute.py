@@ -27,6 +27,13 @@ Only BatchNorm layers that normalize with the batch's statistics are switched in
 mode, or no running statistics), and only in eager mode with gradients on; anything else, and an
 output changed in place before the neuron reads it, takes the ordinary path.
 
+Where the caller vouches that the BatchNorm's output goes to one neuron and nothing else
+(:func:`normalized_in_neuron`; the model zoo's ``conv -> BatchNorm -> neuron`` blocks do), the output
+is not even written: the neuron's forward kernel fires from the BatchNorm's input, normalizing it as
+it loads it, as its backward does. That saves the normalization's pass over memory (a write and a
+read of the activation); anything else that reads the output through a flashspike neuron has it
+written first (:func:`flashspike.backends.recompute.fill_unwritten`).
+
 The Triton path launches six kernels per layer and step where cuDNN's batch norm launches two. In a
 step captured as one CUDA graph (:class:`flashspike.CapturedStep`) launches cost nothing; in an eager
 step each costs host time, which a host-bound step (most are, on small inputs) pays in full.
