@@ -144,11 +144,12 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     can, kept with them for a layer that stores its input in bits (:mod:`.packed_bits`).
     """
     x, v, w, differentiated, step = call_operands(x_seq, v_init, p, w)
-    # Only a differentiated call reading x_seq in place fires from an input not written yet (see
-    # recompute.mark_normalized): anything else has it written first, and a copy of it made again.
-    if (x is not x_seq or not differentiated) and fill_unwritten(x_seq) and x is not x_seq:
-        x, v, w, differentiated, step = call_operands(x_seq, v_init, p, w)
+    # Only FusedMultiStep, reading x_seq in place, fires from an input not written yet (see
+    # recompute.mark_normalized): anything else has it written first.
+    if x is not x_seq and fill_unwritten(x_seq):  # (copied before it was written: copied again)
+        x = sequence_layout(x_seq)
     if not differentiated:  # the launcher alone, without the autograd Function's host work
+        fill_unwritten(x)
         spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x))
     else:
         spike_bits = spike_bits and p.surrogate.in_spiking_mode

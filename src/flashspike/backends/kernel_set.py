@@ -118,10 +118,10 @@ class KernelSet:
         """Run the forward on ready operands: write ``spike``, ``v_out`` (every step's V when it is
         shaped like ``x``, else the last V) and ``h`` (when not None). With ``normalize`` (scale, shift,
         channel_stride, channels; see ``recompute_h``), normalize ``x`` as it is read, and write ``h``
-        alone (``spike`` and ``v_out`` are None: H computed again) or, with ``h`` None, the rest. ``spike_bits`` (only where :meth:`writes_spike_bits`
-        says so): uint8 memory for the spikes packed a bit each, element i of ``spike``'s memory in bit
-        i % 8 of byte i // 8. Returns whether it wrote them (a launch that cannot, for the alignment of
-        an operand, leaves them)."""
+        alone (``spike`` and ``v_out`` are None: H computed again) or, with ``h`` None, the rest.
+        ``spike_bits`` (only where :meth:`writes_spike_bits` says so): uint8 memory for the spikes
+        packed a bit each, element i of ``spike``'s memory in bit i % 8 of byte i // 8. Returns whether
+        it wrote them (a launch that cannot, for the alignment of an operand, leaves them)."""
         raise NotImplementedError
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,

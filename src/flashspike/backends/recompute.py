@@ -13,9 +13,9 @@ the input's dtype (``round(x * scale[c] + shift[c])``, one fused multiply-add in
 normalizing it as they load it, and write H without the layer's output ever being made again (the
 BatchNorm layers of :mod:`flashspike.memory.batchnorm_recompute` do one or the other; the two marks
 and :func:`remaking` below are the public half of this module, the rest is the neurons' own). The
-eager neuron path (:mod:`.autograd`) takes the recipe of an input that is the marked output itself or a view of it
-(:func:`recipe_for`), unless the output was changed in place after it was marked. Compiled code never
-marks (its graphs keep what the compiler decides).
+eager neuron path (:mod:`.autograd`) takes the recipe of an input that is the marked output itself or
+a view of it (:func:`recipe_for`), unless the output was changed in place after it was marked.
+Compiled code never marks (its graphs keep what the compiler decides).
 
 A marked output may itself be what such a layer keeps: a convolution's output is the BatchNorm's
 input, kept by the BatchNorm and read again by the neuron after it. Inside :func:`remaking`, autograd

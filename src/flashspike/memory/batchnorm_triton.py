@@ -54,7 +54,8 @@ def _normalize(x_ptr, y_ptr, scale_ptr, shift_ptr, rows, columns, channels,
     tl.store(y_ptr + index, tl.fma(x, scale, shift).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """``round(x * scale[c] + shift[c])`` for ``x`` of shape ``[N, C, *]``, dense in any order of its
     dimensions (the output has its strides: ``out``, or new memory); ``scale`` and ``shift`` are float32
     ``[C]``."""
