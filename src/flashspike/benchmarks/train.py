@@ -28,9 +28,9 @@ recomputed H (these two in captured CUDA rows: in an eager step their kernels' l
 are on unless ``--no-pool-bytes`` / ``--no-spike-bits`` / ``--no-recompute-h``; ``--recompute-stem`` (off
 unless given) makes the backward compute the first convolution's output again instead of keeping it.
 A host-bound step's time follows the host's speed, which can drift between processes: ``--rounds K``
-runs all rows K times, round after round, and keeps each row's median. ``--profile K`` then runs K more steps of each row under
-``torch.profiler`` and prints where the time goes, by kind of work, then K more under cProfile for the
-host's share (:mod:`.profile`). ``--peak-allocations K`` records every allocation of each CUDA row and
+runs all rows K times, round after round, and keeps each row's median. ``--profile K`` then runs K
+more steps of each row under ``torch.profiler`` and prints where the time goes, by kind of work, then
+K more under cProfile for the host's share (:mod:`.profile`). ``--peak-allocations K`` records every allocation of each CUDA row and
 prints what was alive at its peaks, by the code that allocated it (:mod:`.peak_memory`).
 
 ``--peers`` adds SpikingJelly 0.0.0.0.14 (its clock_driven zoo, ``MultiStepIFNode(backend='cupy')``,
