@@ -103,9 +103,7 @@ class SpikingVGG(StepModule):
         sequential, neuron_at, run = getattr(self, name), self._neuron_at[name], []
         for i in range(start, len(sequential)):
             if i in neuron_at:
-                if run:
-                    x, run = self.stateless(x, run), []
-                x = sequential[i](x)
+                x, run = (self.fire(sequential[i], x, run) if run else sequential[i](x)), []
             else:
                 run.append(sequential[i])
         return self.stateless(x, run) if run else x
