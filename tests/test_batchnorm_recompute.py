@@ -628,12 +628,19 @@ def _zoo_model(name, device):
         net = spiking_vgg.multi_step_spiking_vgg11_bn(multi_step_neuron=neuron.MultiStepIFNode, backend="triton",
                                                       num_classes=3)
         return net.to(device), torch.rand(2, 1, 3, 32, 32) * 2
+    if name == "spike_driven_transformer":
+        from flashspike.model import spike_driven_transformer
+
+        net = spike_driven_transformer.SpikeDrivenTransformer(T=2, num_classes=3, embed_dims=16, num_heads=2,
+                                                              depths=1, backend="triton")
+        return net.to(device), torch.rand(2, 3, 16, 16) * 2
     net = spikformer.Spikformer(T=2, img_size_h=16, img_size_w=16, patch_size=4, num_classes=3, embed_dims=16,
                                 num_heads=2, depths=1, backend="triton")
     return net.to(device), torch.rand(2, 3, 16, 16) * 2
 
 
-@pytest.mark.parametrize("name, written", [("csnn", 0), ("sew_resnet18", 0), ("vgg11_bn", 0), ("spikformer", 2)])
+@pytest.mark.parametrize("name, written", [("csnn", 0), ("sew_resnet18", 0), ("vgg11_bn", 0), ("spikformer", 2),
+                                           ("spike_driven_transformer", 5)])
 def test_zoo_models_fire_from_the_input_of_every_batchnorm_a_neuron_reads_alone(
         monkeypatch, name, written, reproducible, whole_model_statistics):
     # Unwritten outputs poisoned: the fused model trains as the same switched model without the pairing;

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import functional
+from ..memory.batchnorm_recompute import normalized_in_neuron
 from .common import head_dim, image_to_sequence, make_multi_step_neuron, mean_over_tokens
 
 __all__ = ["SpikeDrivenTransformer", "sdt_8_384", "SpikeDrivenSelfAttention"]
@@ -55,9 +56,9 @@ class SpikeDrivenSelfAttention(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"SpikeDrivenSelfAttention expects x of shape [T, N, C, H, W], got {tuple(x.shape)}")
         spikes = self.shortcut_lif(x)
-        q = self._heads(self.q_lif(functional.seq_to_ann_forward(spikes, (self.q_conv, self.q_bn))))
-        k = self._heads(self.k_lif(functional.seq_to_ann_forward(spikes, (self.k_conv, self.k_bn))))
-        v = self._heads(self.v_lif(functional.seq_to_ann_forward(spikes, (self.v_conv, self.v_bn))))
+        q, k, v = [self._heads(_fire(node, spikes, conv, bn)) for conv, bn, node in (
+            (self.q_conv, self.q_bn, self.q_lif), (self.k_conv, self.k_bn, self.k_lif),
+            (self.v_conv, self.v_bn, self.v_lif))]
         # One value per channel, [.., head_dim, 1]: a count of at most H·W coinciding spikes, exact in the
         # spikes' own dtype. Summed in that dtype, since CUDA autocast would sum in float32: a float32 kv
         # makes Q ⊗ kv float32, and the gradients coming back through those casts are channel-major copies
@@ -80,8 +81,15 @@ class _ConvStage(nn.Sequential):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         conv, batch_norm, node, *pool = self
-        x_seq = node(functional.seq_to_ann_forward(x_seq, (conv, batch_norm)))
+        x_seq = _fire(node, x_seq, conv, batch_norm)
         return functional.seq_to_ann_forward(x_seq, pool) if pool else x_seq
+
+
+def _fire(node: nn.Module, x_seq: torch.Tensor, conv: nn.Module, batch_norm: nn.Module) -> torch.Tensor:
+    """``node`` on ``batch_norm(conv(x))`` over every step at once; the BatchNorm's output goes to the node
+    alone, which may fire from its input (:func:`~flashspike.memory.batchnorm_recompute.normalized_in_neuron`)."""
+    with normalized_in_neuron(batch_norm, node):
+        return node(functional.seq_to_ann_forward(x_seq, (conv, batch_norm)))
 
 
 def _max_pool() -> nn.MaxPool2d:
