@@ -199,6 +199,26 @@ def test_the_switch_adds_a_hook_only_and_switches_back():
     assert found.inputs[0] is x and found.inputs[1] is net[0][0].weight
 
 
+def test_a_zoo_stem_made_again_under_a_neuron_that_fires_from_its_batchnorms_input(monkeypatch, reproducible):
+    # The Fashion-MNIST net: its stem's BatchNorm output is left unwritten (the neuron fires from the
+    # convolution's output, one step repeated over T) and the convolution's output is kept by no layer.
+    from flashspike.model.csnn import CSNN
+
+    device = kernel_device("triton")
+    torch.manual_seed(2)
+    plain = CSNN(2, channels=4, backend="triton").to(device)
+    batchnorm_recompute.recompute_h_after_batchnorm(plain)
+    lean = copy.deepcopy(plain)
+    assert conv_recompute.recompute_convolution_outputs(lean, first_only=True) == 1
+    assert conv_recompute.is_recomputing(lean.static_conv[0])
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(3)).to(device)
+    calls = _ConvCalls(monkeypatch)
+    plain_step, lean_step = _step(plain, x, None, calls), _step(lean, x, None, calls)
+    _assert_same_training(plain_step, lean_step)
+    assert plain_step[4] == [True, True] and lean_step[4] == [False, True] and lean_step[5] == 3
+    assert plain_step[3] - lean_step[3] == 3 * 4 * 28 * 28 * 4
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cupy", "triton"])
 def test_the_output_is_freed_after_the_forward_and_made_again_once_gpu(monkeypatch, backend, reproducible):

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.nn.modules import module as _modules
 
 from ..backends.recompute import mark, mark_normalized, remaking
 from ..functional import switch_module_classes
@@ -223,10 +224,8 @@ _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 def _called_plainly(module: nn.Module) -> bool:
     """Whether calling ``module`` runs its forward alone: no hook of its own or of every module sees its
     input or output (a forward hook would read an output not written yet)."""
-    from torch.nn.modules import module as modules
-
     return not any(getattr(module, name) for name in _CALL_HOOKS) and not any(
-        getattr(modules, "_global" + name) for name in _CALL_HOOKS + ("_forward_hooks_always_called",))
+        getattr(_modules, "_global" + name) for name in _CALL_HOOKS + ("_forward_hooks_always_called",))
 
 
 class _OutputForNeuron:
