@@ -70,8 +70,8 @@ class KernelSet:
                 normalize=None):
         spike, v_out, h = forward_outputs(x, save_h and normalize is None, store_v_seq)
         bits = spike_bits_output(spike) if spike_bits and self.writes_spike_bits(x.dtype) else None
-        if bits is None:
-            self.launch_forward(x, v_init, spike, v_out, h, decay, p, normalize)
+        if bits is None:  # (a launcher that never normalizes may take the first seven operands only)
+            self.launch_forward(x, v_init, spike, v_out, h, decay, p, *(() if normalize is None else (normalize,)))
         elif self.launch_forward(x, v_init, spike, v_out, h, decay, p, normalize, bits):
             keep_bits(spike, 1, bits)
         return spike, v_out, h
