@@ -610,18 +610,12 @@ def test_an_unwritten_output_read_by_a_neuron_that_keeps_h_is_written_first(monk
 
 
 def _zoo_model(name, device):
-    from flashspike import surrogate
-    from flashspike.model import sew_resnet, spikformer
+    from flashspike.model import spikformer
     from flashspike.model.csnn import CSNN
 
     torch.manual_seed(6)
     if name == "csnn":
         return CSNN(2, channels=4, backend="triton").to(device), torch.rand(3, 1, 28, 28)
-    if name == "sew_resnet18":
-        net = sew_resnet.multi_step_sew_resnet18(num_classes=5, cnf="ADD", multi_step_neuron=neuron.MultiStepIFNode,
-                                                 surrogate_function=surrogate.ATan(), detach_reset=True,
-                                                 backend="triton")
-        return net.to(device), torch.rand(2, 2, 3, 16, 16) * 2
     if name == "vgg11_bn":
         from flashspike.model import spiking_vgg
 
@@ -639,7 +633,8 @@ def _zoo_model(name, device):
     return net.to(device), torch.rand(2, 3, 16, 16) * 2
 
 
-@pytest.mark.parametrize("name, written", [("csnn", 0), ("sew_resnet18", 0), ("vgg11_bn", 0), ("spikformer", 2),
+# (SEW-ResNet-18 with every switch: tests/test_pooling.py, its unwritten outputs poisoned too)
+@pytest.mark.parametrize("name, written", [("csnn", 0), ("vgg11_bn", 0), ("spikformer", 2),
                                            ("spike_driven_transformer", 5)])
 def test_zoo_models_fire_from_the_input_of_every_batchnorm_a_neuron_reads_alone(
         monkeypatch, name, written, reproducible, whole_model_statistics):

@@ -178,7 +178,9 @@ def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused
     # The zoo model end to end (its stem's overlapping 3x3 pool, spike inputs after views, ADD sums of
     # spikes): outputs and every gradient equal to the model's with PyTorch's pools and convolutions
     # and neurons that keep H (its BatchNorms normalize as the switched ones do), with bytes and bits
-    # kept for the backward and no H behind a BatchNorm.
+    # kept for the backward and no H behind a BatchNorm. The switched model's neurons fire from their
+    # BatchNorms' inputs: the outputs they leave unwritten hold NaN (the plain model's are written
+    # before its neurons, which keep H, read them).
     import copy
 
     from flashspike import functional, neuron, surrogate
@@ -187,6 +189,7 @@ def test_sew_resnet18_with_all_memory_switches_trains_like_the_plain_model(fused
     from flashspike.model import sew_resnet
 
     device = fused_on_this_device
+    monkeypatch.setattr(batchnorm_recompute, "_unwritten_like", lambda x: torch.full_like(x, float("nan")))
     torch.manual_seed(0)
     plain = sew_resnet.multi_step_sew_resnet18(num_classes=10, cnf="ADD", multi_step_neuron=neuron.MultiStepIFNode,
                                                surrogate_function=surrogate.ATan(), detach_reset=True,
