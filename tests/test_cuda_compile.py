@@ -477,8 +477,14 @@ def test_emulated_forward_fires_from_a_normalized_input(emulated, dtype, channel
             kept, expected = kept_bits(got[0], 1), kept_bits(want[0], 1)
             assert (kept is None) == (expected is None) == (dtype == torch.float32)
             assert kept is None or torch.equal(kept, expected)
+    # one step repeated over T (the Fashion-MNIST net's stem): X read from the same block at every step
+    step_x, step_y = x[0], y[0]
+    repeated = [t.expand(5, *t.shape) for t in (step_x, step_y)]
+    want = kernels.forward(repeated[1], v_init, p, False, False)
+    got = kernels.forward(repeated[0], v_init, p, False, False, None, False, (scale, shift, step_x.stride(1), 4))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and 0 < want[0].sum()
     firing = [name for name in compiled.launched if name.startswith("fs_forward") and name.split(", ")[4] == "true"]
-    assert len(firing) == 8 and all(name.split(", ")[2] == "false" for name in firing), compiled.launched
+    assert len(firing) == 9 and all(name.split(", ")[2] == "false" for name in firing), compiled.launched
 
 
 @pytest.mark.parametrize(("option", "dtype"), [(0, torch.float32), (0, torch.float16), (0, torch.bfloat16),
