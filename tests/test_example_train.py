@@ -346,6 +346,16 @@ def test_the_pools_keep_bytes_unless_told_not_to(flag, pool_class):
     pools = [type(m).__name__ for m in trainer.net.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert pools == [pool_class] * 2
 
+
+@pytest.mark.parametrize("flag, norm_class", [([], "BatchNorm2d"), (["-recompute_h", "on"], "RecomputableBatchNorm2d")])
+def test_the_batchnorms_are_switched_only_when_told(flag, norm_class):
+    from flashspike.examples.trainer import Trainer
+    from flashspike.cluster import Cluster
+
+    trainer = Trainer(cli.parse_args(["-device", "cpu", "-channels", "4", *flag]), Cluster("cpu"))
+    norms = [type(m).__name__ for m in trainer.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms == [norm_class] * 2
+
 # ------------------------------------------------------------------ flags
 
 def test_flags_accept_dashes_and_any_case():

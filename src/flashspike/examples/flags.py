@@ -91,6 +91,11 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
          help="on: the max-pools keep, for the backward, the position of each output's maximum in its window as one "
          "byte instead of an int64 index, with kernels faster than PyTorch's (flashspike.memory.pooling; CUDA, the "
          "same values); off: nn.MaxPool2d's own")
+    flag("recompute_h", choices=("on", "off"), default="off",
+         help="on: the BatchNorms' outputs are never written; each neuron fires from its BatchNorm's input, "
+         "normalizing it as it loads it, and keeps no H for the backward (flashspike.memory.batchnorm_recompute; "
+         "CUDA with Triton, or the CPU under Triton's interpreter; values up to the normalization's rounding); "
+         "off: nn.BatchNorm2d's own")
     flag("seed", type=int, default=0, help="seed of the weights and of the batch order")
     flag("threads", type=int, default=0,
          help="CPU threads for PyTorch (default 0: PyTorch's own choice, one per core); on a machine whose cores "

@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import backends, compiling, functional
 from ..captured import CapturedStep
+from ..memory.batchnorm_recompute import recompute_h_after_batchnorm
 from ..memory.pooling import store_pool_indices_in_bytes
 from ..cluster import Cluster
 from ..model.csnn import CSNN
@@ -124,6 +125,8 @@ class Trainer:
                         NUM_CLASSES).to(self.device)
         if args.pool_bytes == "on":
             store_pool_indices_in_bytes(self.net)
+        if args.recompute_h == "on":
+            recompute_h_after_batchnorm(self.net)
         fused = {"fused": True} if self.device.type == "cuda" else {}  # fused: no host sync in scaler.step
         if args.opt == "SGD":
             self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr, momentum=args.momentum, **fused)
@@ -326,6 +329,7 @@ def benchmark_steps(trainer: Trainer, steps: int) -> None:
     print(f"bench: device={name}, T={args.T}, b={args.b}, amp={args.amp}, step_mode={args.step_mode}, "
           f"backend={trainer.check_backend()}, memory_format={str(trainer.net.memory_format).replace('torch.', '')}, "
           f"compile={args.compile}, cuda_graph={args.cuda_graph}, pool_bytes={args.pool_bytes}, "
+          f"recompute_h={args.recompute_h}, "
           f"steps={steps}, step_time_ms={seconds / steps * 1000:.3f}{memory}",
           flush=True)
 
