@@ -654,7 +654,13 @@ def test_zoo_models_fire_from_the_input_of_every_batchnorm_a_neuron_reads_alone(
     torch.manual_seed(9)
     got = training_step(paired, x)
     assert len(calls) == written
-    _assert_equal(got, want)
+    if name == "vgg11_bn" and got[0].is_cuda:
+        # its adaptive average pool (1x1 up to 7x7) sums its CUDA gradient with atomics, in any order:
+        # outputs equal, gradients within that rounding, none NaN
+        assert torch.equal(got[0], want[0]) and not any(torch.isnan(g).any() for g in got[1].values())
+        _assert_close_to_plain(got, want)
+    else:
+        _assert_equal(got, want)
 
 
 @pytest.mark.gpu

@@ -250,7 +250,13 @@ def test_a_sew_resnet_stem_made_again_trains_as_the_plain_model_gpu(reproducible
     torch.backends.cudnn.benchmark = True
     for _ in range(2):
         steps = [_step(net, x, torch.float16) for net in (plain, lean)]
-        _assert_same_training(*steps)
+        # cuDNN may run the convolution made again with another plan than the forward's (its plan cache
+        # keys on the operands' alignment too): outputs equal, gradients within float16 rounding
+        assert torch.equal(steps[0][0], steps[1][0])
+        for name, grad in steps[1][1].items():
+            want = steps[0][1][name].float()
+            torch.testing.assert_close(grad.float(), want, rtol=1e-2, atol=1e-2 * max(want.abs().max().item(), 1.0),
+                                       msg=lambda m: f"{name}: {m}")
         for net in (plain, lean):
             net.zero_grad(set_to_none=True)
     assert steps[0][3] - steps[1][3] >= 2 * 4 * 64 * 32 * 32 * 2  # the stem's output, float16

@@ -8,9 +8,10 @@ in, 64 out at half the resolution: the output is over five times the image's siz
 cheaper to compute again than to keep. :func:`recompute_convolution_outputs` makes it so:
 autograd then keeps nothing of the output's size for the block, and the first backward to read the
 output (the neuron's) computes it again from what the convolution keeps, once, for the BatchNorm's
-backward too. The convolution runs with the same operands in the same autocast state, so its output
-is the same, bit for bit, where the convolution's algorithm is deterministic (cuDNN's forward
-algorithms are; with ``torch.backends.cudnn.benchmark`` the one timed first is used again).
+backward too. The convolution runs with the same operands in the same autocast state: on the CPU its output
+is the same, bit for bit; cuDNN may run it with another plan than the forward's (its plan cache keys on
+the operands' alignment too), whose rounding can differ in the last bit, so on CUDA the gradients
+agree with the plain network's to within that rounding.
 
 The output is made again only for the layers that keep it through
 :func:`flashspike.backends.recompute.remaking`: the recomputable BatchNorm layers and the kernel
