@@ -60,7 +60,7 @@ class FusedMultiStep(torch.autograd.Function):
                                               store_v_seq, decay, spike_bits, fire_from)
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
-                call = (kernels, p, store_v_seq, repeat, (True, recipe.how))
+                call = (kernels, p, store_v_seq, repeat, (True, recipe.how, recipe.gradient_sums))
             else:
                 ctx.save_for_backward(None, v_init, decay, *recipe.inputs)
                 call = (kernels, p, store_v_seq, repeat, (False, (recipe.how, view)))  # the inputs only as saved tensors
@@ -79,11 +79,15 @@ class FusedMultiStep(torch.autograd.Function):
         if h is None and source[0] and repeat is None:
             # Normalized: the kept input, scale and shift, and how (channel_stride, channels); the
             # kernel set computes H and goes back through it in one pass where it can
-            grad_x, grad_v_init, grad_w = kernels.backward_normalized(
-                *recipe_inputs, *source[1], v_init, grad_spike, grad_v_out, p, store_v_seq, needs[1], decay)
+            sums_for = source[2]  # (where the BatchNorm before it asked for its gradient sums)
+            grad_x, grad_v_init, grad_w, sums = kernels.backward_normalized(
+                *recipe_inputs, *source[1], v_init, grad_spike, grad_v_out, p, store_v_seq, needs[1], decay,
+                None if sums_for is None else sums_for.mean)
+            if sums is not None:
+                sums_for.leave(grad_x, sums)
         else:
             if h is None:
-                normalizes, how = source
+                normalizes, how = source[:2]
                 if not normalizes:  # a Recipe: its function, again
                     x = recompute(*how, recipe_inputs)
                     x_seq = sequence_layout(x) if repeat is None else x.expand(repeat, *x.shape)

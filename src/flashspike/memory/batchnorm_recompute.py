@@ -50,7 +50,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules import module as _modules
 
-from ..backends.recompute import mark, mark_normalized, remaking
+from ..backends.recompute import GradientSums, mark, mark_normalized, remaking
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .spike_bits import memory_order
@@ -116,14 +116,17 @@ class _Normalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, statistics):
         mean, invstd, scale, shift, eps, kernels, unwritten = statistics
+        sums = None
         if unwritten:  # for the neuron that fires from x: written only if something else reads it
             y = _unwritten_like(x)
-            mark_normalized(y, x, scale, shift, functools.partial(_fill, kernels.normalize, x, scale, shift))
+            if _channels_adjacent(x):  # (the layout whose backward sums in Triton, and the kernels' too)
+                sums = GradientSums(mean)
+            mark_normalized(y, x, scale, shift, functools.partial(_fill, kernels.normalize, x, scale, shift), sums)
         else:
             y = kernels.normalize(x, scale, shift)
             mark_normalized(y, x, scale, shift)
         ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps, ctx.parameters, ctx.kernels = eps, (weight is not None, bias is not None), kernels
+        ctx.eps, ctx.parameters, ctx.kernels, ctx.sums = eps, (weight is not None, bias is not None), kernels, sums
         return y
 
     @staticmethod
@@ -134,9 +137,11 @@ class _Normalize(torch.autograd.Function):
         needs = ctx.needs_input_grad
         wanted = (needs[0], needs[1] and has_weight, needs[2] and has_bias)
         if _channels_adjacent(x):  # (PyTorch's kernels for this layout are slow)
+            # the sums of grad that the neuron after this layer added up as it wrote grad, if it did
+            sums = None if ctx.sums is None else ctx.sums.take(grad)
             if grad.stride() != x.stride():
                 grad = torch.empty_like(x, dtype=grad.dtype).copy_(grad)
-            grad_x, grad_weight, grad_bias = ctx.kernels.backward(grad, x, weight, mean, invstd, wanted)
+            grad_x, grad_weight, grad_bias = ctx.kernels.backward(grad, x, weight, mean, invstd, wanted, sums)
         else:
             grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad.contiguous(memory_format=_memory_format(x)), x, weight, None, None, mean, invstd, True, ctx.eps,
