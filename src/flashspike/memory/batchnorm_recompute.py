@@ -32,7 +32,11 @@ Where the caller vouches that the BatchNorm's output goes to one neuron and noth
 is not even written: the neuron's forward kernel fires from the BatchNorm's input, normalizing it as
 it loads it, as its backward does. That saves the normalization's pass over memory (a write and a
 read of the activation); anything else that reads the output through a flashspike neuron has it
-written first (:func:`flashspike.backends.recompute.fill_unwritten`).
+written first (:func:`flashspike.backends.recompute.fill_unwritten`). Where the layer's channels are
+adjacent in memory, the neuron's backward kernel also sums, per channel, what this layer's backward
+reads of the gradient (Σ dy and Σ dy · (x − mean)) as it writes it, and leaves the sums for it
+(:class:`flashspike.backends.recompute.GradientSums`): the backward then reads dy and x once, for the
+input gradient, instead of twice.
 
 The Triton path launches six kernels per layer and step where cuDNN's batch norm launches two. In a
 step captured as one CUDA graph (:class:`flashspike.CapturedStep`) launches cost nothing; in an eager
