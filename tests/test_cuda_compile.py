@@ -68,8 +68,8 @@ def _compile_unit() -> tuple[str, int]:
                 yield from (src.backward_name(dtype, *s) for s in src.backward_flag_sets(dtype, option_sets[0]))
         else:  # every option set's step, with every switch on and vectorized accesses
             p = option_sets[index]
-            yield src.forward_name(torch.float32, True, True, True, False, False, 4)
-            yield src.forward_name(torch.float32, True, True, False, True, False, 4)
+            yield src.forward_name(torch.float32, True, True, True, False, False, True, 4)
+            yield src.forward_name(torch.float32, True, True, False, True, False, False, 4)
             yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, False, False,
                                     src.backward_vector_width(torch.float32, p))
             yield src.backward_name(torch.float32, src.GRAD_DENSE, src.GRAD_DENSE, True, True, False, True, True,
@@ -167,15 +167,16 @@ _GRID = r"""
 template <typename T, typename K>
 void fs_grid_forward(K kernel, long long blocks, unsigned long long a0, unsigned long long a1, unsigned long long a2,
                      unsigned long long a3, unsigned long long a4, unsigned long long decay, unsigned long long scale,
-                     unsigned long long shift, unsigned long long bits, long long steps, long long n, long long x_step,
-                     long long channel_stride, long long channels) {
+                     unsigned long long shift, unsigned long long bits, unsigned long long addend, long long steps,
+                     long long n, long long x_step, long long channel_stride, long long channels) {
     blockDim.x = FS_BLOCK;
     for (long long b = 0; b < blocks; ++b) {
         blockIdx.x = (unsigned int)b;
         for (unsigned int t = 0; t < FS_BLOCK; ++t) {
             threadIdx.x = t;
             kernel((T*)a0, (T*)a1, (T*)a2, (T*)a3, (T*)a4, (const float*)decay, (const float*)scale,
-                   (const float*)shift, (unsigned char*)bits, steps, n, x_step, channel_stride, channels);
+                   (const float*)shift, (unsigned char*)bits, (T*)addend, steps, n, x_step, channel_stride,
+                   channels);
         }
     }
 }
@@ -200,7 +201,7 @@ void fs_grid_backward(K kernel, long long blocks, unsigned long long a0, unsigne
 """
 
 # The launch arguments after the block count: (pointers, sizes) of each kernel.
-_ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay", "scale", "shift", "bits"),
+_ARGUMENTS = {"fs_forward": (("a0", "a1", "a2", "a3", "a4", "decay", "scale", "shift", "bits", "addend"),
                              ("steps", "n", "x_step", "channel_stride", "channels")),
               "fs_backward": (("a0", "a1", "a2", "a3", "a4", "v_init", "decay", "grad_w", "x", "scale", "shift", "mean",
                                "sum_dy", "sum_dy_xmu"),
@@ -569,6 +570,36 @@ def test_emulated_backward_sums_the_batchnorms_gradient_terms(emulated, monkeypa
     vec = src.backward_vector_width(dtype, p)
     assert len(summing) == 4 and all(name.split(", ")[8] == str(vec if channels % vec == 0 else 1)
                                      for name in summing), summing
+
+
+@pytest.mark.parametrize("dtype", list(src.STORAGE_TYPES), ids=str)
+def test_emulated_forward_writes_the_addend_plus_the_spikes(emulated, monkeypatch, dtype):
+    """ADDEND: A[t] + S[t] in place of S[t], one rounding (torch's add), for every switch that fires: an
+    initial state, H kept or not, the V sequence, a normalized input, and one neuron at a time (N odd)."""
+    from flashspike.backends import layouts
+
+    monkeypatch.setattr(layouts, "POISON_OUTPUTS", True)
+    library, entries, option_sets = emulated
+    compiled = EmulatedCompiled(library, entries, option_sets)
+    p = option_sets[0]
+    kernels = CupyKernels(p, compiled)
+    g = torch.Generator().manual_seed(31)
+    for n in (16, 15):
+        x = (torch.rand(4, n, generator=g) * 3).to(dtype)
+        addend = torch.randint(0, 4, (4, n), generator=g).to(dtype)
+        v_init = (torch.rand(n, generator=g) * 0.5).to(dtype)
+        scale, shift = torch.rand(1, generator=g) + 0.5, torch.rand(1, generator=g)
+        for start, save_h, store_v_seq, normalize in itertools.product(
+                (None, v_init), (False, True), (False, True), (None, (scale, shift, 1, 1))):
+            if normalize is not None and save_h:
+                continue  # (a normalizing launch with H computes H again: it fires nothing)
+            spike, v_out, h = kernels.forward(x, start, p, save_h, store_v_seq, normalize=normalize)
+            added = kernels.forward(x, start, p, save_h, store_v_seq, normalize=normalize, addend=addend)
+            assert torch.equal(added[0], addend + spike) and 0 < spike.sum() < spike.numel()
+            for a, b in zip(added[1:], (v_out, h)):
+                assert (a is None and b is None) or torch.equal(a, b)
+    adding = [name for name in compiled.launched if name.startswith("fs_forward") and name.split(", ")[6] == "true"]
+    assert len(adding) == 2 * 12 and {name.split(", ")[7] for name in adding} == {"1", str(src.vector_width(dtype))}
 
 
 @pytest.mark.parametrize("dtype", list(src.STORAGE_TYPES), ids=str)

@@ -13,8 +13,18 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module_globals
 
-__all__ = ["MemoryModule", "check_floating"]
+__all__ = ["MemoryModule", "check_floating", "called_plainly"]
+
+_CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def called_plainly(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs its forward alone: no hook of its own or of every module sees its
+    input or output (a hook would read what a fused call leaves unwritten, or gives in another form)."""
+    return not any(getattr(module, name) for name in _CALL_HOOKS) and not any(
+        getattr(_module_globals, "_global" + name) for name in _CALL_HOOKS + ("_forward_hooks_always_called",))
 
 
 def check_floating(x, what: str) -> None:

@@ -269,6 +269,7 @@ class _SingleStep(BaseNode):
 _warned_step_loop: set = set()
 _is_compiling = torch.compiler.is_compiling
 _is_grad_enabled = torch.is_grad_enabled
+ADDEND = "_addend"  # see _MultiStep
 
 
 class _MultiStep(BaseNode):
@@ -281,6 +282,9 @@ class _MultiStep(BaseNode):
     # Set on a node by a caller that resets the network before anything reads its last potential
     # (flashspike.CapturedStep): a call then keeps dropped_potential.DROPPED as v, not the tensor.
     drops_last_potential = False
+    # Set on a node for one call (ADDEND, a tensor shaped like the input) by the caller that adds the
+    # spikes to it (a SEW-ResNet block's ADD, see model.common.StepModule.fire): the call then returns
+    # that sum, which a kernel set writes in place of the spikes, in the same pass.
 
     def __init__(self, *args, backend: str = "auto", store_v_seq: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -371,8 +375,9 @@ class _MultiStep(BaseNode):
             recompute.fill_unwritten(x_seq)
         # The reference keeps each step's H where its graph needs it, from which v_seq may be rebuilt.
         hs = [] if plan.kernels is None and not store_v_seq and _is_grad_enabled() else None
+        addend = state.get(ADDEND)
         spike_seq, v, v_seq = plan.multi_step(x_seq, v_init, store_v_seq, self._decay_w(), hs,
-                                              state.get("writes_spike_bits", False))
+                                              state.get("writes_spike_bits", False), addend)
         if store_v_seq:
             state["v_seq"] = v_seq
         if state.get(DROPS_LAST_POTENTIAL, False):
@@ -380,7 +385,8 @@ class _MultiStep(BaseNode):
             if not store_v_seq:
                 state["_v_seq_kept"] = rebuilt_v_seq.DROPPED_STATE
         elif not store_v_seq:
-            state["_v_seq_kept"] = rebuilt_v_seq.after_call(plan, spike_seq, v, hs)
+            state["_v_seq_kept"] = (rebuilt_v_seq.after_call(plan, spike_seq, v, hs) if addend is None
+                                    else rebuilt_v_seq.ADDED)
         state["v"] = v
         return spike_seq
 

@@ -35,11 +35,14 @@ class FusedMultiStep(torch.autograd.Function):
     PLIF's learnable parameter (None for other neurons); ``call`` is (kernel set, NeuronParams,
     store_v_seq, repeat or None, source, spike_bits): one argument, because autograd's per-argument
     work is host time. Applied only when an input requires grad, so H is always needed: kept, or, when ``source``
-    is the input's recipe (:func:`.recompute.recipe_for`), computed again in the backward."""
+    is the input's recipe (:func:`.recompute.recipe_for`), computed again in the backward. ``addend``
+    (or None): a tensor laid out like the spikes, which the first output then holds added to them (its
+    gradient is that output's)."""
 
     @staticmethod
-    def forward(ctx, x, v_init, w, call):
+    def forward(ctx, x, v_init, w, call, addend):
         kernels, p, store_v_seq, repeat, source, spike_bits = call
+        ctx.added = addend is not None
         decay = decay_operand(w, p, x)
         x_seq = x if repeat is None else x.expand(repeat, *x.shape)
         normalized = fire_from = None
@@ -52,12 +55,12 @@ class FusedMultiStep(torch.autograd.Function):
         if fire_from is None:  # (an input not written yet that is read here is written first)
             fill_unwritten(x)
         if source is None:
-            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits)
+            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits, None, addend)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
             recipe, view = source
             spike, v_out, _ = kernels.forward(x_seq if fire_from is None else normalized, v_init, p, False,
-                                              store_v_seq, decay, spike_bits, fire_from)
+                                              store_v_seq, decay, spike_bits, fire_from, addend)
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
                 call = (kernels, p, store_v_seq, repeat, (True, recipe.how, recipe.gradient_sums))
@@ -72,7 +75,7 @@ class FusedMultiStep(torch.autograd.Function):
     def backward(ctx, grad_spike, grad_v_out):
         refuse_create_graph()
         if grad_spike is None and grad_v_out is None:
-            return None, None, None, None
+            return None, None, None, None, None
         h, v_init, decay, *recipe_inputs = ctx.saved_tensors
         kernels, p, store_v_seq, repeat, source = ctx.call[:5]
         needs = ctx.needs_input_grad
@@ -102,7 +105,7 @@ class FusedMultiStep(torch.autograd.Function):
         if grad_w is not None:
             w = ctx.w
             grad_w = grad_w.to(w.dtype).reshape(w.shape) if needs[2] else None
-        return grad_x, grad_v_init, grad_w, None
+        return grad_x, grad_v_init, grad_w, None, grad_spike if ctx.added else None
 
 
 _NODE = FusedMultiStep._backward_cls  # the autograd node of a FusedMultiStep call (its ctx)
@@ -114,7 +117,18 @@ def is_spike_output(node, output: int) -> bool:
 
     This is what the neurons tell the memory family (:mod:`flashspike.memory.spike_bits` keeps such a
     tensor in one bit per element); what FusedMultiStep keeps on its node stays private to this module."""
-    return output == 0 and isinstance(node, _NODE) and node.call[1].surrogate.in_spiking_mode
+    return (output == 0 and isinstance(node, _NODE) and not node.added
+            and node.call[1].surrogate.in_spiking_mode)
+
+
+def added_to_spikes(node, output: int):
+    """Where output ``output`` of autograd node ``node`` is a kernel-backend neuron's spikes (in the spiking
+    mode) added to a tensor in the same kernel (``fused_multi_step(addend=...)``): that tensor's edge,
+    (its autograd node, its output number), for code that follows what values a tensor can hold; else
+    None."""
+    if output == 0 and isinstance(node, _NODE) and node.added and node.call[1].surrogate.in_spiking_mode:
+        return node.next_functions[-1]  # (the addend is the Function's last tensor argument)
+    return None
 
 
 def _plain_apply():
@@ -139,34 +153,41 @@ _apply = _plain_apply()
 
 
 def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, store_v_seq: bool, w=None,
-                     spike_bits: bool = False):
+                     spike_bits: bool = False, addend=None):
     """The reference backend's ``multi_step`` contract, run by a kernel set.
 
     The outputs keep the input's layout and shape: no view is made on the way in or out (each costs
     microseconds of host time, and a node in the backward graph). With ``spike_bits``, a differentiated
     call whose surrogate spikes (0 or 1) also writes the spikes packed a bit each where the kernel set
-    can, kept with them for a layer that stores its input in bits (:mod:`.packed_bits`).
+    can, kept with them for a layer that stores its input in bits (:mod:`.packed_bits`). With
+    ``addend`` (a tensor shaped like ``x_seq``), the first output is ``addend + spikes``: written by the
+    kernel in place of the spikes where ``addend`` is laid out as they are, else added after.
     """
     x, v, w, differentiated, step = call_operands(x_seq, v_init, p, w)
+    if addend is not None and (step is not None or addend.dtype != x.dtype or addend.shape != x.shape
+                               or addend.stride() != x.stride()):
+        spike, v_last, v_seq = fused_multi_step(kernels, x_seq, v_init, p, store_v_seq, w, False)
+        return addend + spike, v_last, v_seq
     # Only FusedMultiStep, reading x_seq in place, fires from an input not written yet (see
     # recompute.mark_normalized): anything else has it written first.
     if x is not x_seq and fill_unwritten(x_seq):  # (copied before it was written: copied again)
         x = sequence_layout(x_seq)
-    if not differentiated:  # the launcher alone, without the autograd Function's host work
+    if not differentiated and (addend is None or not addend.requires_grad):
+        # the launcher alone, without the autograd Function's host work
         fill_unwritten(x)
-        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x))
+        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x), addend=addend)
     else:
         spike_bits = spike_bits and p.surrogate.in_spiking_mode
         if step is None:
             operand, repeat, source = x, None, recipe_for(x_seq)
         else:  # its gradient is summed over T in the kernel, never written T times and reduced
             operand, repeat, source = step, x.shape[0], recipe_for(step)
-        call = (kernels, p, store_v_seq, repeat, source, spike_bits)
+        call = (kernels, p, store_v_seq, repeat, source, spike_bits and addend is None)
         if source is None:
-            spike, v_out = _apply(operand, v, w, call)
+            spike, v_out = _apply(operand, v, w, call, addend)
         else:  # what the input's recipe reads may itself be an output made again (a convolution's)
             with remaking(source[0].inputs):
-                spike, v_out = _apply(operand, v, w, call)
+                spike, v_out = _apply(operand, v, w, call, addend)
     return multi_step_outputs(spike, v_out, store_v_seq)
 
 

@@ -79,15 +79,18 @@ class Plan:
         return (p is self.params and p.surrogate_state is self.surrogate_state and x_seq.dtype is self.dtype
                 and x_seq.is_cuda is self._cuda and x_seq.is_cpu is self._cpu and backend == self.backend)
 
-    def multi_step(self, x_seq: torch.Tensor, v_init, store_v_seq: bool, w=None, hs=None, spike_bits=False):
+    def multi_step(self, x_seq: torch.Tensor, v_init, store_v_seq: bool, w=None, hs=None, spike_bits=False,
+                   addend=None):
         """The call: ``x_seq`` ``[T, N, *]`` from ``v_init`` (a tensor like one step, or a float for every
         neuron) to ``(spike_seq, v_last, v_seq or None)``. ``w`` is PLIF's learnable tensor (None for other
         neurons); ``hs``, a list, receives H[t] of every step where the reference runs (see
         :mod:`.rebuilt_v_seq`); ``spike_bits``: a kernel set also packs the spikes where it can (see
-        :func:`.autograd.fused_multi_step`)."""
+        :func:`.autograd.fused_multi_step`). With ``addend`` (shaped like ``x_seq``) the first output is
+        ``addend + spike_seq``, which a kernel set writes in the same pass where it can."""
         if self.kernels is None:
-            return reference.BACKEND.multi_step(x_seq, v_init, self.params, store_v_seq, w, hs)
-        return fused_multi_step(self.kernels, x_seq, v_init, self.params, store_v_seq, w, spike_bits)
+            spike_seq, v_last, v_seq = reference.BACKEND.multi_step(x_seq, v_init, self.params, store_v_seq, w, hs)
+            return (spike_seq if addend is None else addend + spike_seq), v_last, v_seq
+        return fused_multi_step(self.kernels, x_seq, v_init, self.params, store_v_seq, w, spike_bits, addend)
 
 
 def _usable(name: str, x_seq: torch.Tensor) -> bool:

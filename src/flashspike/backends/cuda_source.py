@@ -2,7 +2,7 @@
 
 One module of source holds two kernel templates for one :class:`~flashspike.params.NeuronParams`:
 
-``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, NORMALIZE, SPIKE_BITS, VEC, UNROLL>``
+``fs_forward<T, HAS_V_INIT, SAVE_H, STORE_V_SEQ, NORMALIZE, SPIKE_BITS, ADDEND, VEC, UNROLL>``
     one thread owns VEC neighbouring neurons and walks t = 0 .. T−1 with V in float32 registers,
     reading X[t] and writing S[t] (and H[t] when training, V[t] when storing v_seq). With SPIKE_BITS
     (VEC = 8) it also writes S[t] packed, one bit per neuron, its VEC spikes in one byte (the layout of
@@ -10,7 +10,9 @@ One module of source holds two kernel templates for one :class:`~flashspike.para
     X[t] is a BatchNorm's input normalized as it is loaded (``x * scale[c] + shift[c]``, one fused
     multiply-add rounded to T, as the layer rounds it): with SAVE_H too, it computes H again for a
     backward pass and writes H only; without, it fires from that input (S, V and the bits written, H
-    not), so the BatchNorm's output is never made.
+    not), so the BatchNorm's output is never made. With ADDEND it writes A[t] + S[t] in place of S[t]
+    (SEW-ResNet's ADD joining a block's shortcut A with its last spikes; one rounding to T, as torch's
+    add rounds), so the sum is never a pass of its own.
 ``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, NORMALIZE, GRAD_SUMS, VEC, UNROLL>``
     walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
     writing ∂L/∂X[t] (or, for one X repeated over T, their sum at the end) and ∂L/∂V[−1] at the end
@@ -250,8 +252,8 @@ __device__ __forceinline__ void fs_channel_terms(long long i, const float* scale
     }
 }
 
-template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, bool NORMALIZE, bool SPIKE_BITS, int VEC,
-          int UNROLL>
+template <typename T, bool HAS_V_INIT, bool SAVE_H, bool STORE_V_SEQ, bool NORMALIZE, bool SPIKE_BITS, bool ADDEND,
+          int VEC, int UNROLL>
 __global__ void fs_forward(
     const T* __restrict__ x_seq,   // [T, N] input X: T blocks of N (layouts.sequence_layout)
     const T* __restrict__ v_init,  // [N] V before step 0 (read only when HAS_V_INIT, else V = v_rest)
@@ -262,6 +264,7 @@ __global__ void fs_forward(
     const float* __restrict__ scale,  // NORMALIZE: per channel; X = x * scale[c] + shift[c], rounded to T
     const float* __restrict__ shift,
     unsigned char* __restrict__ spike_bits,  // SPIKE_BITS: [T * N / 8] out, bit k of byte j is S's element 8j + k
+    const T* __restrict__ addend,  // ADDEND: [T, N] A, laid out like S; spike_seq gets A[t] + S[t]
     const long long steps,         // T
     const long long n,             // N, neurons per step; a multiple of VEC
     const long long x_step,        // from X[t] to X[t+1]: N, or 0 for one X repeated over T
@@ -270,6 +273,7 @@ __global__ void fs_forward(
 {
     constexpr bool H_ONLY = NORMALIZE && SAVE_H;  // H computed again for a backward pass: nothing else written
     static_assert(!SPIKE_BITS || (VEC == 8 && !H_ONLY), "spike bits: one byte per thread and step");
+    static_assert(!ADDEND || (!SPIKE_BITS && !H_ONLY), "a sum is no spike, and H alone writes no spike");
     const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
     float scale_reg[VEC], shift_reg[VEC];  // NORMALIZE: each neuron's channel is the same at every step
@@ -303,7 +307,15 @@ $forward_step
                 h_reg[k] = h;
                 v_reg[k] = v_next;
             }
-            if (!H_ONLY) fs_store<T, VEC>(spike_seq + at, spike_reg);
+            if (ADDEND) {
+                float sum_reg[VEC];
+                fs_load<T, VEC>(addend + at, sum_reg);
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) sum_reg[k] += spike_reg[k];
+                fs_store<T, VEC>(spike_seq + at, sum_reg);
+            } else if (!H_ONLY) {
+                fs_store<T, VEC>(spike_seq + at, spike_reg);
+            }
             if (SPIKE_BITS) {
                 unsigned int byte = 0u;
 #pragma unroll
@@ -593,9 +605,9 @@ def _unroll(kernel: str, dtype: torch.dtype, vec: int) -> int:
 
 
 def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq: bool, normalize: bool,
-                 spike_bits: bool, vec: int) -> str:
+                 spike_bits: bool, addend: bool, vec: int) -> str:
     """The C++ name of one forward instantiation (a name expression for NVRTC)."""
-    flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq, normalize, spike_bits)))
+    flags = ", ".join(map(_cpp_bool, (has_v_init, save_h, store_v_seq, normalize, spike_bits, addend)))
     return f"fs_forward<{STORAGE_TYPES[dtype]}, {flags}, {vec}, {_unroll('forward', dtype, vec)}>"
 
 
@@ -608,19 +620,21 @@ def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq:
 
 
 def forward_flag_sets(dtype: torch.dtype):
-    """Every (has_v_init, save_h, store_v_seq, normalize, spike_bits, vec) a launcher may ask for: a
-    normalizing launch that saves H computes H again (and stores no V); one that does not fires from a
-    BatchNorm's input (and saves no H); spike bits are written a byte per thread, by the 16-bit dtypes'
-    vectorized launches (VEC = 8)."""
+    """Every (has_v_init, save_h, store_v_seq, normalize, spike_bits, addend, vec) a launcher may ask for:
+    a normalizing launch that saves H computes H again (and stores no V, adds nothing); one that does
+    not fires from a BatchNorm's input (and saves no H); spike bits are written a byte per thread, by
+    the 16-bit dtypes' vectorized launches (VEC = 8), and never beside an addend (the sum is no spike)."""
     for has_v_init, save_h, store_v_seq, vec in itertools.product(
         (False, True), (False, True), (False, True), (1, vector_width(dtype))
     ):
         for normalize in (False, True):
             if normalize and save_h and store_v_seq:
                 continue
-            yield has_v_init, save_h, store_v_seq, normalize, False, vec
-            if vec == SPIKE_BITS_VEC and not (normalize and save_h):
-                yield has_v_init, save_h, store_v_seq, normalize, True, vec
+            yield has_v_init, save_h, store_v_seq, normalize, False, False, vec
+            if not (normalize and save_h):
+                yield has_v_init, save_h, store_v_seq, normalize, False, True, vec
+                if vec == SPIKE_BITS_VEC:
+                    yield has_v_init, save_h, store_v_seq, normalize, True, False, vec
 
 
 def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):

@@ -154,11 +154,12 @@ class CupyKernels(KernelSet):
         # a thread's VEC = 8 neurons fill one byte: 16-bit elements, 8 to a 16-byte access
         return src.vector_width(dtype) == src.SPIKE_BITS_VEC
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None) -> bool:
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None,
+                       addend=None) -> bool:
         steps = x.shape[0]
         n = x.numel() // steps
         # (H computed again: no spike or V is written, their pointers are null)
-        pointers = (x.data_ptr(), _ptr(v_init), _ptr(spike), _ptr(v_out), _ptr(h))
+        pointers = (x.data_ptr(), _ptr(v_init), _ptr(spike), _ptr(v_out), _ptr(h), _ptr(addend))
         store_v_seq = v_out is not None and v_out.dim() == x.dim()
         if normalize is None:
             channels = (0, 0, 1, 1)
@@ -169,11 +170,12 @@ class CupyKernels(KernelSet):
         if vec != src.SPIKE_BITS_VEC:  # (an operand off a 16-byte boundary: the spikes are not packed here)
             spike_bits = None
         device_index = x.get_device()  # an int without building a torch.device
-        switches = (v_init is not None, h is not None, store_v_seq, normalize is not None, spike_bits is not None, vec)
+        switches = (v_init is not None, h is not None, store_v_seq, normalize is not None, spike_bits is not None,
+                    addend is not None, vec)
         compiled = self.compiled
         function = compiled.function(self.params_key, self.source, x.dtype, switches, device_index, src.forward_name)
-        compiled.launch(function, device_index, n // vec, (*pointers, _ptr(decay), *channels[:2], _ptr(spike_bits),
-                                                          steps, n, x.stride(0), *channels[2:]))
+        compiled.launch(function, device_index, n // vec, (*pointers[:5], _ptr(decay), *channels[:2], _ptr(spike_bits),
+                                                          pointers[5], steps, n, x.stride(0), *channels[2:]))
         return spike_bits is not None
 
     fuses_normalized_backward = True

@@ -4,7 +4,7 @@
 A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and outputs with
 :mod:`.layouts` and hand them, ready, to the backend's two launchers, which only launch:
 
-``forward(x, v_init, p, save_h, store_v_seq, decay=None, spike_bits=False) -> (spike, v_out, h)``
+``forward(x, v_init, p, save_h, store_v_seq, decay=None, spike_bits=False, normalize=None, addend=None) -> (spike, v_out, h)``
     ``x`` is a sequence ``[T, *]`` in sequence layout (:func:`.layouts.sequence_layout`). ``decay`` is
     PLIF's k = sigmoid(w), a one-element float32 tensor on x's device that the kernel reads at run
     time (so a captured CUDA graph replays with the current value); None otherwise. ``v_init`` is a
@@ -15,6 +15,8 @@ A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and out
     have x's dtype. With ``spike_bits`` (the spikes are 0 or 1), the launch also writes the spikes
     packed one bit each in the order of their memory, where the backend can in the same pass, and
     keeps them with ``spike`` (:func:`.packed_bits.keep_bits`) for a layer that stores its input in bits.
+    With ``addend`` (a tensor of x's shape, strides and dtype), ``spike`` holds ``addend + S``, rounded
+    once to the dtype as torch's add rounds it, and no bits are written.
 
 ``backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, sum_grad_x=False, v_init=None, decay=None) -> (grad_x, grad_v_init, grad_w)``
     ``grad_spike`` and ``grad_v_out`` are shaped like ``spike`` and ``v_out``, or None where no
@@ -72,8 +74,11 @@ class KernelSet:
     fuses_normalized_backward = False  # launch_backward takes ``normalize`` (see backward_normalized)
 
     def forward(self, x, v_init, p: NeuronParams, save_h: bool, store_v_seq: bool, decay=None, spike_bits=False,
-                normalize=None):
+                normalize=None, addend=None):
         spike, v_out, h = forward_outputs(x, save_h and normalize is None, store_v_seq)
+        if addend is not None:
+            self.launch_forward(x, v_init, spike, v_out, h, decay, p, normalize, None, addend)
+            return spike, v_out, h
         bits = spike_bits_output(spike) if spike_bits and self.writes_spike_bits(x.dtype) else None
         if bits is None:  # (a launcher that never normalizes may take the first seven operands only)
             self.launch_forward(x, v_init, spike, v_out, h, decay, p, *(() if normalize is None else (normalize,)))
@@ -132,14 +137,15 @@ class KernelSet:
         return grad_x, grad_v_init, grad_w
 
     def launch_forward(self, x, v_init, spike, v_out, h, decay, p: NeuronParams, normalize=None,
-                       spike_bits=None) -> None:
+                       spike_bits=None, addend=None) -> None:
         """Run the forward on ready operands: write ``spike``, ``v_out`` (every step's V when it is
         shaped like ``x``, else the last V) and ``h`` (when not None). With ``normalize`` (scale, shift,
         channel_stride, channels; see ``recompute_h``), normalize ``x`` as it is read, and write ``h``
         alone (``spike`` and ``v_out`` are None: H computed again) or, with ``h`` None, the rest.
         ``spike_bits`` (only where :meth:`writes_spike_bits` says so): uint8 memory for the spikes
         packed a bit each, element i of ``spike``'s memory in bit i % 8 of byte i // 8. Returns whether
-        it wrote them (a launch that cannot, for the alignment of an operand, leaves them)."""
+        it wrote them (a launch that cannot, for the alignment of an operand, leaves them). ``addend``
+        (laid out like ``spike``): write ``addend + S`` in place of S."""
         raise NotImplementedError
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay,

@@ -28,7 +28,7 @@ from ..params import NeuronParams
 from .reference import fire_and_reset
 from .step_code import previous_v
 
-__all__ = ["NOT_CALLED", "NO_GRAPH", "COMPILED", "OWN_DYNAMICS", "DROPPED_STATE", "after_call", "read"]
+__all__ = ["NOT_CALLED", "NO_GRAPH", "COMPILED", "OWN_DYNAMICS", "DROPPED_STATE", "ADDED", "after_call", "read"]
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
@@ -41,6 +41,8 @@ OWN_DYNAMICS = ("its class runs its own neuronal_charge/fire/reset step by step,
                 "potential")
 DROPPED_STATE = ("its last call dropped the last potential v, from which v_seq is computed (it ran inside a "
                  "flashspike.CapturedStep; build the step with drop_last_potentials=False to keep it)")
+ADDED = ("its last call returned its spikes added to a residual shortcut (a SEW-ResNet block's ADD joined in the "
+         "neuron's call), so no spike output is left to compute v_seq from")
 _GONE = ("the graph of its last call is gone (its outputs were dropped, or its state v was replaced or detached), "
          "and with it the pre-reset potential H")
 _FREED = ("the backward pass of its last call has freed the pre-reset potential H it kept (read v_seq before "

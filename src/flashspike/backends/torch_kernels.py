@@ -28,7 +28,7 @@ class TorchKernels(KernelSet):
     """The launchers of :mod:`.kernel_set`'s contract; stateless, so one instance serves every layer."""
 
     def launch_forward(self, x, v_init, spike, v_out, h_seq, decay, p: NeuronParams, normalize=None,
-                       spike_bits=None) -> bool:
+                       spike_bits=None, addend=None) -> bool:
         store_v_seq = v_out is not None and v_out.dim() == x.dim()
         wide = compute_dtype(x.dtype)
         if normalize is not None:
@@ -41,7 +41,7 @@ class TorchKernels(KernelSet):
         for t in range(x.shape[0]):
             h, spike_t, v = forward_values(x[t].to(wide), v, p, TORCH, decay)
             if spike is not None:
-                spike[t] = spike_t
+                spike[t] = spike_t if addend is None else addend[t].to(wide) + spike_t
             if h_seq is not None:
                 h_seq[t] = h
             if store_v_seq:

@@ -79,7 +79,8 @@ class TritonKernels(KernelSet):
         # any dtype: a program's BLOCK neurons (a power of two, at least a step's 8) fill whole bytes
         return True
 
-    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None) -> bool:
+    def launch_forward(self, x, v_init, spike, v_out, h, decay, p, normalize=None, spike_bits=None,
+                       addend=None) -> bool:
         steps = x.shape[0]
         n = x.numel() // steps
         grid, block, options = self._launch_shape(n)
@@ -94,9 +95,9 @@ class TritonKernels(KernelSet):
         store_v_seq = not h_only and v_out.dim() == x.dim()
         with _on_device(x):
             self.forward_kernel[grid](
-                x, v_init, spike, v_out, h, decay, scale, shift, spike_bits, steps, n, x.stride(0), channel_stride,
-                channels, block, v_init is not None, h is not None, store_v_seq, normalize is not None,
-                spike_bits is not None,
+                x, v_init, spike, v_out, h, decay, scale, shift, spike_bits, addend, steps, n, x.stride(0),
+                channel_stride, channels, block, v_init is not None, h is not None, store_v_seq, normalize is not None,
+                spike_bits is not None, addend is not None,
                 **options,
             )  # fmt: skip
         return spike_bits is not None

@@ -79,6 +79,7 @@ def {FORWARD_NAME}(
     scale_ptr,  # NORMALIZE: float32 per channel; X is x * scale[c] + shift[c], rounded to x's dtype
     shift_ptr,
     spike_bits_ptr,  # SPIKE_BITS: out S packed, [T * N / 8] uint8; bit k of byte j is S's element 8j + k
+    addend_ptr,  # ADDEND: A, [T, N] like S; spike_ptr gets A + S, rounded once to its dtype
     T,  # number of time steps
     N,  # neurons per step
     x_step,  # from X[t] to X[t+1]: N, or 0 for one X repeated over T
@@ -91,6 +92,7 @@ def {FORWARD_NAME}(
     NORMALIZE: tl.constexpr,  # X is a BatchNorm's input, normalized as it is read: with SAVE_H, write H alone
     # (H computed again for a backward); without, fire from it (the BatchNorm's output never made)
     SPIKE_BITS: tl.constexpr,  # also write S packed (N and BLOCK multiples of 8: whole bytes per program)
+    ADDEND: tl.constexpr,  # write A + S in place of S (SEW's ADD joined in the same pass; no SPIKE_BITS)
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
@@ -111,7 +113,10 @@ def {FORWARD_NAME}(
         if NORMALIZE:
             {normalized_x}
 {step}
-        if not (NORMALIZE and SAVE_H):
+        if ADDEND:
+            added = tl.load(addend_ptr + offset, mask=mask, other=0.0).to(tl.float32) + spike
+            tl.store(spike_ptr + offset, added.to(spike_ptr.dtype.element_ty), mask=mask)
+        elif not (NORMALIZE and SAVE_H):
             tl.store(spike_ptr + offset, spike.to(spike_ptr.dtype.element_ty), mask=mask)
         if SPIKE_BITS:
             fired = tl.reshape((spike != 0).to(tl.int32), (BLOCK // 8, 8))  # 8 neighbours a row, in order

@@ -52,9 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.nn.modules import module as _modules
 
 from ..backends.recompute import GradientSums, mark, mark_normalized, remaking
+from ..base import called_plainly
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .spike_bits import memory_order
@@ -227,14 +227,6 @@ _RECOMPUTABLE = {nn.BatchNorm1d: RecomputableBatchNorm1d, nn.BatchNorm2d: Recomp
                  nn.BatchNorm3d: RecomputableBatchNorm3d}
 
 _FOR_NEURON = "_output_for_neuron"  # set on a switched layer inside normalized_in_neuron
-_CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-
-
-def _called_plainly(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs its forward alone: no hook of its own or of every module sees its
-    input or output (a forward hook would read an output not written yet)."""
-    return not any(getattr(module, name) for name in _CALL_HOOKS) and not any(
-        getattr(_modules, "_global" + name) for name in _CALL_HOOKS + ("_forward_hooks_always_called",))
 
 
 class _OutputForNeuron:
@@ -266,8 +258,8 @@ def normalized_in_neuron(batchnorm: nn.Module, neuron: nn.Module):
 
     The caller vouches that nothing else reads the output (the model zoo's blocks call it so)."""
     if (torch.compiler.is_compiling() or type(batchnorm) not in _RECOMPUTABLE.values()
-            or not getattr(neuron, "fires_from_unwritten_input", _never)() or not _called_plainly(batchnorm)
-            or not _called_plainly(neuron)):
+            or not getattr(neuron, "fires_from_unwritten_input", _never)() or not called_plainly(batchnorm)
+            or not called_plainly(neuron)):
         return _NOTHING_CHANGED
     return _OutputForNeuron(batchnorm)
 

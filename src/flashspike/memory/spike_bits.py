@@ -11,7 +11,8 @@ more down a chain of blocks) is kept the same way in 2, 4 or 8 bits per element.
 An input counts only when its autograd history proves its values (:func:`integer_bound`): the spike
 output of a flashspike neuron running a kernel backend ('cupy', 'triton') with a spiking surrogate (as
 the neuron tells it: :func:`flashspike.backends.autograd.is_spike_output`), reached through views,
-slices, max-pooling or dtype casts only (each keeps small integers exact), or a sum of such inputs.
+slices, max-pooling or dtype casts only (each keeps small integers exact), or a sum of such inputs
+(also where a neuron adds its spikes to one in its own kernel: :func:`~flashspike.backends.autograd.added_to_spikes`).
 Anything else (dropout, a product, a scaled sum, the 'torch' reference's output, an input that needs no
 gradient) takes the layer's ordinary path, so nothing is ever stored lossily. Eager mode only: under
 ``torch.compile`` the layers run their ordinary forward.
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..backends.autograd import is_spike_output
+from ..backends.autograd import added_to_spikes, is_spike_output
 from ..backends.packed_bits import keep_bits, kept_bits
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
@@ -69,6 +70,11 @@ def _node_bound(node, output, bounds: dict):
         parts = [_node_bound(n, o, bounds) for n, o in node.next_functions]
         if None not in parts and sum(parts) <= _LARGEST:
             bound = sum(parts)
+    else:  # the same ADD, joined in the neuron's call: its spikes added to a tensor
+        addend = added_to_spikes(node, output)
+        part = None if addend is None else _node_bound(*addend, bounds)
+        if part is not None and part + 1 <= _LARGEST:
+            bound = part + 1
     bounds[key] = bound
     return bound
 

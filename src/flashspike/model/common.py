@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from .. import functional, neuron
+from ..base import called_plainly
 from ..memory.batchnorm_recompute import normalized_in_neuron
+from ..neuron import ADDEND
 
 
 def apply_in_order(x: torch.Tensor, modules) -> torch.Tensor:
@@ -46,16 +48,28 @@ class StepModule(nn.Module):
             return functional.seq_to_ann_forward(x, modules)
         return apply_in_order(x, modules)
 
-    def fire(self, neuron: nn.Module, x: torch.Tensor, modules, encode_T=_NOT_ENCODING) -> torch.Tensor:
+    def fire(self, neuron: nn.Module, x: torch.Tensor, modules, encode_T=_NOT_ENCODING, add=None) -> torch.Tensor:
         """``neuron`` on the stateless ``modules`` applied to ``x`` (through :meth:`encode` with its ``T``
-        when ``encode_T`` is given: the network's input). Where the last module is a BatchNorm, only the
-        neuron reads its output, so the neuron may fire from the BatchNorm's input instead
-        (:func:`flashspike.memory.batchnorm_recompute.normalized_in_neuron`)."""
+        when ``encode_T`` is given: the network's input), and with ``add`` (a tensor shaped like the
+        spikes) ``add + spikes``. Where the last module is a BatchNorm, only the neuron reads its output,
+        so the neuron may fire from the BatchNorm's input instead
+        (:func:`flashspike.memory.batchnorm_recompute.normalized_in_neuron`); and a flashspike multi-step
+        neuron called plainly (no hooks, which would see the sum for spikes) outside compiled code
+        returns the sum itself, which its kernels write in place of the spikes."""
         last = modules[-1] if isinstance(modules, (list, tuple, nn.Sequential)) else modules
+        added = add is not None and _adds_to_its_spikes(neuron)
         with normalized_in_neuron(last, neuron):
-            if encode_T is _NOT_ENCODING:
-                return neuron(self.stateless(x, modules))
-            return neuron(self.encode(x, modules, encode_T))
+            if added:
+                neuron.__dict__[ADDEND] = add
+            try:
+                if encode_T is _NOT_ENCODING:
+                    out = neuron(self.stateless(x, modules))
+                else:
+                    out = neuron(self.encode(x, modules, encode_T))
+            finally:
+                if added:
+                    del neuron.__dict__[ADDEND]
+        return out if add is None or added else add + out
 
     def encode(self, x: torch.Tensor, modules, T: int | None) -> torch.Tensor:
         """The first stateless layers applied to the network's input.
@@ -81,6 +95,17 @@ class StepModule(nn.Module):
             )
         y = apply_in_order(x, modules)
         return y.unsqueeze(0).expand(T, *y.shape)
+
+
+def _adds_to_its_spikes(node: nn.Module) -> bool:
+    """Whether ``node`` returns its spikes added to a tensor handed to it (``flashspike.neuron.ADDEND``): a flashspike
+    multi-step neuron that reads its input through its kernels' path alone, called plainly, not compiled."""
+    return (not torch.compiler.is_compiling() and getattr(node, "fires_from_unwritten_input", _never)()
+            and called_plainly(node))
+
+
+def _never() -> bool:
+    return False
 
 
 def check_T(T) -> int | None:

@@ -62,12 +62,13 @@ class ResidualBlock(StepModule):
     def last_bn(self) -> nn.Module:
         return getattr(self, f"bn{self.depth}")
 
-    def branch(self, x, fire_last: bool):
-        """The residual branch; its last neuron fires only when ``fire_last`` (SEW fires before joining)."""
+    def branch(self, x, fire_last: bool, add=None):
+        """The residual branch; its last neuron fires only when ``fire_last`` (SEW fires before joining),
+        its spikes added to ``add`` where given (see :meth:`StepModule.fire`)."""
         for i in range(1, self.depth + 1):
             layers = [getattr(self, f"conv{i}"), getattr(self, f"bn{i}")]
             if i < self.depth or fire_last:
-                x = self.fire(getattr(self, f"sn{i}"), x, layers)
+                x = self.fire(getattr(self, f"sn{i}"), x, layers, add=add if i == self.depth else None)
             else:
                 x = self.stateless(x, layers)
         return x

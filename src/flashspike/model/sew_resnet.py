@@ -62,6 +62,9 @@ class _FireThenConnect(ResidualBlock):
         self.cnf = _check_cnf(cnf)
 
     def forward(self, x):
+        if self.cnf == "ADD":  # the shortcut first: the branch's last neuron adds its spikes to it as it fires
+            shortcut = x if self.downsample is None else self.fire(self.downsample_sn, x, self.downsample)
+            return self.branch(x, fire_last=True, add=shortcut)
         out = self.branch(x, fire_last=True)
         shortcut = x if self.downsample is None else self.fire(self.downsample_sn, x, self.downsample)
         return sew_function(shortcut, out, self.cnf) if self.shortcut_first else sew_function(out, shortcut, self.cnf)
