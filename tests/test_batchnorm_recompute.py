@@ -17,7 +17,6 @@ from flashspike import functional, layer, neuron
 from flashspike.backends import autograd, recompute
 from flashspike.memory import batchnorm_recompute
 from conftest import kernel_device
-from gradient_sums import assert_sums_close
 from kept_step import training_step
 
 
@@ -487,50 +486,6 @@ def test_one_backward_kernel_computes_h_and_goes_back_through_it(monkeypatch, ma
                 assert got.stride() == want.stride() and torch.equal(got, want), case
 
 
-@pytest.mark.parametrize("make", [
-    lambda: neuron.MultiStepLIFNode(tau=2.0, backend="triton"),
-    lambda: neuron.MultiStepParametricLIFNode(backend="triton", v_reset=None),
-], ids=["lif", "plif"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("widest_block", [None, 8], ids=["one-program", "programs-of-8"])
-def test_the_backward_kernel_sums_the_batchnorms_gradient_terms(monkeypatch, make, dtype, widest_block):
-    """With the BatchNorm's mean, the normalizing backward also sums Σ dL/dX and Σ dL/dX · (x - mean) per
-    channel, into each program's slots: its outputs those of the launch without, bit for bit. Programs
-    of 8 neurons hold part of a row of 16 channels each; one program all of them."""
-    from flashspike.backends import choice, layouts, triton_backend
-    from flashspike.params import NeuronParams
-
-    monkeypatch.setattr(layouts, "POISON_OUTPUTS", True)
-    if widest_block is not None:
-        monkeypatch.setattr(triton_backend, "INTERPRETER_MAX_BLOCK", widest_block)
-    device = kernel_device("triton")
-    g = torch.Generator().manual_seed(8)
-    steps, batch, channels = 3, 2, 16
-    flat = (torch.randn(steps * batch, channels, 3, 2, generator=g) * 2).to(dtype)
-    x = flat.contiguous(memory_format=torch.channels_last).view(steps, batch, channels, 3, 2).to(device)
-    scale, shift = (torch.rand(channels, generator=g) + 0.5).to(device), (torch.randn(channels, generator=g)).to(device)
-    mean = torch.randn(channels, generator=g).to(device)
-    node = make()
-    p = NeuronParams.of(node)
-    kernels = choice.plan_for("triton", x, p).kernels
-    decay = torch.full((1,), 0.6, device=device) if p.parametric else None
-    grad_spike = torch.randn(x.shape, generator=g).to(dtype).to(device)
-    v_grad = torch.randn(x.shape[1:], generator=g).to(dtype).to(device)
-    arguments = (x, scale, shift, 1, channels, None, grad_spike, v_grad, p, False, True, decay)
-    *want, no_sums = kernels.backward_normalized(*arguments)
-    *got, sums = kernels.backward_normalized(*arguments, mean)
-    programs = 1 if widest_block is None else batch * 3 * 2 * channels // widest_block
-    assert no_sums is None and sums.shape == (2, programs * min(channels, widest_block or 64) // channels, channels)
-    for a, b in zip(got, want):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert torch.equal(a, b) and not torch.isnan(a).any()
-    assert_sums_close(sums, want[0], x, mean, 2)
-    # only channels adjacent in memory, and a power of two of them (Triton's slots are a program's lanes)
-    assert kernels.gradient_sum_slots(x, 6, channels) is None
-    assert kernels.gradient_sum_slots(x[:, :, :12], 1, 12) is None
-
-
 def test_gradients_masked_off_are_not_passed_on(monkeypatch):
     # PyTorch's CUDA batch-norm backward may return a defined gradient for an output it was told not to
     # compute; the switched layer passes on only what autograd asked for (a BatchNorm without affine
@@ -611,61 +566,6 @@ def test_a_paired_neuron_fires_from_the_batchnorms_input_and_its_output_is_never
     assert all("_output_for_neuron" not in vars(bn) for bn in paired.bns)  # the context leaves no trace
 
 
-class _Launches:
-    """A Triton kernel whose launches are counted."""
-
-    def __init__(self, kernel):
-        self.kernel, self.count = kernel, 0
-
-    def __getitem__(self, grid):
-        self.count += 1
-        return self.kernel[grid]
-
-
-@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["float32", "autocast-bf16"])
-def test_a_paired_batchnorm_takes_its_gradient_sums_from_the_neurons_backward(
-        monkeypatch, autocast_dtype, reproducible):
-    # Channels last: the neuron's backward kernel sums what the BatchNorm's backward reads, which then
-    # reads dL/dy and x once (its input gradient) instead of twice; the same training step as the
-    # BatchNorm summing them itself, within the rounding of adding in another order.
-    from flashspike.memory import batchnorm_triton
-
-    device = kernel_device("triton")
-    plain = _Pair("triton", paired=False).to(device, memory_format=torch.channels_last)
-    batchnorm_recompute.recompute_h_after_batchnorm(plain)
-    paired = copy.deepcopy(plain)
-    paired.paired = True
-    x = (torch.rand(3, 2, 2, 5, 5, generator=torch.Generator().manual_seed(2)) * 3).to(device)
-    x = x.contiguous(memory_format=torch.channels_last_3d)
-    sums = _Launches(batchnorm_triton._partial_gradient_sums)
-    monkeypatch.setattr(batchnorm_triton, "_partial_gradient_sums", sums)
-    want = training_step(plain, x, autocast_dtype)
-    assert sums.count == 2
-    _poison_unwritten_outputs(monkeypatch)
-    sums.count = 0
-    got = training_step(paired, x, autocast_dtype)
-    assert sums.count == 1  # the second layer's 3 channels: Triton's slots are a program's lanes, 2**k channels
-    assert torch.equal(got[0], want[0]) and got[0].sum() > 0
-    _assert_close_to_plain(got, want)
-
-
-def test_gradient_sums_count_only_for_the_gradient_they_were_summed_from():
-    mean, sums = torch.zeros(3), torch.ones(2, 4, 3)
-    left = recompute.GradientSums(mean)
-    grad = torch.randn(2, 3, 4, 4)
-    assert left.take(grad) is None  # none left
-    left.leave(grad, sums)
-    assert left.take(grad.view(6, 16)) is sums  # the same memory, through a view
-    assert left.take(grad) is None  # taken once
-    left.leave(grad, sums)
-    assert left.take(grad.clone()) is None  # another tensor: autograd added another layer's gradient
-    left.leave(grad, sums)
-    grad.mul_(2)
-    assert left.take(grad) is None  # changed since it was summed
-    left.leave(grad, sums)
-    assert left.take(grad[:1]) is None  # a part of it
-
-
 @pytest.mark.parametrize("case", ["torch neurons", "hooked neuron", "single-step neuron", "plain batchnorm",
                                   "no gradients"])
 def test_where_the_neuron_cannot_fire_from_the_input_the_output_is_written(monkeypatch, case, reproducible):
@@ -734,14 +634,12 @@ def _zoo_model(name, device):
 
 
 # (SEW-ResNet-18 with every switch: tests/test_pooling.py, its unwritten outputs poisoned too)
-@pytest.mark.parametrize("name, written, summed", [("csnn", 0, 0), ("vgg11_bn", 0, 0), ("spikformer", 2, 3),
-                                                   ("spike_driven_transformer", 5, 3)])
+@pytest.mark.parametrize("name, written", [("csnn", 0), ("vgg11_bn", 0), ("spikformer", 2),
+                                           ("spike_driven_transformer", 5)])
 def test_zoo_models_fire_from_the_input_of_every_batchnorm_a_neuron_reads_alone(
-        monkeypatch, name, written, summed, reproducible, whole_model_statistics):
+        monkeypatch, name, written, reproducible, whole_model_statistics):
     # Unwritten outputs poisoned: the fused model trains as the same switched model without the pairing;
     # only the BatchNorms whose output another layer reads (Spikformer's max-pooled stem stages) write it.
-    # ``summed``: the BatchNorms whose gradient sums the neuron's backward adds up (channels last), added
-    # in another order than the BatchNorm's own: the gradients are those within that rounding.
     device = kernel_device("triton")
     paired, x = _zoo_model(name, device)
     batchnorm_recompute.recompute_h_after_batchnorm(paired)
@@ -753,18 +651,10 @@ def test_zoo_models_fire_from_the_input_of_every_batchnorm_a_neuron_reads_alone(
         want = training_step(unpaired, x)
     _poison_unwritten_outputs(monkeypatch)
     calls = _count_normalizations(monkeypatch)
-    taken = []
-    take = recompute.GradientSums.take
-    monkeypatch.setattr(recompute.GradientSums, "take", lambda self, grad: taken.append(take(self, grad))
-                        or taken[-1])
     torch.manual_seed(9)
     got = training_step(paired, x)
     assert len(calls) == written
-    assert sum(sums is not None for sums in taken) == summed, len(taken)
-    if summed:
-        assert torch.equal(got[0], want[0]) and not any(torch.isnan(g).any() for g in got[1].values())
-        _assert_close_to_plain(got, want)
-    elif name == "vgg11_bn" and got[0].is_cuda:
+    if name == "vgg11_bn" and got[0].is_cuda:
         # its adaptive average pool (1x1 up to 7x7) sums its CUDA gradient with atomics, in any order:
         # outputs equal, gradients within that rounding, none NaN
         assert torch.equal(got[0], want[0]) and not any(torch.isnan(g).any() for g in got[1].values())
@@ -796,8 +686,4 @@ def test_a_paired_neuron_fires_from_the_batchnorms_input_gpu(monkeypatch, backen
             calls = _count_normalizations(patch)
             got = training_step(paired, x, autocast_dtype)
         assert not calls
-        if memory_format == torch.channels_last:  # the neurons' backward sums for the BatchNorms, in another order
-            assert torch.equal(got[0], want[0]) and not any(torch.isnan(g).any() for g in got[1].values())
-            _assert_close_to_plain(got, want)
-        else:
-            _assert_equal(got, want)
+        _assert_equal(got, want)

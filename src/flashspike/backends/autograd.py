@@ -63,7 +63,7 @@ class FusedMultiStep(torch.autograd.Function):
                                               store_v_seq, decay, spike_bits, fire_from, addend)
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
-                call = (kernels, p, store_v_seq, repeat, (True, recipe.how, recipe.gradient_sums))
+                call = (kernels, p, store_v_seq, repeat, (True, recipe.how))
             else:
                 ctx.save_for_backward(None, v_init, decay, *recipe.inputs)
                 call = (kernels, p, store_v_seq, repeat, (False, (recipe.how, view)))  # the inputs only as saved tensors
@@ -82,15 +82,11 @@ class FusedMultiStep(torch.autograd.Function):
         if h is None and source[0] and repeat is None:
             # Normalized: the kept input, scale and shift, and how (channel_stride, channels); the
             # kernel set computes H and goes back through it in one pass where it can
-            sums_for = source[2]  # (where the BatchNorm before it asked for its gradient sums)
-            grad_x, grad_v_init, grad_w, sums = kernels.backward_normalized(
-                *recipe_inputs, *source[1], v_init, grad_spike, grad_v_out, p, store_v_seq, needs[1], decay,
-                None if sums_for is None else sums_for.mean)
-            if sums is not None:
-                sums_for.leave(grad_x, sums)
+            grad_x, grad_v_init, grad_w = kernels.backward_normalized(
+                *recipe_inputs, *source[1], v_init, grad_spike, grad_v_out, p, store_v_seq, needs[1], decay)
         else:
             if h is None:
-                normalizes, how = source[:2]
+                normalizes, how = source
                 if not normalizes:  # a Recipe: its function, again
                     x = recompute(*how, recipe_inputs)
                     x_seq = sequence_layout(x) if repeat is None else x.expand(repeat, *x.shape)
@@ -175,7 +171,11 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     if not differentiated and (addend is None or not addend.requires_grad):
         # the launcher alone, without the autograd Function's host work
         fill_unwritten(x)
-        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x), addend=addend)
+        decay = decay_operand(w, p, x)
+        if addend is None:  # (positional operands only: what a kernel set's forward takes in every version)
+            spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay)
+        else:
+            spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay, False, None, addend)
     else:
         spike_bits = spike_bits and p.surrogate.in_spiking_mode
         if step is None:

@@ -13,15 +13,12 @@ One module of source holds two kernel templates for one :class:`~flashspike.para
     not), so the BatchNorm's output is never made. With ADDEND it writes A[t] + S[t] in place of S[t]
     (SEW-ResNet's ADD joining a block's shortcut A with its last spikes; one rounding to T, as torch's
     add rounds), so the sum is never a pass of its own.
-``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, NORMALIZE, GRAD_SUMS, VEC, UNROLL>``
+``fs_backward<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, NORMALIZE, VEC, UNROLL>``
     walks t = T−1 .. 0 carrying ∂L/∂V[t] in registers, reading H[t] and the output gradients,
     writing ∂L/∂X[t] (or, for one X repeated over T, their sum at the end) and ∂L/∂V[−1] at the end
     when the initial state needs a gradient. With NORMALIZE it first runs the forward from a
     BatchNorm's kept input as fs_forward's NORMALIZE does, writing H into ∂L/∂X's memory, where the
-    walk back reads each H[t] just before it writes ∂L/∂X[t] over it. With GRAD_SUMS too, it also sums
-    what the BatchNorm's backward needs per channel, ∂L/∂X and ∂L/∂X · (x − mean), as it writes ∂L/∂X
-    (each thread over several rows of a channels-last step, into its own slots): the BatchNorm's
-    backward then reads ∂L/∂X and x once instead of twice.
+    walk back reads each H[t] just before it writes ∂L/∂X[t] over it.
 
 ``T`` is the storage type (``float``, ``fs_half`` or ``fs_bf16``): elements are loaded and stored in
 it and converted to float32 in registers. The arithmetic of one step comes from
@@ -74,8 +71,6 @@ __all__ = [
     "backward_name",
     "forward_flag_sets",
     "backward_flag_sets",
-    "rows_per_thread",
-    "slots",
 ]
 
 #: torch dtype -> the CUDA storage type the kernels load and store.
@@ -87,13 +82,6 @@ BLOCK = 256
 
 #: The vector width of a forward that writes spike bits: a thread's neurons fill one byte.
 SPIKE_BITS_VEC = 8
-
-# A backward that sums a BatchNorm's per-channel terms (GRAD_SUMS) has each thread walk several rows of
-# a channels-last step, summing in registers, and write one slot per channel it owns; the BatchNorm then
-# adds the slots up. More rows per thread: fewer slots to write and add, but fewer threads keeping loads
-# in flight. A step of more elements than GRAD_SUM_SLOTS is walked in about that many slots per sum
-# (2**16 threads at VEC = 8); a smaller one two rows per thread.
-GRAD_SUM_SLOTS = 1 << 19
 
 # Time steps whose loads a thread issues together before computing them (the template argument
 # UNROLL): more bytes in flight per thread, which a streaming kernel needs to approach the copy
@@ -329,31 +317,28 @@ $forward_step
     if (!STORE_V_SEQ && !H_ONLY) fs_store<T, VEC>(v_out + i, v_reg);
 }
 
-// The backward of a thread's VEC neurons from element i of a step (see fs_backward). GRAD_SUMS: also add
-// each neuron's dL/dX[t], as stored, and its product with (x[t] - mean[c]) to sums[0] and sums[1].
 template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, bool SUM_GRAD_X, bool NORMALIZE,
-          bool GRAD_SUMS, int VEC, int UNROLL>
-__device__ __forceinline__ void fs_backward_neurons(
-    const long long i,
-    const T* __restrict__ h_seq,
-    const T* __restrict__ grad_spike_seq,
-    const T* __restrict__ grad_v_out,
-    T* __restrict__ grad_x_seq,
-    T* __restrict__ grad_v_init,
-    const T* __restrict__ v_init,
-    const float* __restrict__ decay_ptr,
-    float* __restrict__ grad_w_partials,
-    const T* __restrict__ x_seq,
-    const float* __restrict__ scale,
+          int VEC, int UNROLL>
+__global__ void fs_backward(
+    const T* __restrict__ h_seq,           // [T, N] H saved by the forward pass
+    const T* __restrict__ grad_spike_seq,  // dL/dS: [T, N] (DENSE), one value (SCALAR), unread (ABSENT)
+    const T* __restrict__ grad_v_out,      // dL/dv_out, shaped like fs_forward's v_out; same modes
+    T* __restrict__ grad_x_seq,            // [T, N] dL/dX[t], or [N] their sum over t (SUM_GRAD_X: one X for all t)
+    T* __restrict__ grad_v_init,           // [N] dL/dV[-1] (written when GRAD_V_INIT)
+    const T* __restrict__ v_init,          // [N] V[-1] as the forward got it, or null for v_rest (read by EIF, PLIF)
+    const float* __restrict__ decay_ptr,   // PLIF's k = sigmoid(w), one float (read by PLIF only)
+    float* __restrict__ grad_w_partials,   // [N / VEC] out, PLIF only: each thread's share of dL/dw
+    const T* __restrict__ x_seq,           // NORMALIZE: X as the forward's, normalized as it is read
+    const float* __restrict__ scale,       // NORMALIZE: per channel, as fs_forward's
     const float* __restrict__ shift,
-    const long long steps,
-    const long long n,
-    const long long x_step,
-    const long long channel_stride,
-    const long long channels,
-    const float (&mean_reg)[VEC],
-    float (&sums)[2][VEC])
+    const long long steps,                 // T
+    const long long n,                     // N, a multiple of VEC
+    const long long x_step,                // NORMALIZE: from X[t] to X[t+1]
+    const long long channel_stride,        // NORMALIZE: as fs_forward's
+    const long long channels)
 {
+    const long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+    if (i >= n) return;
     // A SCALAR gradient is the same for every element: read it once.
     const float grad_spike_all = GRAD_SPIKE == FS_GRAD_SCALAR ? fs_load_one(grad_spike_seq) : 0.0f;
     const float grad_v_all = GRAD_V == FS_GRAD_SCALAR ? fs_load_one(grad_v_out) : 0.0f;
@@ -398,7 +383,6 @@ $forward_step
     for (long long r0 = 0; r0 < steps; r0 += UNROLL) {
         // With READS_V_PREV, row u + 1 holds H[t - 1] for row u (the last one is the next chunk's first).
         float h_reg[UNROLL + READS_V_PREV][VEC], grad_spike_reg[UNROLL][VEC], grad_v_reg[UNROLL][VEC];
-        float x_reg[UNROLL][VEC];  // GRAD_SUMS: the kept input X[t] again, not normalized
 #pragma unroll
         for (int u = 0; u < UNROLL + READS_V_PREV; ++u) {
             const long long t = steps - 1 - (r0 + u);
@@ -407,7 +391,6 @@ $forward_step
             if (u == UNROLL) break;
             if (GRAD_SPIKE == FS_GRAD_DENSE) fs_load<T, VEC>(grad_spike_seq + t * n + i, grad_spike_reg[u]);
             if (STORE_V_SEQ && GRAD_V == FS_GRAD_DENSE) fs_load<T, VEC>(grad_v_out + t * n + i, grad_v_reg[u]);
-            if (GRAD_SUMS) fs_load<T, VEC>(x_seq + t * x_step + i, x_reg[u]);
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
@@ -432,11 +415,6 @@ $backward_step
                 } else {
                     grad_x_reg[k] = grad_x;
                 }
-                if (GRAD_SUMS) {  // (the gradient as the BatchNorm's backward reads it: rounded to T)
-                    const float stored = fs_round<T>(grad_x);
-                    sums[0][k] += stored;
-                    sums[1][k] += stored * (x_reg[u][k] - mean_reg[k]);
-                }
                 carry[k] = grad_v_prev;
 $grad_w_add
             }
@@ -446,72 +424,6 @@ $grad_w_add
     if (SUM_GRAD_X) fs_store<T, VEC>(grad_x_seq + i, grad_x_sum);
     if (GRAD_V_INIT) fs_store<T, VEC>(grad_v_init + i, carry);
 $grad_w_store
-}
-
-template <typename T, int GRAD_SPIKE, int GRAD_V, bool STORE_V_SEQ, bool GRAD_V_INIT, bool SUM_GRAD_X, bool NORMALIZE,
-          bool GRAD_SUMS, int VEC, int UNROLL>
-__global__ void fs_backward(
-    const T* __restrict__ h_seq,           // [T, N] H saved by the forward pass
-    const T* __restrict__ grad_spike_seq,  // dL/dS: [T, N] (DENSE), one value (SCALAR), unread (ABSENT)
-    const T* __restrict__ grad_v_out,      // dL/dv_out, shaped like fs_forward's v_out; same modes
-    T* __restrict__ grad_x_seq,            // [T, N] dL/dX[t], or [N] their sum over t (SUM_GRAD_X: one X for all t)
-    T* __restrict__ grad_v_init,           // [N] dL/dV[-1] (written when GRAD_V_INIT)
-    const T* __restrict__ v_init,          // [N] V[-1] as the forward got it, or null for v_rest (read by EIF, PLIF)
-    const float* __restrict__ decay_ptr,   // PLIF's k = sigmoid(w), one float (read by PLIF only)
-    float* __restrict__ grad_w_partials,   // [N / VEC] out, PLIF only: each thread's share of dL/dw
-    const T* __restrict__ x_seq,           // NORMALIZE: X as the forward's, normalized as it is read
-    const float* __restrict__ scale,       // NORMALIZE: per channel, as fs_forward's
-    const float* __restrict__ shift,
-    const float* __restrict__ mean,        // GRAD_SUMS: the BatchNorm's batch mean per channel
-    float* __restrict__ sum_dy,            // GRAD_SUMS: out, [slots, channels] each (see below)
-    float* __restrict__ sum_dy_xmu,
-    const long long steps,                 // T
-    const long long n,                     // N, a multiple of VEC
-    const long long x_step,                // NORMALIZE: from X[t] to X[t+1]
-    const long long channel_stride,        // NORMALIZE: as fs_forward's
-    const long long channels,
-    const long long rows_per_thread)       // GRAD_SUMS: see below
-{
-    const long long thread = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    float mean_reg[VEC], sums[2][VEC];
-    if (!GRAD_SUMS) {  // a thread's VEC neighbouring neurons
-        const long long i = thread * VEC;
-        if (i >= n) return;
-        fs_backward_neurons<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, NORMALIZE, GRAD_SUMS, VEC,
-                            UNROLL>(i, h_seq, grad_spike_seq, grad_v_out, grad_x_seq, grad_v_init, v_init, decay_ptr,
-                                    grad_w_partials, x_seq, scale, shift, steps, n, x_step, channel_stride, channels,
-                                    mean_reg, sums);
-        return;
-    }
-    // GRAD_SUMS (with NORMALIZE; channels adjacent, channel_stride 1, and a multiple of VEC): a step is
-    // [rows, channels]; a thread owns VEC neighbouring channels in rows_per_thread rows, one row after
-    // another, and sums the BatchNorm's per-channel terms over them and every t in registers. Slot s (the
-    // rows from s * rows_per_thread) of channel c is entry [s, c] of sum_dy and sum_dy_xmu: no atomics
-    // and no barrier, so the same sums on every run; the BatchNorm adds the slots up.
-    const long long groups = channels / VEC;
-    const long long slot = thread / groups;
-    const long long first_channel = (thread - slot * groups) * VEC;
-    const long long rows = n / channels;
-    const long long first_row = slot * rows_per_thread;
-    if (first_row >= rows) return;
-    const long long end_row = first_row + rows_per_thread < rows ? first_row + rows_per_thread : rows;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-        mean_reg[k] = mean[first_channel + k];
-        sums[0][k] = 0.0f;
-        sums[1][k] = 0.0f;
-    }
-    for (long long row = first_row; row < end_row; ++row) {
-        fs_backward_neurons<T, GRAD_SPIKE, GRAD_V, STORE_V_SEQ, GRAD_V_INIT, SUM_GRAD_X, NORMALIZE, GRAD_SUMS, VEC,
-                            UNROLL>(row * channels + first_channel, h_seq, grad_spike_seq, grad_v_out, grad_x_seq,
-                                    grad_v_init, v_init, decay_ptr, grad_w_partials, x_seq, scale, shift, steps, n,
-                                    x_step, channel_stride, channels, mean_reg, sums);
-    }
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-        sum_dy[slot * channels + first_channel + k] = sums[0][k];
-        sum_dy_xmu[slot * channels + first_channel + k] = sums[1][k];
-    }
 }
 """)
 
@@ -570,18 +482,6 @@ def module_source(p: NeuronParams) -> str:
     return PRELUDE + kernel_source(p)
 
 
-def rows_per_thread(rows: int, channels: int) -> int:
-    """The rows of a ``[rows, channels]`` step that each thread of a GRAD_SUMS backward walks (the same for
-    every VEC, so the slots' shape, ``[slots(rows, channels), channels]``, is the layer's own)."""
-    return max(2, rows * channels // GRAD_SUM_SLOTS)
-
-
-def slots(rows: int, channels: int) -> int:
-    """The slot rows of a GRAD_SUMS backward's sums for a ``[rows, channels]`` step."""
-    per_thread = rows_per_thread(rows, channels)
-    return (rows + per_thread - 1) // per_thread
-
-
 def vector_width(dtype: torch.dtype) -> int:
     """Elements per 16-byte load for ``dtype``: the VEC of the vectorized kernels."""
     return 16 // _ELEMENT_SIZE[dtype]
@@ -612,11 +512,11 @@ def forward_name(dtype: torch.dtype, has_v_init: bool, save_h: bool, store_v_seq
 
 
 def backward_name(dtype: torch.dtype, grad_spike: int, grad_v: int, store_v_seq: bool, grad_v_init: bool,
-                  sum_grad_x: bool, normalize: bool, grad_sums: bool, vec: int) -> str:
+                  sum_grad_x: bool, normalize: bool, vec: int) -> str:
     """The C++ name of one backward instantiation; ``grad_spike``/``grad_v`` are GRAD_* modes."""
     return (f"fs_backward<{STORAGE_TYPES[dtype]}, {grad_spike}, {grad_v}, {_cpp_bool(store_v_seq)}, "
-            f"{_cpp_bool(grad_v_init)}, {_cpp_bool(sum_grad_x)}, {_cpp_bool(normalize)}, {_cpp_bool(grad_sums)}, "
-            f"{vec}, {_unroll('backward', dtype, vec)}>")
+            f"{_cpp_bool(grad_v_init)}, {_cpp_bool(sum_grad_x)}, {_cpp_bool(normalize)}, {vec}, "
+            f"{_unroll('backward', dtype, vec)}>")
 
 
 def forward_flag_sets(dtype: torch.dtype):
@@ -638,15 +538,12 @@ def forward_flag_sets(dtype: torch.dtype):
 
 
 def backward_flag_sets(dtype: torch.dtype, p: NeuronParams):
-    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, normalize, grad_sums, vec) a
-    launcher may ask for for ``p``; at least one output gradient is present (autograd.py calls no
-    backward otherwise), a normalizing backward (H first, into dL/dX) writes dL/dX of every step, and
-    only a normalizing one sums the BatchNorm's terms."""
+    """Every (grad_spike, grad_v, store_v_seq, grad_v_init, sum_grad_x, normalize, vec) a launcher may
+    ask for for ``p``; at least one output gradient is present (autograd.py calls no backward
+    otherwise), and a normalizing backward (H first, into dL/dX) writes dL/dX of every step."""
     modes = (GRAD_ABSENT, GRAD_DENSE, GRAD_SCALAR)
     for gs, gv, store, gvi, summed, normalize, vec in itertools.product(
         modes, modes, (False, True), (False, True), (False, True), (False, True), (1, backward_vector_width(dtype, p))
     ):
         if (gs != GRAD_ABSENT or gv != GRAD_ABSENT) and not (normalize and summed):
-            yield gs, gv, store, gvi, summed, normalize, False, vec
-            if normalize:
-                yield gs, gv, store, gvi, summed, normalize, True, vec
+            yield gs, gv, store, gvi, summed, normalize, vec

@@ -115,7 +115,7 @@ class CompiledKernels:
         """How many kernels this process has compiled or loaded (for tests of the cache)."""
         return len(self.functions)
 
-    def launch(self, function, device_index: int, threads: int, args: tuple) -> None:
+    def launch(self, function, device_index: int, n: int, vec: int, args: tuple) -> None:
         cupy = _CUPY.cupy
         key = (self._current_raw_stream(device_index), device_index)  # handle 0 exists on every device
         stream = self._streams.get(key)
@@ -125,7 +125,7 @@ class CompiledKernels:
                 # speaking the CUDA stream protocol; a raw handle is what torch gives without allocation.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 stream = self._streams[key] = cupy.cuda.ExternalStream(*key)
-        blocks = (threads + src.BLOCK - 1) // src.BLOCK
+        blocks = ((n // vec) + src.BLOCK - 1) // src.BLOCK
         if cupy.cuda.runtime.getDevice() == device_index:
             function((blocks,), (src.BLOCK,), args, shared_mem=0, stream=stream)
         else:  # the kernel was loaded for that device: make it current for the launch
@@ -174,18 +174,11 @@ class CupyKernels(KernelSet):
                     addend is not None, vec)
         compiled = self.compiled
         function = compiled.function(self.params_key, self.source, x.dtype, switches, device_index, src.forward_name)
-        compiled.launch(function, device_index, n // vec, (*pointers[:5], _ptr(decay), *channels[:2], _ptr(spike_bits),
-                                                          pointers[5], steps, n, x.stride(0), *channels[2:]))
+        compiled.launch(function, device_index, n, vec, (*pointers[:5], _ptr(decay), *channels[:2], _ptr(spike_bits),
+                                                         pointers[5], steps, n, x.stride(0), *channels[2:]))
         return spike_bits is not None
 
     fuses_normalized_backward = True
-
-    def gradient_sum_slots(self, x, channel_stride: int, channels: int) -> int | None:
-        # channels adjacent: a thread's VEC neighbours are VEC neighbouring channels of one row
-        if channel_stride != 1:
-            return None
-        step = x.numel() // x.shape[0]
-        return src.slots(step // channels, channels)
 
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
                         store_v_seq: bool, normalize=None):
@@ -201,35 +194,23 @@ class CupyKernels(KernelSet):
             dense.append(pointers[2])
         if v_init is not None:
             dense.append(v_init.data_ptr())
-        sums, summing = None, (0, 0, 0)
         if normalize is None:
             normalizing = (0, 0, 0, 1, 1, 1)
         else:
-            x, scale, shift, channel_stride, channels = normalize[:5]
+            x, scale, shift, channel_stride, channels = normalize
             normalizing = (x.data_ptr(), scale.data_ptr(), shift.data_ptr(), x.stride(0), channel_stride, channels)
             dense.append(x.data_ptr())
-            if len(normalize) > 5:  # the BatchNorm's gradient sums, into [slots, channels] tables
-                sums = normalize[5]
-                summing = tuple(tensor.data_ptr() for tensor in sums)
         vec = _vector_width(like.dtype, n, *dense, vec=src.backward_vector_width(like.dtype, p))
-        if sums is not None and channels % vec:  # (a thread's VEC channels must not cross a row)
-            vec = 1
         # PLIF's ∂L/∂w: one partial sum per thread of this launch, whose count only the launch knows.
         partials = layouts.grad_w_partials(n // vec, like) if p.parametric else None
         device_index = like.get_device()
         switches = (gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < like.dim(),
-                    normalize is not None, sums is not None, vec)
+                    normalize is not None, vec)
         compiled = self.compiled
         function = compiled.function(self.params_key, self.source, like.dtype, switches, device_index,
                                      src.backward_name)
-        threads, rows_per_thread = n // vec, 0
-        if sums is not None:  # channels / VEC threads per slot (see fs_backward)
-            rows = n // channels
-            rows_per_thread = src.rows_per_thread(rows, channels)
-            threads = sums[1].shape[0] * (channels // vec)
-        extra = (_ptr(v_init), _ptr(decay), _ptr(partials), *normalizing[:3], *summing)
-        compiled.launch(function, device_index, threads,
-                        (*pointers, *extra, steps, n, *normalizing[3:], rows_per_thread))
+        extra = (_ptr(v_init), _ptr(decay), _ptr(partials), *normalizing[:3])
+        compiled.launch(function, device_index, n, vec, (*pointers, *extra, steps, n, *normalizing[3:]))
         return None if partials is None else layouts.sum_grad_w(partials)
 
 

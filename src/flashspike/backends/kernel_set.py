@@ -31,19 +31,14 @@ A kernel set is a :class:`KernelSet`. Its two calls lay out the operands and out
 
 ``recompute_h(x, scale, shift, channel_stride, channels, v_init, p, decay=None) -> h``
 and ``backward_normalized(x, scale, shift, channel_stride, channels, v_init, grad_spike, grad_v_out, p,
-store_v_seq, need_grad_v_init, decay=None, mean=None) -> (grad_x, grad_v_init, grad_w, sums)``
-(``backward``'s result through that H, and with ``mean`` the BatchNorm's gradient sums, or None)
+store_v_seq, need_grad_v_init, decay=None)`` (``backward``'s result through that H)
     H of the forward, computed again from the kept input of a BatchNorm-like layer
     (:class:`.recompute.Normalized`): the forward's input was ``round(x * scale[c] + shift[c])``,
     rounded once to x's dtype, c = (i // channel_stride) % channels for element i of a step. The
     forward kernel normalizes ``x`` as it loads it (the same float32 fused multiply-add and rounding
     give the same input, so the same H) and writes H only. ``x`` is laid out like the forward's input.
     ``forward(..., normalize=(scale, shift, channel_stride, channels))`` fires from such an ``x`` the
-    same way (spikes, V and their bits; no H): the layer's output need never be made. Given the
-    BatchNorm's batch ``mean`` (float32 ``[C]``), a backend that can (:meth:`KernelSet.gradient_sum_slots`)
-    also sums, per channel, what the BatchNorm's backward reads of ∂L/∂X as it writes it: ``sums`` is
-    float32 ``[2, slots, C]``, whose sum over the slots is Σ ∂L/∂X and Σ ∂L/∂X · (x − mean[c]), ∂L/∂X
-    as stored (rounded to x's dtype).
+    same way (spikes, V and their bits; no H): the layer's output need never be made.
 
 A backend subclasses :class:`KernelSet` and implements :meth:`~KernelSet.launch_forward` (which also
 runs the recompute) and :meth:`~KernelSet.launch_backward`.
@@ -98,34 +93,21 @@ class KernelSet:
         return h
 
     def backward_normalized(self, x, scale, shift, channel_stride: int, channels: int, v_init, grad_spike,
-                            grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool, decay=None,
-                            mean=None):
+                            grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool, decay=None):
         """``backward`` through the H that ``recompute_h`` gives (``x``: a sequence, not one step
-        repeated), and the BatchNorm's gradient sums where ``mean`` is given and the backend sums them
-        (else None). A backend whose backward kernel can run the forward first (``fuses_normalized_backward``)
+        repeated). A backend whose backward kernel can run the forward first (``fuses_normalized_backward``)
         does both in one launch, writing H into the memory of ∂L/∂X and reading it back step by step as
         it overwrites it: H then costs no memory of its own and no pass over memory. Otherwise, the two
         in turn."""
         if not self.fuses_normalized_backward:
             h = self.recompute_h(x, scale, shift, channel_stride, channels, v_init, p, decay)
-            return (*self.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, False, v_init, decay),
-                    None)
+            return self.backward(h, grad_spike, grad_v_out, p, store_v_seq, need_grad_v_init, False, v_init, decay)
         gs_mode, grad_spike = grad_operand(grad_spike, x, True)  # (H would be laid out as x is)
         gv_mode, grad_v_out = grad_operand(grad_v_out, x, store_v_seq)
         grad_x, grad_v_init = backward_outputs(x, need_grad_v_init)
-        normalize, sums = (x, scale, shift, channel_stride, channels), None
-        slots = None if mean is None else self.gradient_sum_slots(x, channel_stride, channels)
-        if slots:
-            sums = torch.empty(2, slots, channels, dtype=torch.float32, device=x.device)
-            normalize += ((mean, sums[0], sums[1]),)
         grad_w = self.launch_backward(None, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init,
-                                      decay, p, store_v_seq, normalize)
-        return grad_x, grad_v_init, grad_w, sums
-
-    def gradient_sum_slots(self, x, channel_stride: int, channels: int) -> int | None:
-        """The slots (rows of ``sums``) in which :meth:`launch_backward` sums a BatchNorm's terms for the
-        sequence ``x`` with these channels, or None where it cannot (the default)."""
-        return None
+                                      decay, p, store_v_seq, (x, scale, shift, channel_stride, channels))
+        return grad_x, grad_v_init, grad_w
 
     def backward(self, h, grad_spike, grad_v_out, p: NeuronParams, store_v_seq: bool, need_grad_v_init: bool,
                  sum_grad_x: bool = False, v_init=None, decay=None):
@@ -156,6 +138,5 @@ class KernelSet:
         neuron rebuilds V[t−1] (:attr:`NeuronParams.backward_reads_v_prev`). With ``normalize`` (x,
         scale, shift, channel_stride, channels; only where ``fuses_normalized_backward``), ``h`` is
         None: run the forward from the normalized ``x`` first, from ``v_init`` (given whenever the
-        forward had one), writing H into ``grad_x``. A sixth element, (mean, sum_dy, sum_dy_xmu), asks
-        for the BatchNorm's gradient sums in the ``[slots, C]`` tables that :meth:`gradient_sum_slots` sized."""
+        forward had one), writing H into ``grad_x``."""
         raise NotImplementedError

@@ -30,8 +30,8 @@ import contextlib
 
 import torch
 
-__all__ = ["Recipe", "Normalized", "GradientSums", "mark", "mark_normalized", "fill_unwritten", "recipe_for",
-           "recompute", "normalized_input", "remaking"]
+__all__ = ["Recipe", "Normalized", "mark", "mark_normalized", "fill_unwritten", "recipe_for", "recompute",
+           "normalized_input", "remaking"]
 
 _ATTRIBUTE = "_flashspike_recipe"
 
@@ -62,56 +62,15 @@ class Normalized:
     dense and laid out like the output, scale and shift float32 of one element per channel c (the
     output's dimension 1, of ``channels`` elements ``channel_stride`` apart in memory); ``how`` is
     (channel_stride, channels). ``fill``: None once the output holds its values; else the output is
-    not written yet, and ``fill(output)`` writes them (see :func:`fill_unwritten`). ``gradient_sums``:
-    where the layer's backward takes its per-channel sums from the neuron's (:class:`GradientSums`), or
-    None."""
+    not written yet, and ``fill(output)`` writes them (see :func:`fill_unwritten`)."""
 
-    __slots__ = ("inputs", "how", "version", "fill", "gradient_sums")
+    __slots__ = ("inputs", "how", "version", "fill")
 
-    def __init__(self, output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, fill=None,
-                 gradient_sums=None):
+    def __init__(self, output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, fill=None):
         self.inputs = (x, scale, shift)
         self.how = (output.stride(1), output.shape[1])
         self.version = output._version
         self.fill = fill
-        self.gradient_sums = gradient_sums
-
-
-class GradientSums:
-    """Where a neuron's backward leaves, for the BatchNorm before it, the per-channel sums of the BatchNorm
-    output's gradient that the BatchNorm's backward needs: Σ dy and Σ dy · (x − ``mean``[c]), which the
-    neuron's kernel adds up as it writes dy (:meth:`.kernel_set.KernelSet.backward_normalized`), sparing
-    the BatchNorm a pass over dy and x.
-
-    The BatchNorm makes one per forward and marks its output with it (:func:`mark_normalized`); it holds
-    the batch mean only (not the recipe's inputs, whose memory a layer may free). The sums count for the
-    BatchNorm's backward only if the gradient it receives is the very tensor the neuron wrote, unchanged
-    (:meth:`take`): if anything else also read the output, autograd hands the BatchNorm another tensor
-    (the gradients added up), and the BatchNorm sums that itself."""
-
-    __slots__ = ("mean", "_left")
-
-    def __init__(self, mean: torch.Tensor):
-        self.mean = mean
-        self._left = None
-
-    def leave(self, grad: torch.Tensor, sums: torch.Tensor) -> None:
-        """``sums`` (float32 ``[2, slots, C]``, summed over the slots by the taker) of ``grad``, the gradient
-        the neuron wrote."""
-        self._left = (grad, grad._version, sums)
-
-    def take(self, grad: torch.Tensor):
-        """The sums left for ``grad`` (a gradient laid out like the BatchNorm's input), as ``[2, slots,
-        C]``, or None where none were left or they were left for another tensor; either way none are
-        kept after."""
-        left, self._left = self._left, None
-        if left is None:
-            return None
-        written, version, sums = left
-        if (grad.data_ptr() != written.data_ptr() or grad.numel() != written.numel() or grad.dtype != written.dtype
-                or written._version != version):
-            return None
-        return sums
 
 
 def mark(output: torch.Tensor, function, inputs: tuple) -> None:
@@ -120,7 +79,7 @@ def mark(output: torch.Tensor, function, inputs: tuple) -> None:
 
 
 def mark_normalized(output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                    fill=None, gradient_sums: GradientSums | None = None) -> None:
+                    fill=None) -> None:
     """Mark ``output`` as ``round(x * scale[c] + shift[c])`` per channel (see :class:`Normalized`): ``x``
     has the output's shape, dtype and strides and no gaps; the fused multiply-add runs in float32 and
     rounds once to the dtype, as the kernels that read ``x`` again do.
@@ -128,11 +87,8 @@ def mark_normalized(output: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, 
     With ``fill``, the output is not written yet (memory of its shape and strides): a kernel-backend
     neuron reading it fires from ``x``, normalizing it as it loads it, and the output is never made;
     anything else that reads it through a flashspike neuron has ``fill(output)`` write it first. A
-    layer marks an output so only for a caller that hands it to such a neuron and nothing else.
-
-    With ``gradient_sums``, such a neuron's backward also leaves there the per-channel sums the layer's
-    backward reads (see :class:`GradientSums`), where its kernels can."""
-    setattr(output, _ATTRIBUTE, Normalized(output, x, scale, shift, fill, gradient_sums))
+    layer marks an output so only for a caller that hands it to such a neuron and nothing else."""
+    setattr(output, _ATTRIBUTE, Normalized(output, x, scale, shift, fill))
 
 
 def fill_unwritten(x: torch.Tensor) -> bool:

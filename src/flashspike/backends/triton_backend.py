@@ -104,14 +104,6 @@ class TritonKernels(KernelSet):
 
     fuses_normalized_backward = True
 
-    def gradient_sum_slots(self, x, channel_stride: int, channels: int) -> int | None:
-        # a program's BLOCK neighbours are whole rows of channels, or a part of one row (both powers of two)
-        if channel_stride != 1 or channels & (channels - 1):
-            return None
-        step = x.numel() // x.shape[0]
-        (programs,), block, _ = self._launch_shape(step)
-        return programs * min(channels, block) // channels
-
     def launch_backward(self, h, gs_mode, grad_spike, gv_mode, grad_v_out, grad_x, grad_v_init, v_init, decay, p,
                         store_v_seq, normalize=None):
         like = grad_x if h is None else h  # (with normalize, H is written into grad_x)
@@ -120,22 +112,18 @@ class TritonKernels(KernelSet):
         grid, block, options = self._launch_shape(n)
         # PLIF's ∂L/∂w: one partial sum per program of this launch, whose count only the launch knows.
         partials = layouts.grad_w_partials(grid[0], like) if p.parametric else None
-        mean = sum_dy = sum_dy_xmu = None
         if normalize is None:
             x = scale = shift = None
             x_step = channel_stride = channels = 1
         else:
-            x, scale, shift, channel_stride, channels = normalize[:5]
+            x, scale, shift, channel_stride, channels = normalize
             x_step = x.stride(0)
-            if len(normalize) > 5:  # the BatchNorm's gradient sums (gradient_sum_slots sized them)
-                mean, sum_dy, sum_dy_xmu = normalize[5]
         with _on_device(like):
             self.backward_kernel[grid](
-                h, grad_spike, grad_v_out, grad_x, grad_v_init, v_init, decay, partials, x, scale, shift, mean, sum_dy,
-                sum_dy_xmu, steps, n, (steps - 1) * n, x_step, channel_stride, channels,
+                h, grad_spike, grad_v_out, grad_x, grad_v_init, v_init, decay, partials, x, scale, shift, steps, n,
+                (steps - 1) * n, x_step, channel_stride, channels,
                 block, gs_mode, gv_mode, store_v_seq, grad_v_init is not None, grad_x.dim() < like.dim(),
-                v_init is not None, normalize is not None, mean is not None,
-                min(channels, block) if mean is not None else 1,
+                v_init is not None, normalize is not None,
                 **options,
             )  # fmt: skip
         return None if partials is None else layouts.sum_grad_w(partials)

@@ -10,9 +10,7 @@ PLIF's decay k is read from ``decay_ptr`` at run time.
 
 PLIF's ∂L/∂w is summed over t in a register per neuron, then over the program's BLOCK neurons, and
 each program stores its sum in its own slot of ``grad_w_ptr`` (torch adds the slots): no atomics,
-so the result is the same on every run, and no [T, N] temporary. A BatchNorm's gradient sums
-(GRAD_SUMS) are gathered the same way: over t per neuron, then over the program's neurons of each
-channel, into the program's own slots.
+so the result is the same on every run, and no [T, N] temporary.
 
 Offsets are int64 (the column index is widened before anything is added to it) and advance by one
 row per step, so a sequence of more than 2**31 elements is addressed correctly and no 32-bit product
@@ -154,11 +152,6 @@ _NORMALIZED_FORWARD = """\
             forward_offset += N
             x_offset += x_step
         h_src = grad_x_ptr
-        if GRAD_SUMS:
-            mean = tl.load(mean_ptr + channel, mask=mask, other=0.0)
-            x_back = x_offset - x_step  # X[T - 1], read again as the walk back reaches each step
-            sum_dy = tl.zeros([BLOCK], tl.float32)
-            sum_dy_xmu = tl.zeros([BLOCK], tl.float32)
     else:
         h_src = h_ptr
 """
@@ -226,9 +219,6 @@ def {BACKWARD_NAME}(
     x_ptr,  # NORMALIZE: X as the forward's, [T, N], normalized as it is read (H_ptr is then unused)
     scale_ptr,
     shift_ptr,
-    mean_ptr,  # GRAD_SUMS: the BatchNorm's batch mean per channel, float32
-    sum_dy_ptr,  # GRAD_SUMS: out, SUM_WIDTH float32 per program: dL/dX (as stored) summed per channel
-    sum_dy_xmu_ptr,  # GRAD_SUMS: out, the same for dL/dX * (x - mean[c])
     T,  # number of time steps
     N,  # neurons per step
     last_row,  # (T - 1) * N: the offset of the last step
@@ -243,9 +233,6 @@ def {BACKWARD_NAME}(
     SUM_GRAD_X: tl.constexpr,
     HAS_V_INIT: tl.constexpr,
     NORMALIZE: tl.constexpr,  # H from a BatchNorm's input first, written into grad_x and read back from it
-    GRAD_SUMS: tl.constexpr,  # with NORMALIZE, channels adjacent (channel_stride 1), a power of two of them:
-    # also sum the BatchNorm's per-channel terms, each program into its SUM_WIDTH slots (BLOCK's channels)
-    SUM_WIDTH: tl.constexpr,  # min(channels, BLOCK): slot j of program k is channel (k * BLOCK + j) % channels
 ):
     col = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = col < N
@@ -278,20 +265,10 @@ def {BACKWARD_NAME}(
             grad_x_sum += grad_x
         else:
             tl.store(grad_x_ptr + offset, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
-        if GRAD_SUMS:  # (the gradient as the BatchNorm's backward reads it: as stored)
-            stored = tl.where(mask, grad_x.to(grad_x_ptr.dtype.element_ty).to(tl.float32), 0.0)
-            x_kept = tl.load(x_ptr + x_back, mask=mask, other=0.0).to(tl.float32)
-            sum_dy += stored
-            sum_dy_xmu += stored * (x_kept - mean)
-            x_back -= x_step
         carry = grad_v_prev
         offset -= N
     if SUM_GRAD_X:
         tl.store(grad_x_ptr + col, grad_x_sum.to(grad_x_ptr.dtype.element_ty), mask=mask)
     if NEED_GRAD_V_INIT:
         tl.store(grad_v_init_ptr + col, carry.to(grad_v_init_ptr.dtype.element_ty), mask=mask)
-    if GRAD_SUMS:
-        slot = tl.program_id(0).to(tl.int64) * SUM_WIDTH + tl.arange(0, SUM_WIDTH)
-        tl.store(sum_dy_ptr + slot, tl.sum(tl.reshape(sum_dy, (BLOCK // SUM_WIDTH, SUM_WIDTH)), axis=0))
-        tl.store(sum_dy_xmu_ptr + slot, tl.sum(tl.reshape(sum_dy_xmu, (BLOCK // SUM_WIDTH, SUM_WIDTH)), axis=0))
 {store_grad_w}'''

@@ -32,11 +32,7 @@ Where the caller vouches that the BatchNorm's output goes to one neuron and noth
 is not even written: the neuron's forward kernel fires from the BatchNorm's input, normalizing it as
 it loads it, as its backward does. That saves the normalization's pass over memory (a write and a
 read of the activation); anything else that reads the output through a flashspike neuron has it
-written first (:func:`flashspike.backends.recompute.fill_unwritten`). Where the layer's channels are
-adjacent in memory, the neuron's backward kernel also sums, per channel, what this layer's backward
-reads of the gradient (Σ dy and Σ dy · (x − mean)) as it writes it, and leaves the sums for it
-(:class:`flashspike.backends.recompute.GradientSums`): the backward then reads dy and x once, for the
-input gradient, instead of twice.
+written first (:func:`flashspike.backends.recompute.fill_unwritten`).
 
 The Triton path launches six kernels per layer and step where cuDNN's batch norm launches two. In a
 step captured as one CUDA graph (:class:`flashspike.CapturedStep`) launches cost nothing; in an eager
@@ -53,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ..backends.recompute import GradientSums, mark, mark_normalized, remaking
+from ..backends.recompute import mark, mark_normalized, remaking
 from ..base import called_plainly
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
@@ -120,17 +116,14 @@ class _Normalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, statistics):
         mean, invstd, scale, shift, eps, kernels, unwritten = statistics
-        sums = None
         if unwritten:  # for the neuron that fires from x: written only if something else reads it
             y = _unwritten_like(x)
-            if _channels_adjacent(x):  # (the layout whose backward sums in Triton, and the kernels' too)
-                sums = GradientSums(mean)
-            mark_normalized(y, x, scale, shift, functools.partial(_fill, kernels.normalize, x, scale, shift), sums)
+            mark_normalized(y, x, scale, shift, functools.partial(_fill, kernels.normalize, x, scale, shift))
         else:
             y = kernels.normalize(x, scale, shift)
             mark_normalized(y, x, scale, shift)
         ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps, ctx.parameters, ctx.kernels, ctx.sums = eps, (weight is not None, bias is not None), kernels, sums
+        ctx.eps, ctx.parameters, ctx.kernels = eps, (weight is not None, bias is not None), kernels
         return y
 
     @staticmethod
@@ -141,11 +134,9 @@ class _Normalize(torch.autograd.Function):
         needs = ctx.needs_input_grad
         wanted = (needs[0], needs[1] and has_weight, needs[2] and has_bias)
         if _channels_adjacent(x):  # (PyTorch's kernels for this layout are slow)
-            # the sums of grad that the neuron after this layer added up as it wrote grad, if it did
-            sums = None if ctx.sums is None else ctx.sums.take(grad)
             if grad.stride() != x.stride():
                 grad = torch.empty_like(x, dtype=grad.dtype).copy_(grad)
-            grad_x, grad_weight, grad_bias = ctx.kernels.backward(grad, x, weight, mean, invstd, wanted, sums)
+            grad_x, grad_weight, grad_bias = ctx.kernels.backward(grad, x, weight, mean, invstd, wanted)
         else:
             grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
                 grad.contiguous(memory_format=_memory_format(x)), x, weight, None, None, mean, invstd, True, ctx.eps,

@@ -315,33 +315,24 @@ def _grad_input(dy_ptr, x_ptr, dx_ptr, a_ptr, mean_dy_ptr, k_ptr, mean_ptr, rows
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, weight, mean: torch.Tensor, invstd: torch.Tensor,
-             needs: tuple, sums: torch.Tensor | None = None):
+             needs: tuple):
     """(grad_x, grad_weight, grad_bias) of a batch normalization with the batch's ``mean`` and ``invstd``
     (float32) and ``weight`` (or None), each None unless ``needs`` (three booleans) asks for it; ``x``
     and ``grad`` as :func:`statistics` takes them, with the same strides. The formulas are PyTorch's
-    (the gradient through the statistics included), summed in float32 in a fixed order.
-
-    ``sums``: Σ grad and Σ grad · (x − mean) per channel in partial sums, float32 ``[2, parts, C]``, where
-    the caller has them already (a neuron's backward added them up as it wrote ``grad``): they take the
-    place of the pass that reads ``grad`` and ``x`` for them."""
+    (the gradient through the statistics included), summed in float32 in a fixed order."""
     split = _Split(x)
-    if sums is None:
-        sum_dy, sum_dy_xmu = split.partials(x), split.partials(x)
-        _partial_gradient_sums[split.grid](grad, x, mean, sum_dy, sum_dy_xmu, split.rows, split.channels,
-                                           split.rows_per_program, BLOCK_ROWS=split.block_rows,
-                                           BLOCK_CHANNELS=split.block_channels)
-        parts, block_parts = split.parts, split.block_parts
-    else:  # (many parts, in a fixed order: torch's reduction adds them up in a fixed order too)
-        sum_dy, sum_dy_xmu = sums.sum(1, keepdim=True).unbind(0)
-        parts, block_parts = 1, 1
+    sum_dy, sum_dy_xmu = split.partials(x), split.partials(x)
+    _partial_gradient_sums[split.grid](grad, x, mean, sum_dy, sum_dy_xmu, split.rows, split.channels,
+                                       split.rows_per_program, BLOCK_ROWS=split.block_rows,
+                                       BLOCK_CHANNELS=split.block_channels)
     a, mean_dy, k = (torch.empty_like(mean) for _ in range(3))
     want_weight, want_bias = needs[1] and weight is not None, needs[2]
     grad_weight = torch.empty_like(weight) if want_weight else None
     grad_bias = torch.empty(split.channels, dtype=weight.dtype if weight is not None else torch.float32,
                             device=x.device) if want_bias else None
     _gradient_terms[split.channel_grid](sum_dy, sum_dy_xmu, invstd, weight, a, mean_dy, k, grad_weight, grad_bias,
-                                        parts, split.channels, float(split.rows), HAS_WEIGHT=weight is not None,
-                                        WANT_WEIGHT=want_weight, WANT_BIAS=want_bias, BLOCK_PARTS=block_parts,
+                                        split.parts, split.channels, float(split.rows), HAS_WEIGHT=weight is not None,
+                                        WANT_WEIGHT=want_weight, WANT_BIAS=want_bias, BLOCK_PARTS=split.block_parts,
                                         BLOCK=split.block)
     grad_x = None
     if needs[0]:
