@@ -55,12 +55,15 @@ class FusedMultiStep(torch.autograd.Function):
         if fire_from is None:  # (an input not written yet that is read here is written first)
             fill_unwritten(x)
         if source is None:
-            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits, None, addend)
+            # (the addend only where there is one: a kernel set's forward of fewer operands keeps working)
+            added = () if addend is None else (None, addend)
+            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits, *added)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
             recipe, view = source
             spike, v_out, _ = kernels.forward(x_seq if fire_from is None else normalized, v_init, p, False,
-                                              store_v_seq, decay, spike_bits, fire_from, addend)
+                                              store_v_seq, decay, spike_bits, fire_from,
+                                              *(() if addend is None else (addend,)))
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
                 call = (kernels, p, store_v_seq, repeat, (True, recipe.how))
