@@ -300,3 +300,17 @@ def test_more_than_2_31_elements(cuda, n):
         torch.testing.assert_close(node.v.detach()[part].cpu().double(), ref.v, rtol=2e-3, atol=2e-3)
     del x, spike, node
     torch.cuda.empty_cache()
+
+
+def test_a_forward_and_a_backward_of_equal_switches_are_two_functions(monkeypatch):
+    # A forward's switches (booleans, then VEC) may equal a backward's (GRAD_* modes are small ints, and
+    # True == 1): the compiled kernels are told apart by the kernel too, never handed for the other.
+    monkeypatch.setattr(cupy_backend, "_compile", lambda source, name, device_index: name)
+    compiled = cupy_backend.CompiledKernels()
+    forward = (True, True, False, False, False, False, 1)
+    backward = (src.GRAD_DENSE, src.GRAD_DENSE, False, False, False, False, 1)
+    assert forward == backward  # (what made them collide)
+    got = [compiled.function(("key",), "source", torch.float32, switches, 0, name_of)
+           for switches, name_of in ((forward, src.forward_name), (backward, src.backward_name))]
+    assert got == [src.forward_name(torch.float32, *forward), src.backward_name(torch.float32, *backward)]
+    assert got[0].startswith("fs_forward") and got[1].startswith("fs_backward")

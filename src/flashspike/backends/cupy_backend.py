@@ -6,7 +6,7 @@ raw pointers (``data_ptr()``, no copy, no CuPy array), on the input's device and
 stream there (so CUDA graph capture and side streams work), outputs come ready from torch's allocator
 (:mod:`.layouts`), and nothing waits for the GPU. A kernel set is made per option set with its key and
 source (the plan of :mod:`.choice` holds it), so a launch asks nothing of the options; compiled kernels
-are cached in memory by ``(params.key, dtype, switches, device)`` and on disk by CuPy
+are cached in memory by ``(params.key, dtype, switches, device, kernel)`` and on disk by CuPy
 (``~/.cupy/kernel_cache``).
 """
 
@@ -98,14 +98,15 @@ class CompiledKernels:
     dtype, switches, device), and the streams that launches go to."""
 
     def __init__(self):
-        self.functions: dict = {}  # (params.key, dtype, switches, device) -> cupy Function
+        self.functions: dict = {}  # (params.key, dtype, switches, device, name_of) -> cupy Function
         self._streams: dict = {}  # (raw cudaStream_t, device) -> cupy ExternalStream (what a launch takes)
         self._current_raw_stream = _raw_stream_getter()
 
     def function(self, params_key: tuple, source: str, dtype, switches: tuple, device_index: int, name_of):
         """The function ``name_of(dtype, *switches)`` of ``source`` (the kernels of the options whose key is
         ``params_key``) for that device: compiled, or read from CuPy's disk cache, on first use."""
-        key = (params_key, dtype, switches, device_index)
+        # (name_of too: a forward's switches may equal a backward's, True == 1 == GRAD_DENSE included)
+        key = (params_key, dtype, switches, device_index, name_of)
         function = self.functions.get(key)
         if function is None:
             function = self.functions[key] = _compile(source, name_of(dtype, *switches), device_index)
