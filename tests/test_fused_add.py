@@ -17,16 +17,17 @@ from flashspike.params import NeuronParams
 from conftest import kernel_device
 
 
+@pytest.mark.parametrize("backend", ["cupy", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("save_h", [False, True])
-def test_the_kernels_write_the_addend_plus_the_spikes(dtype, save_h):
-    device = kernel_device("triton")
-    node = neuron.MultiStepLIFNode(tau=2.0, backend="triton")
+def test_the_kernels_write_the_addend_plus_the_spikes(backend, dtype, save_h):
+    device = kernel_device(backend)
+    node = neuron.MultiStepLIFNode(tau=2.0, backend=backend)
     p = NeuronParams.of(node)
     g = torch.Generator().manual_seed(3)
-    x = (torch.rand(4, 5, 6, generator=g) * 3).to(dtype).to(device)
-    addend = torch.randint(0, 3, (4, 5, 6), generator=g).to(dtype).to(device)
-    kernels = choice.plan_for("triton", x, p).kernels
+    x = (torch.rand(4, 5, 16, generator=g) * 3).to(dtype).to(device)
+    addend = torch.randint(0, 3, (4, 5, 16), generator=g).to(dtype).to(device)
+    kernels = choice.plan_for(backend, x, p).kernels
     for store_v_seq in (False, True):
         spike, v_out, h = kernels.forward(x, None, p, save_h, store_v_seq)
         added, v_added, h_added = kernels.forward(x, None, p, save_h, store_v_seq, addend=addend)
@@ -123,3 +124,18 @@ def test_where_the_kernel_cannot_add_the_sum_is_made_after(case):
     node.__dict__[neuron.ADDEND] = addend
     got = node(x)
     assert torch.equal(got, want)
+
+
+def test_hooks_see_the_neurons_fire_in_spikingjellys_order():
+    # A downsampling block fires its shortcut before its branch's last neuron only where no hook could
+    # see it: a monitor's hooks see the branch, then the shortcut, as SpikingJelly calls them.
+    device = kernel_device("triton")
+    net = _sew().to(device)
+    order = []
+    for name, module in net.named_modules():
+        if isinstance(module, neuron.BaseNode):
+            module.register_forward_hook(lambda module, args, output, name=name: order.append(name))
+    with torch.no_grad():
+        net(torch.rand(2, 1, 3, 32, 32, device=device))
+    assert order[order.index("layer2.0.sn1"):order.index("layer2.1.sn1")] == [
+        "layer2.0.sn1", "layer2.0.sn2", "layer2.0.downsample_sn"]

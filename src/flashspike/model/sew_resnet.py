@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..base import called_plainly
 from .common import name_builder
 from .resnet_base import TITLES, ResidualBlock, ResNetBase, basic_convs, bottleneck_convs, build, conv1x1, conv3x3
 
@@ -62,7 +63,10 @@ class _FireThenConnect(ResidualBlock):
         self.cnf = _check_cnf(cnf)
 
     def forward(self, x):
-        if self.cnf == "ADD":  # the shortcut first: the branch's last neuron adds its spikes to it as it fires
+        # ADD: the branch's last neuron adds its spikes to the shortcut as it fires, so the shortcut comes
+        # first; a downsampling shortcut then fires before the branch's last neuron, which hooks would see
+        # (SpikingJelly's order is the branch, then the shortcut): only where none can
+        if self.cnf == "ADD" and (self.downsample is None or all(map(called_plainly, self.modules()))):
             shortcut = x if self.downsample is None else self.fire(self.downsample_sn, x, self.downsample)
             return self.branch(x, fire_last=True, add=shortcut)
         out = self.branch(x, fire_last=True)
