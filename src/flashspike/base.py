@@ -15,9 +15,27 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_globals
 
-__all__ = ["MemoryModule", "check_floating", "called_plainly"]
+__all__ = ["MemoryModule", "check_floating", "called_plainly", "ForOneCall"]
 
 _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+class ForOneCall:
+    """A context that holds ``value`` in ``module.__dict__[name]`` (a plain attribute, which a module reads
+    on its hot path without nn.Module's look-ups) for the calls made inside it, and takes it away after,
+    however they end: how a caller tells a module something about one call (a BatchNorm's output that
+    only a neuron reads, a tensor a neuron adds its spikes to)."""
+
+    __slots__ = ("module", "name", "value")
+
+    def __init__(self, module: nn.Module, name: str, value):
+        self.module, self.name, self.value = module, name, value
+
+    def __enter__(self):
+        self.module.__dict__[self.name] = self.value
+
+    def __exit__(self, *exc_info):
+        self.module.__dict__.pop(self.name, None)
 
 
 def called_plainly(module: nn.Module) -> bool:

@@ -50,7 +50,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..backends.recompute import mark, mark_normalized, remaking
-from ..base import called_plainly
+from ..base import ForOneCall, called_plainly
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .spike_bits import memory_order
@@ -220,21 +220,6 @@ _RECOMPUTABLE = {nn.BatchNorm1d: RecomputableBatchNorm1d, nn.BatchNorm2d: Recomp
 _FOR_NEURON = "_output_for_neuron"  # set on a switched layer inside normalized_in_neuron
 
 
-class _OutputForNeuron:
-    """The context :func:`normalized_in_neuron` returns where it applies."""
-
-    __slots__ = ("batchnorm",)
-
-    def __init__(self, batchnorm: nn.Module):
-        self.batchnorm = batchnorm
-
-    def __enter__(self):
-        self.batchnorm.__dict__[_FOR_NEURON] = True
-
-    def __exit__(self, *exc_info):
-        self.batchnorm.__dict__.pop(_FOR_NEURON, None)
-
-
 _NOTHING_CHANGED = contextlib.nullcontext()
 
 
@@ -252,7 +237,7 @@ def normalized_in_neuron(batchnorm: nn.Module, neuron: nn.Module):
             or not getattr(neuron, "fires_from_unwritten_input", _never)() or not called_plainly(batchnorm)
             or not called_plainly(neuron)):
         return _NOTHING_CHANGED
-    return _OutputForNeuron(batchnorm)
+    return ForOneCall(batchnorm, _FOR_NEURON, True)
 
 
 def _never() -> bool:

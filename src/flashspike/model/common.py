@@ -4,13 +4,14 @@ their tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 from torch import nn
 
 from .. import functional, neuron
-from ..base import called_plainly
+from ..base import ForOneCall, called_plainly
 from ..memory.batchnorm_recompute import normalized_in_neuron
 from ..neuron import ADDEND
 
@@ -23,6 +24,7 @@ def apply_in_order(x: torch.Tensor, modules) -> torch.Tensor:
 
 
 _NOT_ENCODING = object()  # StepModule.fire's default: the stateless path, not the input's encoding
+_NOT_ADDED = contextlib.nullcontext()
 
 
 class StepModule(nn.Module):
@@ -58,17 +60,11 @@ class StepModule(nn.Module):
         returns the sum itself, which its kernels write in place of the spikes."""
         last = modules[-1] if isinstance(modules, (list, tuple, nn.Sequential)) else modules
         added = add is not None and _adds_to_its_spikes(neuron)
-        with normalized_in_neuron(last, neuron):
-            if added:
-                neuron.__dict__[ADDEND] = add
-            try:
-                if encode_T is _NOT_ENCODING:
-                    out = neuron(self.stateless(x, modules))
-                else:
-                    out = neuron(self.encode(x, modules, encode_T))
-            finally:
-                if added:
-                    del neuron.__dict__[ADDEND]
+        with normalized_in_neuron(last, neuron), ForOneCall(neuron, ADDEND, add) if added else _NOT_ADDED:
+            if encode_T is _NOT_ENCODING:
+                out = neuron(self.stateless(x, modules))
+            else:
+                out = neuron(self.encode(x, modules, encode_T))
         return out if add is None or added else add + out
 
     def encode(self, x: torch.Tensor, modules, T: int | None) -> torch.Tensor:
