@@ -111,8 +111,10 @@ class _TL:
 class PythonKernels:
     """A kernel set (kernel_set.py's contract) whose step is the generated Triton text run as Python."""
 
-    def forward(self, x, v_init, p, save_h, store_v_seq, decay=None, spike_bits=False):
-        # (``spike_bits`` asks for the spikes packed where a kernel set can: this one never does)
+    def forward(self, x, v_init, p, save_h, store_v_seq, decay=None, spike_bits=False, normalize=None, addend=None):
+        # (``spike_bits`` asks for the spikes packed where a kernel set can: this one never does; the calls
+        # here normalize nothing and add nothing)
+        assert normalize is None and addend is None
         fwd = compile("\n".join(forward_step(p, TRITON)), "<forward>", "exec")
         v = torch.full_like(x[0], p.v_rest) if v_init is None else v_init
         spikes, hs, vs = layouts.new_output(x.shape, x), layouts.new_output(x.shape, x), layouts.new_output(x.shape, x)
@@ -180,10 +182,10 @@ def test_fused_function_starts_from_rest_without_materializing_v():
     x = torch.randn(4, 6, dtype=torch.float64) + 0.5
 
     class Spy(PythonKernels):
-        def forward(self, x, v_init, p, save_h, store_v_seq, decay=None):
+        def forward(self, x, v_init, p, save_h, store_v_seq, decay=None, *rest):
             self.v_init = v_init
             self.save_h = save_h
-            return super().forward(x, v_init, p, save_h, store_v_seq, decay)
+            return super().forward(x, v_init, p, save_h, store_v_seq, decay, *rest)
 
     spy = Spy()
     with torch.no_grad():

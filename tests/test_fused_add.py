@@ -67,7 +67,7 @@ def test_sew_resnet18_joins_its_add_in_the_neuron_and_trains_bit_for_bit(monkeyp
     apart = copy.deepcopy(fused)
     x = torch.rand(2, 2, 3, 32, 32, device=device) * 2
     with monkeypatch.context() as patch:
-        patch.setattr(common, "_adds_to_its_spikes", lambda node: False)
+        patch.setattr(common, "takes_fused_call", lambda node: False)
         want = _step(apart, x)
     calls = _count_added_calls(monkeypatch)
     got = _step(fused, x)

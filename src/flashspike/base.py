@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_globals
 
-__all__ = ["MemoryModule", "check_floating", "called_plainly", "ForOneCall"]
+__all__ = ["MemoryModule", "check_floating", "called_plainly", "takes_fused_call", "ForOneCall"]
 
 _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -43,6 +43,19 @@ def called_plainly(module: nn.Module) -> bool:
     input or output (a hook would read what a fused call leaves unwritten, or gives in another form)."""
     return not any(getattr(module, name) for name in _CALL_HOOKS) and not any(
         getattr(_module_globals, "_global" + name) for name in _CALL_HOOKS + ("_forward_hooks_always_called",))
+
+
+def takes_fused_call(neuron: nn.Module) -> bool:
+    """Whether a call of ``neuron`` now reads its input and writes its output only through its kernels'
+    path: a flashspike multi-step neuron that says so (``fires_from_unwritten_input``), called plainly,
+    outside compiled code. A caller may then hand it what a fused call needs (an input not written yet,
+    a tensor to add its spikes to)."""
+    return (not torch.compiler.is_compiling() and getattr(neuron, "fires_from_unwritten_input", _never)()
+            and called_plainly(neuron))
+
+
+def _never() -> bool:
+    return False
 
 
 def check_floating(x, what: str) -> None:

@@ -55,15 +55,12 @@ class FusedMultiStep(torch.autograd.Function):
         if fire_from is None:  # (an input not written yet that is read here is written first)
             fill_unwritten(x)
         if source is None:
-            # (the addend only where there is one: a kernel set's forward of fewer operands keeps working)
-            added = () if addend is None else (None, addend)
-            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits, *added)
+            spike, v_out, h = kernels.forward(x_seq, v_init, p, True, store_v_seq, decay, spike_bits, None, addend)
             ctx.save_for_backward(h, v_init if p.backward_reads_v_prev else None, decay)
         else:  # H is computed again in the backward, from what the input's recipe reads
             recipe, view = source
             spike, v_out, _ = kernels.forward(x_seq if fire_from is None else normalized, v_init, p, False,
-                                              store_v_seq, decay, spike_bits, fire_from,
-                                              *(() if addend is None else (addend,)))
+                                              store_v_seq, decay, spike_bits, fire_from, addend)
             if normalized is not None:  # the kernels read the kept input, normalizing it as they load it
                 ctx.save_for_backward(None, v_init, decay, normalized, *recipe.inputs[1:])
                 call = (kernels, p, store_v_seq, repeat, (True, recipe.how))
@@ -174,11 +171,7 @@ def fused_multi_step(kernels, x_seq: torch.Tensor, v_init, p: NeuronParams, stor
     if not differentiated and (addend is None or not addend.requires_grad):
         # the launcher alone, without the autograd Function's host work
         fill_unwritten(x)
-        decay = decay_operand(w, p, x)
-        if addend is None:  # (positional operands only: what a kernel set's forward takes in every version)
-            spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay)
-        else:
-            spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay, False, None, addend)
+        spike, v_out, _ = kernels.forward(x, v, p, False, store_v_seq, decay_operand(w, p, x), False, None, addend)
     else:
         spike_bits = spike_bits and p.surrogate.in_spiking_mode
         if step is None:

@@ -50,7 +50,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..backends.recompute import mark, mark_normalized, remaking
-from ..base import ForOneCall, called_plainly
+from ..base import ForOneCall, called_plainly, takes_fused_call
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .spike_bits import memory_order
@@ -233,15 +233,10 @@ def normalized_in_neuron(batchnorm: nn.Module, neuron: nn.Module):
     either module has hooks (which could read the output), and in compiled code, it changes nothing.
 
     The caller vouches that nothing else reads the output (the model zoo's blocks call it so)."""
-    if (torch.compiler.is_compiling() or type(batchnorm) not in _RECOMPUTABLE.values()
-            or not getattr(neuron, "fires_from_unwritten_input", _never)() or not called_plainly(batchnorm)
-            or not called_plainly(neuron)):
+    if (type(batchnorm) not in _RECOMPUTABLE.values() or not called_plainly(batchnorm)
+            or not takes_fused_call(neuron)):
         return _NOTHING_CHANGED
     return ForOneCall(batchnorm, _FOR_NEURON, True)
-
-
-def _never() -> bool:
-    return False
 
 
 def recompute_h_after_batchnorm(net: nn.Module, enabled: bool = True) -> int:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import functional, neuron
-from ..base import ForOneCall, called_plainly
+from ..base import ForOneCall, takes_fused_call
 from ..memory.batchnorm_recompute import normalized_in_neuron
 from ..neuron import ADDEND
 
@@ -59,7 +59,7 @@ class StepModule(nn.Module):
         neuron called plainly (no hooks, which would see the sum for spikes) outside compiled code
         returns the sum itself, which its kernels write in place of the spikes."""
         last = modules[-1] if isinstance(modules, (list, tuple, nn.Sequential)) else modules
-        added = add is not None and _adds_to_its_spikes(neuron)
+        added = add is not None and takes_fused_call(neuron)
         with normalized_in_neuron(last, neuron), ForOneCall(neuron, ADDEND, add) if added else _NOT_ADDED:
             if encode_T is _NOT_ENCODING:
                 out = neuron(self.stateless(x, modules))
@@ -91,17 +91,6 @@ class StepModule(nn.Module):
             )
         y = apply_in_order(x, modules)
         return y.unsqueeze(0).expand(T, *y.shape)
-
-
-def _adds_to_its_spikes(node: nn.Module) -> bool:
-    """Whether ``node`` returns its spikes added to a tensor handed to it (``flashspike.neuron.ADDEND``): a flashspike
-    multi-step neuron that reads its input through its kernels' path alone, called plainly, not compiled."""
-    return (not torch.compiler.is_compiling() and getattr(node, "fires_from_unwritten_input", _never)()
-            and called_plainly(node))
-
-
-def _never() -> bool:
-    return False
 
 
 def check_T(T) -> int | None:
