@@ -112,6 +112,36 @@ def test_the_sum_is_known_to_hold_small_integers_and_no_spikes():
     assert x.grad.abs().sum() > 0 and before.grad.abs().sum() > 0  # both through the neuron's backward
 
 
+@pytest.mark.parametrize("backend", ["cupy", "triton"])
+@pytest.mark.parametrize("from_batchnorm", [False, True], ids=["H kept", "H computed again"])
+def test_a_broadcast_gradient_reaches_the_addend_laid_out_once(backend, from_batchnorm):
+    # The gradient of a mean over the pixels arrives expanded; the addend gets it laid out as the kernels
+    # read it (dense), not the broadcast, which every later kernel would copy again.
+    from flashspike.memory import batchnorm_recompute
+
+    device = kernel_device(backend)
+    node = neuron.MultiStepIFNode(backend=backend)
+    x = (torch.rand(3, 2, 4, 5, 6, device=device) * 2).requires_grad_()
+    bn = torch.nn.BatchNorm2d(4).to(device)
+    if from_batchnorm:
+        batchnorm_recompute.recompute_h_after_batchnorm(bn)
+    base = torch.randint(0, 2, (3, 2, 4, 5, 6), device=device).float().requires_grad_()
+    addend = base * 1
+    seen = []
+    addend.register_hook(seen.append)
+    node.__dict__[neuron.ADDEND] = addend
+    out = node(bn(x.flatten(0, 1)).view(x.shape))
+    del node.__dict__[neuron.ADDEND]
+    spikes = out.detach() - addend.detach()
+    assert ((spikes == 0) | (spikes == 1)).all() and 0 < spikes.sum() < spikes.numel()
+    grad = torch.randn(3, 2, 4, 1, 1, device=device).expand_as(out)
+    out.backward(grad)
+    (got,) = seen
+    assert got.stride() == out.stride() and 0 not in got.stride()
+    assert torch.equal(got, grad) and torch.equal(base.grad, grad)
+    assert x.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("case", ["torch backend", "addend of another layout"])
 def test_where_the_kernel_cannot_add_the_sum_is_made_after(case):
     device = kernel_device("triton")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import layer as _core
+from ..image_conv import PadsImageChannels, register_image_conv
 from ..model.parametric_lif_net import VotingLayer as _VotingLayer
 from . import base, functional
 
@@ -95,6 +96,14 @@ _1D, _2D, _3D = "[T, N, C, L]", "[T, N, C, H, W]", "[T, N, C, D, H, W]"
 Conv1d = _with_step_mode(nn.Conv1d, _1D, (4,))
 Conv2d = _with_step_mode(nn.Conv2d, _2D, (5,))
 Conv3d = _with_step_mode(nn.Conv3d, _3D, (6,))
+
+
+class ImageConv2d(PadsImageChannels, Conv2d):
+    """:class:`Conv2d` for a network's input image: an RGB image read as four channels per pixel where
+    cuDNN runs faster so (:mod:`flashspike.image_conv`); the zoo's ResNets build their stems with it."""
+
+
+register_image_conv(Conv2d, ImageConv2d)
 ConvTranspose1d = _with_step_mode(nn.ConvTranspose1d, _1D, (4,))
 ConvTranspose2d = _with_step_mode(nn.ConvTranspose2d, _2D, (5,))
 ConvTranspose3d = _with_step_mode(nn.ConvTranspose3d, _3D, (6,))

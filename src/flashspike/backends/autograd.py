@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..params import NeuronParams
-from .layouts import call_operands, decay_operand, multi_step_outputs, sequence_layout
+from .layouts import call_operands, decay_operand, grad_operand, multi_step_outputs, sequence_layout
 from .recompute import Normalized, fill_unwritten, normalized_input, recipe_for, recompute, remaking
 
 
@@ -82,6 +82,7 @@ class FusedMultiStep(torch.autograd.Function):
         if h is None and source[0] and repeat is None:
             # Normalized: the kept input, scale and shift, and how (channel_stride, channels); the
             # kernel set computes H and goes back through it in one pass where it can
+            grad_spike = _addend_gradient(ctx, grad_spike, recipe_inputs[0])
             grad_x, grad_v_init, grad_w = kernels.backward_normalized(
                 *recipe_inputs, *source[1], v_init, grad_spike, grad_v_out, p, store_v_seq, needs[1], decay)
         else:
@@ -96,12 +97,23 @@ class FusedMultiStep(torch.autograd.Function):
                     h = kernels.recompute_h(*recipe_inputs, *how, v_init, p, decay)
                 if not p.backward_reads_v_prev:
                     v_init = None
+            grad_spike = _addend_gradient(ctx, grad_spike, h)
             grad_x, grad_v_init, grad_w = kernels.backward(h, grad_spike, grad_v_out, p, store_v_seq, needs[1],
                                                            repeat is not None, v_init, decay)
         if grad_w is not None:
             w = ctx.w
             grad_w = grad_w.to(w.dtype).reshape(w.shape) if needs[2] else None
         return grad_x, grad_v_init, grad_w, None, grad_spike if ctx.added else None
+
+
+def _addend_gradient(ctx, grad_spike, like: torch.Tensor):
+    """The output's gradient as the kernels read it (laid out like ``like``, the tensor H is laid out as),
+    where the call added its spikes to an addend: that gradient is the addend's too, and a gradient in
+    another layout (a broadcast from a mean over the pixels, say) would otherwise be copied here and
+    again by every later kernel it reaches, and add to the branch's gradient in PyTorch's strided kernel."""
+    if not ctx.added or grad_spike is None:
+        return grad_spike
+    return grad_operand(grad_spike, like, True)[1]
 
 
 _NODE = FusedMultiStep._backward_cls  # the autograd node of a FusedMultiStep call (its ctx)

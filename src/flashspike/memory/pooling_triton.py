@@ -23,7 +23,11 @@ import triton.language as tl
 
 __all__ = ["forward", "backward", "channels_last"]
 
-TILE = 2048  # elements per program
+# Elements per program: the forward's tiles are smaller (at the stem of a 224 x 224 ResNet on an H100, with
+# 64 channels of float16: 0.130 ms with 1024, 0.218 ms with 2048, where the backward takes 0.19 ms
+# with either; measured with triton.testing.do_bench over tiles of 1024 to 8192 and 2 to 16 warps).
+FORWARD_TILE = 1024
+BACKWARD_TILE = 2048
 WIDEST_LANES = 64  # lanes per tile at most; the rest of the tile is rows
 LARGEST_INT32 = 2 ** 31 - 1
 
@@ -121,15 +125,15 @@ def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _walk(t: torch.Tensor, *others: torch.Tensor):
-    """(rows, lanes, grid, constants) of the kernels' walk over ``t`` ``[N, C, H, W]`` in tiles (see the
-    module's text); ``others`` are the launch's other tensors, which decide with ``t`` whether element
-    offsets need 64 bits."""
+def _walk(tile: int, t: torch.Tensor, *others: torch.Tensor):
+    """(rows, lanes, grid, constants) of the kernels' walk over ``t`` ``[N, C, H, W]`` in tiles of ``tile``
+    elements (see the module's text); ``others`` are the launch's other tensors, which decide with ``t``
+    whether element offsets need 64 bits."""
     n, c, h, w = t.shape
     last = channels_last(t)
     rows, lanes = (n * h * w, c) if last else (n * c * h, w)
     block_k = min(triton.next_power_of_2(lanes), WIDEST_LANES)
-    block_r = TILE // block_k
+    block_r = tile // block_k
     reach = max(sum((size - 1) * stride for size, stride in zip(x.shape, x.stride())) for x in (t, *others))
     grid = (triton.cdiv(rows, block_r), triton.cdiv(lanes, block_k))
     return rows, lanes, grid, dict(CHANNELS_LAST=last, WIDE=reach > LARGEST_INT32, BLOCK_R=block_r, BLOCK_K=block_k)
@@ -143,7 +147,7 @@ def forward(x: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple):
     y = _new((n, c, oh, ow), x.dtype, x.device, channels_last(x))
     positions = torch.empty_strided(y.shape, y.stride(), dtype=torch.uint8, device=x.device)
     if y.numel():
-        rows, lanes, grid, walk = _walk(y, x)
+        rows, lanes, grid, walk = _walk(FORWARD_TILE, y, x)
         _max_pool_positions_forward[grid](
             x, y, positions, rows, lanes, c, h, w, oh, ow, *x.stride(), *y.stride(),
             KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], **walk)
@@ -157,7 +161,7 @@ def backward(grad: torch.Tensor, positions: torch.Tensor, input_shape, dtype: to
     n, c, h, w = input_shape
     grad_x = _new(input_shape, dtype, grad.device, input_channels_last)
     if grad_x.numel():
-        rows, lanes, grid, walk = _walk(grad_x, grad, positions)
+        rows, lanes, grid, walk = _walk(BACKWARD_TILE, grad_x, grad, positions)
         _max_pool_positions_backward[grid](
             grad, positions, grad_x, rows, lanes, c, h, w, grad.shape[2], grad.shape[3], *grad.stride(),
             *positions.stride(), *grad_x.stride(), KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],

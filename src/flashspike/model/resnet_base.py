@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..image_conv import image_conv_class
 from .common import StepModule, check_neuron, check_num_classes, check_T, refuse_pretrained
 
 
@@ -103,7 +104,9 @@ class ResNetBase(StepModule):
         self.groups = groups
         self.base_width = width_per_group
 
-        self.conv1 = layers_kit.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        # (the stem reads the image: an RGB image as four channels per pixel where cuDNN is faster so)
+        self.conv1 = image_conv_class(layers_kit.Conv2d)(3, self.inplanes, kernel_size=7, stride=2, padding=3,
+                                                         bias=False)
         self.bn1 = self._norm_layer(self.inplanes)
         self.sn1 = neuron(**neuron_kwargs)
         self.maxpool = layers_kit.MaxPool2d(kernel_size=3, stride=2, padding=1)
