@@ -369,18 +369,26 @@ def test_profile_summary_adds_up_and_keeps_the_costliest_names():
     assert summary["kinds"] == {"convolution": 0.2, "elementwise": 0.025, "other": 0.025}
     assert list(summary["kinds"]) == ["convolution", "elementwise", "other"]  # by falling time
     assert summary["ms_per_step"] == pytest.approx(0.25)
-    assert summary["top"]["convolution"] == [["aten::convolution", 0.2]]
+    assert summary["top"]["convolution"] == [["aten::convolution", 0.2, 1.0]]  # two calls in two steps
+    timed += [("aten::convolution_backward", 600.0)]
+    assert [top[0] for top in profile.summarize(timed, steps=2, names=1)["top"]["convolution"]] == [
+        "aten::convolution_backward"]
+    assert len(profile.summarize(timed, steps=2, names=2)["top"]["convolution"]) == 2
 
 
 def test_a_profiled_row_says_where_its_time_goes(tmp_path, capsys):
-    report = bench.main(["--models", "fmnist", "--modes", "eager", "--profile", "2", "--out", str(tmp_path), *TINY])
+    report = bench.main(["--models", "fmnist", "--modes", "eager", "--profile", "2", "--profile-names", "5",
+                         "--out", str(tmp_path), *TINY])
     (row,) = report["rows"]
     profile = row["profile"]
     assert profile["what"] == "operator self time (CPU)"
+    # up to 5 names a kind, each with its calls per step
+    assert 3 < max(map(len, profile["top"].values())) <= 5
+    assert all(len(entry) == 3 and entry[2] > 0 for entries in profile["top"].values() for entry in entries)
     assert profile["kinds"]["convolution"] > 0 and profile["kinds"]["optimizer"] > 0
     assert profile["ms_per_step"] == pytest.approx(sum(profile["kinds"].values()))
     out = capsys.readouterr().out
-    assert "| kind | ms/step | share | costliest |" in out and "| convolution |" in out
+    assert "| kind | ms/step | share | costliest |" in out and "| convolution |" in out and "x);" in out
     # autocast's 16-bit copy of the first linear layer's weight, one of the step's largest copies, by its
     # shape (which copy costs most depends on the host's threads)
     copies = profile["copying_operators"]

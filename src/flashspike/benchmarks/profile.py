@@ -42,7 +42,7 @@ KINDS = (
     ("elementwise", r"elementwise|vectorized|add|mul|sub|div|fill|where|clamp|relu|exp|sigmoid|zero"),
 )
 _COMPILED = [(kind, re.compile(pattern)) for kind, pattern in KINDS]
-TOP = 3  # the most costly names kept per kind
+TOP = 3  # the most costly names kept per kind, unless the caller asks for more
 COPY_OPERATORS = 8  # the most costly copying operators listed
 HOST_FUNCTIONS = 8  # the host functions of most own time listed
 
@@ -64,13 +64,15 @@ def _timed_names(profiler, device: torch.device) -> list[tuple[str, float]]:
             if entry.self_cpu_time_total > 0]
 
 
-def summarize(timed: list[tuple[str, float]], steps: int) -> dict:
-    """``{"ms_per_step", "kinds": {kind: ms per step}, "top": {kind: [[name, ms per step], ...]}}``,
-    kinds by falling time."""
+def summarize(timed: list[tuple[str, float]], steps: int, names: int = TOP) -> dict:
+    """``{"ms_per_step", "kinds": {kind: ms per step}, "top": {kind: [[name, ms per step, calls per step],
+    ...]}}``, kinds by falling time, each with its ``names`` costliest names."""
     by_kind: dict[str, float] = {}
     by_name: dict[str, float] = {}
+    calls: dict[str, int] = {}
     for name, microseconds in timed:
         by_name[name] = by_name.get(name, 0.0) + microseconds
+        calls[name] = calls.get(name, 0) + 1
     kind_of_name = {name: kind_of(name) for name in by_name}  # each distinct name classified once
     for name, microseconds in by_name.items():
         by_kind[kind_of_name[name]] = by_kind.get(kind_of_name[name], 0.0) + microseconds
@@ -78,8 +80,8 @@ def summarize(timed: list[tuple[str, float]], steps: int) -> dict:
     kinds = dict(sorted(((k, v * per_step) for k, v in by_kind.items()), key=lambda item: -item[1]))
     top = {kind: [] for kind in kinds}
     for name, microseconds in sorted(by_name.items(), key=lambda item: -item[1]):
-        if len(top[kind_of_name[name]]) < TOP:
-            top[kind_of_name[name]].append([name[:120], microseconds * per_step])
+        if len(top[kind_of_name[name]]) < names:
+            top[kind_of_name[name]].append([name[:120], microseconds * per_step, calls[name] / steps])
     return {"ms_per_step": sum(kinds.values()), "kinds": kinds, "top": top}
 
 
@@ -135,9 +137,10 @@ def host_functions(call: Callable[[], object], device: torch.device, steps: int)
                           for key, (_primitive, calls, own, _cumulative, _callers) in costliest]}
 
 
-def profile_steps(call: Callable[[], object], device: torch.device, steps: int) -> dict:
-    """Run ``call()`` ``steps`` times under the profiler (after the caller's warm-up) and summarize; then
-    ``steps`` more under cProfile (:func:`host_functions`, the summary's ``"host"``)."""
+def profile_steps(call: Callable[[], object], device: torch.device, steps: int, names: int = TOP) -> dict:
+    """Run ``call()`` ``steps`` times under the profiler (after the caller's warm-up) and summarize, with
+    the ``names`` costliest names of each kind; then ``steps`` more under cProfile (:func:`host_functions`,
+    the summary's ``"host"``)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -146,7 +149,7 @@ def profile_steps(call: Callable[[], object], device: torch.device, steps: int) 
             call()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    summary = summarize(_timed_names(profiler, device), steps)
+    summary = summarize(_timed_names(profiler, device), steps, names)
     summary["what"] = "kernel time" if device.type == "cuda" else "operator self time (CPU)"
     summary["copying_operators"] = copying_operators(profiler, device, steps)
     summary["host"] = host_functions(call, device, steps)
@@ -161,7 +164,8 @@ def format_profile(row: dict) -> str:
              f"{profile['what']}, {profile['ms_per_step']:.3f} ms per step",
              "| kind | ms/step | share | costliest |", "|---|---|---|---|"]
     for kind, ms in profile["kinds"].items():
-        names = "; ".join(f"{name} {value:.3f}" for name, value in profile["top"][kind])
+        names = "; ".join(f"{name} {value:.3f}" + (f" ({entry[0]:g}x)" if entry else "")
+                          for name, value, *entry in profile["top"][kind])
         lines.append(f"| {kind} | {ms:.3f} | {ms / total:.1%} | {names.replace('|', '/')} |")
     for name, shapes, ms in profile.get("copying_operators", []):
         lines.append(f"copying: {name} {shapes} {ms:.3f} ms/step")

@@ -56,7 +56,7 @@ from .. import __version__, backends
 from .charts import pyplot
 from .neuron import device_name
 from .peak_memory import format_peak_allocations
-from .profile import format_profile
+from .profile import TOP, format_profile
 from .train_worker import INPUTS, MARKER, MEMORY_SWITCHES, TRANSFORMER_CONFIGS, TRANSFORMERS
 
 MODELS = ("sew_resnet18", "spiking_vgg11_bn", "fmnist", *TRANSFORMERS)
@@ -118,6 +118,9 @@ def parse_args(argv=None):
                              "kind of work: kernel time on CUDA (captured graphs' kernels included), operator time "
                              "on the CPU; then K more under cProfile: the host's wall time per step and its costliest "
                              "Python functions (default 0: not profiled)")
+    parser.add_argument("--profile-names", type=positive, default=TOP, metavar="N",
+                        help="with --profile, the N costliest kernel (or operator) names of each kind of work, each "
+                             f"with its launches per step (default {TOP})")
     parser.add_argument("--nproc", type=positive, default=1,
                         help="processes per row, launched by torchrun, training one model data-parallel (one GPU each "
                              "on CUDA, Gloo on the CPU): DistributedDataParallel, or in the captured mode "
@@ -190,7 +193,7 @@ def row_specs(args) -> tuple[list[dict], dict]:
                                               else f"{name}'s model zoo has no {model}")
     base = dict(B=args.b, dtype=args.dtype, backend=args.backend, memory_format=args.memory_format,
                 warmup=args.warmup, steps=args.steps, repeats=args.repeats, epoch_steps=args.epoch_steps,
-                profile=args.profile, peak_allocations=args.peak_allocations,
+                profile=args.profile, profile_names=args.profile_names, peak_allocations=args.peak_allocations,
                 device=args.device, layout_optimization=args.layout_optimization, cudnn_benchmark=args.cudnn_benchmark,
                 nproc=args.nproc, threads=args.threads, **memory_switches(args))
     specs = []
@@ -314,7 +317,7 @@ def main(argv=None) -> dict:
     report = dict(environment(args.device), skipped=skipped, rows=rows,
                   settings=dict(dtype=args.dtype, memory_format=args.memory_format, warmup=args.warmup,
                                 steps=args.steps, repeats=args.repeats, rounds=args.rounds,
-                                epoch_steps=args.epoch_steps, profile=args.profile,
+                                epoch_steps=args.epoch_steps, profile=args.profile, profile_names=args.profile_names,
                                 peak_allocations=args.peak_allocations, layout_optimization=args.layout_optimization,
                                 cudnn_benchmark=args.cudnn_benchmark,
                                 nproc=args.nproc, threads=args.threads, **memory_switches(args)))

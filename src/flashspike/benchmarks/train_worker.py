@@ -327,9 +327,9 @@ def run_row(spec: dict) -> dict:
         row["peak_allocations"] = peak_memory.summarize(peak_memory.stop_recording(device), steady_from,
                                                         spec["peak_allocations"])
     if spec.get("profile"):
-        from .profile import profile_steps
+        from .profile import TOP, profile_steps
 
-        row["profile"] = profile_steps(call, device, spec["profile"])
+        row["profile"] = profile_steps(call, device, spec["profile"], spec.get("profile_names", TOP))
     if spec["mode"] == "eager":
         row["kept_MiB"] = kept_for_backward(call, net.parameters()) / 2**20
     return row
