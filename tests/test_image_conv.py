@@ -115,8 +115,8 @@ def test_on_cuda_it_reads_four_channels_and_trains_as_nn_conv2d_gpu(dtype):
             assert image_conv.pads(image, x)  # a channels-last RGB image, 16-bit autocast
             y = conv(x)
         if conv is image:  # what autograd keeps: the image padded to four channels
-            saved = [t for t in (y.grad_fn._saved_input,) if t is not None]
-            assert saved and saved[0].shape[1] == 4 and saved[0].dtype == dtype
+            saved = y.grad_fn._saved_input
+            assert saved.shape[1] == 4 and saved.dtype == dtype
         y.float().square().sum().backward()
         results.append((y.float(), conv.weight.grad.clone(), conv.bias.grad.clone()))
     (y0, gw0, gb0), (y1, gw1, gb1) = results

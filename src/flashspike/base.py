@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_globals
 
-__all__ = ["MemoryModule", "check_floating", "called_plainly", "takes_fused_call", "ForOneCall"]
+__all__ = ["MemoryModule", "check_floating", "called_plainly", "takes_fused_call", "ForOneCall", "autocast_dtype"]
 
 _CALL_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -56,6 +56,14 @@ def takes_fused_call(neuron: nn.Module) -> bool:
 
 def _never() -> bool:
     return False
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast would run a convolution or linear layer on ``x`` in, or None outside autocast."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
 
 
 def check_floating(x, what: str) -> None:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import autocast_dtype
+
 __all__ = ["ImageConv2d", "PadsImageChannels", "image_conv_class", "register_image_conv"]
 
 IMAGE_CHANNELS = 3  # the channels of the images padded (RGB)
@@ -29,9 +31,7 @@ _SIXTEEN_BITS = (torch.float16, torch.bfloat16)
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     """The dtype the convolution runs in: autocast's where autocast is on, else the operands' own (None
     where they differ, which the plain convolution refuses)."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype if weight.dtype == x.dtype else None
+    return autocast_dtype(x) or (x.dtype if weight.dtype == x.dtype else None)
 
 
 def pads(conv: nn.Conv2d, x: torch.Tensor) -> bool:

@@ -30,6 +30,8 @@ import contextlib
 
 import torch
 
+from ..base import autocast_dtype
+
 __all__ = ["Recipe", "Normalized", "mark", "mark_normalized", "fill_unwritten", "recipe_for", "recompute",
            "normalized_input", "remaking"]
 
@@ -45,9 +47,8 @@ class Recipe:
     __slots__ = ("inputs", "how", "version", "keepers", "made_again")
 
     def __init__(self, output: torch.Tensor, function, inputs: tuple):
-        device_type = output.device.type
-        enabled = torch.is_autocast_enabled(device_type)
-        autocast = (device_type, torch.get_autocast_dtype(device_type) if enabled else None, enabled)
+        dtype = autocast_dtype(output)
+        autocast = (output.device.type, dtype, dtype is not None)
         self.inputs = inputs
         self.how = (function, (output.shape, output.stride(), output.dtype), autocast)
         self.version = output._version

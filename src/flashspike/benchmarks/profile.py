@@ -164,8 +164,7 @@ def format_profile(row: dict) -> str:
              f"{profile['what']}, {profile['ms_per_step']:.3f} ms per step",
              "| kind | ms/step | share | costliest |", "|---|---|---|---|"]
     for kind, ms in profile["kinds"].items():
-        names = "; ".join(f"{name} {value:.3f}" + (f" ({entry[0]:g}x)" if entry else "")
-                          for name, value, *entry in profile["top"][kind])
+        names = "; ".join(f"{name} {value:.3f} ({calls:g}x)" for name, value, calls in profile["top"][kind])
         lines.append(f"| {kind} | {ms:.3f} | {ms / total:.1%} | {names.replace('|', '/')} |")
     for name, shapes, ms in profile.get("copying_operators", []):
         lines.append(f"copying: {name} {shapes} {ms:.3f} ms/step")

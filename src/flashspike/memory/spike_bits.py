@@ -31,6 +31,7 @@ from torch.autograd.function import once_differentiable
 
 from ..backends.autograd import added_to_spikes, is_spike_output
 from ..backends.packed_bits import keep_bits, kept_bits
+from ..base import autocast_dtype
 from ..functional import switch_module_classes
 from ..optional_triton import optional_kernels
 from .pooling import is_max_pool_output
@@ -159,14 +160,6 @@ def unpack(packed: torch.Tensor, shape, strides, order, dtype: torch.dtype, widt
     return x
 
 
-def _autocast_dtype(x: torch.Tensor):
-    """The dtype autocast would run a convolution or linear layer in, or None outside autocast."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
 class _SavedInBits(torch.autograd.Function):
     """``op`` ('conv1d', 'conv2d' or 'linear') of an input ``x`` of small integers, keeping ``x`` packed for the
     backward (``packing``: memory order and bits per element).
@@ -177,7 +170,7 @@ class _SavedInBits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, op, conv_args, packing):
         order, width = packing
-        dtype = _autocast_dtype(x)
+        dtype = autocast_dtype(x)
         cast = (lambda t: t if t is None else t.to(dtype)) if dtype is not None else (lambda t: t)
         xc, wc, bc = cast(x), cast(weight), cast(bias)
         with torch.autocast(x.device.type, enabled=False):
@@ -239,7 +232,7 @@ class _MatmulSavedInBits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, widths):
-        dtype = _autocast_dtype(a)
+        dtype = autocast_dtype(a)
         ac, bc = (a.to(dtype), b.to(dtype)) if dtype is not None else (a, b)
         with torch.autocast(a.device.type, enabled=False):
             y = torch.matmul(ac, bc)
